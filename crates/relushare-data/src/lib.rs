@@ -1,0 +1,1 @@
+//! Dataset formats: CIFAR-10 binary, SVHN `.mat`, Fashion-MNIST IDX/gzip, checksummed download, synthetic data.

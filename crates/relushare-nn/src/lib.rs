@@ -1,0 +1,1 @@
+//! ReLU-sharing layers, training and evaluation on Burn, clustering, export to the model file.
