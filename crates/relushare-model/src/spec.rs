@@ -1,0 +1,600 @@
+//! Network specifications as data: layers, activation kinds, the paper's three architectures.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ModelError;
+
+/// Version of the model-file format written by this crate.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The paper's three architectures (Tables 2, 3 and 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Cifar10,
+    Svhn,
+    Fmnist,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::Cifar10, Arch::Svhn, Arch::Fmnist];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Cifar10 => "cifar10",
+            Arch::Svhn => "svhn",
+            Arch::Fmnist => "fmnist",
+        }
+    }
+
+    /// Input dimensions (channels, height, width).
+    pub fn input(self) -> Dims {
+        match self {
+            Arch::Cifar10 | Arch::Svhn => Dims::new(3, 32, 32),
+            Arch::Fmnist => Dims::new(1, 28, 28),
+        }
+    }
+
+    /// Names of the activation layers the paper applies ReLU sharing to:
+    /// the first two for CIFAR-10, the first for SVHN and Fashion-MNIST.
+    pub fn shared_layers(self) -> &'static [&'static str] {
+        match self {
+            Arch::Cifar10 => &["act1", "act2"],
+            Arch::Svhn | Arch::Fmnist => &["act1"],
+        }
+    }
+
+    /// The architecture with a plain ReLU after every convolution / hidden linear layer.
+    pub fn layers(self) -> Vec<Layer> {
+        let mut b = Builder::default();
+        match self {
+            Arch::Cifar10 => {
+                // Table 2 (MiniONN-style, average pooling instead of max pooling).
+                b.conv(3, 64, 3, 1).act();
+                b.conv(64, 64, 3, 1).act();
+                b.pool(2, 2);
+                b.conv(64, 64, 3, 1).act();
+                b.conv(64, 64, 3, 1).act();
+                b.pool(2, 2);
+                b.conv(64, 64, 3, 1).act();
+                b.conv(64, 64, 1, 0).act();
+                b.conv(64, 16, 1, 0).act();
+                b.flatten();
+                b.linear(1024, 10);
+            }
+            Arch::Svhn => {
+                // Table 3.
+                b.conv(3, 32, 4, 0).act();
+                b.pool(3, 3);
+                b.conv(32, 64, 4, 0).act();
+                b.flatten();
+                b.linear(2304, 10);
+            }
+            Arch::Fmnist => {
+                // Table 4.
+                b.conv(1, 32, 3, 1).act();
+                b.pool(2, 2);
+                b.conv(32, 64, 3, 1).act();
+                b.pool(2, 2);
+                b.dropout(0.5);
+                b.flatten();
+                b.linear(3136, 128).act();
+                b.linear(128, 10);
+            }
+        }
+        b.layers
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cifar10" | "cifar-10" | "cifar" => Ok(Arch::Cifar10),
+            "svhn" => Ok(Arch::Svhn),
+            "fmnist" | "fashion-mnist" | "fashion_mnist" => Ok(Arch::Fmnist),
+            _ => Err(ModelError::Spec(format!(
+                "unknown architecture '{s}': expected one of cifar10, svhn, fmnist"
+            ))),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    layers: Vec<Layer>,
+    convs: usize,
+    acts: usize,
+    pools: usize,
+    linears: usize,
+    dropouts: usize,
+}
+
+impl Builder {
+    fn conv(&mut self, in_ch: usize, out_ch: usize, kernel: usize, padding: usize) -> &mut Self {
+        self.convs += 1;
+        self.layers.push(Layer::Conv {
+            name: format!("conv{}", self.convs),
+            in_ch,
+            out_ch,
+            kernel,
+            stride: 1,
+            padding,
+        });
+        self
+    }
+    fn act(&mut self) -> &mut Self {
+        self.acts += 1;
+        self.layers.push(Layer::Act {
+            name: format!("act{}", self.acts),
+            kind: ActKind::Relu,
+        });
+        self
+    }
+    fn pool(&mut self, kernel: usize, stride: usize) {
+        self.pools += 1;
+        self.layers.push(Layer::AvgPool {
+            name: format!("pool{}", self.pools),
+            kernel,
+            stride,
+        });
+    }
+    fn dropout(&mut self, p: f32) {
+        self.dropouts += 1;
+        self.layers.push(Layer::Dropout {
+            name: format!("dropout{}", self.dropouts),
+            p,
+        });
+    }
+    fn flatten(&mut self) {
+        self.layers.push(Layer::Flatten);
+    }
+    fn linear(&mut self, in_f: usize, out_f: usize) -> &mut Self {
+        self.linears += 1;
+        self.layers.push(Layer::Linear {
+            name: format!("fc{}", self.linears),
+            in_f,
+            out_f,
+        });
+        self
+    }
+}
+
+/// Tensor dimensions of one image: channels, height, width. A flat vector is `(n, 1, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Dims {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Dims {
+    pub const fn new(c: usize, h: usize, w: usize) -> Self {
+        Dims { c, h, w }
+    }
+    pub const fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub const fn plane(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+impl fmt::Display for Dims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}x{}", self.c, self.h, self.w)
+    }
+}
+
+/// One layer of a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Layer {
+    /// 2-D convolution, square kernel, zero padding. Weight `[out, in, k, k]`, bias `[out]`.
+    Conv {
+        name: String,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// Average pooling, square window, no padding, output size floored.
+    AvgPool {
+        name: String,
+        kernel: usize,
+        stride: usize,
+    },
+    /// An element-wise activation (ReLU or a ReLU-sharing layer).
+    Act { name: String, kind: ActKind },
+    /// Dropout: active in training only, identity at inference.
+    Dropout { name: String, p: f32 },
+    /// Flatten in C, H, W order.
+    Flatten,
+    /// Fully connected. Weight `[out, in]`, bias `[out]`.
+    Linear {
+        name: String,
+        in_f: usize,
+        out_f: usize,
+    },
+}
+
+impl Layer {
+    pub fn name(&self) -> &str {
+        match self {
+            Layer::Conv { name, .. }
+            | Layer::AvgPool { name, .. }
+            | Layer::Act { name, .. }
+            | Layer::Dropout { name, .. }
+            | Layer::Linear { name, .. } => name,
+            Layer::Flatten => "flatten",
+        }
+    }
+
+    /// Output dimensions for the given input dimensions.
+    pub fn output_dims(&self, d: Dims) -> Result<Dims, ModelError> {
+        match self {
+            Layer::Conv {
+                name,
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                padding,
+            } => {
+                if d.c != *in_ch {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: expects {in_ch} input channels, gets {}",
+                        d.c
+                    )));
+                }
+                if *stride == 0 || *kernel == 0 {
+                    return Err(ModelError::Spec(format!("{name}: zero kernel or stride")));
+                }
+                let (h, w) = (d.h + 2 * padding, d.w + 2 * padding);
+                if h < *kernel || w < *kernel {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: kernel {kernel} larger than padded input {h}x{w}"
+                    )));
+                }
+                Ok(Dims::new(
+                    *out_ch,
+                    (h - kernel) / stride + 1,
+                    (w - kernel) / stride + 1,
+                ))
+            }
+            Layer::AvgPool {
+                name,
+                kernel,
+                stride,
+            } => {
+                if *stride == 0 || *kernel == 0 || d.h < *kernel || d.w < *kernel {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: pool {kernel}/{stride} does not fit input {d}"
+                    )));
+                }
+                Ok(Dims::new(
+                    d.c,
+                    (d.h - kernel) / stride + 1,
+                    (d.w - kernel) / stride + 1,
+                ))
+            }
+            Layer::Act { .. } | Layer::Dropout { .. } => Ok(d),
+            Layer::Flatten => Ok(Dims::new(d.len(), 1, 1)),
+            Layer::Linear { name, in_f, out_f } => {
+                if d.len() != *in_f {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: expects {in_f} inputs, gets {} ({d})",
+                        d.len()
+                    )));
+                }
+                Ok(Dims::new(*out_f, 1, 1))
+            }
+        }
+    }
+}
+
+/// What an activation layer does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActKind {
+    /// Plain ReLU: every activation decides for itself.
+    Relu,
+    /// No non-linearity (Shafran et al.'s removed ReLU layer).
+    Identity,
+    /// Partial activation (Shafran et al.): channels `[0, relu_channels)` get a ReLU, the rest identity.
+    Partial { relu_channels: usize },
+    /// A ReLU-sharing layer (gReLU, Eqs. 2-4 of the paper).
+    Shared(SharedAct),
+}
+
+/// A ReLU-sharing layer: activations are partitioned into groups, each group takes one
+/// decision `z_g >= 0` and every member `i` outputs `s_i * decision`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedAct {
+    pub grouping: Grouping,
+    pub decider: Decider,
+    /// Probability that a member's decision is flipped (Eq. 4); 0 disables noise.
+    #[serde(default)]
+    pub noise: f32,
+}
+
+/// How the channel plane is partitioned into groups. Every channel is partitioned the same
+/// way, except for `Cluster`, whose map is explicit per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Grouping {
+    /// Non-overlapping `k x k` patches.
+    Patch { k: usize, edge: EdgePolicy },
+    /// One group per channel.
+    Channel,
+    /// Data-driven clusters: `k` clusters for the whole channel, or for every non-overlapping
+    /// `window x window` window. The map itself comes from a cluster-map file.
+    Cluster { window: Option<usize>, k: usize },
+}
+
+/// What happens when the patch size does not divide the plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgePolicy {
+    /// Smaller patches at the edges: 32 with k=3 gives ceil(32/3) = 11 patches per side.
+    Partial,
+    /// The remainder joins the last patch: 29 or 28 with k=3 gives floor(n/3) = 9 per side.
+    Merge,
+}
+
+/// How a group computes its decision value `z_g`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decider {
+    /// `z_g = sum_{i in g} v_i s_i` with learned `v` (parameter `<act>.v`, shape `[C,H,W]`).
+    Learned,
+    /// `z_g = s_leader(g)`: the middle member of the group decides; no parameters.
+    OneHot,
+    /// A learned fully connected unit over the whole channel: `z_c = sum_i v_i s_i + b_c`
+    /// (parameters `<act>.v` and `<act>.fc_bias` `[C]`). Requires `Grouping::Channel`.
+    Fc,
+}
+
+impl SharedAct {
+    pub fn describe(&self) -> String {
+        let g = match &self.grouping {
+            Grouping::Patch { k, edge } => format!(
+                "{k}x{k} patches ({})",
+                match edge {
+                    EdgePolicy::Partial => "partial edges",
+                    EdgePolicy::Merge => "merged edges",
+                }
+            ),
+            Grouping::Channel => "whole channel".to_string(),
+            Grouping::Cluster { window: None, k } => format!("{k} clusters per channel"),
+            Grouping::Cluster { window: Some(m), k } => format!("{k} clusters per {m}x{m} window"),
+        };
+        let d = match self.decider {
+            Decider::Learned => "learned v",
+            Decider::OneHot => "one-hot",
+            Decider::Fc => "FC",
+        };
+        if self.noise > 0.0 {
+            format!("gReLU {g}, {d}, noise {:.0}%", self.noise * 100.0)
+        } else {
+            format!("gReLU {g}, {d}")
+        }
+    }
+}
+
+impl ActKind {
+    pub fn describe(&self) -> String {
+        match self {
+            ActKind::Relu => "ReLU".into(),
+            ActKind::Identity => "identity".into(),
+            ActKind::Partial { relu_channels } => {
+                format!("partial ReLU ({relu_channels} channels)")
+            }
+            ActKind::Shared(s) => s.describe(),
+        }
+    }
+}
+
+/// Per-channel input normalization (pixels scaled to [0, 1] first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    pub fn identity(channels: usize) -> Self {
+        Normalization {
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+        }
+    }
+
+    /// Normalize a CHW `u8` image into `out`.
+    pub fn apply(&self, img: &[u8], out: &mut [f32]) {
+        let plane = img.len() / self.mean.len().max(1);
+        for (i, (o, &p)) in out.iter_mut().zip(img).enumerate() {
+            let c = i / plane.max(1);
+            *o = (p as f32 / 255.0 - self.mean[c]) / self.std[c];
+        }
+    }
+}
+
+/// A whole network: architecture, per-layer kinds, input normalization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub format_version: u32,
+    pub arch: Arch,
+    /// Preset name, or "custom".
+    pub preset: String,
+    pub input: Dims,
+    pub num_classes: usize,
+    pub layers: Vec<Layer>,
+    pub normalization: Normalization,
+}
+
+impl ModelSpec {
+    /// The plain-ReLU network of an architecture.
+    pub fn original(arch: Arch) -> Self {
+        ModelSpec {
+            format_version: FORMAT_VERSION,
+            arch,
+            preset: "original".into(),
+            input: arch.input(),
+            num_classes: 10,
+            layers: arch.layers(),
+            normalization: Normalization::identity(arch.input().c),
+        }
+    }
+
+    /// Input dimensions of every layer, followed by the network's output dimensions
+    /// (so the result has `layers.len() + 1` entries). Validates the chain.
+    pub fn dims(&self) -> Result<Vec<Dims>, ModelError> {
+        let mut out = Vec::with_capacity(self.layers.len() + 1);
+        let mut d = self.input;
+        out.push(d);
+        for l in &self.layers {
+            d = l.output_dims(d)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Check the whole spec: shapes chain, names are unique, activation kinds fit their inputs.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(ModelError::Spec(format!(
+                "unsupported model format version {} (this build reads version {FORMAT_VERSION})",
+                self.format_version
+            )));
+        }
+        if self.normalization.mean.len() != self.input.c
+            || self.normalization.std.len() != self.input.c
+        {
+            return Err(ModelError::Spec(format!(
+                "normalization has {} means / {} stds for {} input channels",
+                self.normalization.mean.len(),
+                self.normalization.std.len(),
+                self.input.c
+            )));
+        }
+        if self.normalization.std.iter().any(|s| !(*s > 0.0)) {
+            return Err(ModelError::Spec(
+                "normalization std must be positive".into(),
+            ));
+        }
+        let dims = self.dims()?;
+        let mut names = std::collections::HashSet::new();
+        for (l, d) in self.layers.iter().zip(&dims) {
+            if !matches!(l, Layer::Flatten) && !names.insert(l.name().to_string()) {
+                return Err(ModelError::Spec(format!(
+                    "duplicate layer name {}",
+                    l.name()
+                )));
+            }
+            if let Layer::Act { name, kind } = l {
+                crate::group::validate_act(name, kind, *d)?;
+            }
+        }
+        let out = dims.last().copied().unwrap_or(self.input);
+        if out.len() != self.num_classes {
+            return Err(ModelError::Spec(format!(
+                "network outputs {} values but num_classes is {}",
+                out.len(),
+                self.num_classes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Input dimensions of the named layer.
+    pub fn layer_input(&self, name: &str) -> Option<Dims> {
+        let dims = self.dims().ok()?;
+        self.layers
+            .iter()
+            .position(|l| l.name() == name)
+            .map(|i| dims[i])
+    }
+
+    /// The activation kind of a named activation layer.
+    pub fn act(&self, name: &str) -> Option<&ActKind> {
+        self.layers.iter().find_map(|l| match l {
+            Layer::Act { name: n, kind } if n == name => Some(kind),
+            _ => None,
+        })
+    }
+
+    pub fn act_mut(&mut self, name: &str) -> Option<&mut ActKind> {
+        self.layers.iter_mut().find_map(|l| match l {
+            Layer::Act { name: n, kind } if n == name => Some(kind),
+            _ => None,
+        })
+    }
+
+    /// Names of the activation layers, in order.
+    pub fn act_names(&self) -> Vec<String> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l {
+                Layer::Act { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_output_sizes() {
+        // Table 2: 32x32x64 ... 8x8x16, FC 1024 -> 10.
+        let s = ModelSpec::original(Arch::Cifar10);
+        let d = s.dims().unwrap();
+        assert_eq!(d[1], Dims::new(64, 32, 32));
+        assert_eq!(*d.last().unwrap(), Dims::new(10, 1, 1));
+        // Table 3: 29x29x32, pool to 9x9, conv to 6x6x64.
+        let d = ModelSpec::original(Arch::Svhn).dims().unwrap();
+        assert_eq!(d[1], Dims::new(32, 29, 29));
+        assert_eq!(d[3], Dims::new(32, 9, 9));
+        assert_eq!(d[4], Dims::new(64, 6, 6));
+        // Table 4: 28x28x32, 14x14x64, 7x7x64, 128, 10.
+        let d = ModelSpec::original(Arch::Fmnist).dims().unwrap();
+        assert_eq!(d[1], Dims::new(32, 28, 28));
+        assert_eq!(d[4], Dims::new(64, 14, 14));
+        for a in Arch::ALL {
+            ModelSpec::original(a).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn arch_names_round_trip() {
+        for a in Arch::ALL {
+            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
+        }
+        assert!("resnet".parse::<Arch>().is_err());
+    }
+
+    #[test]
+    fn bad_chain_is_an_error() {
+        let mut s = ModelSpec::original(Arch::Svhn);
+        if let Layer::Linear { in_f, .. } = s.layers.last_mut().unwrap() {
+            *in_f = 100;
+        }
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("fc1"), "{e}");
+    }
+}
