@@ -1,0 +1,37 @@
+//! `relushare`: privacy-preserving CNN inference with shared ReLUs.
+//!
+//! A thin command-line layer: every subcommand lives in its own `cmd_*.rs` file and wires the
+//! library crates together (relushare-model, -data, -nn, -mpc).
+
+use clap::{Parser, Subcommand};
+
+mod cmd_count;
+
+#[derive(Parser)]
+#[command(
+    name = "relushare",
+    version,
+    about = "Privacy-preserving CNN inference with shared ReLUs (gReLU): train, count, and classify on secret shares",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Count secure comparisons (ReLUs) and multiplications per layer of an architecture/preset.
+    Count(cmd_count::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Count(a) => cmd_count::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
