@@ -6,6 +6,29 @@ use std::str::FromStr;
 
 use crate::ModelError;
 
+/// Largest channel count, side, kernel, stride or padding a spec may use.
+pub const MAX_SIDE: usize = 1 << 16;
+/// Largest number of values in one layer's tensor (guards allocations on hostile specs).
+pub const MAX_ACTIVATIONS: usize = 1 << 26;
+
+fn check_size(name: &str, d: Dims) -> Result<(), ModelError> {
+    let n = d.c.checked_mul(d.h).and_then(|x| x.checked_mul(d.w));
+    match n {
+        Some(n)
+            if n <= MAX_ACTIVATIONS
+                && d.c <= MAX_ACTIVATIONS
+                && d.h <= MAX_SIDE
+                && d.w <= MAX_SIDE =>
+        {
+            Ok(())
+        }
+        _ => Err(ModelError::Spec(format!(
+            "{name}: tensor {}x{}x{} exceeds the size limit ({MAX_ACTIVATIONS} values)",
+            d.c, d.h, d.w
+        ))),
+    }
+}
+
 /// Version of the model-file format written by this crate.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -244,6 +267,37 @@ impl Layer {
 
     /// Output dimensions for the given input dimensions.
     pub fn output_dims(&self, d: Dims) -> Result<Dims, ModelError> {
+        let out = self.output_dims_unchecked(d)?;
+        check_size(self.name(), out)?;
+        Ok(out)
+    }
+
+    fn output_dims_unchecked(&self, d: Dims) -> Result<Dims, ModelError> {
+        let sizes: &[usize] = match self {
+            Layer::Conv {
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                padding,
+                ..
+            } => &[*in_ch, *out_ch, *kernel, *stride, *padding],
+            Layer::AvgPool { kernel, stride, .. } => &[*kernel, *stride],
+            Layer::Linear { .. } | Layer::Act { .. } | Layer::Dropout { .. } | Layer::Flatten => {
+                &[]
+            }
+        };
+        if sizes.iter().any(|&v| v > MAX_SIDE) {
+            return Err(ModelError::Spec(format!(
+                "{}: a size exceeds the limit {MAX_SIDE}",
+                self.name()
+            )));
+        }
+        if let Layer::Linear { name, in_f, out_f } = self {
+            if *in_f > MAX_ACTIVATIONS || *out_f > MAX_ACTIVATIONS {
+                return Err(ModelError::Spec(format!("{name}: too many features")));
+            }
+        }
         match self {
             Layer::Conv {
                 name,
@@ -462,6 +516,7 @@ impl ModelSpec {
     /// Input dimensions of every layer, followed by the network's output dimensions
     /// (so the result has `layers.len() + 1` entries). Validates the chain.
     pub fn dims(&self) -> Result<Vec<Dims>, ModelError> {
+        check_size("input", self.input)?;
         let mut out = Vec::with_capacity(self.layers.len() + 1);
         let mut d = self.input;
         out.push(d);
