@@ -1,1 +1,16 @@
-//! Secure 3-party inference over Z_2^64: ring arithmetic, sharing, PRGs, dealer, protocols, transport, cost accounting. No Burn.
+//! Secure three-party inference over Z_2^64 (no Burn): ring and fixed-point arithmetic, a
+//! cryptographic PRG, the party transport and its cost accounting, plain kernels, the
+//! [`suite::Suite`] interface every protocol suite implements, and the runner.
+//!
+//! Parties: P0 and P1 hold additive shares of the image and the weights; P2 helps (dealer).
+
+pub mod cost;
+pub mod error;
+pub mod fixed;
+pub mod kernels;
+pub mod prg;
+pub mod ring;
+pub mod suite;
+pub mod transport;
+
+pub use error::{MpcError, Result};

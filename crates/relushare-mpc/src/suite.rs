@@ -1,0 +1,400 @@
+//! The interface every protocol suite implements, once per party, plus the model plan it runs.
+//!
+//! # Conventions
+//! * A [`Shared`] value is a flat vector over Z_2^64. P0 and P1 hold additive shares
+//!   (`x = x0 + x1 mod 2^64`); **P2 holds an empty vector** for every shared value (it never holds
+//!   shares of data) but receives all geometry, so it can play its helper role.
+//! * All three parties call the same methods in the same order with the same public arguments
+//!   (lockstep). Every method communicates only through [`Suite::comm`] (so the costs are counted
+//!   under the label/phase the runner set).
+//! * Fixed point with `f = frac_bits()` fractional bits ([`crate::fixed`]). Activations and
+//!   weights carry `f` bits, biases and the Fc decider bias carry `2f` bits.
+//! * Batches: activations are `[n, ...]` flattened, image-major; `n` is in the geometry.
+//! * Bits (DReLU results, decisions, noise) are shared as ring elements 0/1 in Z_2^64.
+
+use crate::cost::{Comm, Phase};
+use crate::error::{MpcError, Result};
+use crate::fixed;
+use crate::kernels::{self, ConvGeom};
+
+/// One party's view of a secret-shared vector (empty for P2).
+pub type Shared = Vec<u64>;
+
+/// Shares of a linear layer's parameters: weight (`f` bits) and bias (`2f` bits).
+#[derive(Clone, Debug, Default)]
+pub struct WeightShare {
+    /// Layer name (unique in the model; suites may key caches by it).
+    pub name: String,
+    /// Weight: conv `[o, c, k, k]`, linear `[out, in]` (PyTorch layout); empty for P2.
+    pub w: Shared,
+    /// Bias `[o]` encoded with `2f` fractional bits; empty for P2.
+    pub bias: Shared,
+}
+
+/// Geometry of a fully connected layer on a batch: `x[n, in_f] -> y[n, out_f]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Input features.
+    pub in_f: usize,
+    /// Output features.
+    pub out_f: usize,
+}
+
+/// Geometry of average pooling on a batch (no padding, floor output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Window size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+}
+
+impl PoolGeom {
+    /// Output height.
+    pub fn oh(&self) -> usize {
+        (self.h - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn ow(&self) -> usize {
+        (self.w - self.k) / self.stride + 1
+    }
+}
+
+/// How a ReLU-sharing layer computes each group's decision value `z_g`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeciderKind {
+    /// `z_g = sum_{i in g} v_i * s_i` (2f bits).
+    Learned,
+    /// `z_g = s_{leader(g)}` (f bits), no dot product.
+    OneHot,
+    /// `z_g = sum_{i in g} v_i * s_i + b_g` (2f bits).
+    Fc,
+}
+
+/// Everything (public and shared) a ReLU-sharing layer needs, for ONE image of `len` elements.
+#[derive(Clone, Debug)]
+pub struct GroupPlan {
+    /// Elements per image (`C*H*W`).
+    pub len: usize,
+    /// Global group id of every element (`len` entries, ids `0..num_groups`).
+    pub group_of: Vec<u32>,
+    /// Number of groups per image.
+    pub num_groups: usize,
+    /// Per group: element index of its one-hot member (used by `OneHot`).
+    pub leaders: Vec<u32>,
+    /// Decider.
+    pub decider: DeciderKind,
+    /// Shares of `v` (`len` entries, `f` bits) for Learned/Fc; empty otherwise and for P2.
+    pub v: Shared,
+    /// Shares of the per-group bias (`num_groups` entries, `2f` bits) for Fc; else empty.
+    pub bias: Shared,
+    /// Flip probability of each member's decision (0 = no noise).
+    pub noise: f32,
+}
+
+impl GroupPlan {
+    /// `map[i]` = index of element `i`'s group decision in a batch of `n` images
+    /// (`img * num_groups + group_of[i]`).
+    pub fn batch_map(&self, n: usize) -> Vec<u32> {
+        let mut m = Vec::with_capacity(n * self.len);
+        for img in 0..n {
+            let off = (img * self.num_groups) as u32;
+            m.extend(self.group_of.iter().map(|g| off + g));
+        }
+        m
+    }
+}
+
+/// One step of a model, as the suites see it (built by the runner from a model spec).
+#[derive(Clone, Debug)]
+pub enum PlanOp {
+    /// Convolution + bias, then truncation; `weight` indexes the runner's weight list.
+    Conv {
+        name: String,
+        geom: ConvGeom,
+        weight: usize,
+    },
+    /// Fully connected + bias, then truncation.
+    Linear {
+        name: String,
+        geom: LinearGeom,
+        weight: usize,
+    },
+    /// Average pooling.
+    AvgPool { name: String, geom: PoolGeom },
+    /// ReLU on `len` elements per image.
+    Relu { name: String, len: usize },
+    /// ReLU on channels `[0, relu_channels)` of `[c, plane]`, identity on the rest.
+    Partial {
+        name: String,
+        c: usize,
+        plane: usize,
+        relu_channels: usize,
+    },
+    /// ReLU sharing.
+    SharedRelu { name: String, plan: Box<GroupPlan> },
+    /// Identity activation, dropout, flatten: no work.
+    Identity { name: String },
+}
+
+impl PlanOp {
+    /// The layer name (used as the cost label).
+    pub fn name(&self) -> &str {
+        match self {
+            PlanOp::Conv { name, .. }
+            | PlanOp::Linear { name, .. }
+            | PlanOp::AvgPool { name, .. }
+            | PlanOp::Relu { name, .. }
+            | PlanOp::Partial { name, .. }
+            | PlanOp::SharedRelu { name, .. }
+            | PlanOp::Identity { name } => name,
+        }
+    }
+}
+
+/// The whole model as a list of steps, for batch size `n`.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Images per run.
+    pub n: usize,
+    /// Input elements per image.
+    pub input_len: usize,
+    /// Output elements per image (logits).
+    pub output_len: usize,
+    /// Steps in order.
+    pub ops: Vec<PlanOp>,
+}
+
+/// A protocol suite as run by one party. Implement the required methods; the provided ones
+/// compose them (override them to fuse steps or save rounds).
+pub trait Suite: Send {
+    /// Short name ("securenn", "fast", "fss").
+    fn name(&self) -> &'static str;
+
+    /// The metered connection (the runner sets label and phase on it).
+    fn comm(&mut self) -> &mut Comm;
+
+    /// Fixed-point fractional bits `f`.
+    fn frac_bits(&self) -> u32;
+
+    /// This party's index (0, 1, 2).
+    fn party(&mut self) -> usize {
+        self.comm().party()
+    }
+
+    /// Called once per model load, after the weights are shared and before any image: a suite
+    /// may precompute per-weight material (e.g. open masked weights). Runs with phase offline and
+    /// label "model-setup". Default: nothing.
+    fn prepare(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
+        let _ = (plan, weights);
+        Ok(())
+    }
+
+    /// Input-independent preprocessing for one run of `plan` (one batch), before the input is
+    /// known. Runs with phase offline; the runner sets the label of each layer only online, so
+    /// implementations should call `self.comm().set_label(op.name())` themselves to attribute
+    /// offline bytes per layer. Default: nothing (SecureNN has no offline phase).
+    fn offline(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
+        let _ = (plan, weights);
+        Ok(())
+    }
+
+    /// Convolution with shared weights: returns shares of `trunc_f(conv(x, w) + bias)` with
+    /// `x[n, c, h, w]` (f bits), `w[o, c, k, k]` (f bits), bias (2f bits); output `[n, o, oh, ow]`.
+    fn conv2d(&mut self, x: &Shared, w: &WeightShare, g: &ConvGeom) -> Result<Shared>;
+
+    /// Fully connected layer: shares of `trunc_f(x * w^T + bias)` for `x[n, in]`, `w[out, in]`.
+    fn linear(&mut self, x: &Shared, w: &WeightShare, g: &LinearGeom) -> Result<Shared>;
+
+    /// Elementwise product of two shared vectors of equal length (no truncation).
+    fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared>;
+
+    /// Shares of the bit `[x_i >= 0]` (x signed, two's complement), one per element of `len`.
+    fn drelu(&mut self, x: &Shared, len: usize) -> Result<Shared>;
+
+    /// Shares of `x_i * b_{map[i]}` where `b` holds shared bits (SelectShare / member times its
+    /// group's decision); `map.len()` = length of `x`.
+    fn select(&mut self, x: &Shared, b: &Shared, map: &[u32]) -> Result<Shared> {
+        let me = self.party();
+        let bb: Shared = if me == 2 {
+            Vec::new()
+        } else {
+            map.iter().map(|&g| b[g as usize]).collect()
+        };
+        self.mul_elem(x, &bb, map.len())
+    }
+
+    /// P2 (the dealer) samples `len` secret Bernoulli(`p`) bits and P0/P1 get shares of them.
+    fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared>;
+
+    /// Truncate shares by `bits` (default: SecureNN local truncation, no communication).
+    fn truncate(&mut self, x: &mut Shared, bits: u32) -> Result<()> {
+        let me = self.party();
+        if me != 2 {
+            fixed::trunc_share_vec(x, bits, me);
+        }
+        Ok(())
+    }
+
+    /// Average pooling: `trunc_f(window sum * round(2^f / k^2))` (default: local + truncate).
+    fn avg_pool(&mut self, x: &Shared, g: &PoolGeom) -> Result<Shared> {
+        if self.party() == 2 {
+            return Ok(Vec::new());
+        }
+        crate::ring::check_len("avg_pool input", x, g.n * g.c * g.h * g.w)?;
+        let c = fixed::pool_factor(g.k, self.frac_bits());
+        let mut s = kernels::pool_sums(x, g.n, g.c, g.h, g.w, g.k, g.stride);
+        for v in &mut s {
+            *v = v.wrapping_mul(c);
+        }
+        let f = self.frac_bits();
+        self.truncate(&mut s, f)?;
+        Ok(s)
+    }
+
+    /// ReLU on `len` elements: `x * DReLU(x)` (default: drelu then select).
+    fn relu(&mut self, x: &Shared, len: usize) -> Result<Shared> {
+        let d = self.drelu(x, len)?;
+        let map: Vec<u32> = (0..len as u32).collect();
+        self.select(x, &d, &map)
+    }
+
+    /// Partial ReLU on a batch of `[c, plane]` images: ReLU on channels `[0, relu_channels)`,
+    /// identity elsewhere (default: gather, relu, scatter).
+    fn partial_relu(
+        &mut self,
+        x: &Shared,
+        n: usize,
+        c: usize,
+        plane: usize,
+        relu_channels: usize,
+    ) -> Result<Shared> {
+        if relu_channels > c {
+            return Err(MpcError::Shape(format!(
+                "partial ReLU on {relu_channels} of {c} channels"
+            )));
+        }
+        let me = self.party();
+        let per = relu_channels * plane;
+        let mut sub = Vec::new();
+        if me != 2 {
+            crate::ring::check_len("partial input", x, n * c * plane)?;
+            for img in 0..n {
+                sub.extend_from_slice(&x[img * c * plane..img * c * plane + per]);
+            }
+        }
+        let r = self.relu(&sub, n * per)?;
+        if me == 2 {
+            return Ok(Vec::new());
+        }
+        let mut y = x.clone();
+        for img in 0..n {
+            y[img * c * plane..img * c * plane + per]
+                .copy_from_slice(&r[img * per..(img + 1) * per]);
+        }
+        Ok(y)
+    }
+
+    /// ReLU sharing on a batch of `n` images: group values `z_g` (dot product / leader), one
+    /// DReLU per group, optional noise flips (`keep_i = keep_g XOR Ber(p)`, the dealer's secret
+    /// bits), then `y_i = x_i * keep_i`.
+    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
+        let me = self.party();
+        let total = n * plan.len;
+        let groups = n * plan.num_groups;
+        if me != 2 {
+            crate::ring::check_len("shared ReLU input", x, total)?;
+        }
+        let z: Shared = match plan.decider {
+            DeciderKind::OneHot => {
+                if me == 2 {
+                    Vec::new()
+                } else {
+                    let mut z = Vec::with_capacity(groups);
+                    for img in 0..n {
+                        z.extend(plan.leaders.iter().map(|&l| x[img * plan.len + l as usize]));
+                    }
+                    z
+                }
+            }
+            DeciderKind::Learned | DeciderKind::Fc => {
+                let vv: Shared = if me == 2 {
+                    Vec::new()
+                } else {
+                    (0..n).flat_map(|_| plan.v.iter().copied()).collect()
+                };
+                let prod = self.mul_elem(x, &vv, total)?;
+                if me == 2 {
+                    Vec::new()
+                } else {
+                    let mut z = vec![0u64; groups];
+                    for img in 0..n {
+                        let zi = &mut z[img * plan.num_groups..(img + 1) * plan.num_groups];
+                        for (i, &g) in plan.group_of.iter().enumerate() {
+                            zi[g as usize] = zi[g as usize].wrapping_add(prod[img * plan.len + i]);
+                        }
+                        if plan.decider == DeciderKind::Fc {
+                            crate::ring::add_assign(zi, &plan.bias);
+                        }
+                    }
+                    z
+                }
+            }
+        };
+        let d = self.drelu(&z, groups)?;
+        let map = plan.batch_map(n);
+        if plan.noise > 0.0 {
+            // keep_i = nb_i + (1 - 2 nb_i) * d_{g(i)}
+            let nb = self.dealer_bernoulli(total, plan.noise)?;
+            let coef: Shared = if me == 2 {
+                Vec::new()
+            } else {
+                nb.iter()
+                    .map(|&b| {
+                        let m2 = b.wrapping_mul(2).wrapping_neg();
+                        if me == 0 {
+                            m2.wrapping_add(1)
+                        } else {
+                            m2
+                        }
+                    })
+                    .collect()
+            };
+            let t = self.select(&coef, &d, &map)?;
+            let keep: Shared = if me == 2 {
+                Vec::new()
+            } else {
+                crate::ring::add(&nb, &t)
+            };
+            self.mul_elem(x, &keep, total)
+        } else {
+            self.select(x, &d, &map)
+        }
+    }
+
+    /// The shares P0/P1 send to the client at the end (P2 returns None). Local; the runner
+    /// reconstructs and records the bytes as client bytes.
+    fn reveal_to_client(&mut self, x: &Shared) -> Result<Option<Vec<u64>>> {
+        if self.party() == 2 {
+            return Ok(None);
+        }
+        let bytes = (x.len() * 8) as u64;
+        self.comm().record_client_bytes(bytes);
+        Ok(Some(x.clone()))
+    }
+
+    /// Current phase helper for implementations.
+    fn set_phase(&mut self, p: Phase) {
+        self.comm().set_phase(p);
+    }
+}

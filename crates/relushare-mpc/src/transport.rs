@@ -1,0 +1,141 @@
+//! The message transport between the three parties, and an in-memory implementation for three
+//! threads in one process.
+//!
+//! A transport only moves whole messages between parties 0, 1 and 2; it does not count anything
+//! (cost accounting is [`crate::cost::Comm`], a wrapper above it). TCP/TLS lives in `net`.
+
+use crate::error::{MpcError, Result};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+/// Moves framed messages between the three parties.
+pub trait Transport: Send {
+    /// This party's index: 0, 1 or 2.
+    fn party(&self) -> usize;
+    /// Send one whole message to party `to`; must not block on the peer reading it.
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), MpcError>;
+    /// Receive the next whole message from party `from` (messages from one peer arrive in order).
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>, MpcError>;
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn party(&self) -> usize {
+        (**self).party()
+    }
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), MpcError> {
+        (**self).send(to, msg)
+    }
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>, MpcError> {
+        (**self).recv(from)
+    }
+}
+
+/// Default time a party waits for a peer's message before giving up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// In-memory transport over unbounded `std::sync::mpsc` channels (sending never blocks).
+pub struct MemTransport {
+    party: usize,
+    tx: [Option<Sender<Vec<u8>>>; 3],
+    rx: [Option<Receiver<Vec<u8>>>; 3],
+    timeout: Duration,
+}
+
+impl MemTransport {
+    /// Three connected endpoints, for parties 0, 1 and 2 (in that order).
+    pub fn trio() -> [MemTransport; 3] {
+        Self::trio_with_timeout(DEFAULT_TIMEOUT)
+    }
+
+    /// Like [`MemTransport::trio`] with a custom receive timeout.
+    pub fn trio_with_timeout(timeout: Duration) -> [MemTransport; 3] {
+        let mut tx: [[Option<Sender<Vec<u8>>>; 3]; 3] = Default::default();
+        let mut rx: [[Option<Receiver<Vec<u8>>>; 3]; 3] = Default::default();
+        for from in 0..3 {
+            for to in 0..3 {
+                if from != to {
+                    let (s, r) = channel();
+                    tx[from][to] = Some(s);
+                    rx[to][from] = Some(r);
+                }
+            }
+        }
+        let [t0, t1, t2] = tx;
+        let [r0, r1, r2] = rx;
+        [
+            MemTransport {
+                party: 0,
+                tx: t0,
+                rx: r0,
+                timeout,
+            },
+            MemTransport {
+                party: 1,
+                tx: t1,
+                rx: r1,
+                timeout,
+            },
+            MemTransport {
+                party: 2,
+                tx: t2,
+                rx: r2,
+                timeout,
+            },
+        ]
+    }
+}
+
+impl Transport for MemTransport {
+    fn party(&self) -> usize {
+        self.party
+    }
+
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<()> {
+        let tx = self
+            .tx
+            .get(to)
+            .and_then(|t| t.as_ref())
+            .ok_or(MpcError::BadParty(to))?;
+        tx.send(msg.to_vec())
+            .map_err(|_| MpcError::Disconnected(to))
+    }
+
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>> {
+        let rx = self
+            .rx
+            .get(from)
+            .and_then(|r| r.as_ref())
+            .ok_or(MpcError::BadParty(from))?;
+        match rx.recv_timeout(self.timeout) {
+            Ok(m) => Ok(m),
+            Err(RecvTimeoutError::Timeout) => Err(MpcError::Timeout(from)),
+            Err(RecvTimeoutError::Disconnected) => Err(MpcError::Disconnected(from)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_flow_in_order() {
+        let [mut a, mut b, mut c] = MemTransport::trio();
+        a.send(1, b"x").unwrap();
+        a.send(1, b"yz").unwrap();
+        c.send(1, b"c").unwrap();
+        assert_eq!(b.recv(0).unwrap(), b"x");
+        assert_eq!(b.recv(2).unwrap(), b"c");
+        assert_eq!(b.recv(0).unwrap(), b"yz");
+        assert!(matches!(a.send(0, b""), Err(MpcError::BadParty(0))));
+        assert!(matches!(a.recv(5), Err(MpcError::BadParty(5))));
+        drop(c);
+        assert!(matches!(a.recv(2), Err(MpcError::Disconnected(2))));
+    }
+
+    #[test]
+    fn timeout_is_an_error() {
+        let [mut a, _b, _c] = MemTransport::trio_with_timeout(Duration::from_millis(10));
+        assert!(matches!(a.recv(1), Err(MpcError::Timeout(1))));
+    }
+}
