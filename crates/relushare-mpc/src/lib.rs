@@ -8,6 +8,7 @@ pub mod cost;
 pub mod error;
 pub mod fixed;
 pub mod kernels;
+pub mod net;
 pub mod prg;
 pub mod ring;
 pub mod suite;

@@ -1,0 +1,355 @@
+//! Loopback tests of the TLS mesh: happy path, authentication refusals and peer faults.
+
+use super::*;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::thread;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("relushare-net-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn session(tag: &str, sid: &str) -> TempDir {
+    let d = TempDir::new(tag);
+    pki::generate(&d.0, Some(sid), false).unwrap();
+    d
+}
+
+fn cfg(dir: &TempDir, role: usize, peers: &[(usize, SocketAddr)], timeout_ms: u64) -> NetConfig {
+    let keys = PartyKeys::load(&dir.0, role).unwrap();
+    let mut c = NetConfig::new(
+        keys,
+        peers.iter().map(|(r, a)| (*r, a.to_string())).collect(),
+    );
+    c.timeout = Duration::from_millis(timeout_ms);
+    c
+}
+
+fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+/// Starts parties 0 and 1 (and 2 if `with2`) of a session; returns their join handles.
+fn mesh(dir: &TempDir, timeout_ms: u64) -> Vec<thread::JoinHandle<Result<TlsTransport, NetError>>> {
+    let (l0, a0) = listener();
+    let (l1, a1) = listener();
+    let c0 = cfg(dir, 0, &[], timeout_ms);
+    let c1 = cfg(dir, 1, &[(0, a0)], timeout_ms);
+    let c2 = cfg(dir, 2, &[(0, a0), (1, a1)], timeout_ms);
+    vec![
+        thread::spawn(move || TlsTransport::connect(&c0, Some(l0))),
+        thread::spawn(move || TlsTransport::connect(&c1, Some(l1))),
+        thread::spawn(move || TlsTransport::connect(&c2, None)),
+    ]
+}
+
+#[test]
+fn three_parties_exchange_messages_without_blocking() {
+    let dir = session("mesh", "s1");
+    let handles = mesh(&dir, 5000);
+    let mut ts: Vec<TlsTransport> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7) as u8).collect();
+    // Everyone sends a large message to everyone before anyone reads: sends must not block.
+    let mut workers = Vec::new();
+    for mut t in ts.drain(..) {
+        let big = big.clone();
+        workers.push(thread::spawn(move || {
+            let me = t.role();
+            for to in (0..3).filter(|&j| j != me) {
+                t.send_msg(to, &big).unwrap();
+                t.send_msg(to, &[me as u8, to as u8]).unwrap();
+                t.send_msg(to, &[]).unwrap();
+            }
+            for from in (0..3).filter(|&j| j != me) {
+                assert_eq!(t.recv_msg(from).unwrap(), big);
+                assert_eq!(t.recv_msg(from).unwrap(), vec![from as u8, me as u8]);
+                assert_eq!(t.recv_msg(from).unwrap(), Vec::<u8>::new());
+            }
+            assert!(matches!(t.send_msg(me, b"x"), Err(NetError::NoPeer { .. })));
+            t.close().unwrap();
+        }));
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+#[test]
+fn transport_trait_maps_errors() {
+    use crate::transport::Transport;
+    let dir = session("trait", "s1");
+    let handles = mesh(&dir, 3000);
+    let mut ts: Vec<TlsTransport> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let t2 = ts.pop().unwrap();
+    let mut t1 = ts.pop().unwrap();
+    let mut t0 = ts.pop().unwrap();
+    Transport::send(&mut t0, 1, b"hello").unwrap();
+    assert_eq!(Transport::recv(&mut t1, 0).unwrap(), b"hello");
+    assert!(matches!(
+        Transport::send(&mut t0, 0, b""),
+        Err(crate::error::MpcError::BadParty(0))
+    ));
+    // P2 goes away: P0 sees a disconnect naming party 2, not a hang.
+    t2.abort();
+    let start = Instant::now();
+    let e = Transport::recv(&mut t0, 2).unwrap_err();
+    assert!(matches!(e, crate::error::MpcError::Disconnected(2)), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    // A later call reports the link as down.
+    let e = t0.recv_msg(2).unwrap_err();
+    assert!(e.to_string().contains("P2"), "{e}");
+}
+
+#[test]
+fn missing_peer_fails_within_the_timeout() {
+    let dir = session("missing", "s1");
+    let (l0, a0) = listener();
+    let c0 = cfg(&dir, 0, &[], 800);
+    let c1 = cfg(&dir, 1, &[(0, a0)], 800);
+    let (l1, _) = listener();
+    let start = Instant::now();
+    let h0 = thread::spawn(move || TlsTransport::connect(&c0, Some(l0)));
+    let h1 = thread::spawn(move || TlsTransport::connect(&c1, Some(l1)));
+    let e0 = h0.join().unwrap().unwrap_err().to_string();
+    let e1 = h1.join().unwrap().unwrap_err().to_string();
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(e0.contains("P2") && e0.contains("never connected"), "{e0}");
+    assert!(e1.contains("P2"), "{e1}");
+    // Nobody listening at all: the dialler gives up at its deadline.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let c1 = cfg(&dir, 1, &[(0, dead)], 600);
+    let (l1, _) = listener();
+    let start = Instant::now();
+    let e = TlsTransport::connect(&c1, Some(l1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(e.contains("P0") && e.contains("cannot connect"), "{e}");
+}
+
+/// P0 listens for P1 and P2; `intruder` dials it instead of the genuine P1.
+fn refused(intruder: NetConfig, expect_listener: &str, expect_intruder: &str) {
+    let dir = session("auth", "good");
+    let (l0, a0) = listener();
+    let c0 = cfg(&dir, 0, &[], 1500);
+    let h0 = thread::spawn(move || TlsTransport::connect(&c0, Some(l0)));
+    let e = RawPeer::dial(&intruder, 0, &a0.to_string())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(expect_intruder), "intruder error: {e}");
+    let e0 = h0.join().unwrap().unwrap_err().to_string();
+    assert!(
+        e0.contains("refused") && e0.contains(expect_listener),
+        "listener error: {e0}"
+    );
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused() {
+    let other = session("other", "good");
+    let c = cfg(&other, 1, &[], 1500);
+    // Our side rejects P0's certificate (unknown issuer) and P0 never accepts us.
+    refused(c, "P1", "TLS error");
+}
+
+#[test]
+fn replayed_session_id_is_refused_by_both_ends() {
+    let dir = session("replay", "good");
+    let (l0, a0) = listener();
+    let c0 = cfg(&dir, 0, &[], 1500);
+    let h0 = thread::spawn(move || TlsTransport::connect(&c0, Some(l0)));
+    let mut c1 = cfg(&dir, 1, &[], 1500);
+    c1.session_id = "an-old-session".into();
+    let e = RawPeer::dial(&c1, 0, &a0.to_string())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused") && e.contains("an-old-session"), "{e}");
+    let e0 = h0.join().unwrap().unwrap_err().to_string();
+    assert!(e0.contains("replayed"), "{e0}");
+}
+
+#[test]
+fn wrong_role_is_refused() {
+    // P1 listens for P2 only; a genuine P0 certificate dialling it is refused.
+    let dir = session("role", "good");
+    let (l1, a1) = listener();
+    let (_l0, a0) = listener();
+    let c1 = cfg(&dir, 1, &[(0, a0)], 1500);
+    let h1 = thread::spawn(move || TlsTransport::connect(&c1, Some(l1)));
+    let c0 = cfg(&dir, 0, &[], 1500);
+    // P0 expects to reach P1 and P1's certificate says P1, but P1 does not expect P0 here.
+    let e = RawPeer::dial(&c0, 1, &a1.to_string())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused") && e.contains("not expected"), "{e}");
+    let e1 = h1.join().unwrap().unwrap_err().to_string();
+    assert!(e1.contains("relushare-party-0 is not expected"), "{e1}");
+    // Dialling P1's address while expecting P2 fails the server-name check.
+    let (l1, a1) = listener();
+    let c1 = cfg(&dir, 1, &[(0, a0)], 1500);
+    let h1 = thread::spawn(move || TlsTransport::connect(&c1, Some(l1)));
+    let c0 = cfg(&dir, 0, &[], 1500);
+    let e = RawPeer::dial(&c0, 2, &a1.to_string())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TLS error") && e.contains("P2"), "{e}");
+    let _ = h1.join();
+}
+
+/// P0 and P2 genuine; P1 is a raw peer that misbehaves after authenticating. Returns P0's error.
+fn fault(act: impl FnOnce(&mut RawPeer) + Send + 'static, timeout_ms: u64) -> (String, Duration) {
+    let dir = session("fault", "good");
+    let (l0, a0) = listener();
+    let (l1, a1) = listener();
+    let c0 = cfg(&dir, 0, &[], timeout_ms);
+    let c1 = cfg(&dir, 1, &[(0, a0)], timeout_ms);
+    let c2 = cfg(&dir, 2, &[(0, a0), (1, a1)], timeout_ms);
+    let h0 = thread::spawn(move || {
+        let mut t = TlsTransport::connect(&c0, Some(l0))?;
+        let start = Instant::now();
+        t.send_msg(1, b"share")?;
+        let r = t.recv_msg(1).map(|_| ());
+        Ok::<_, NetError>((r, start.elapsed()))
+    });
+    let h1 = thread::spawn(move || {
+        let mut p0 = RawPeer::dial(&c1, 0, &a0.to_string()).unwrap();
+        let _p2 = RawPeer::accept(&c1, &l1, &[2]).unwrap();
+        act(&mut p0);
+        // Keep the connection open (a stall) until P0 has given up.
+        thread::sleep(Duration::from_millis(timeout_ms + 1500));
+        drop(p0);
+    });
+    let h2 = thread::spawn(move || TlsTransport::connect(&c2, None).map(|t| t.abort()));
+    let (r, elapsed) = h0.join().unwrap().unwrap();
+    h2.join().unwrap().unwrap();
+    h1.join().unwrap();
+    (r.unwrap_err().to_string(), elapsed)
+}
+
+#[test]
+fn faults_give_clear_errors_naming_the_peer() {
+    let (e, t) = fault(|p| p.write_raw(&100u64.to_le_bytes()[..5]).unwrap(), 1000);
+    assert!(
+        e.contains("P1") && e.contains("timed out"),
+        "half a header then silence: {e}"
+    );
+    assert!(t < Duration::from_millis(2500), "{t:?}");
+
+    let (e, _) = fault(|p| p.write_raw(&(1u64 << 50).to_le_bytes()).unwrap(), 1000);
+    assert!(
+        e.contains("P1") && e.contains("above the limit"),
+        "oversized: {e}"
+    );
+
+    let (e, t) = fault(|_| {}, 800);
+    assert!(e.contains("P1") && e.contains("stalled"), "stall: {e}");
+    assert!(
+        t >= Duration::from_millis(700) && t < Duration::from_millis(2000),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn short_frame_and_disconnect_are_reported() {
+    let dir = session("short", "good");
+    let (l0, a0) = listener();
+    let c0 = cfg(&dir, 0, &[], 2000);
+    let c1 = cfg(&dir, 1, &[], 2000);
+    let c2 = cfg(&dir, 2, &[], 2000);
+    let h0 = thread::spawn(move || TlsTransport::connect(&c0, Some(l0)));
+    let mut p1 = RawPeer::dial(&c1, 0, &a0.to_string()).unwrap();
+    let mut p2 = RawPeer::dial(&c2, 0, &a0.to_string()).unwrap();
+    let mut t0 = h0.join().unwrap().unwrap();
+    p1.send_frame(b"ok").unwrap();
+    let mut short = frame::header(10).to_vec();
+    short.extend_from_slice(b"abc");
+    p1.write_raw(&short).unwrap();
+    p1.drop_connection();
+    assert_eq!(t0.recv_msg(1).unwrap(), b"ok");
+    let e = t0.recv_msg(1).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NetError::ShortFrame {
+                peer: 1,
+                got: 11,
+                expected: 18
+            }
+        ),
+        "{e}"
+    );
+    // P2 sends one frame, then disconnects cleanly between frames.
+    p2.send_frame(b"last").unwrap();
+    let _ = p2.recv_frame(16);
+    p2.drop_connection();
+    assert_eq!(t0.recv_msg(2).unwrap(), b"last");
+    let e = t0.recv_msg(2).unwrap_err();
+    assert!(matches!(e, NetError::Disconnected { peer: 2 }), "{e}");
+}
+
+#[test]
+fn stalled_reader_makes_writes_fail_not_hang() {
+    // The peer never reads; our sends keep queueing (non-blocking) until the writer thread
+    // times out, after which send and recv report the stalled peer.
+    let dir = session("wstall", "good");
+    let (l0, a0) = listener();
+    let c0 = cfg(&dir, 0, &[], 700);
+    let c1 = cfg(&dir, 1, &[], 700);
+    let c2 = cfg(&dir, 2, &[], 700);
+    let h0 = thread::spawn(move || TlsTransport::connect(&c0, Some(l0)));
+    let p1 = RawPeer::dial(&c1, 0, &a0.to_string()).unwrap();
+    let _p2 = RawPeer::dial(&c2, 0, &a0.to_string()).unwrap();
+    let mut t0 = h0.join().unwrap().unwrap();
+    let chunk = vec![0u8; 256 << 10];
+    let start = Instant::now();
+    let mut err = None;
+    for _ in 0..2000 {
+        if let Err(e) = t0.send_msg(1, &chunk) {
+            err = Some(e);
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let e = err
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| t0.recv_msg(1).unwrap_err().to_string());
+    assert!(
+        e.contains("P1") && (e.contains("timed out") || e.contains("stalled")),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    drop(p1);
+}
