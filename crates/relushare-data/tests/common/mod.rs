@@ -115,7 +115,7 @@ impl Mat {
         out.extend_from_slice(&self.u32(ty));
         out.extend_from_slice(&self.u32(data.len() as u32));
         out.extend_from_slice(data);
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
     }
