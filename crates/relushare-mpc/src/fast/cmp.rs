@@ -1,0 +1,446 @@
+//! Comparison (DReLU) of additively shared values against zero, ReLU, and the select gates.
+//!
+//! # Comparison on a small ring
+//! A secret `y` with `|y| < 2^(k-1)` is compared on Z_2^k: reduction mod 2^k of additive shares
+//! is a ring homomorphism, so the low `k` bits of the opened `c = y + r` equal
+//! `(y + r) mod 2^k`. With `u = y + 2^(k-1)` (in `[0, 2^k)`) and `c_u = c + 2^(k-1) mod 2^k`,
+//! `[y >= 0] = MSB(u) = c_u[k-1] XOR r[k-1] XOR [c_u mod 2^(k-1) < r mod 2^(k-1)]`.
+//!
+//! # Less-than circuit against public `c`
+//! The dealer supplies XOR shares of the bits of `r mod 2^k` (an edaBit whose arithmetic part
+//! is the seed-derived `r`), and for every pair of adjacent bits the monomial `r_(2p+1) r_(2p)`.
+//! With `c` public, the generate/propagate pair of every 2-bit leaf, `G = [c_leaf < r_leaf]`,
+//! `P = [c_leaf == r_leaf]`, is then *linear* in the dealt bits (no communication). Leaves are
+//! combined in a balanced tree, `(G, P) = (G_H ^ P_H G_L, P_H P_L)`; every tree level is one
+//! round of Beaver bit multiplications with dealer triples `(a, b1, a b1, b2, a b2)` that share
+//! the opened `P_H ^ a`. The lowest segment never needs `P`. For `k` bits:
+//! `L = (k-1)/2` leaves, `ceil(log2 L)` rounds.
+//!
+//! # Costs (bytes sent per party, `n` elements; `pb = ceil(n/8)`)
+//! * tree: per level, `pb * (2 * pairs_with_lowest + 3 * other_pairs)`, see [`Schedule`];
+//! * dealer material (P1's corrections): `k * pb` (bits of r) + `L * pb` (monomials) +
+//!   `pb * sum over levels (1 or 2 per pair)` (triple products).
+
+use crate::cost::Comm;
+use crate::error::{MpcError, Result};
+use crate::fast::bits::{self, Plane};
+use crate::fast::deal::Deal;
+
+/// One combine of the tree: segment indices (into the current level's list, high to low) and
+/// whether the propagate bit of the result is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
+    /// Index of the high segment.
+    pub h: usize,
+    /// Index of the low segment (`h + 1`).
+    pub l: usize,
+    /// Is the combined propagate bit needed (false for the lowest segment)?
+    pub need_p: bool,
+}
+
+/// The tree schedule for a `k`-bit comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Comparison ring bits (odd, >= 3).
+    pub k: u32,
+    /// Number of 2-bit leaves, `(k-1)/2`.
+    pub leaves: usize,
+    /// Levels of combines (one round each).
+    pub levels: Vec<Vec<Pair>>,
+}
+
+impl Schedule {
+    /// Schedule for `k` bits; `k` must be odd and in 3..=63.
+    pub fn new(k: u32) -> Result<Schedule> {
+        if !(3..=63).contains(&k) || k % 2 == 0 {
+            return Err(MpcError::Param(format!(
+                "comparison ring bits must be odd in 3..=63, got {k}"
+            )));
+        }
+        let leaves = ((k - 1) / 2) as usize;
+        let mut levels = Vec::new();
+        let mut s = leaves;
+        while s > 1 {
+            let mut lv = Vec::new();
+            let mut j = 0;
+            while j + 1 < s {
+                lv.push(Pair {
+                    h: j,
+                    l: j + 1,
+                    need_p: j + 1 != s - 1,
+                });
+                j += 2;
+            }
+            levels.push(lv);
+            s = s.div_ceil(2);
+        }
+        Ok(Schedule { k, leaves, levels })
+    }
+
+    /// Rounds of the tree.
+    pub fn rounds(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Planes opened per party per element over the whole tree.
+    pub fn open_planes(&self) -> usize {
+        self.levels
+            .iter()
+            .flatten()
+            .map(|p| if p.need_p { 3 } else { 2 })
+            .sum()
+    }
+
+    /// Triple products (corrections) per element.
+    pub fn and_gates(&self) -> usize {
+        self.levels
+            .iter()
+            .flatten()
+            .map(|p| if p.need_p { 2 } else { 1 })
+            .sum()
+    }
+
+    /// Online bytes sent by one party for `n` comparisons (tree only).
+    pub fn online_bytes(&self, n: usize) -> usize {
+        self.open_planes() * bits::plane_bytes(n)
+    }
+
+    /// Dealer bytes (P1's corrections) for `n` comparisons.
+    pub fn offline_bytes(&self, n: usize) -> usize {
+        (self.k as usize + self.leaves + self.and_gates()) * bits::plane_bytes(n)
+    }
+}
+
+/// Triple material of one combine.
+pub struct PairMat {
+    a: Plane,
+    b1: Plane,
+    c1: Plane,
+    b2: Plane,
+    c2: Plane,
+}
+
+/// Dealer material of `n` comparisons on `k` bits (this party's shares).
+pub struct CmpMat {
+    /// Schedule.
+    pub sched: Schedule,
+    /// Number of elements.
+    pub n: usize,
+    /// Shares of bit `j` of `r mod 2^k`, `j = 0..k`.
+    pub r: Vec<Plane>,
+    /// Shares of `r_(2p+1) r_(2p)`.
+    pub m: Vec<Plane>,
+    levels: Vec<Vec<PairMat>>,
+}
+
+/// Deal comparison material for `n` values whose mask (mod 2^k) the dealer passes in `r_secret`.
+pub fn deal_cmp(d: &mut Deal, n: usize, k: u32, r_secret: Option<&[u64]>) -> Result<CmpMat> {
+    let sched = Schedule::new(k)?;
+    let mut r = Vec::with_capacity(k as usize);
+    let sec_planes: Option<Vec<Plane>> =
+        r_secret.map(|rs| (0..k).map(|j| bits::bit_plane(rs, j)).collect());
+    for j in 0..k as usize {
+        r.push(d.corr_bits(n, sec_planes.as_ref().map(|p| p[j].as_slice()))?);
+    }
+    let mut m = Vec::with_capacity(sched.leaves);
+    for p in 0..sched.leaves {
+        let s = sec_planes
+            .as_ref()
+            .map(|sp| bits::and(&sp[2 * p + 1], &sp[2 * p]));
+        m.push(d.corr_bits(n, s.as_deref())?);
+    }
+    let mut levels = Vec::with_capacity(sched.levels.len());
+    for lv in &sched.levels {
+        let mut mats = Vec::with_capacity(lv.len());
+        for pair in lv {
+            let a = d.rand_bits(n);
+            let b1 = d.rand_bits(n);
+            let s1 = a
+                .secret
+                .as_ref()
+                .map(|x| bits::and(x, b1.secret.as_ref().expect("dealer")));
+            let c1 = d.corr_bits(n, s1.as_deref())?;
+            let (b2, c2) = if pair.need_p {
+                let b2 = d.rand_bits(n);
+                let s2 = a
+                    .secret
+                    .as_ref()
+                    .map(|x| bits::and(x, b2.secret.as_ref().expect("dealer")));
+                let c2 = d.corr_bits(n, s2.as_deref())?;
+                (b2.mine, c2)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            mats.push(PairMat {
+                a: a.mine,
+                b1: b1.mine,
+                c1,
+                b2,
+                c2,
+            });
+        }
+        levels.push(mats);
+    }
+    Ok(CmpMat {
+        sched,
+        n,
+        r,
+        m,
+        levels,
+    })
+}
+
+/// Open XOR-shared planes between P0 and P1 (one round, `ceil(n/8)` bytes per plane each way).
+pub fn open_planes(comm: &mut Comm, planes: &[&[u64]], n: usize) -> Result<Vec<Plane>> {
+    let me = comm.party();
+    let peer = 1 - me;
+    let msg = bits::pack_planes(planes, n);
+    let got = comm.round(vec![(peer, msg)], &[peer])?;
+    let theirs = bits::unpack_planes(&got[0], planes.len(), n, peer)?;
+    Ok(planes
+        .iter()
+        .zip(theirs)
+        .map(|(a, mut b)| {
+            bits::xor_assign(&mut b, a);
+            bits::mask_tail(&mut b, n);
+            b
+        })
+        .collect())
+}
+
+/// Open an additively shared ring vector between P0 and P1 (one round, 8 bytes per element).
+pub fn open_u64(comm: &mut Comm, mine: &[u64]) -> Result<Vec<u64>> {
+    let peer = 1 - comm.party();
+    let theirs = comm.exchange_u64(peer, mine)?;
+    Ok(mine
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| a.wrapping_add(*b))
+        .collect())
+}
+
+/// Open a vector shared mod 2^k (one round, `ceil(n*k/8)` bytes each way); result mod 2^k.
+pub fn open_kbit(comm: &mut Comm, mine: &[u64], k: u32) -> Result<Vec<u64>> {
+    let me = comm.party();
+    let peer = 1 - me;
+    let got = comm.round(vec![(peer, bits::pack_kbit(mine, k))], &[peer])?;
+    let theirs = bits::unpack_kbit(&got[0], mine.len(), k, peer)?;
+    let mask = (1u64 << k) - 1;
+    Ok(mine
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| a.wrapping_add(*b) & mask)
+        .collect())
+}
+
+/// XOR shares of `[y >= 0]` given the public `c = y + r` (only its low `k` bits are used) and
+/// the material dealt for `r`. Requires `|y| < 2^(k-1)`. `ceil(log2((k-1)/2))` rounds.
+pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
+    let me = comm.party();
+    let n = mat.n;
+    if c.len() != n {
+        return Err(MpcError::Shape(format!(
+            "comparison of {} values, material for {n}",
+            c.len()
+        )));
+    }
+    let k = mat.sched.k;
+    let half = 1u64 << (k - 1);
+    let cu: Vec<u64> = c.iter().map(|x| x.wrapping_add(half)).collect();
+    let wn = bits::words(n);
+    // e_j = NOT c_j (public).
+    let e: Vec<Plane> = (0..k)
+        .map(|j| {
+            let mut p = bits::bit_plane(&cu, j);
+            for w in p.iter_mut() {
+                *w = !*w;
+            }
+            bits::mask_tail(&mut p, n);
+            p
+        })
+        .collect();
+    // Leaves, high to low.
+    let nl = mat.sched.leaves;
+    let mut g: Vec<Plane> = Vec::with_capacity(nl);
+    let mut p: Vec<Plane> = Vec::with_capacity(nl);
+    for i in 0..nl {
+        let leaf = nl - 1 - i;
+        let (h, l) = (2 * leaf + 1, 2 * leaf);
+        let (eh, el, rh, rl, m) = (&e[h], &e[l], &mat.r[h], &mat.r[l], &mat.m[leaf]);
+        let mut gp = vec![0u64; wn];
+        let mut pp = vec![0u64; wn];
+        for w in 0..wn {
+            let ehrl = eh[w] & rl[w];
+            gp[w] = (eh[w] & rh[w]) ^ (el[w] & (ehrl ^ m[w]));
+            pp[w] = ehrl ^ (el[w] & rh[w]) ^ m[w] ^ if me == 0 { eh[w] & el[w] } else { 0 };
+        }
+        g.push(gp);
+        p.push(pp);
+    }
+    for (lv, mats) in mat.sched.levels.iter().zip(&mat.levels) {
+        // Masked operands of this level.
+        let mut out: Vec<Plane> = Vec::new();
+        for (pair, pm) in lv.iter().zip(mats) {
+            out.push(bits::xor(&p[pair.h], &pm.a));
+            out.push(bits::xor(&g[pair.l], &pm.b1));
+            if pair.need_p {
+                out.push(bits::xor(&p[pair.l], &pm.b2));
+            }
+        }
+        let refs: Vec<&[u64]> = out.iter().map(|v| v.as_slice()).collect();
+        let opened = open_planes(comm, &refs, n)?;
+        let mut ng = Vec::new();
+        let mut np = Vec::new();
+        let mut idx = 0;
+        for (pair, pm) in lv.iter().zip(mats) {
+            let ee = &opened[idx];
+            let f1 = &opened[idx + 1];
+            let mut gn = vec![0u64; wn];
+            for w in 0..wn {
+                let z = pm.c1[w]
+                    ^ (ee[w] & pm.b1[w])
+                    ^ (f1[w] & pm.a[w])
+                    ^ if me == 0 { ee[w] & f1[w] } else { 0 };
+                gn[w] = g[pair.h][w] ^ z;
+            }
+            ng.push(gn);
+            if pair.need_p {
+                let f2 = &opened[idx + 2];
+                let mut pn = vec![0u64; wn];
+                for w in 0..wn {
+                    pn[w] = pm.c2[w]
+                        ^ (ee[w] & pm.b2[w])
+                        ^ (f2[w] & pm.a[w])
+                        ^ if me == 0 { ee[w] & f2[w] } else { 0 };
+                }
+                np.push(pn);
+                idx += 3;
+            } else {
+                np.push(Vec::new());
+                idx += 2;
+            }
+        }
+        if g.len() % 2 == 1 {
+            ng.push(g.pop().expect("odd"));
+            np.push(p.pop().expect("odd"));
+        }
+        g = ng;
+        p = np;
+    }
+    let mut b = g
+        .pop()
+        .ok_or_else(|| MpcError::Param("empty comparison".into()))?;
+    bits::xor_assign(&mut b, &mat.r[k as usize - 1]);
+    if me == 0 {
+        // c_u[k-1] = NOT e[k-1]
+        for (w, x) in b.iter_mut().zip(&e[k as usize - 1]) {
+            *w ^= !*x;
+        }
+    }
+    bits::mask_tail(&mut b, n);
+    Ok(b)
+}
+
+/// Dealer material of a ReLU on `n` elements with comparisons on `k` bits.
+pub struct ReluMat {
+    /// Share of the 64-bit mask `r` (seed-derived, free).
+    pub r: Vec<u64>,
+    /// Comparison material for `r mod 2^k`.
+    pub cmp: CmpMat,
+    /// Share of the select mask bit `t` (free).
+    pub t: Plane,
+    /// Arithmetic share of `t` (correction).
+    pub ta: Vec<u64>,
+    /// Arithmetic share of `t * r` (correction).
+    pub tr: Vec<u64>,
+}
+
+/// Deal a ReLU: `r` free, bits of `r mod 2^k` and comparison triples, `t` free, `t` and `t r`
+/// arithmetic (16 bytes per element of P1 corrections plus [`Schedule::offline_bytes`]).
+pub fn deal_relu(d: &mut Deal, n: usize, k: u32) -> Result<ReluMat> {
+    let r = d.rand_u64(n);
+    let cmp = deal_cmp(d, n, k, r.secret.as_deref())?;
+    let t = d.rand_bits(n);
+    let (tas, trs) = match (&t.secret, &r.secret) {
+        (Some(ts), Some(rs)) => {
+            let ta: Vec<u64> = (0..n).map(|i| bits::get(ts, i)).collect();
+            let tr: Vec<u64> = ta.iter().zip(rs).map(|(a, b)| a.wrapping_mul(*b)).collect();
+            (Some(ta), Some(tr))
+        }
+        _ => (None, None),
+    };
+    let ta = d.corr_u64(n, tas.as_deref())?;
+    let tr = d.corr_u64(n, trs.as_deref())?;
+    Ok(ReluMat {
+        r: r.mine,
+        cmp,
+        t: t.mine,
+        ta,
+        tr,
+    })
+}
+
+/// Online ReLU on shares `y` (`|y| < 2^(k-1)` required): opens `y + r` (8 bytes per element),
+/// the comparison tree, then `b ^ t` (one bit); the output `b * y = b * (c - r)` is local.
+/// Rounds: `2 + ceil(log2((k-1)/2))`.
+pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>> {
+    let me = comm.party();
+    let n = mat.cmp.n;
+    if y.len() != n {
+        return Err(MpcError::Shape(format!(
+            "ReLU of {} values, material for {n}",
+            y.len()
+        )));
+    }
+    let masked: Vec<u64> = y
+        .iter()
+        .zip(&mat.r)
+        .map(|(a, b)| a.wrapping_add(*b))
+        .collect();
+    let c = open_u64(comm, &masked)?;
+    let b = drelu_bits(comm, &mat.cmp, &c)?;
+    let d = open_planes(comm, &[&bits::xor(&b, &mat.t)], n)?
+        .pop()
+        .unwrap_or_default();
+    Ok(select_from_open(me, &d, &c, &mat.r, &mat.ta, &mat.tr))
+}
+
+/// Local select: shares of `b * (c - r)` where `b = d ^ t`, `d` public, from shares of `r`,
+/// `t` (arithmetic) and `t r`. With `b = d + (1 - 2d) t`:
+/// `b (c - r) = b c - d r - (1 - 2d) t r`.
+pub fn select_from_open(
+    me: usize,
+    d: &[u64],
+    c: &[u64],
+    r: &[u64],
+    ta: &[u64],
+    tr: &[u64],
+) -> Vec<u64> {
+    (0..c.len())
+        .map(|i| {
+            let di = bits::get(d, i);
+            let sign = 1u64.wrapping_sub(di.wrapping_mul(2)); // 1 - 2d
+            let ba = sign
+                .wrapping_mul(ta[i])
+                .wrapping_add(if me == 0 { di } else { 0 });
+            ba.wrapping_mul(c[i])
+                .wrapping_sub(di.wrapping_mul(r[i]))
+                .wrapping_sub(sign.wrapping_mul(tr[i]))
+        })
+        .collect()
+}
+
+/// Online bytes sent by one party for a ReLU on `n` elements.
+pub fn relu_online_bytes(n: usize, k: u32) -> Result<usize> {
+    Ok(8 * n + Schedule::new(k)?.online_bytes(n) + bits::plane_bytes(n))
+}
+
+/// Dealer bytes (to P1) for a ReLU on `n` elements.
+pub fn relu_offline_bytes(n: usize, k: u32) -> Result<usize> {
+    Ok(Schedule::new(k)?.offline_bytes(n) + 16 * n)
+}
+
+/// Online rounds of a ReLU.
+pub fn relu_rounds(k: u32) -> Result<usize> {
+    Ok(2 + Schedule::new(k)?.rounds())
+}

@@ -1,0 +1,568 @@
+//! The `fast` protocol suite (semi-honest, P0/P1 hold additive shares over Z_2^64, P2 is a
+//! dealer that never sees data and is idle online).
+//!
+//! # Phases
+//! * **Model load** ([`Suite::prepare`], offline): the dealer sends P0 and P1 one PRG seed each
+//!   (16 bytes); every weight tensor `W` (and every decider `v`) is masked with a seed-derived
+//!   `B` and `F = W - B` is opened once ([`linear`]).
+//! * **Offline** ([`Suite::offline`], per batch): the dealer deals, layer by layer, all material
+//!   of the batch. Everything random is seed-derived; only correlated values (products, bits of
+//!   masks) cost bytes and go to P1 alone ([`deal`]). One message per layer.
+//! * **Online**: P0 and P1 only. Linear layers open `X - A` once; ReLUs open `y + r` once,
+//!   compare on a small ring `Z_2^k` with a log-depth tree of bit Beaver multiplications
+//!   ([`cmp`]) and select with one more opened bit; ReLU-sharing layers compare only the group
+//!   values ([`share`]). With [`CmpMode::Fss`] the comparisons are instead evaluated with
+//!   distributed comparison functions ([`crate::fss`]): one opening, no tree rounds.
+//!
+//! # Comparison ring
+//! A comparison on `k` bits is correct when `|y| < 2^(k-1)`. [`FastConfig`] holds `k` per
+//! layer; `bounds::comparison_bits` derives a provable `k` for every layer from the plaintext
+//! model (interval arithmetic on the fixed-point weights, done by the model owner; `k` is then
+//! public, which reveals a power-of-two bound on the layer's activations).
+//!
+//! # Truncation
+//! Local share truncation after each product (see [`crate::fixed`]): at most one unit in the
+//! last place of error, except with probability about `|y| 2^(2f) / 2^63` per element.
+
+pub mod bits;
+
+pub mod bounds;
+pub mod cmp;
+pub mod deal;
+pub mod linear;
+pub mod share;
+#[cfg(test)]
+mod tests;
+
+use crate::cost::{Comm, Phase};
+use crate::error::{MpcError, Result};
+use crate::kernels::{self, ConvGeom};
+use crate::prg::{self, Prg};
+use crate::suite::{DeciderKind, GroupPlan, LinearGeom, Plan, PlanOp, Shared, Suite, WeightShare};
+use deal::Deal;
+use linear::{LinMat, LinOp, MaskedWeight};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How comparisons are evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpMode {
+    /// Dealer edaBits + log-depth bit circuit (small dealer material, `log k` rounds).
+    Tree,
+    /// Distributed comparison functions (one round, large dealer keys).
+    Fss,
+}
+
+/// Comparison ring sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastConfig {
+    /// Bits per layer name (ReLU layers: the pre-activation; ReLU sharing: the group value).
+    pub bits: BTreeMap<String, u32>,
+    /// Bits for ReLU inputs of layers not in `bits` (`f`-bit fixed point).
+    pub default_bits: u32,
+    /// Bits for Learned/Fc group values of layers not in `bits` (`2f`-bit fixed point).
+    pub default_bits_2f: u32,
+}
+
+impl FastConfig {
+    /// Safe defaults for `f` fractional bits: values below `2^(19)` in magnitude
+    /// (`33` bits at `f = 13`), group values with `2f` bits likewise.
+    pub fn defaults(frac_bits: u32) -> FastConfig {
+        let odd = |b: u32| if b % 2 == 0 { b + 1 } else { b };
+        FastConfig {
+            bits: BTreeMap::new(),
+            default_bits: odd(frac_bits + 20).min(63),
+            default_bits_2f: odd(2 * frac_bits + 20).min(63),
+        }
+    }
+
+    fn for_layer(&self, name: &str, double: bool) -> u32 {
+        self.bits.get(name).copied().unwrap_or(if double {
+            self.default_bits_2f
+        } else {
+            self.default_bits
+        })
+    }
+}
+
+enum Mat {
+    Lin(LinMat),
+    Relu(cmp::ReluMat),
+    Group(Box<share::GroupMat>, Option<MaskedWeight>),
+}
+
+/// The `fast` (or `fss`) suite as run by one party.
+pub struct FastSuite {
+    comm: Comm,
+    frac: u32,
+    cfg: FastConfig,
+    mode: CmpMode,
+    deal: Option<Deal>,
+    weights: BTreeMap<String, MaskedWeight>,
+    queue: VecDeque<Mat>,
+    noise_rng: Option<Prg>,
+}
+
+impl FastSuite {
+    /// A suite for the party behind `comm`.
+    pub fn new(comm: Comm, frac_bits: u32, cfg: FastConfig, mode: CmpMode) -> FastSuite {
+        FastSuite {
+            comm,
+            frac: frac_bits,
+            cfg,
+            mode,
+            deal: None,
+            weights: BTreeMap::new(),
+            queue: VecDeque::new(),
+            noise_rng: None,
+        }
+    }
+
+    /// Take back the metered connection.
+    pub fn into_comm(self) -> Comm {
+        self.comm
+    }
+
+    fn me(&self) -> usize {
+        self.comm.party()
+    }
+
+    fn receive(&mut self, expect: usize) -> Result<()> {
+        if self.me() == 1 && expect > 0 {
+            let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
+            self.deal.as_mut().expect("prepared").feed(got);
+        }
+        Ok(())
+    }
+
+    /// Run `f` (a dealing function) on every party: the dealer deals and ships, P1 receives
+    /// first. `bytes` is the exact number of correction bytes (checked).
+    fn dealt<T>(
+        &mut self,
+        bytes: usize,
+        f: impl FnOnce(&mut Deal, Option<&mut Prg>) -> Result<T>,
+    ) -> Result<T> {
+        self.receive(bytes)?;
+        let deal = self
+            .deal
+            .as_mut()
+            .ok_or_else(|| MpcError::Param("fast suite used before prepare".into()))?;
+        let out = f(deal, self.noise_rng.as_mut())?;
+        if self.me() == 1 {
+            self.deal.as_ref().expect("prepared").finish()?;
+        }
+        if self.me() == 2 {
+            let deal = self.deal.as_mut().expect("prepared");
+            let c = deal.take_corrections();
+            if c.len() != bytes {
+                return Err(MpcError::Param(format!(
+                    "internal: dealt {} bytes, cost formula says {bytes}",
+                    c.len()
+                )));
+            }
+            if !c.is_empty() {
+                self.comm.round(vec![(1, c)], &[])?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn lin_online(&mut self, x: &Shared, wname: &str, bias: &Shared, op: &LinOp) -> Result<Shared> {
+        let mat = match self.queue.pop_front() {
+            Some(Mat::Lin(m)) => m,
+            _ => {
+                return Err(MpcError::Param(format!(
+                    "fast suite: no linear material for {wname}"
+                )))
+            }
+        };
+        if self.me() == 2 {
+            return Ok(Vec::new());
+        }
+        crate::ring::check_len("linear input", x, op.in_len())?;
+        let masked: Vec<u64> = x
+            .iter()
+            .zip(&mat.a)
+            .map(|(a, b)| a.wrapping_sub(*b))
+            .collect();
+        let e = cmp::open_u64(&mut self.comm, &masked)?;
+        let mw = self
+            .weights
+            .get(wname)
+            .ok_or_else(|| MpcError::Model(format!("weight {wname} was not prepared")))?;
+        let mut y = op.apply(&e, &mw.online)?;
+        crate::ring::add_assign(&mut y, &mat.pre);
+        if !bias.is_empty() {
+            kernels::add_channel_bias(&mut y, bias, op.bias_plane());
+        }
+        crate::fixed::trunc_share_vec(&mut y, self.frac, self.me());
+        Ok(y)
+    }
+
+    fn deal_relu_op(&mut self, len: usize, k: u32) -> Result<Mat> {
+        match self.mode {
+            CmpMode::Tree => {
+                let bytes = cmp::relu_offline_bytes(len, k)?;
+                Ok(Mat::Relu(
+                    self.dealt(bytes, |d, _| cmp::deal_relu(d, len, k))?,
+                ))
+            }
+            CmpMode::Fss => Err(MpcError::Unsupported("fss comparisons".into())),
+        }
+    }
+
+    fn relu_with(&mut self, x: &Shared, mat: Mat) -> Result<Shared> {
+        if self.me() == 2 {
+            return Ok(Vec::new());
+        }
+        match mat {
+            Mat::Relu(m) => cmp::relu_online(&mut self.comm, &m, x),
+            _ => Err(MpcError::Param("fast suite: expected ReLU material".into())),
+        }
+    }
+}
+
+/// The weight key of a decider `v` of ReLU-sharing layer `name`.
+fn v_key(name: &str) -> String {
+    format!("{name}.v")
+}
+
+impl Suite for FastSuite {
+    fn name(&self) -> &'static str {
+        match self.mode {
+            CmpMode::Tree => "fast",
+            CmpMode::Fss => "fss",
+        }
+    }
+
+    fn comm(&mut self) -> &mut Comm {
+        &mut self.comm
+    }
+
+    fn frac_bits(&self) -> u32 {
+        self.frac
+    }
+
+    fn prepare(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
+        let me = self.me();
+        // Seeds: the dealer draws one per partner.
+        let deal = match me {
+            2 => {
+                let s0 = prg::os_seed()?;
+                let s1 = prg::os_seed()?;
+                self.comm
+                    .round(vec![(0, s0.to_vec()), (1, s1.to_vec())], &[])?;
+                self.noise_rng = Some(Prg::from_os()?);
+                Deal::dealer(Prg::from_seed(s0), Prg::from_seed(s1))
+            }
+            _ => {
+                let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
+                let s: prg::Seed = got.as_slice().try_into().map_err(|_| MpcError::Malformed {
+                    from: 2,
+                    reason: format!("seed of {} bytes", got.len()),
+                })?;
+                if me == 0 {
+                    Deal::p0(Prg::from_seed(s))
+                } else {
+                    Deal::p1(Prg::from_seed(s))
+                }
+            }
+        };
+        self.deal = Some(deal);
+        // Mask every weight tensor and decider once.
+        let mut keys: Vec<(String, Vec<u64>)> = Vec::new(); // (key, this party's W share)
+        let mut lens = Vec::new();
+        for op in &plan.ops {
+            match op {
+                PlanOp::Conv { weight, geom, .. } => {
+                    let w = weights
+                        .get(*weight)
+                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
+                    keys.push((w.name.clone(), w.w.clone()));
+                    lens.push(geom.w_len());
+                }
+                PlanOp::Linear { weight, geom, .. } => {
+                    let w = weights
+                        .get(*weight)
+                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
+                    keys.push((w.name.clone(), w.w.clone()));
+                    lens.push(geom.in_f * geom.out_f);
+                }
+                PlanOp::SharedRelu { name, plan: gp } if gp.decider != DeciderKind::OneHot => {
+                    keys.push((v_key(name), gp.v.clone()));
+                    lens.push(gp.len);
+                }
+                _ => {}
+            }
+        }
+        let deal = self.deal.as_mut().expect("set above");
+        let mut masked_all = Vec::new();
+        let mut bs = Vec::new();
+        for ((_, w), &len) in keys.iter().zip(&lens) {
+            let b = deal.rand_u64(len);
+            if me == 2 {
+                bs.push(b.secret.expect("dealer"));
+            } else {
+                crate::ring::check_len("weight share", w, len)?;
+                masked_all.extend(w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
+                bs.push(b.mine);
+            }
+        }
+        let f_all = if me == 2 {
+            Vec::new()
+        } else {
+            cmp::open_u64(&mut self.comm, &masked_all)?
+        };
+        let mut off = 0;
+        for (((key, _), len), b) in keys.into_iter().zip(lens).zip(bs) {
+            let mw = if me == 2 {
+                MaskedWeight {
+                    f: Vec::new(),
+                    online: Vec::new(),
+                    b,
+                }
+            } else {
+                let f = f_all[off..off + len].to_vec();
+                let online = if me == 0 {
+                    crate::ring::add(&f, &b)
+                } else {
+                    b.clone()
+                };
+                MaskedWeight { f, online, b }
+            };
+            off += len;
+            self.weights.insert(key, mw);
+        }
+        Ok(())
+    }
+
+    fn offline(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
+        self.queue.clear();
+        let n = plan.n;
+        for op in &plan.ops {
+            self.comm.set_label(op.name());
+            match op {
+                PlanOp::Conv { weight, .. } | PlanOp::Linear { weight, .. } => {
+                    let lop = match op {
+                        PlanOp::Conv { geom, .. } => LinOp::Conv(*geom),
+                        PlanOp::Linear { geom, .. } => LinOp::Fc {
+                            n: geom.n,
+                            in_f: geom.in_f,
+                            out_f: geom.out_f,
+                        },
+                        _ => unreachable!("matched above"),
+                    };
+                    let w = weights
+                        .get(*weight)
+                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
+                    let mw = self.weights.get(&w.name).cloned().ok_or_else(|| {
+                        MpcError::Model(format!("weight {} was not prepared", w.name))
+                    })?;
+                    let bytes = linear::linear_offline_bytes(&lop);
+                    let m = self.dealt(bytes, |d, _| linear::deal_linear(d, &lop, &mw))?;
+                    self.queue.push_back(Mat::Lin(m));
+                }
+                PlanOp::Relu { name, len } => {
+                    let k = self.cfg.for_layer(name, false);
+                    let m = self.deal_relu_op(n * len, k)?;
+                    self.queue.push_back(m);
+                }
+                PlanOp::Partial {
+                    name,
+                    c: _,
+                    plane,
+                    relu_channels,
+                } => {
+                    let k = self.cfg.for_layer(name, false);
+                    let m = self.deal_relu_op(n * relu_channels * plane, k)?;
+                    self.queue.push_back(m);
+                }
+                PlanOp::SharedRelu { name, plan: gp } => {
+                    let double = gp.decider != DeciderKind::OneHot;
+                    let k = self.cfg.for_layer(name, double);
+                    let mv = self.weights.get(&v_key(name)).cloned();
+                    let bytes = group_offline_bytes(n, gp, k)?;
+                    let m = self.dealt(bytes, |d, rng| {
+                        share::deal_group(d, n, gp, k, mv.as_ref(), rng)
+                    })?;
+                    self.queue.push_back(Mat::Group(Box::new(m), mv));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn conv2d(&mut self, x: &Shared, w: &WeightShare, g: &ConvGeom) -> Result<Shared> {
+        self.lin_online(x, &w.name, &w.bias, &LinOp::Conv(*g))
+    }
+
+    fn linear(&mut self, x: &Shared, w: &WeightShare, g: &LinearGeom) -> Result<Shared> {
+        self.lin_online(
+            x,
+            &w.name,
+            &w.bias,
+            &LinOp::Fc {
+                n: g.n,
+                in_f: g.in_f,
+                out_f: g.out_f,
+            },
+        )
+    }
+
+    fn relu(&mut self, x: &Shared, len: usize) -> Result<Shared> {
+        let mat = match self.queue.pop_front() {
+            Some(m @ Mat::Relu(_)) => m,
+            _ => {
+                return Err(MpcError::Param(
+                    "fast suite: no ReLU material (was offline() run?)".into(),
+                ))
+            }
+        };
+        let _ = len;
+        self.relu_with(x, mat)
+    }
+
+    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
+        let (mat, mv) = match self.queue.pop_front() {
+            Some(Mat::Group(m, mv)) => (m, mv),
+            _ => {
+                return Err(MpcError::Param(
+                    "fast suite: no ReLU-sharing material".into(),
+                ))
+            }
+        };
+        let _ = n;
+        if self.me() == 2 {
+            return Ok(Vec::new());
+        }
+        share::group_online(&mut self.comm, &mat, plan, mv.as_ref(), x)
+    }
+
+    fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared> {
+        // Beaver product with a triple dealt on demand (counted as offline).
+        let phase = self.comm.phase();
+        self.comm.set_phase(Phase::Offline);
+        let me = self.me();
+        let tri = self.dealt(8 * len, |d, _| {
+            let x = d.rand_u64(len);
+            let y = d.rand_u64(len);
+            let z = match (&x.secret, &y.secret) {
+                (Some(xs), Some(ys)) => Some(crate::ring::mul(xs, ys)),
+                _ => None,
+            };
+            let z = d.corr_u64(len, z.as_deref())?;
+            Ok((x.mine, y.mine, z))
+        });
+        self.comm.set_phase(phase);
+        let (x, y, z) = tri?;
+        if me == 2 {
+            return Ok(Vec::new());
+        }
+        crate::ring::check_len("mul_elem a", a, len)?;
+        crate::ring::check_len("mul_elem b", b, len)?;
+        let mut m = crate::ring::sub(a, &x);
+        m.extend(crate::ring::sub(b, &y));
+        let o = cmp::open_u64(&mut self.comm, &m)?;
+        let (ea, eb) = o.split_at(len);
+        Ok((0..len)
+            .map(|i| {
+                let mut v = z[i]
+                    .wrapping_add(ea[i].wrapping_mul(y[i]))
+                    .wrapping_add(eb[i].wrapping_mul(x[i]));
+                if me == 0 {
+                    v = v.wrapping_add(ea[i].wrapping_mul(eb[i]));
+                }
+                v
+            })
+            .collect())
+    }
+
+    fn drelu(&mut self, x: &Shared, len: usize) -> Result<Shared> {
+        // On demand: a ReLU's material gives [x >= 0] as the select of 1... use the comparison
+        // directly and convert the bit to arithmetic with the select mask.
+        let phase = self.comm.phase();
+        self.comm.set_phase(Phase::Offline);
+        let k = self.cfg.default_bits;
+        let mat = self.dealt(cmp::relu_offline_bytes(len, k)?, |d, _| {
+            cmp::deal_relu(d, len, k)
+        });
+        self.comm.set_phase(phase);
+        let mat = mat?;
+        if self.me() == 2 {
+            return Ok(Vec::new());
+        }
+        let me = self.me();
+        let masked: Vec<u64> = x
+            .iter()
+            .zip(&mat.r)
+            .map(|(a, b)| a.wrapping_add(*b))
+            .collect();
+        let c = cmp::open_u64(&mut self.comm, &masked)?;
+        let b = cmp::drelu_bits(&mut self.comm, &mat.cmp, &c)?;
+        let d = cmp::open_planes(&mut self.comm, &[&bits::xor(&b, &mat.t)], len)?
+            .pop()
+            .unwrap_or_default();
+        Ok((0..len)
+            .map(|i| {
+                let di = bits::get(&d, i);
+                let sign = 1u64.wrapping_sub(2 * di);
+                sign.wrapping_mul(mat.ta[i])
+                    .wrapping_add(if me == 0 { di } else { 0 })
+            })
+            .collect())
+    }
+
+    fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared> {
+        let phase = self.comm.phase();
+        self.comm.set_phase(Phase::Offline);
+        let r = self.dealt(8 * len, |d, rng| {
+            let sec = match rng {
+                Some(g) if d.is_dealer() => Some(
+                    g.bernoulli(len, p as f64)
+                        .into_iter()
+                        .map(u64::from)
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            };
+            d.corr_u64(len, sec.as_deref())
+        });
+        self.comm.set_phase(phase);
+        r
+    }
+}
+
+/// Dealer bytes of a ReLU-sharing layer (tree mode).
+pub fn group_offline_bytes(n: usize, plan: &GroupPlan, k: u32) -> Result<usize> {
+    let total = n * plan.len;
+    let groups = n * plan.num_groups;
+    let cmp_b = cmp::Schedule::new(k)?.offline_bytes(groups);
+    let wg = if plan.decider == DeciderKind::OneHot {
+        0
+    } else {
+        8 * groups
+    };
+    let tau = if plan.noise > 0.0 {
+        8 * total
+    } else {
+        8 * groups
+    };
+    Ok(cmp_b + wg + tau + 8 * total)
+}
+
+/// Online bytes one party sends in a ReLU-sharing layer (tree mode).
+pub fn group_online_bytes(n: usize, plan: &GroupPlan, k: u32) -> Result<usize> {
+    let total = n * plan.len;
+    let groups = n * plan.num_groups;
+    let open_z = if plan.decider == DeciderKind::OneHot {
+        0
+    } else {
+        (groups * k as usize).div_ceil(8)
+    };
+    Ok(
+        8 * total
+            + open_z
+            + cmp::Schedule::new(k)?.online_bytes(groups)
+            + bits::plane_bytes(groups),
+    )
+}

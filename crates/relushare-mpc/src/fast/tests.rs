@@ -1,0 +1,436 @@
+//! Tests of the fast suite against plaintext fixed-point evaluation, and of its cost formulas.
+
+use super::*;
+use crate::cost::{CostReport, PartyCosts};
+use crate::fixed;
+use crate::suite::{GroupPlan, Plan, PlanOp, Shared, Suite, WeightShare};
+use crate::transport::MemTransport;
+use proptest::prelude::*;
+
+/// Split plaintext values into two additive shares.
+pub(crate) fn share(v: &[u64], rng: &mut Prg) -> (Vec<u64>, Vec<u64>) {
+    let a = rng.gen_u64s(v.len());
+    let b = v.iter().zip(&a).map(|(x, y)| x.wrapping_sub(*y)).collect();
+    (a, b)
+}
+
+/// Run `body` on the three parties of a fresh fast suite; returns per-party outputs and costs.
+pub(crate) fn run3<R: Send + 'static>(
+    mode: CmpMode,
+    cfg: FastConfig,
+    body: impl Fn(&mut FastSuite) -> Result<R> + Send + Sync + 'static,
+) -> (Vec<R>, CostReport) {
+    let body = std::sync::Arc::new(body);
+    let ts = MemTransport::trio();
+    let mut hs = Vec::new();
+    for t in ts {
+        let body = body.clone();
+        let cfg = cfg.clone();
+        hs.push(std::thread::spawn(move || {
+            let mut s = FastSuite::new(Comm::new(Box::new(t)), 13, cfg, mode);
+            let r = body(&mut s).expect("party failed");
+            let c: PartyCosts = s.into_comm().take_costs();
+            (r, c)
+        }));
+    }
+    let mut outs = Vec::new();
+    let mut costs = Vec::new();
+    for h in hs {
+        let (r, c) = h.join().expect("thread");
+        outs.push(r);
+        costs.push(c);
+    }
+    (outs, CostReport::from_parties(&costs, &[]))
+}
+
+fn reconstruct(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
+
+fn relu_case(vals: Vec<i64>, k: u32) -> (Vec<u64>, CostReport) {
+    let n = vals.len();
+    let v: Vec<u64> = vals.iter().map(|&x| x as u64).collect();
+    let mut rng = Prg::from_os().unwrap();
+    let (x0, x1) = share(&v, &mut rng);
+    let mut cfg = FastConfig::defaults(13);
+    cfg.bits.insert("act".into(), k);
+    let (outs, rep) = run3(CmpMode::Tree, cfg, move |s| {
+        let plan = Plan {
+            n: 1,
+            input_len: n,
+            output_len: n,
+            ops: vec![PlanOp::Relu {
+                name: "act".into(),
+                len: n,
+            }],
+        };
+        s.prepare(&plan, &[])?;
+        s.comm().set_phase(Phase::Offline);
+        s.offline(&plan, &[])?;
+        s.comm().set_phase(Phase::Online);
+        s.comm().set_label("act");
+        let x = match s.party() {
+            0 => x0.clone(),
+            1 => x1.clone(),
+            _ => Vec::new(),
+        };
+        s.relu(&x, n)
+    });
+    (reconstruct(&outs[0], &outs[1]), rep)
+}
+
+#[test]
+fn relu_exact_and_costs_match_formulas() {
+    let k = 21u32;
+    let lim = (1i64 << (k - 1)) - 1;
+    let mut vals = vec![
+        0,
+        1,
+        -1,
+        2,
+        -2,
+        lim,
+        -lim,
+        -lim - 1,
+        5000,
+        -5000,
+        12345,
+        -77,
+    ];
+    let mut rng = Prg::from_seed([9; 16]);
+    for _ in 0..1000 {
+        vals.push((rng.next_u64() % (2 * lim as u64)) as i64 - lim);
+    }
+    let n = vals.len();
+    let (y, rep) = relu_case(vals.clone(), k);
+    for (i, &x) in vals.iter().enumerate() {
+        assert_eq!(y[i] as i64, x.max(0), "element {i}: x = {x}");
+    }
+    let l = rep.get("act").unwrap();
+    assert_eq!(
+        l.online_bytes as usize,
+        2 * cmp::relu_online_bytes(n, k).unwrap()
+    );
+    assert_eq!(
+        l.offline_bytes as usize,
+        cmp::relu_offline_bytes(n, k).unwrap()
+    );
+    assert_eq!(l.online_rounds as usize, cmp::relu_rounds(k).unwrap());
+}
+
+#[test]
+fn schedule_shapes() {
+    let s = Schedule::new(3).unwrap();
+    assert_eq!(s.leaves, 1);
+    assert_eq!(s.rounds(), 0);
+    let s = Schedule::new(25).unwrap();
+    assert_eq!(s.leaves, 12);
+    assert_eq!(s.rounds(), 4);
+    assert!(Schedule::new(24).is_err());
+    assert!(Schedule::new(65).is_err());
+}
+
+use cmp::Schedule;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #[test]
+    fn relu_random(k in (1u32..31).prop_map(|h| 2 * h + 1), seed in any::<u64>(), n in 1usize..200) {
+        let lim = (1i64 << (k - 1)) - 1;
+        let mut r = Prg::from_seed([(seed & 0xff) as u8; 16]);
+        let vals: Vec<i64> = (0..n).map(|i| match i % 7 {
+            0 => 0, 1 => lim, 2 => -lim - 1, 3 => 1, 4 => -1,
+            _ => (r.next_u64() % (2 * lim as u64 + 1)) as i64 - lim,
+        }).collect();
+        let (y, _) = relu_case(vals.clone(), k);
+        for (i, &x) in vals.iter().enumerate() {
+            prop_assert_eq!(y[i] as i64, x.max(0));
+        }
+    }
+}
+
+fn plain_conv(x: &[u64], w: &[u64], bias: &[u64], g: &ConvGeom, f: u32) -> Vec<u64> {
+    let mut y = kernels::conv2d(x, w, g);
+    kernels::add_channel_bias(&mut y, bias, g.oh() * g.ow());
+    y.iter().map(|&v| fixed::trunc_plain(v, f)).collect()
+}
+
+#[test]
+fn conv_and_linear_within_one_ulp() {
+    let fp = fixed::FixedPoint::default();
+    let mut rng = Prg::from_seed([5; 16]);
+    let g = ConvGeom {
+        n: 2,
+        c: 3,
+        h: 6,
+        w: 5,
+        o: 4,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let small = |rng: &mut Prg, n: usize, s: f32| -> Vec<u64> {
+        (0..n)
+            .map(|_| fp.encode(((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * s))
+            .collect()
+    };
+    let x = small(&mut rng, g.in_len(), 3.0);
+    let w = small(&mut rng, g.w_len(), 0.5);
+    let bias: Vec<u64> = (0..g.o)
+        .map(|i| fp.encode_double(i as f32 * 0.25 - 0.5))
+        .collect();
+    let lg = LinearGeom {
+        n: 2,
+        in_f: 7,
+        out_f: 3,
+    };
+    let lx = small(&mut rng, 14, 2.0);
+    let lw = small(&mut rng, 21, 1.0);
+    let lb: Vec<u64> = (0..3).map(|i| fp.encode_double(i as f32 * 0.1)).collect();
+    let want = plain_conv(&x, &w, &bias, &g, 13);
+    let lwt = kernels::transpose(&lw, 3, 7);
+    let mut lwant = kernels::matmul(&lx, &lwt, 2, 7, 3);
+    kernels::add_channel_bias(&mut lwant, &lb, 1);
+    let lwant: Vec<u64> = lwant.iter().map(|&v| fixed::trunc_plain(v, 13)).collect();
+    let mut prg = Prg::from_os().unwrap();
+    let sh = |v: &[u64], p: &mut Prg| share(v, p);
+    let (x0, x1) = sh(&x, &mut prg);
+    let (w0, w1) = sh(&w, &mut prg);
+    let (b0, b1) = sh(&bias, &mut prg);
+    let (lx0, lx1) = sh(&lx, &mut prg);
+    let (lw0, lw1) = sh(&lw, &mut prg);
+    let (lb0, lb1) = sh(&lb, &mut prg);
+    let (outs, rep) = run3(CmpMode::Tree, FastConfig::defaults(13), move |s| {
+        let me = s.party();
+        let pick = |a: &Vec<u64>, b: &Vec<u64>| -> Shared {
+            match me {
+                0 => a.clone(),
+                1 => b.clone(),
+                _ => Vec::new(),
+            }
+        };
+        let ws = vec![
+            WeightShare {
+                name: "conv1".into(),
+                w: pick(&w0, &w1),
+                bias: pick(&b0, &b1),
+            },
+            WeightShare {
+                name: "fc1".into(),
+                w: pick(&lw0, &lw1),
+                bias: pick(&lb0, &lb1),
+            },
+        ];
+        let plan = Plan {
+            n: 2,
+            input_len: g.in_len1(),
+            output_len: 3,
+            ops: vec![
+                PlanOp::Conv {
+                    name: "conv1".into(),
+                    geom: g,
+                    weight: 0,
+                },
+                PlanOp::Linear {
+                    name: "fc1".into(),
+                    geom: lg,
+                    weight: 1,
+                },
+            ],
+        };
+        s.comm().set_phase(Phase::Offline);
+        s.comm().set_label("model-setup");
+        s.prepare(&plan, &ws)?;
+        s.offline(&plan, &ws)?;
+        s.comm().set_phase(Phase::Online);
+        s.comm().set_label("conv1");
+        let y = s.conv2d(&pick(&x0, &x1), &ws[0], &g)?;
+        s.comm().set_label("fc1");
+        let z = s.linear(&pick(&lx0, &lx1), &ws[1], &lg)?;
+        Ok((y, z))
+    });
+    let y = reconstruct(&outs[0].0, &outs[1].0);
+    let z = reconstruct(&outs[0].1, &outs[1].1);
+    for (a, b) in y.iter().zip(&want).chain(z.iter().zip(&lwant)) {
+        let d = (*a as i64).wrapping_sub(*b as i64);
+        assert!(d == 0 || d == 1, "secure {} plain {}", *a as i64, *b as i64);
+    }
+    let c = rep.get("conv1").unwrap();
+    let op = LinOp::Conv(g);
+    assert_eq!(
+        c.online_bytes as usize,
+        2 * linear::linear_online_bytes(&op)
+    );
+    assert_eq!(c.offline_bytes as usize, linear::linear_offline_bytes(&op));
+    assert_eq!(c.online_rounds, 1);
+    let setup = rep.get("model-setup").unwrap();
+    assert_eq!(setup.offline_bytes as usize, 32 + 2 * 8 * (g.w_len() + 21));
+}
+
+fn group_case(
+    decider: DeciderKind,
+    noise: f32,
+    vals: Vec<i64>,
+    vv: Vec<i64>,
+    gb: Vec<i64>,
+    k: u32,
+) -> (Vec<u64>, Vec<u64>, CostReport) {
+    // 2 images of 1 channel 4x4, groups = 2x2 patches (4 groups), leaders = top-left.
+    let len = 16;
+    let group_of: Vec<u32> = (0..16)
+        .map(|i| ((i / 4) / 2 * 2 + (i % 4) / 2) as u32)
+        .collect();
+    let leaders = vec![0u32, 2, 8, 10];
+    let n = vals.len() / len;
+    let v: Vec<u64> = vals.iter().map(|&x| x as u64).collect();
+    let mut prg = Prg::from_os().unwrap();
+    let (x0, x1) = share(&v, &mut prg);
+    let vu: Vec<u64> = vv.iter().map(|&x| x as u64).collect();
+    let (v0, v1) = share(&vu, &mut prg);
+    let bu: Vec<u64> = gb.iter().map(|&x| x as u64).collect();
+    let (bb0, bb1) = share(&bu, &mut prg);
+    let mut cfg = FastConfig::defaults(13);
+    cfg.bits.insert("act".into(), k);
+    let gp0 = GroupPlan {
+        len,
+        group_of: group_of.clone(),
+        num_groups: 4,
+        leaders: leaders.clone(),
+        decider,
+        v: Vec::new(),
+        bias: Vec::new(),
+        noise,
+    };
+    let (outs, rep) = run3(CmpMode::Tree, cfg, move |s| {
+        let me = s.party();
+        let mut gp = gp0.clone();
+        let pick = |a: &Vec<u64>, b: &Vec<u64>| -> Shared {
+            match me {
+                0 => a.clone(),
+                1 => b.clone(),
+                _ => Vec::new(),
+            }
+        };
+        if decider != DeciderKind::OneHot {
+            gp.v = pick(&v0, &v1);
+        }
+        if decider == DeciderKind::Fc {
+            gp.bias = pick(&bb0, &bb1);
+        }
+        let plan = Plan {
+            n,
+            input_len: len,
+            output_len: len,
+            ops: vec![PlanOp::SharedRelu {
+                name: "act".into(),
+                plan: Box::new(gp.clone()),
+            }],
+        };
+        s.comm().set_phase(Phase::Offline);
+        s.prepare(&plan, &[])?;
+        s.offline(&plan, &[])?;
+        s.comm().set_phase(Phase::Online);
+        s.comm().set_label("act");
+        s.shared_relu(&pick(&x0, &x1), n, &gp)
+    });
+    let y = reconstruct(&outs[0], &outs[1]);
+    // Plaintext decisions.
+    let mut keep = vec![0u64; n * 4];
+    for img in 0..n {
+        for g in 0..4 {
+            let z: i64 = match decider {
+                DeciderKind::OneHot => vals[img * len + leaders[g] as usize],
+                _ => {
+                    let mut acc = 0i64;
+                    for i in 0..len {
+                        if group_of[i] as usize == g {
+                            acc = acc.wrapping_add(vv[i].wrapping_mul(vals[img * len + i]));
+                        }
+                    }
+                    if decider == DeciderKind::Fc {
+                        acc = acc.wrapping_add(gb[g]);
+                    }
+                    acc
+                }
+            };
+            keep[img * 4 + g] = u64::from(z >= 0);
+        }
+    }
+    let want: Vec<u64> = (0..n * len)
+        .map(|i| (vals[i] as u64).wrapping_mul(keep[(i / len) * 4 + group_of[i % len] as usize]))
+        .collect();
+    (y, want, rep)
+}
+
+#[test]
+fn shared_relu_all_deciders() {
+    let mut rng = Prg::from_seed([3; 16]);
+    let vals: Vec<i64> = (0..32)
+        .map(|i| {
+            if i % 5 == 0 {
+                0
+            } else {
+                (rng.next_u64() % 20001) as i64 - 10000
+            }
+        })
+        .collect();
+    let vv: Vec<i64> = (0..16)
+        .map(|_| (rng.next_u64() % 2001) as i64 - 1000)
+        .collect();
+    let gb = vec![5000i64, -7000, 0, 123];
+    for dec in [DeciderKind::OneHot, DeciderKind::Learned, DeciderKind::Fc] {
+        let k = if dec == DeciderKind::OneHot { 17 } else { 35 };
+        let (y, want, rep) = group_case(dec, 0.0, vals.clone(), vv.clone(), gb.clone(), k);
+        assert_eq!(y, want, "{dec:?}");
+        let gp = GroupPlan {
+            len: 16,
+            group_of: vec![0; 16],
+            num_groups: 4,
+            leaders: vec![],
+            decider: dec,
+            v: vec![],
+            bias: vec![],
+            noise: 0.0,
+        };
+        let l = rep.get("act").unwrap();
+        assert_eq!(
+            l.online_bytes as usize,
+            2 * group_online_bytes(2, &gp, k).unwrap(),
+            "{dec:?}"
+        );
+        assert_eq!(
+            l.offline_bytes as usize,
+            group_offline_bytes(2, &gp, k).unwrap(),
+            "{dec:?}"
+        );
+    }
+}
+
+#[test]
+fn shared_relu_noise_flips_members() {
+    // All-positive inputs: without noise every member is kept; with p = 1 every member flips.
+    let vals: Vec<i64> = (0..32).map(|i| 100 + i).collect();
+    let (y, want, _) = group_case(
+        DeciderKind::OneHot,
+        1.0,
+        vals.clone(),
+        vec![0; 16],
+        vec![0; 4],
+        17,
+    );
+    assert_eq!(want, vals.iter().map(|&v| v as u64).collect::<Vec<_>>());
+    assert!(y.iter().all(|&v| v == 0), "p = 1 must flip every decision");
+    let (y, _, _) = group_case(
+        DeciderKind::OneHot,
+        0.5,
+        vals.clone(),
+        vec![0; 16],
+        vec![0; 4],
+        17,
+    );
+    let kept = y.iter().filter(|&&v| v != 0).count();
+    assert!(kept > 4 && kept < 28, "p = 0.5 kept {kept} of 32");
+    for (a, b) in y.iter().zip(&vals) {
+        assert!(*a == 0 || *a == *b as u64);
+    }
+}
