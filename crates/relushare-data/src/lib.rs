@@ -342,7 +342,7 @@ fn load_cifar(
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         warnings.push(format!(
-            "CIFAR-10 train: only {} of 5 batch files found in {} (missing: {}); training on a partial set",
+            "CIFAR-10 train: only {} of 5 batch files found in {} (missing: {}); using a partial training set",
             present.len(),
             base.display(),
             missing.join(", ")

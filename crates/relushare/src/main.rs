@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd_count;
+mod cmd_data;
 
 #[derive(Parser)]
 #[command(
@@ -23,12 +24,15 @@ struct Cli {
 enum Command {
     /// Count secure comparisons (ReLUs) and multiplications per layer of an architecture/preset.
     Count(cmd_count::Args),
+    /// Datasets: download the official files (`data fetch`) or inspect a split (`data info`).
+    Data(cmd_data::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Count(a) => cmd_count::run(a),
+        Command::Data(a) => cmd_data::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
