@@ -25,6 +25,7 @@ use crate::cost::Comm;
 use crate::error::{MpcError, Result};
 use crate::fast::bits::{self, Plane};
 use crate::fast::deal::Deal;
+use crate::fast::CmpMode;
 
 /// One combine of the tree: segment indices (into the current level's list, high to low) and
 /// whether the propagate bit of the result is needed.
@@ -341,12 +342,78 @@ pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
     Ok(b)
 }
 
+/// Comparison material of either mode.
+pub enum CmpAny {
+    /// Tree circuit.
+    Tree(CmpMat),
+    /// Distributed comparison functions.
+    Fss(crate::fss::FssCmpMat),
+}
+
+impl CmpAny {
+    /// Comparison ring bits.
+    pub fn k(&self) -> u32 {
+        match self {
+            CmpAny::Tree(m) => m.sched.k,
+            CmpAny::Fss(m) => m.k,
+        }
+    }
+}
+
+/// Deal comparison material in `mode`.
+pub fn deal_cmp_any(
+    d: &mut Deal,
+    n: usize,
+    k: u32,
+    r_secret: Option<&[u64]>,
+    mode: CmpMode,
+) -> Result<CmpAny> {
+    Ok(match mode {
+        CmpMode::Tree => CmpAny::Tree(deal_cmp(d, n, k, r_secret)?),
+        CmpMode::Fss => CmpAny::Fss(crate::fss::deal_fss_cmp(d, n, k, r_secret)?),
+    })
+}
+
+/// XOR shares of `[y >= 0]` from the public `c = y + r` in either mode.
+pub fn drelu_any(comm: &mut Comm, mat: &CmpAny, c: &[u64]) -> Result<Plane> {
+    match mat {
+        CmpAny::Tree(m) => drelu_bits(comm, m, c),
+        CmpAny::Fss(m) => crate::fss::drelu_bits(comm.party(), m, c),
+    }
+}
+
+/// Dealer bytes of `n` comparisons: (to P1, to P0).
+pub fn cmp_offline_bytes(n: usize, k: u32, mode: CmpMode) -> Result<(usize, usize)> {
+    Ok(match mode {
+        CmpMode::Tree => (Schedule::new(k)?.offline_bytes(n), 0),
+        CmpMode::Fss => crate::fss::offline_bytes(n, k),
+    })
+}
+
+/// Online bytes one party sends in `n` comparisons after the opening of `c`.
+pub fn cmp_online_bytes(n: usize, k: u32, mode: CmpMode) -> Result<usize> {
+    Ok(match mode {
+        CmpMode::Tree => Schedule::new(k)?.online_bytes(n),
+        CmpMode::Fss => 0,
+    })
+}
+
+/// Online rounds of a comparison after the opening of `c`.
+pub fn cmp_rounds(k: u32, mode: CmpMode) -> Result<usize> {
+    Ok(match mode {
+        CmpMode::Tree => Schedule::new(k)?.rounds(),
+        CmpMode::Fss => 0,
+    })
+}
+
 /// Dealer material of a ReLU on `n` elements with comparisons on `k` bits.
 pub struct ReluMat {
     /// Share of the 64-bit mask `r` (seed-derived, free).
     pub r: Vec<u64>,
     /// Comparison material for `r mod 2^k`.
-    pub cmp: CmpMat,
+    pub cmp: CmpAny,
+    /// Elements.
+    pub n: usize,
     /// Share of the select mask bit `t` (free).
     pub t: Plane,
     /// Arithmetic share of `t` (correction).
@@ -357,9 +424,9 @@ pub struct ReluMat {
 
 /// Deal a ReLU: `r` free, bits of `r mod 2^k` and comparison triples, `t` free, `t` and `t r`
 /// arithmetic (16 bytes per element of P1 corrections plus [`Schedule::offline_bytes`]).
-pub fn deal_relu(d: &mut Deal, n: usize, k: u32) -> Result<ReluMat> {
+pub fn deal_relu(d: &mut Deal, n: usize, k: u32, mode: CmpMode) -> Result<ReluMat> {
     let r = d.rand_u64(n);
-    let cmp = deal_cmp(d, n, k, r.secret.as_deref())?;
+    let cmp = deal_cmp_any(d, n, k, r.secret.as_deref(), mode)?;
     let t = d.rand_bits(n);
     let (tas, trs) = match (&t.secret, &r.secret) {
         (Some(ts), Some(rs)) => {
@@ -374,6 +441,7 @@ pub fn deal_relu(d: &mut Deal, n: usize, k: u32) -> Result<ReluMat> {
     Ok(ReluMat {
         r: r.mine,
         cmp,
+        n,
         t: t.mine,
         ta,
         tr,
@@ -385,7 +453,7 @@ pub fn deal_relu(d: &mut Deal, n: usize, k: u32) -> Result<ReluMat> {
 /// Rounds: `2 + ceil(log2((k-1)/2))`.
 pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>> {
     let me = comm.party();
-    let n = mat.cmp.n;
+    let n = mat.n;
     if y.len() != n {
         return Err(MpcError::Shape(format!(
             "ReLU of {} values, material for {n}",
@@ -398,7 +466,7 @@ pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>
         .map(|(a, b)| a.wrapping_add(*b))
         .collect();
     let c = open_u64(comm, &masked)?;
-    let b = drelu_bits(comm, &mat.cmp, &c)?;
+    let b = drelu_any(comm, &mat.cmp, &c)?;
     let d = open_planes(comm, &[&bits::xor(&b, &mat.t)], n)?
         .pop()
         .unwrap_or_default();
@@ -431,16 +499,17 @@ pub fn select_from_open(
 }
 
 /// Online bytes sent by one party for a ReLU on `n` elements.
-pub fn relu_online_bytes(n: usize, k: u32) -> Result<usize> {
-    Ok(8 * n + Schedule::new(k)?.online_bytes(n) + bits::plane_bytes(n))
+pub fn relu_online_bytes(n: usize, k: u32, mode: CmpMode) -> Result<usize> {
+    Ok(8 * n + cmp_online_bytes(n, k, mode)? + bits::plane_bytes(n))
 }
 
-/// Dealer bytes (to P1) for a ReLU on `n` elements.
-pub fn relu_offline_bytes(n: usize, k: u32) -> Result<usize> {
-    Ok(Schedule::new(k)?.offline_bytes(n) + 16 * n)
+/// Dealer bytes for a ReLU on `n` elements: (to P1, to P0).
+pub fn relu_offline_bytes(n: usize, k: u32, mode: CmpMode) -> Result<(usize, usize)> {
+    let (a, b) = cmp_offline_bytes(n, k, mode)?;
+    Ok((a + 16 * n, b))
 }
 
 /// Online rounds of a ReLU.
-pub fn relu_rounds(k: u32) -> Result<usize> {
-    Ok(2 + Schedule::new(k)?.rounds())
+pub fn relu_rounds(k: u32, mode: CmpMode) -> Result<usize> {
+    Ok(2 + cmp_rounds(k, mode)?)
 }

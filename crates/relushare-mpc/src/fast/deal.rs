@@ -30,6 +30,8 @@ pub struct Deal {
     s1: Option<Prg>,
     corr: Vec<u8>,
     pos: usize,
+    corr0: Vec<u8>,
+    pos0: usize,
 }
 
 /// A freshly dealt random arithmetic value: this party's share, and the secret (dealer only).
@@ -57,6 +59,8 @@ impl Deal {
             s1: Some(with_p1),
             corr: Vec::new(),
             pos: 0,
+            corr0: Vec::new(),
+            pos0: 0,
         }
     }
 
@@ -68,6 +72,8 @@ impl Deal {
             s1: None,
             corr: Vec::new(),
             pos: 0,
+            corr0: Vec::new(),
+            pos0: 0,
         }
     }
 
@@ -79,6 +85,8 @@ impl Deal {
             s1: Some(with_dealer),
             corr: Vec::new(),
             pos: 0,
+            corr0: Vec::new(),
+            pos0: 0,
         }
     }
 
@@ -103,8 +111,74 @@ impl Deal {
         self.pos = 0;
     }
 
-    /// P1: check that every received correction byte was consumed.
+    /// Dealer: take the public material written so far for P0 (see [`Deal::public_bytes`]).
+    pub fn take_public0(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.corr0)
+    }
+
+    /// P0: install the public material received from the dealer.
+    pub fn feed0(&mut self, b: Vec<u8>) {
+        self.corr0 = b;
+        self.pos0 = 0;
+    }
+
+    /// Material that both P0 and P1 need verbatim (e.g. DCF correction words): the dealer
+    /// passes it and it is sent to both; P0 and P1 get `len` bytes back.
+    pub fn public_bytes(&mut self, len: usize, data: Option<&[u8]>) -> Result<Vec<u8>> {
+        match self.role {
+            Role::Dealer => {
+                let d = data.ok_or_else(|| MpcError::Param("dealer data missing".into()))?;
+                if d.len() != len {
+                    return Err(MpcError::Shape(format!(
+                        "public material of {} bytes, expected {len}",
+                        d.len()
+                    )));
+                }
+                self.corr.extend_from_slice(d);
+                self.corr0.extend_from_slice(d);
+                Ok(Vec::new())
+            }
+            Role::P1 => Ok(self.take(len)?.to_vec()),
+            Role::P0 => {
+                if self.pos0 + len > self.corr0.len() {
+                    return Err(MpcError::Malformed {
+                        from: 2,
+                        reason: format!("dealer material too short for P0: need {len} bytes"),
+                    });
+                }
+                let v = self.corr0[self.pos0..self.pos0 + len].to_vec();
+                self.pos0 += len;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Random ring elements where the dealer needs each party's value separately (e.g. DCF
+    /// root seeds): returns (this party's values, the dealer's (P0 values, P1 values)).
+    pub fn rand_u64_both(&mut self, n: usize) -> (Vec<u64>, Option<(Vec<u64>, Vec<u64>)>) {
+        match self.role {
+            Role::Dealer => {
+                let a = self.s0.as_mut().expect("dealer stream 0").gen_u64s(n);
+                let b = self.s1.as_mut().expect("dealer stream 1").gen_u64s(n);
+                (Vec::new(), Some((a, b)))
+            }
+            Role::P0 => (self.s0.as_mut().expect("stream").gen_u64s(n), None),
+            Role::P1 => (self.s1.as_mut().expect("stream").gen_u64s(n), None),
+        }
+    }
+
+    /// P0/P1: check that every received byte was consumed.
     pub fn finish(&self) -> Result<()> {
+        if self.role == Role::P0 && self.pos0 != self.corr0.len() {
+            return Err(MpcError::Malformed {
+                from: 2,
+                reason: format!(
+                    "dealer material for P0 has {} bytes, {} were expected",
+                    self.corr0.len(),
+                    self.pos0
+                ),
+            });
+        }
         if self.role == Role::P1 && self.pos != self.corr.len() {
             return Err(MpcError::Malformed {
                 from: 2,

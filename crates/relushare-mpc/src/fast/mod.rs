@@ -126,41 +126,58 @@ impl FastSuite {
         self.comm.party()
     }
 
-    fn receive(&mut self, expect: usize) -> Result<()> {
-        if self.me() == 1 && expect > 0 {
-            let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
-            self.deal.as_mut().expect("prepared").feed(got);
-        }
-        Ok(())
-    }
-
-    /// Run `f` (a dealing function) on every party: the dealer deals and ships, P1 receives
-    /// first. `bytes` is the exact number of correction bytes (checked).
+    /// Run `f` (a dealing function) on every party: P0/P1 first receive the dealer's message
+    /// for this step (P1: corrections, `bytes.0`; P0: public material, `bytes.1`), the dealer
+    /// deals and ships. The shipped sizes are checked against the cost formulas.
     fn dealt<T>(
         &mut self,
-        bytes: usize,
+        bytes: (usize, usize),
         f: impl FnOnce(&mut Deal, Option<&mut Prg>) -> Result<T>,
     ) -> Result<T> {
-        self.receive(bytes)?;
+        let me = self.me();
+        let expect_mine = match me {
+            0 => bytes.1,
+            1 => bytes.0,
+            _ => 0,
+        };
+        if me != 2 && expect_mine > 0 {
+            let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
+            let deal = self
+                .deal
+                .as_mut()
+                .ok_or_else(|| MpcError::Param("fast suite used before prepare".into()))?;
+            if me == 0 {
+                deal.feed0(got);
+            } else {
+                deal.feed(got);
+            }
+        }
         let deal = self
             .deal
             .as_mut()
             .ok_or_else(|| MpcError::Param("fast suite used before prepare".into()))?;
         let out = f(deal, self.noise_rng.as_mut())?;
-        if self.me() == 1 {
-            self.deal.as_ref().expect("prepared").finish()?;
-        }
-        if self.me() == 2 {
-            let deal = self.deal.as_mut().expect("prepared");
-            let c = deal.take_corrections();
-            if c.len() != bytes {
+        if me != 2 {
+            deal.finish()?;
+        } else {
+            let c1 = deal.take_corrections();
+            let c0 = deal.take_public0();
+            if c1.len() != bytes.0 || c0.len() != bytes.1 {
                 return Err(MpcError::Param(format!(
-                    "internal: dealt {} bytes, cost formula says {bytes}",
-                    c.len()
+                    "internal: dealt ({}, {}) bytes, cost formula says {bytes:?}",
+                    c1.len(),
+                    c0.len()
                 )));
             }
-            if !c.is_empty() {
-                self.comm.round(vec![(1, c)], &[])?;
+            let mut msgs = Vec::new();
+            if !c0.is_empty() {
+                msgs.push((0, c0));
+            }
+            if !c1.is_empty() {
+                msgs.push((1, c1));
+            }
+            if !msgs.is_empty() {
+                self.comm.round(msgs, &[])?;
             }
         }
         Ok(out)
@@ -199,15 +216,11 @@ impl FastSuite {
     }
 
     fn deal_relu_op(&mut self, len: usize, k: u32) -> Result<Mat> {
-        match self.mode {
-            CmpMode::Tree => {
-                let bytes = cmp::relu_offline_bytes(len, k)?;
-                Ok(Mat::Relu(
-                    self.dealt(bytes, |d, _| cmp::deal_relu(d, len, k))?,
-                ))
-            }
-            CmpMode::Fss => Err(MpcError::Unsupported("fss comparisons".into())),
-        }
+        let mode = self.mode;
+        let bytes = cmp::relu_offline_bytes(len, k, mode)?;
+        Ok(Mat::Relu(
+            self.dealt(bytes, |d, _| cmp::deal_relu(d, len, k, mode))?,
+        ))
     }
 
     fn relu_with(&mut self, x: &Shared, mat: Mat) -> Result<Shared> {
@@ -216,9 +229,39 @@ impl FastSuite {
         }
         match mat {
             Mat::Relu(m) => cmp::relu_online(&mut self.comm, &m, x),
+            #[allow(unreachable_patterns)]
             _ => Err(MpcError::Param("fast suite: expected ReLU material".into())),
         }
     }
+}
+
+/// A runner factory ([`crate::runner::SuiteFactory`]) for the `fast` (`CmpMode::Tree`) or `fss`
+/// suite with the comparison sizes of `cfg` (see [`config_for_model`]).
+pub fn factory(
+    cfg: FastConfig,
+    mode: CmpMode,
+) -> impl Fn(Comm, crate::fixed::FixedPoint) -> Result<Box<dyn Suite>> + Sync {
+    move |comm, fp| {
+        Ok(Box::new(FastSuite::new(comm, fp.frac_bits, cfg.clone(), mode)) as Box<dyn Suite>)
+    }
+}
+
+/// Largest magnitude of a normalized input value for images with pixels in `[0, 1]`.
+pub fn input_abs_max(norm: &relushare_model::Normalization) -> f64 {
+    norm.mean
+        .iter()
+        .zip(&norm.std)
+        .map(|(&m, &s)| (m.abs().max((1.0 - m).abs()) / s.abs().max(1e-12)) as f64)
+        .fold(1.0, f64::max)
+}
+
+/// The provable comparison sizes of a model (computed by the model owner from the plaintext
+/// weights; see [`bounds`]).
+pub fn config_for_model(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+) -> Result<FastConfig> {
+    bounds::comparison_bits(fm, input_abs_max(&model.spec.normalization))
 }
 
 /// The weight key of a decider `v` of ReLU-sharing layer `name`.
@@ -358,7 +401,7 @@ impl Suite for FastSuite {
                         MpcError::Model(format!("weight {} was not prepared", w.name))
                     })?;
                     let bytes = linear::linear_offline_bytes(&lop);
-                    let m = self.dealt(bytes, |d, _| linear::deal_linear(d, &lop, &mw))?;
+                    let m = self.dealt((bytes, 0), |d, _| linear::deal_linear(d, &lop, &mw))?;
                     self.queue.push_back(Mat::Lin(m));
                 }
                 PlanOp::Relu { name, len } => {
@@ -380,9 +423,10 @@ impl Suite for FastSuite {
                     let double = gp.decider != DeciderKind::OneHot;
                     let k = self.cfg.for_layer(name, double);
                     let mv = self.weights.get(&v_key(name)).cloned();
-                    let bytes = group_offline_bytes(n, gp, k)?;
+                    let mode = self.mode;
+                    let bytes = group_offline_bytes(n, gp, k, mode)?;
                     let m = self.dealt(bytes, |d, rng| {
-                        share::deal_group(d, n, gp, k, mv.as_ref(), rng)
+                        share::deal_group(d, n, gp, k, mv.as_ref(), rng, mode)
                     })?;
                     self.queue.push_back(Mat::Group(Box::new(m), mv));
                 }
@@ -443,7 +487,7 @@ impl Suite for FastSuite {
         let phase = self.comm.phase();
         self.comm.set_phase(Phase::Offline);
         let me = self.me();
-        let tri = self.dealt(8 * len, |d, _| {
+        let tri = self.dealt((8 * len, 0), |d, _| {
             let x = d.rand_u64(len);
             let y = d.rand_u64(len);
             let z = match (&x.secret, &y.secret) {
@@ -483,8 +527,9 @@ impl Suite for FastSuite {
         let phase = self.comm.phase();
         self.comm.set_phase(Phase::Offline);
         let k = self.cfg.default_bits;
-        let mat = self.dealt(cmp::relu_offline_bytes(len, k)?, |d, _| {
-            cmp::deal_relu(d, len, k)
+        let mode = self.mode;
+        let mat = self.dealt(cmp::relu_offline_bytes(len, k, mode)?, |d, _| {
+            cmp::deal_relu(d, len, k, mode)
         });
         self.comm.set_phase(phase);
         let mat = mat?;
@@ -498,7 +543,7 @@ impl Suite for FastSuite {
             .map(|(a, b)| a.wrapping_add(*b))
             .collect();
         let c = cmp::open_u64(&mut self.comm, &masked)?;
-        let b = cmp::drelu_bits(&mut self.comm, &mat.cmp, &c)?;
+        let b = cmp::drelu_any(&mut self.comm, &mat.cmp, &c)?;
         let d = cmp::open_planes(&mut self.comm, &[&bits::xor(&b, &mat.t)], len)?
             .pop()
             .unwrap_or_default();
@@ -515,7 +560,7 @@ impl Suite for FastSuite {
     fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared> {
         let phase = self.comm.phase();
         self.comm.set_phase(Phase::Offline);
-        let r = self.dealt(8 * len, |d, rng| {
+        let r = self.dealt((8 * len, 0), |d, rng| {
             let sec = match rng {
                 Some(g) if d.is_dealer() => Some(
                     g.bernoulli(len, p as f64)
@@ -532,11 +577,16 @@ impl Suite for FastSuite {
     }
 }
 
-/// Dealer bytes of a ReLU-sharing layer (tree mode).
-pub fn group_offline_bytes(n: usize, plan: &GroupPlan, k: u32) -> Result<usize> {
+/// Dealer bytes of a ReLU-sharing layer: (to P1, to P0).
+pub fn group_offline_bytes(
+    n: usize,
+    plan: &GroupPlan,
+    k: u32,
+    mode: CmpMode,
+) -> Result<(usize, usize)> {
     let total = n * plan.len;
     let groups = n * plan.num_groups;
-    let cmp_b = cmp::Schedule::new(k)?.offline_bytes(groups);
+    let (c1, c0) = cmp::cmp_offline_bytes(groups, k, mode)?;
     let wg = if plan.decider == DeciderKind::OneHot {
         0
     } else {
@@ -547,11 +597,11 @@ pub fn group_offline_bytes(n: usize, plan: &GroupPlan, k: u32) -> Result<usize> 
     } else {
         8 * groups
     };
-    Ok(cmp_b + wg + tau + 8 * total)
+    Ok((c1 + wg + tau + 8 * total, c0))
 }
 
-/// Online bytes one party sends in a ReLU-sharing layer (tree mode).
-pub fn group_online_bytes(n: usize, plan: &GroupPlan, k: u32) -> Result<usize> {
+/// Online bytes one party sends in a ReLU-sharing layer.
+pub fn group_online_bytes(n: usize, plan: &GroupPlan, k: u32, mode: CmpMode) -> Result<usize> {
     let total = n * plan.len;
     let groups = n * plan.num_groups;
     let open_z = if plan.decider == DeciderKind::OneHot {
@@ -559,10 +609,5 @@ pub fn group_online_bytes(n: usize, plan: &GroupPlan, k: u32) -> Result<usize> {
     } else {
         (groups * k as usize).div_ceil(8)
     };
-    Ok(
-        8 * total
-            + open_z
-            + cmp::Schedule::new(k)?.online_bytes(groups)
-            + bits::plane_bytes(groups),
-    )
+    Ok(8 * total + open_z + cmp::cmp_online_bytes(groups, k, mode)? + bits::plane_bytes(groups))
 }

@@ -20,9 +20,10 @@
 use crate::cost::Comm;
 use crate::error::{MpcError, Result};
 use crate::fast::bits::{self, Plane};
-use crate::fast::cmp::{self, CmpMat};
+use crate::fast::cmp::{self, CmpAny};
 use crate::fast::deal::Deal;
 use crate::fast::linear::MaskedWeight;
+use crate::fast::CmpMode;
 use crate::prg::Prg;
 use crate::suite::{DeciderKind, GroupPlan};
 
@@ -32,7 +33,7 @@ pub struct GroupMat {
     r: Vec<u64>,
     wg: Vec<u64>,
     rho: Vec<u64>,
-    cmp: CmpMat,
+    cmp: CmpAny,
     t: Plane,
     ta: Vec<u64>,
     tr: Vec<u64>,
@@ -48,6 +49,7 @@ pub fn deal_group(
     k: u32,
     mv: Option<&MaskedWeight>,
     noise_rng: Option<&mut Prg>,
+    mode: CmpMode,
 ) -> Result<GroupMat> {
     let total = n * plan.len;
     let groups = n * plan.num_groups;
@@ -59,7 +61,7 @@ pub fn deal_group(
             (
                 Vec::new(),
                 Vec::new(),
-                cmp::deal_cmp(d, groups, k, lead.as_deref())?,
+                cmp::deal_cmp_any(d, groups, k, lead.as_deref(), mode)?,
             )
         }
         DeciderKind::Learned | DeciderKind::Fc => {
@@ -77,7 +79,7 @@ pub fn deal_group(
             };
             let wg = d.corr_u64(groups, wsec.as_deref())?;
             let rho = d.rand_u64(groups);
-            let cmp = cmp::deal_cmp(d, groups, k, rho.secret.as_deref())?;
+            let cmp = cmp::deal_cmp_any(d, groups, k, rho.secret.as_deref(), mode)?;
             (wg, rho.mine, cmp)
         }
     };
@@ -154,9 +156,9 @@ pub fn group_online(
         .map(|(a, b)| a.wrapping_add(*b))
         .collect();
     let e = cmp::open_u64(comm, &masked)?;
-    let k = mat.cmp.sched.k;
+    let k = mat.cmp.k();
     let b = match plan.decider {
-        DeciderKind::OneHot => cmp::drelu_bits(comm, &mat.cmp, &leader_values(&e, n, plan))?,
+        DeciderKind::OneHot => cmp::drelu_any(comm, &mat.cmp, &leader_values(&e, n, plan))?,
         DeciderKind::Learned | DeciderKind::Fc => {
             let mv = mv.ok_or_else(|| MpcError::Model("ReLU sharing: v was not masked".into()))?;
             let mut z: Vec<u64> = mat.wg.iter().map(|w| w.wrapping_neg()).collect();
@@ -180,7 +182,7 @@ pub fn group_online(
                 .map(|(a, b)| a.wrapping_add(*b) & mask)
                 .collect();
             let c = cmp::open_kbit(comm, &zm, k)?;
-            cmp::drelu_bits(comm, &mat.cmp, &c)?
+            cmp::drelu_any(comm, &mat.cmp, &c)?
         }
     };
     let d = cmp::open_planes(comm, &[&bits::xor(&b, &mat.t)], groups)?

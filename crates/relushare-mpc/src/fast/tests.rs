@@ -48,13 +48,17 @@ fn reconstruct(a: &[u64], b: &[u64]) -> Vec<u64> {
 }
 
 fn relu_case(vals: Vec<i64>, k: u32) -> (Vec<u64>, CostReport) {
+    relu_case_mode(vals, k, CmpMode::Tree)
+}
+
+fn relu_case_mode(vals: Vec<i64>, k: u32, mode: CmpMode) -> (Vec<u64>, CostReport) {
     let n = vals.len();
     let v: Vec<u64> = vals.iter().map(|&x| x as u64).collect();
     let mut rng = Prg::from_os().unwrap();
     let (x0, x1) = share(&v, &mut rng);
     let mut cfg = FastConfig::defaults(13);
     cfg.bits.insert("act".into(), k);
-    let (outs, rep) = run3(CmpMode::Tree, cfg, move |s| {
+    let (outs, rep) = run3(mode, cfg, move |s| {
         let plan = Plan {
             n: 1,
             input_len: n,
@@ -102,20 +106,20 @@ fn relu_exact_and_costs_match_formulas() {
         vals.push((rng.next_u64() % (2 * lim as u64)) as i64 - lim);
     }
     let n = vals.len();
-    let (y, rep) = relu_case(vals.clone(), k);
-    for (i, &x) in vals.iter().enumerate() {
-        assert_eq!(y[i] as i64, x.max(0), "element {i}: x = {x}");
+    for mode in [CmpMode::Tree, CmpMode::Fss] {
+        let (y, rep) = relu_case_mode(vals.clone(), k, mode);
+        for (i, &x) in vals.iter().enumerate() {
+            assert_eq!(y[i] as i64, x.max(0), "{mode:?} element {i}: x = {x}");
+        }
+        let l = rep.get("act").unwrap();
+        assert_eq!(
+            l.online_bytes as usize,
+            2 * cmp::relu_online_bytes(n, k, mode).unwrap()
+        );
+        let (b1, b0) = cmp::relu_offline_bytes(n, k, mode).unwrap();
+        assert_eq!(l.offline_bytes as usize, b1 + b0);
+        assert_eq!(l.online_rounds as usize, cmp::relu_rounds(k, mode).unwrap());
     }
-    let l = rep.get("act").unwrap();
-    assert_eq!(
-        l.online_bytes as usize,
-        2 * cmp::relu_online_bytes(n, k).unwrap()
-    );
-    assert_eq!(
-        l.offline_bytes as usize,
-        cmp::relu_offline_bytes(n, k).unwrap()
-    );
-    assert_eq!(l.online_rounds as usize, cmp::relu_rounds(k).unwrap());
 }
 
 #[test]
@@ -395,12 +399,12 @@ fn shared_relu_all_deciders() {
         let l = rep.get("act").unwrap();
         assert_eq!(
             l.online_bytes as usize,
-            2 * group_online_bytes(2, &gp, k).unwrap(),
+            2 * group_online_bytes(2, &gp, k, CmpMode::Tree).unwrap(),
             "{dec:?}"
         );
         assert_eq!(
             l.offline_bytes as usize,
-            group_offline_bytes(2, &gp, k).unwrap(),
+            group_offline_bytes(2, &gp, k, CmpMode::Tree).unwrap().0,
             "{dec:?}"
         );
     }
@@ -432,5 +436,136 @@ fn shared_relu_noise_flips_members() {
     assert!(kept > 4 && kept < 28, "p = 0.5 kept {kept} of 32");
     for (a, b) in y.iter().zip(&vals) {
         assert!(*a == 0 || *a == *b as u64);
+    }
+}
+
+mod e2e {
+    use super::*;
+    use crate::plain::{self, FixedLayer, FixedModel};
+    use crate::runner::{run_session, RunOptions};
+    use relushare_model::{presets, Arch, Model};
+
+    fn image(len: usize, seed: u64, lim: f64) -> Vec<f32> {
+        let mut r = Prg::from_seed([seed as u8; 16]);
+        (0..len)
+            .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
+            .collect()
+    }
+
+    /// Secure == plaintext per layer (each layer re-evaluated in plaintext on the secure input of
+    /// that layer: exact for comparisons and selects, within one ulp after truncation), and
+    /// the logits end to end within a small tolerance.
+    fn check(arch: Arch, preset: &str, mode: CmpMode, batch: usize) {
+        let spec = presets::build(arch, preset).unwrap();
+        let model = Model::random(spec, None, 11).unwrap();
+        let fm = FixedModel::from_model(&model, 13).unwrap();
+        let cfg = config_for_model(&fm, &model).unwrap();
+        let lim = input_abs_max(&model.spec.normalization);
+        let imgs: Vec<Vec<u64>> = (0..batch)
+            .map(|b| {
+                fm.encode_input(&image(fm.input_len, 7 + b as u64, lim))
+                    .unwrap()
+            })
+            .collect();
+        let f = factory(cfg, mode);
+        let res = run_session(
+            &fm,
+            &[imgs.clone()],
+            &f,
+            &RunOptions {
+                trace: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let br = &res.batches[0];
+        let tr = br.trace.as_ref().unwrap();
+        for (li, l) in fm.layers.iter().enumerate() {
+            let per_in = if li == 0 {
+                fm.input_len
+            } else {
+                fm.out_lens[li - 1]
+            };
+            let per_out = fm.out_lens[li];
+            for img in 0..batch {
+                let xin = &tr[li][img * per_in..(img + 1) * per_in];
+                let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
+                let noisy = matches!(l, FixedLayer::Shared { s, .. } if s.noise > 0.0);
+                let want = plain::eval_layer(fm.fp, l, xin, &mut |_| false).unwrap();
+                let truncates = matches!(
+                    l,
+                    FixedLayer::Conv { .. }
+                        | FixedLayer::Linear { .. }
+                        | FixedLayer::AvgPool { .. }
+                );
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    if noisy {
+                        assert!(
+                            *a == 0 || *a == xin[i],
+                            "{arch} {preset} {}: member {i}",
+                            l.name()
+                        );
+                    } else if truncates {
+                        let d = (*a as i64).wrapping_sub(*b as i64);
+                        assert!(
+                            d == 0 || d == 1,
+                            "{arch} {preset} {} [{i}]: {} vs {}",
+                            l.name(),
+                            *a as i64,
+                            *b as i64
+                        );
+                    } else {
+                        assert_eq!(a, b, "{arch} {preset} {} [{i}]", l.name());
+                    }
+                }
+            }
+        }
+        // End to end vs the plaintext fixed-point forward pass (noise-free presets).
+        let noisy = fm
+            .layers
+            .iter()
+            .any(|l| matches!(l, FixedLayer::Shared { s, .. } if s.noise > 0.0));
+        if !noisy {
+            for (img, out) in imgs.iter().zip(&br.outputs) {
+                let t = plain::forward_fixed_trace(&fm, img, &mut |_| false).unwrap();
+                let want = fm.fp.decode_vec(t.last().unwrap());
+                let got = fm.fp.decode_vec(out);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 0.01 + 0.01 * b.abs(),
+                        "{arch} {preset}: logit {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn svhn_fmnist_all_kinds() {
+        for preset in [
+            "original",
+            "uniform3",
+            "uniform32",
+            "fc-noise",
+            "shafran",
+            "noise",
+        ] {
+            check(Arch::Svhn, preset, CmpMode::Tree, 1);
+        }
+        check(Arch::Fmnist, "original", CmpMode::Tree, 2);
+        check(Arch::Fmnist, "uniform4", CmpMode::Tree, 1);
+    }
+
+    #[test]
+    fn fss_mode_end_to_end() {
+        check(Arch::Svhn, "original", CmpMode::Fss, 1);
+        check(Arch::Svhn, "uniform3", CmpMode::Fss, 1);
+        check(Arch::Fmnist, "fc-noise", CmpMode::Fss, 1);
+    }
+
+    #[test]
+    fn cifar10_original_and_uniform32() {
+        check(Arch::Cifar10, "original", CmpMode::Tree, 1);
+        check(Arch::Cifar10, "uniform32", CmpMode::Tree, 1);
     }
 }

@@ -1,0 +1,311 @@
+//! Distributed comparison function (DCF) with one-bit output, after Boyle, Chandran, Gilboa,
+//! Gupta, Ishai, Kumar and Rathee, "Function Secret Sharing for Mixed-Mode and Fixed-Point
+//! Secure Computation" (Eurocrypt 2021), specialised to the output group Z_2 and payload 1.
+//!
+//! `gen(alpha)` gives two keys; `eval(b, key_b, x) XOR eval(1-b, key_(1-b), x) = [x < alpha]`
+//! for `n`-bit `x, alpha` (compared most significant bit first). Each key is a 126-bit root
+//! seed plus per level a 128-bit seed correction and three correction bits (`v`, `t_L`, `t_R`),
+//! plus one final bit; the root seeds are free here (seed-derived), the corrections are sent to
+//! both evaluators: [`cw_bytes`] per key.
+//!
+//! Tree PRG: fixed-key AES-128 in Matyas-Meyer-Oseas mode,
+//! `G(s) = (AES(s) ^ s, AES(s ^ 1) ^ s ^ 1)`; of each 128-bit half, bit 0 is the control bit
+//! `t`, bit 1 the value bit `v`, and the rest (low two bits cleared) the next seed. Evaluation
+//! is level-synchronous over a whole batch of keys, so AES runs on long block slices
+//! (pipelined AES-NI).
+
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
+use aes::Aes128;
+
+/// The fixed AES key of the tree PRG (any public constant works).
+const FIXED_KEY: [u8; 16] = *b"relushare-dcf-k1";
+
+/// Correction-word bytes of one key over `n` bits: `16 n` seed bytes + `ceil((3 n + 1) / 8)`.
+pub fn cw_bytes(n: u32) -> usize {
+    16 * n as usize + (3 * n as usize + 1).div_ceil(8)
+}
+
+/// The tree PRG.
+pub struct TreePrg {
+    aes: Aes128,
+}
+
+impl Default for TreePrg {
+    fn default() -> Self {
+        TreePrg::new()
+    }
+}
+
+impl TreePrg {
+    /// The fixed-key PRG.
+    pub fn new() -> TreePrg {
+        TreePrg {
+            aes: Aes128::new(&FIXED_KEY.into()),
+        }
+    }
+
+    /// Expand every seed into (left, right) 128-bit halves.
+    pub fn expand(&self, seeds: &[u128], out: &mut Vec<(u128, u128)>) {
+        let mut blocks: Vec<aes::Block> = Vec::with_capacity(2 * seeds.len());
+        for s in seeds {
+            blocks.push(aes::Block::from(s.to_le_bytes()));
+            blocks.push(aes::Block::from((s ^ 1).to_le_bytes()));
+        }
+        for chunk in blocks.chunks_mut(4096) {
+            self.aes.encrypt_blocks(chunk);
+        }
+        out.clear();
+        for (i, s) in seeds.iter().enumerate() {
+            let l = u128::from_le_bytes(blocks[2 * i].into()) ^ s;
+            let r = u128::from_le_bytes(blocks[2 * i + 1].into()) ^ s ^ 1;
+            out.push((l, r));
+        }
+    }
+}
+
+#[inline]
+fn split(h: u128) -> (u128, u64, u64) {
+    (h & !3, (h & 1) as u64, ((h >> 1) & 1) as u64)
+}
+
+/// Final conversion of a leaf seed to one output bit.
+#[inline]
+fn convert(s: u128) -> u64 {
+    ((s >> 2) & 1) as u64
+}
+
+/// The public correction words of a batch of `m` DCF keys over `n` bits (shared by both keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cws {
+    /// Bits per input.
+    pub n: u32,
+    /// Seed corrections, level-major: `scw[level * m + j]`.
+    pub scw: Vec<u128>,
+    /// Per level and key: bit 0 = `v_cw`, bit 1 = `t_cw_L`, bit 2 = `t_cw_R`.
+    pub bits: Vec<u8>,
+    /// Final correction bit per key.
+    pub last: Vec<u8>,
+}
+
+impl Cws {
+    /// Serialise (exactly `m * cw_bytes(n)` bytes): seeds, then packed bits.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let m = self.last.len();
+        let n = self.n as usize;
+        let mut out = Vec::with_capacity(m * cw_bytes(self.n));
+        for j in 0..m {
+            for lv in 0..n {
+                out.extend_from_slice(&self.scw[lv * m + j].to_le_bytes());
+            }
+            let mut acc = 0u32;
+            let mut nb = 0;
+            let mut push = |b: u8, out: &mut Vec<u8>| {
+                acc |= (b as u32 & 1) << nb;
+                nb += 1;
+                if nb == 8 {
+                    out.push(acc as u8);
+                    acc = 0;
+                    nb = 0;
+                }
+            };
+            for lv in 0..n {
+                let f = self.bits[lv * m + j];
+                push(f & 1, &mut out);
+                push((f >> 1) & 1, &mut out);
+                push((f >> 2) & 1, &mut out);
+            }
+            push(self.last[j], &mut out);
+            if nb > 0 {
+                out.push(acc as u8);
+            }
+        }
+        out
+    }
+
+    /// Parse `m` keys over `n` bits.
+    pub fn from_bytes(b: &[u8], m: usize, n: u32) -> Option<Cws> {
+        let per = cw_bytes(n);
+        if b.len() != m * per {
+            return None;
+        }
+        let nn = n as usize;
+        let mut c = Cws {
+            n,
+            scw: vec![0; nn * m],
+            bits: vec![0; nn * m],
+            last: vec![0; m],
+        };
+        for j in 0..m {
+            let k = &b[j * per..(j + 1) * per];
+            for lv in 0..nn {
+                c.scw[lv * m + j] = u128::from_le_bytes(k[16 * lv..16 * lv + 16].try_into().ok()?);
+            }
+            let fl = &k[16 * nn..];
+            let bit = |i: usize| (fl[i / 8] >> (i % 8)) & 1;
+            for lv in 0..nn {
+                c.bits[lv * m + j] = bit(3 * lv) | (bit(3 * lv + 1) << 1) | (bit(3 * lv + 2) << 2);
+            }
+            c.last[j] = bit(3 * nn);
+        }
+        Some(c)
+    }
+}
+
+/// Generate the correction words of `m` keys with points `alpha[j]` (low `n` bits) from the
+/// two parties' root seeds (bits 0 and 1 are ignored).
+pub fn gen(prg: &TreePrg, n: u32, alpha: &[u64], root0: &[u128], root1: &[u128]) -> Cws {
+    let m = alpha.len();
+    let nn = n as usize;
+    let mut s0: Vec<u128> = root0.iter().map(|s| s & !3).collect();
+    let mut s1: Vec<u128> = root1.iter().map(|s| s & !3).collect();
+    let mut t0 = vec![0u64; m];
+    let mut t1 = vec![1u64; m];
+    let mut va = vec![0u64; m];
+    let mut cw = Cws {
+        n,
+        scw: vec![0; nn * m],
+        bits: vec![0; nn * m],
+        last: vec![0; m],
+    };
+    let (mut e0, mut e1) = (Vec::new(), Vec::new());
+    for lv in 0..nn {
+        let bitpos = n - 1 - lv as u32;
+        prg.expand(&s0, &mut e0);
+        prg.expand(&s1, &mut e1);
+        for j in 0..m {
+            let a = (alpha[j] >> bitpos) & 1;
+            let (sl0, tl0, vl0) = split(e0[j].0);
+            let (sr0, tr0, vr0) = split(e0[j].1);
+            let (sl1, tl1, vl1) = split(e1[j].0);
+            let (sr1, tr1, vr1) = split(e1[j].1);
+            let (keep0, keep1, lose0, lose1, vk0, vk1, vlo0, vlo1) = if a == 0 {
+                (sl0, sl1, sr0, sr1, vl0, vl1, vr0, vr1)
+            } else {
+                (sr0, sr1, sl0, sl1, vr0, vr1, vl0, vl1)
+            };
+            let scw = lose0 ^ lose1;
+            let mut vcw = vlo0 ^ vlo1 ^ va[j];
+            if a == 1 {
+                // lose = L: inputs that go left here are below alpha.
+                vcw ^= 1;
+            }
+            va[j] ^= vk0 ^ vk1 ^ vcw;
+            let tcwl = tl0 ^ tl1 ^ a ^ 1;
+            let tcwr = tr0 ^ tr1 ^ a;
+            let (tk0, tk1, tcwk) = if a == 0 {
+                (tl0, tl1, tcwl)
+            } else {
+                (tr0, tr1, tcwr)
+            };
+            cw.scw[lv * m + j] = scw;
+            cw.bits[lv * m + j] = (vcw | (tcwl << 1) | (tcwr << 2)) as u8;
+            let m0 = if t0[j] == 1 { scw } else { 0 };
+            let m1 = if t1[j] == 1 { scw } else { 0 };
+            s0[j] = keep0 ^ m0;
+            s1[j] = keep1 ^ m1;
+            t0[j] = tk0 ^ (t0[j] & tcwk);
+            t1[j] = tk1 ^ (t1[j] & tcwk);
+        }
+    }
+    for j in 0..m {
+        cw.last[j] = (convert(s0[j]) ^ convert(s1[j]) ^ va[j]) as u8;
+    }
+    cw
+}
+
+/// Evaluate party `b`'s keys (root seeds `root`, shared corrections `cw`) at the points `x`;
+/// returns one output bit share per key.
+pub fn eval(prg: &TreePrg, b: u64, root: &[u128], cw: &Cws, x: &[u64]) -> Vec<u64> {
+    let m = x.len();
+    let n = cw.n;
+    let mut s: Vec<u128> = root.iter().map(|v| v & !3).collect();
+    let mut t = vec![b; m];
+    let mut v = vec![0u64; m];
+    let mut e = Vec::new();
+    for lv in 0..n as usize {
+        let bitpos = n - 1 - lv as u32;
+        prg.expand(&s, &mut e);
+        for j in 0..m {
+            let f = cw.bits[lv * m + j] as u64;
+            let scw = cw.scw[lv * m + j];
+            let (mut sl, mut tl, vl) = split(e[j].0);
+            let (mut sr, mut tr, vr) = split(e[j].1);
+            let tj = t[j];
+            if tj == 1 {
+                sl ^= scw;
+                sr ^= scw;
+                tl ^= (f >> 1) & 1;
+                tr ^= (f >> 2) & 1;
+            }
+            if (x[j] >> bitpos) & 1 == 0 {
+                v[j] ^= vl ^ (tj & f & 1);
+                s[j] = sl;
+                t[j] = tl;
+            } else {
+                v[j] ^= vr ^ (tj & f & 1);
+                s[j] = sr;
+                t[j] = tr;
+            }
+        }
+    }
+    for j in 0..m {
+        v[j] ^= convert(s[j]) ^ (t[j] & cw.last[j] as u64);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prg::Prg;
+
+    #[test]
+    fn dcf_is_less_than() {
+        let prg = TreePrg::new();
+        let mut r = Prg::from_seed([1; 16]);
+        for n in [1u32, 2, 5, 12, 24] {
+            let mask = (1u64 << n) - 1;
+            let alphas: Vec<u64> = (0..40)
+                .map(|i| {
+                    if i < 3 {
+                        [0, mask, 1][i]
+                    } else {
+                        r.next_u64() & mask
+                    }
+                })
+                .collect();
+            for x_kind in 0..4 {
+                let xs: Vec<u64> = alphas
+                    .iter()
+                    .map(|&a| match x_kind {
+                        0 => a,
+                        1 => a.wrapping_sub(1) & mask,
+                        2 => (a + 1) & mask,
+                        _ => r.next_u64() & mask,
+                    })
+                    .collect();
+                let r0: Vec<u128> = (0..40)
+                    .map(|_| (r.next_u64() as u128) << 64 | r.next_u64() as u128)
+                    .collect();
+                let r1: Vec<u128> = (0..40)
+                    .map(|_| (r.next_u64() as u128) << 64 | r.next_u64() as u128)
+                    .collect();
+                let cw = gen(&prg, n, &alphas, &r0, &r1);
+                let back = Cws::from_bytes(&cw.to_bytes(), 40, n).unwrap();
+                assert_eq!(back, cw);
+                assert_eq!(cw.to_bytes().len(), 40 * cw_bytes(n));
+                let y0 = eval(&prg, 0, &r0, &cw, &xs);
+                let y1 = eval(&prg, 1, &r1, &cw, &xs);
+                for j in 0..40 {
+                    assert_eq!(
+                        y0[j] ^ y1[j],
+                        u64::from(xs[j] < alphas[j]),
+                        "n={n} a={} x={}",
+                        alphas[j],
+                        xs[j]
+                    );
+                }
+            }
+        }
+    }
+}
