@@ -6,11 +6,16 @@
 
 pub mod cost;
 pub mod error;
+pub mod fast;
 pub mod fixed;
+pub mod fss;
 pub mod kernels;
 pub mod net;
 pub mod prg;
+pub mod plain;
 pub mod ring;
+pub mod runner;
+pub mod securenn;
 pub mod suite;
 pub mod transport;
 

@@ -1,0 +1,445 @@
+//! The model in fixed point ([`FixedModel`]) and its plaintext fixed-point evaluation
+//! ([`forward_fixed`]): exactly the arithmetic the secure suites perform, without secret
+//! sharing. Secure results are compared against it: equal for comparisons, selects, pooling
+//! sums and products; within the truncation error of [`crate::fixed`] (one unit in the last
+//! place per truncation) for layers that truncate.
+//!
+//! Semantics (f = fractional bits; weights, activations and `v` carry f bits; biases 2f):
+//! * conv / linear: `trunc_f(x * w + bias)`;
+//! * avg pool: `trunc_f(window sum * round(2^f / k^2))`;
+//! * ReLU: `x * [x >= 0]`; partial: ReLU on the first channels;
+//! * sharing: `z_g = sum v_i x_i (+ b_c)` (2f bits, Learned/Fc) or `x_leader` (OneHot),
+//!   `keep_i = [z_g >= 0] XOR flip_i`, `y_i = x_i * keep_i` (no truncation anywhere).
+
+use crate::error::{MpcError, Result};
+use crate::fixed::{self, FixedPoint};
+use crate::kernels::{self, ConvGeom};
+use crate::suite::{DeciderKind, LinearGeom, PoolGeom};
+use relushare_model::{ActKind, Decider, Layer, Model};
+
+/// A ReLU-sharing layer in fixed point (public structure + encoded parameters).
+#[derive(Clone, Debug)]
+pub struct FixedShared {
+    /// Elements per image.
+    pub len: usize,
+    /// Global group id per element.
+    pub group_of: Vec<u32>,
+    /// Groups per image.
+    pub num_groups: usize,
+    /// Element index of each group's leader.
+    pub leaders: Vec<u32>,
+    /// Decider.
+    pub decider: DeciderKind,
+    /// `v` (f bits), Learned/Fc only.
+    pub v: Vec<u64>,
+    /// Per-group bias (2f bits), Fc only.
+    pub bias: Vec<u64>,
+    /// Flip probability.
+    pub noise: f32,
+}
+
+/// One layer in fixed point.
+#[derive(Clone, Debug)]
+pub enum FixedLayer {
+    /// Convolution (`geom.n` = 1); weight f bits, bias 2f bits.
+    Conv {
+        name: String,
+        geom: ConvGeom,
+        w: Vec<u64>,
+        b: Vec<u64>,
+    },
+    /// Fully connected (`geom.n` = 1).
+    Linear {
+        name: String,
+        geom: LinearGeom,
+        w: Vec<u64>,
+        b: Vec<u64>,
+    },
+    /// Average pooling (`geom.n` = 1).
+    AvgPool { name: String, geom: PoolGeom },
+    /// ReLU on `len` elements.
+    Relu { name: String, len: usize },
+    /// Partial ReLU.
+    Partial {
+        name: String,
+        c: usize,
+        plane: usize,
+        relu_channels: usize,
+    },
+    /// ReLU sharing.
+    Shared { name: String, s: Box<FixedShared> },
+    /// Identity / dropout / flatten.
+    Identity { name: String },
+}
+
+impl FixedLayer {
+    /// Layer name.
+    pub fn name(&self) -> &str {
+        match self {
+            FixedLayer::Conv { name, .. }
+            | FixedLayer::Linear { name, .. }
+            | FixedLayer::AvgPool { name, .. }
+            | FixedLayer::Relu { name, .. }
+            | FixedLayer::Partial { name, .. }
+            | FixedLayer::Shared { name, .. }
+            | FixedLayer::Identity { name } => name,
+        }
+    }
+}
+
+/// A model encoded in fixed point, ready for plaintext or secure evaluation.
+#[derive(Clone, Debug)]
+pub struct FixedModel {
+    /// Format.
+    pub fp: FixedPoint,
+    /// Input elements per image.
+    pub input_len: usize,
+    /// Output elements per image.
+    pub output_len: usize,
+    /// Layers in order (one entry per spec layer; flatten is named "flatten").
+    pub layers: Vec<FixedLayer>,
+    /// Elements per image after each layer (`layers.len()` entries).
+    pub out_lens: Vec<usize>,
+}
+
+fn model_err(e: relushare_model::ModelError) -> MpcError {
+    MpcError::Model(e.to_string())
+}
+
+impl FixedModel {
+    /// Encode a (validated) model with `frac_bits` fractional bits.
+    pub fn from_model(model: &Model, frac_bits: u32) -> Result<FixedModel> {
+        let fp = FixedPoint::new(frac_bits)?;
+        model.validate().map_err(model_err)?;
+        let spec = &model.spec;
+        let dims = spec.dims().map_err(model_err)?;
+        let maps = model.group_maps_built().map_err(model_err)?;
+        let enc = |name: &str, double: bool| -> Result<Vec<u64>> {
+            let t = model.param(name).map_err(model_err)?;
+            Ok(t.data
+                .iter()
+                .map(|&v| {
+                    if double {
+                        fp.encode_double(v)
+                    } else {
+                        fp.encode(v)
+                    }
+                })
+                .collect())
+        };
+        let mut layers = Vec::new();
+        let mut flat = 0;
+        for (i, l) in spec.layers.iter().enumerate() {
+            let (din, dout) = (dims[i], dims[i + 1]);
+            let fl = match l {
+                Layer::Conv {
+                    name,
+                    in_ch,
+                    out_ch,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let geom = ConvGeom {
+                        n: 1,
+                        c: *in_ch,
+                        h: din.h,
+                        w: din.w,
+                        o: *out_ch,
+                        k: *kernel,
+                        stride: *stride,
+                        pad: *padding,
+                    };
+                    geom.validate()?;
+                    if geom.oh() != dout.h || geom.ow() != dout.w {
+                        return Err(MpcError::Model(format!("{name}: output size mismatch")));
+                    }
+                    FixedLayer::Conv {
+                        name: name.clone(),
+                        geom,
+                        w: enc(&format!("{name}.weight"), false)?,
+                        b: enc(&format!("{name}.bias"), true)?,
+                    }
+                }
+                Layer::Linear { name, in_f, out_f } => FixedLayer::Linear {
+                    name: name.clone(),
+                    geom: LinearGeom {
+                        n: 1,
+                        in_f: *in_f,
+                        out_f: *out_f,
+                    },
+                    w: enc(&format!("{name}.weight"), false)?,
+                    b: enc(&format!("{name}.bias"), true)?,
+                },
+                Layer::AvgPool {
+                    name,
+                    kernel,
+                    stride,
+                } => FixedLayer::AvgPool {
+                    name: name.clone(),
+                    geom: PoolGeom {
+                        n: 1,
+                        c: din.c,
+                        h: din.h,
+                        w: din.w,
+                        k: *kernel,
+                        stride: *stride,
+                    },
+                },
+                Layer::Dropout { name, .. } => FixedLayer::Identity { name: name.clone() },
+                Layer::Flatten => {
+                    flat += 1;
+                    let name = if flat == 1 {
+                        "flatten".to_string()
+                    } else {
+                        format!("flatten{flat}")
+                    };
+                    FixedLayer::Identity { name }
+                }
+                Layer::Act { name, kind } => match kind {
+                    ActKind::Relu => FixedLayer::Relu {
+                        name: name.clone(),
+                        len: din.len(),
+                    },
+                    ActKind::Identity => FixedLayer::Identity { name: name.clone() },
+                    ActKind::Partial { relu_channels } => FixedLayer::Partial {
+                        name: name.clone(),
+                        c: din.c,
+                        plane: din.plane(),
+                        relu_channels: *relu_channels,
+                    },
+                    ActKind::Shared(s) => {
+                        let map = maps
+                            .get(name)
+                            .ok_or_else(|| MpcError::Model(format!("{name}: no group map")))?;
+                        let decider = match s.decider {
+                            Decider::Learned => DeciderKind::Learned,
+                            Decider::OneHot => DeciderKind::OneHot,
+                            Decider::Fc => DeciderKind::Fc,
+                        };
+                        let v = match decider {
+                            DeciderKind::OneHot => Vec::new(),
+                            _ => enc(&format!("{name}.v"), false)?,
+                        };
+                        let bias = if decider == DeciderKind::Fc {
+                            let b = enc(&format!("{name}.fc_bias"), true)?;
+                            let mut per_group = Vec::with_capacity(map.total());
+                            for (c, &g) in map.groups.iter().enumerate() {
+                                per_group.extend(std::iter::repeat_n(b[c], g));
+                            }
+                            per_group
+                        } else {
+                            Vec::new()
+                        };
+                        if !(0.0..=1.0).contains(&s.noise) {
+                            return Err(MpcError::Param(format!(
+                                "{name}: noise {} not in [0,1]",
+                                s.noise
+                            )));
+                        }
+                        FixedLayer::Shared {
+                            name: name.clone(),
+                            s: Box::new(FixedShared {
+                                len: din.len(),
+                                group_of: map.global_ids().into_iter().map(|g| g as u32).collect(),
+                                num_groups: map.total(),
+                                leaders: map
+                                    .global_leaders()
+                                    .into_iter()
+                                    .map(|g| g as u32)
+                                    .collect(),
+                                decider,
+                                v,
+                                bias,
+                                noise: s.noise,
+                            }),
+                        }
+                    }
+                },
+            };
+            layers.push(fl);
+        }
+        Ok(FixedModel {
+            fp,
+            input_len: spec.input.len(),
+            output_len: dims.last().map(|d| d.len()).unwrap_or(0),
+            layers,
+            out_lens: dims[1..].iter().map(|d| d.len()).collect(),
+        })
+    }
+
+    /// Encode a normalized image (f bits).
+    pub fn encode_input(&self, image: &[f32]) -> Result<Vec<u64>> {
+        if image.len() != self.input_len {
+            return Err(MpcError::Shape(format!(
+                "image has {} values, the model expects {}",
+                image.len(),
+                self.input_len
+            )));
+        }
+        Ok(self.fp.encode_vec(image))
+    }
+}
+
+/// Plaintext fixed-point evaluation of one layer on one image. `flip(p)` is called once per
+/// member of a noisy sharing layer (element order) and returns that member's noise bit.
+pub fn eval_layer(
+    fp: FixedPoint,
+    layer: &FixedLayer,
+    x: &[u64],
+    flip: &mut dyn FnMut(f32) -> bool,
+) -> Result<Vec<u64>> {
+    let f = fp.frac_bits;
+    Ok(match layer {
+        FixedLayer::Conv { geom, w, b, .. } => {
+            crate::ring::check_len("conv input", x, geom.in_len())?;
+            let mut y = kernels::conv2d(x, w, geom);
+            kernels::add_channel_bias(&mut y, b, geom.oh() * geom.ow());
+            y.iter().map(|&v| fixed::trunc_plain(v, f)).collect()
+        }
+        FixedLayer::Linear { geom, w, b, .. } => {
+            crate::ring::check_len("linear input", x, geom.in_f)?;
+            let wt = kernels::transpose(w, geom.out_f, geom.in_f);
+            let y = kernels::matmul(x, &wt, 1, geom.in_f, geom.out_f);
+            y.iter()
+                .zip(b)
+                .map(|(&v, &bb)| fixed::trunc_plain(v.wrapping_add(bb), f))
+                .collect()
+        }
+        FixedLayer::AvgPool { geom, .. } => {
+            crate::ring::check_len("pool input", x, geom.c * geom.h * geom.w)?;
+            let c = fixed::pool_factor(geom.k, f);
+            kernels::pool_sums(x, 1, geom.c, geom.h, geom.w, geom.k, geom.stride)
+                .into_iter()
+                .map(|s| fixed::trunc_plain(s.wrapping_mul(c), f))
+                .collect()
+        }
+        FixedLayer::Relu { .. } => x.iter().map(|&v| relu(v)).collect(),
+        FixedLayer::Partial {
+            plane,
+            relu_channels,
+            ..
+        } => {
+            let cut = relu_channels * plane;
+            x.iter()
+                .enumerate()
+                .map(|(i, &v)| if i < cut { relu(v) } else { v })
+                .collect()
+        }
+        FixedLayer::Shared { s, .. } => {
+            crate::ring::check_len("sharing input", x, s.len)?;
+            let z = group_values(s, x);
+            x.iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let mut keep = (z[s.group_of[i] as usize] as i64) >= 0;
+                    if s.noise > 0.0 && flip(s.noise) {
+                        keep = !keep;
+                    }
+                    if keep {
+                        v
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        }
+        FixedLayer::Identity { .. } => x.to_vec(),
+    })
+}
+
+/// Group decision values `z_g` of a sharing layer (plaintext fixed point).
+pub fn group_values(s: &FixedShared, x: &[u64]) -> Vec<u64> {
+    match s.decider {
+        DeciderKind::OneHot => s.leaders.iter().map(|&l| x[l as usize]).collect(),
+        DeciderKind::Learned | DeciderKind::Fc => {
+            let mut z = vec![0u64; s.num_groups];
+            for (i, &g) in s.group_of.iter().enumerate() {
+                z[g as usize] = z[g as usize].wrapping_add(s.v[i].wrapping_mul(x[i]));
+            }
+            if s.decider == DeciderKind::Fc {
+                crate::ring::add_assign(&mut z, &s.bias);
+            }
+            z
+        }
+    }
+}
+
+#[inline]
+fn relu(v: u64) -> u64 {
+    if (v as i64) >= 0 {
+        v
+    } else {
+        0
+    }
+}
+
+/// Encoded input followed by every layer's output, for one encoded image.
+pub fn forward_fixed_trace(
+    fm: &FixedModel,
+    x: &[u64],
+    flip: &mut dyn FnMut(f32) -> bool,
+) -> Result<Vec<Vec<u64>>> {
+    crate::ring::check_len("input", x, fm.input_len)?;
+    let mut trace = vec![x.to_vec()];
+    for l in &fm.layers {
+        let y = eval_layer(fm.fp, l, trace.last().expect("non-empty"), flip)?;
+        trace.push(y);
+    }
+    Ok(trace)
+}
+
+/// Plaintext fixed-point logits (decoded) of one normalized CHW image; `flip` as in
+/// [`eval_layer`] (pass `&mut |_| false` for the noise-free network).
+pub fn forward_fixed(
+    model: &Model,
+    image: &[f32],
+    frac_bits: u32,
+    flip: &mut dyn FnMut(f32) -> bool,
+) -> Result<Vec<f32>> {
+    let fm = FixedModel::from_model(model, frac_bits)?;
+    let x = fm.encode_input(image)?;
+    let t = forward_fixed_trace(&fm, &x, flip)?;
+    Ok(fm.fp.decode_vec(t.last().expect("non-empty")))
+}
+
+/// Index of the largest (signed) value; ties go to the first.
+pub fn argmax_fixed(x: &[u64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if (v as i64) > (x[best] as i64) {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relushare_model::{presets, reference, Arch};
+
+    #[test]
+    fn fixed_forward_close_to_f32_reference() {
+        for (arch, preset) in [
+            (Arch::Svhn, "original"),
+            (Arch::Fmnist, "uniform32"),
+            (Arch::Cifar10, "uniform4"),
+        ] {
+            let spec = presets::build(arch, preset).unwrap();
+            let model = Model::random(spec, None, 3).unwrap();
+            let n = model.spec.input.len();
+            let img: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            let want = reference::forward(&model, &img, &mut |_| false).unwrap();
+            let got = forward_fixed(&model, &img, 13, &mut |_| false).unwrap();
+            for (a, b) in want.iter().zip(&got) {
+                assert!(
+                    (a - b).abs() < 0.02 + 0.02 * a.abs(),
+                    "{arch} {preset}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}

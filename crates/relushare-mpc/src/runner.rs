@@ -1,0 +1,456 @@
+//! The runner: executes a [`FixedModel`] layer by layer on any [`Suite`], with the three parties
+//! on threads over the in-memory transport, and produces per-layer cost reports.
+//!
+//! The client (image owner) and the model owner are simulated by the runner: it splits the
+//! encoded image and weights into two additive shares with an OS-seeded PRG and hands them to P0
+//! and P1 (P2 gets nothing); at the end P0 and P1 send their output shares to the client, which
+//! adds them. Sequence per session: suite construction (label "setup"), [`Suite::prepare`]
+//! (label "model-setup", offline), then for every batch: [`Suite::offline`] (phase offline) and
+//! the layers online, each under its layer name. Setup costs are reported once per session; the
+//! batch reports hold only offline + online costs of that batch.
+
+use crate::cost::{Comm, CostReport, Phase};
+use crate::error::{MpcError, Result};
+use crate::fixed::FixedPoint;
+use crate::kernels::ConvGeom;
+use crate::plain::{FixedLayer, FixedModel};
+use crate::prg::Prg;
+use crate::suite::{GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare};
+use crate::transport::{MemTransport, Transport};
+use std::time::{Duration, Instant};
+
+/// Builds one party's suite from its metered connection (may communicate, e.g. to agree on
+/// seeds; that traffic is counted under "setup").
+pub type SuiteFactory<'a> = dyn Fn(Comm, FixedPoint) -> Result<Box<dyn Suite>> + Sync + 'a;
+
+/// Options of a run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Reveal every layer's output (to check secure == plaintext layer by layer; testing only).
+    pub trace: bool,
+    /// Receive timeout of the in-memory transport.
+    pub timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            trace: false,
+            timeout: crate::transport::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Result of one batch.
+#[derive(Clone, Debug)]
+pub struct BatchResult {
+    /// Encoded output (logits, f bits) of each image of the batch.
+    pub outputs: Vec<Vec<u64>>,
+    /// Offline + online costs of this batch, per layer (seconds = online time, max over parties).
+    pub report: CostReport,
+    /// Wall-clock seconds of the offline phase (max over parties).
+    pub offline_seconds: f64,
+    /// Wall-clock seconds of the online phase (max over parties).
+    pub online_seconds: f64,
+    /// With [`RunOptions::trace`]: the revealed input followed by each layer's output (whole batch).
+    pub trace: Option<Vec<Vec<u64>>>,
+}
+
+/// Result of a session (one model, several batches).
+#[derive(Clone, Debug)]
+pub struct SessionResult {
+    /// One-time costs: seed agreement and model preparation.
+    pub setup: CostReport,
+    /// Seconds spent in setup (max over parties).
+    pub setup_seconds: f64,
+    /// Per batch.
+    pub batches: Vec<BatchResult>,
+}
+
+/// Additive sharing of a vector: returns (share0, share1).
+pub fn share_vec(prg: &mut Prg, v: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let s0 = prg.gen_u64s(v.len());
+    let s1 = crate::ring::sub(v, &s0);
+    (s0, s1)
+}
+
+/// What one party receives from the data owners.
+struct PartyInput {
+    weights: Vec<WeightShare>,
+    /// Per layer index: (v shares, bias shares) for sharing layers.
+    group_params: Vec<Option<(Shared, Shared)>>,
+    /// Per batch: the input shares (empty for P2).
+    inputs: Vec<Shared>,
+}
+
+fn party_inputs(fm: &FixedModel, batches: &[Vec<Vec<u64>>]) -> Result<[PartyInput; 3]> {
+    let mut prg = Prg::from_os()?;
+    let mut out: [PartyInput; 3] = std::array::from_fn(|_| PartyInput {
+        weights: Vec::new(),
+        group_params: Vec::new(),
+        inputs: Vec::new(),
+    });
+    for l in &fm.layers {
+        match l {
+            FixedLayer::Conv { name, w, b, .. } | FixedLayer::Linear { name, w, b, .. } => {
+                let (w0, w1) = share_vec(&mut prg, w);
+                let (b0, b1) = share_vec(&mut prg, b);
+                out[0].weights.push(WeightShare {
+                    name: name.clone(),
+                    w: w0,
+                    bias: b0,
+                });
+                out[1].weights.push(WeightShare {
+                    name: name.clone(),
+                    w: w1,
+                    bias: b1,
+                });
+                out[2].weights.push(WeightShare {
+                    name: name.clone(),
+                    w: Vec::new(),
+                    bias: Vec::new(),
+                });
+            }
+            _ => {}
+        }
+        if let FixedLayer::Shared { s, .. } = l {
+            let (v0, v1) = share_vec(&mut prg, &s.v);
+            let (b0, b1) = share_vec(&mut prg, &s.bias);
+            out[0].group_params.push(Some((v0, b0)));
+            out[1].group_params.push(Some((v1, b1)));
+            out[2].group_params.push(Some((Vec::new(), Vec::new())));
+        } else {
+            for p in out.iter_mut() {
+                p.group_params.push(None);
+            }
+        }
+    }
+    for batch in batches {
+        let mut flat = Vec::with_capacity(batch.len() * fm.input_len);
+        for img in batch {
+            crate::ring::check_len("encoded image", img, fm.input_len)?;
+            flat.extend_from_slice(img);
+        }
+        let (x0, x1) = share_vec(&mut prg, &flat);
+        out[0].inputs.push(x0);
+        out[1].inputs.push(x1);
+        out[2].inputs.push(Vec::new());
+    }
+    Ok(out)
+}
+
+/// The plan of `fm` for batch size `n`, with one party's shares of the sharing-layer parameters.
+fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) -> Plan {
+    let mut ops = Vec::new();
+    let mut widx = 0;
+    for (i, l) in fm.layers.iter().enumerate() {
+        let op = match l {
+            FixedLayer::Conv { name, geom, .. } => {
+                widx += 1;
+                PlanOp::Conv {
+                    name: name.clone(),
+                    geom: ConvGeom { n, ..*geom },
+                    weight: widx - 1,
+                }
+            }
+            FixedLayer::Linear { name, geom, .. } => {
+                widx += 1;
+                PlanOp::Linear {
+                    name: name.clone(),
+                    geom: LinearGeom { n, ..*geom },
+                    weight: widx - 1,
+                }
+            }
+            FixedLayer::AvgPool { name, geom } => PlanOp::AvgPool {
+                name: name.clone(),
+                geom: PoolGeom { n, ..*geom },
+            },
+            FixedLayer::Relu { name, len } => PlanOp::Relu {
+                name: name.clone(),
+                len: *len,
+            },
+            FixedLayer::Partial {
+                name,
+                c,
+                plane,
+                relu_channels,
+            } => PlanOp::Partial {
+                name: name.clone(),
+                c: *c,
+                plane: *plane,
+                relu_channels: *relu_channels,
+            },
+            FixedLayer::Shared { name, s } => {
+                let (v, bias) = gp[i].clone().unwrap_or_default();
+                PlanOp::SharedRelu {
+                    name: name.clone(),
+                    plan: Box::new(GroupPlan {
+                        len: s.len,
+                        group_of: s.group_of.clone(),
+                        num_groups: s.num_groups,
+                        leaders: s.leaders.clone(),
+                        decider: s.decider,
+                        v,
+                        bias,
+                        noise: s.noise,
+                    }),
+                }
+            }
+            FixedLayer::Identity { name } => PlanOp::Identity { name: name.clone() },
+        };
+        ops.push(op);
+    }
+    Plan {
+        n,
+        input_len: fm.input_len,
+        output_len: fm.output_len,
+        ops,
+    }
+}
+
+/// Execute one plan step on one party.
+pub fn exec_op(
+    suite: &mut dyn Suite,
+    op: &PlanOp,
+    x: &Shared,
+    n: usize,
+    weights: &[WeightShare],
+) -> Result<Shared> {
+    match op {
+        PlanOp::Conv { geom, weight, .. } => suite.conv2d(x, &weights[*weight], geom),
+        PlanOp::Linear { geom, weight, .. } => suite.linear(x, &weights[*weight], geom),
+        PlanOp::AvgPool { geom, .. } => suite.avg_pool(x, geom),
+        PlanOp::Relu { len, .. } => suite.relu(x, n * len),
+        PlanOp::Partial {
+            c,
+            plane,
+            relu_channels,
+            ..
+        } => suite.partial_relu(x, n, *c, *plane, *relu_channels),
+        PlanOp::SharedRelu { plan, .. } => suite.shared_relu(x, n, plan),
+        PlanOp::Identity { .. } => Ok(x.clone()),
+    }
+}
+
+struct PartyOutput {
+    setup: crate::cost::PartyCosts,
+    setup_seconds: f64,
+    batches: Vec<PartyBatch>,
+}
+
+struct PartyBatch {
+    costs: crate::cost::PartyCosts,
+    layer_seconds: Vec<f64>,
+    offline_seconds: f64,
+    online_seconds: f64,
+    output: Option<Vec<u64>>,
+    trace: Vec<Shared>,
+}
+
+fn run_party(
+    t: Box<dyn Transport>,
+    fm: &FixedModel,
+    factory: &SuiteFactory<'_>,
+    input: PartyInput,
+    batch_sizes: &[usize],
+    opts: &RunOptions,
+) -> Result<PartyOutput> {
+    let t0 = Instant::now();
+    let mut comm = Comm::new(t);
+    comm.set_label("setup");
+    let mut suite = factory(comm, fm.fp)?;
+    let me = suite.party();
+    let first_plan = build_plan(
+        fm,
+        batch_sizes.first().copied().unwrap_or(1),
+        &input.group_params,
+    );
+    suite.comm().set_phase(Phase::Offline);
+    suite.comm().set_label("model-setup");
+    suite.prepare(&first_plan, &input.weights)?;
+    let setup = suite.comm().take_costs();
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let mut batches = Vec::new();
+    for (bi, &n) in batch_sizes.iter().enumerate() {
+        let plan = if n == first_plan.n {
+            first_plan.clone()
+        } else {
+            build_plan(fm, n, &input.group_params)
+        };
+        let t1 = Instant::now();
+        suite.comm().set_phase(Phase::Offline);
+        suite.comm().set_label("offline");
+        suite.offline(&plan, &input.weights)?;
+        let offline_seconds = t1.elapsed().as_secs_f64();
+        suite.comm().set_phase(Phase::Online);
+        let t2 = Instant::now();
+        let mut x = input.inputs[bi].clone();
+        let mut layer_seconds = Vec::with_capacity(plan.ops.len());
+        let mut trace = Vec::new();
+        if opts.trace {
+            trace.push(x.clone());
+        }
+        for (li, op) in plan.ops.iter().enumerate() {
+            let tl = Instant::now();
+            suite.comm().set_label(op.name());
+            x = exec_op(suite.as_mut(), op, &x, n, &input.weights)?;
+            if me != 2 && x.len() != n * fm.out_lens[li] {
+                return Err(MpcError::Shape(format!(
+                    "{}: suite {} returned {} elements, expected {}",
+                    op.name(),
+                    suite.name(),
+                    x.len(),
+                    n * fm.out_lens[li]
+                )));
+            }
+            layer_seconds.push(tl.elapsed().as_secs_f64());
+            if opts.trace {
+                trace.push(x.clone());
+            }
+        }
+        suite.comm().set_label("output");
+        let output = suite.reveal_to_client(&x)?;
+        let online_seconds = t2.elapsed().as_secs_f64();
+        batches.push(PartyBatch {
+            costs: suite.comm().take_costs(),
+            layer_seconds,
+            offline_seconds,
+            online_seconds,
+            output,
+            trace,
+        });
+    }
+    Ok(PartyOutput {
+        setup,
+        setup_seconds,
+        batches,
+    })
+}
+
+/// Run a session: three parties on threads, the in-memory transport, one suite per party from
+/// `factory`, and the given batches of encoded images (`batches[b][i]` = image i of batch b).
+pub fn run_session(
+    fm: &FixedModel,
+    batches: &[Vec<Vec<u64>>],
+    factory: &SuiteFactory<'_>,
+    opts: &RunOptions,
+) -> Result<SessionResult> {
+    if batches.iter().any(|b| b.is_empty()) {
+        return Err(MpcError::Param("empty batch".into()));
+    }
+    let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+    let inputs = party_inputs(fm, batches)?;
+    let transports = MemTransport::trio_with_timeout(opts.timeout);
+    let results: Vec<Result<PartyOutput>> = std::thread::scope(|s| {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .zip(inputs)
+            .map(|(t, inp)| {
+                let sizes = &sizes;
+                s.spawn(move || run_party(Box::new(t), fm, factory, inp, sizes, opts))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(p, h)| {
+                h.join().unwrap_or_else(|e| {
+                    let reason = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into());
+                    Err(MpcError::PartyFailed { party: p, reason })
+                })
+            })
+            .collect()
+    });
+    // Report the root cause: a party's own error rather than the others' "disconnected".
+    if results.iter().any(|r| r.is_err()) {
+        let mut errs: Vec<(usize, MpcError)> = results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(p, r)| r.err().map(|e| (p, e)))
+            .collect();
+        let pos = errs
+            .iter()
+            .position(|(_, e)| !matches!(e, MpcError::Disconnected(_)))
+            .unwrap_or(0);
+        let (p, e) = errs.swap_remove(pos);
+        return Err(match e {
+            e @ MpcError::PartyFailed { .. } => e,
+            e => MpcError::PartyFailed {
+                party: p,
+                reason: e.to_string(),
+            },
+        });
+    }
+    let outs: Vec<PartyOutput> = results.into_iter().map(|r| r.expect("checked")).collect();
+    let names: Vec<String> = fm.layers.iter().map(|l| l.name().to_string()).collect();
+    let setup = CostReport::from_parties(
+        &outs.iter().map(|o| o.setup.clone()).collect::<Vec<_>>(),
+        &[],
+    );
+    let setup_seconds = outs.iter().map(|o| o.setup_seconds).fold(0.0, f64::max);
+    let mut order = vec!["offline".to_string()];
+    order.extend(names.iter().cloned());
+    order.push("output".to_string());
+    let mut res = Vec::new();
+    for (bi, &n) in sizes.iter().enumerate() {
+        let pb: Vec<&PartyBatch> = outs.iter().map(|o| &o.batches[bi]).collect();
+        let costs: Vec<_> = pb.iter().map(|b| b.costs.clone()).collect();
+        let mut report = CostReport::from_parties(&costs, &order);
+        report
+            .layers
+            .retain(|l| l.label != "output" || l.online_bytes + l.offline_bytes > 0);
+        report
+            .layers
+            .retain(|l| l.label != "offline" || l.online_bytes + l.offline_bytes > 0);
+        for (li, name) in names.iter().enumerate() {
+            let secs = pb.iter().map(|b| b.layer_seconds[li]).fold(0.0, f64::max);
+            if let Some(lc) = report.layers.iter_mut().find(|l| &l.label == name) {
+                lc.seconds = secs;
+            }
+        }
+        let (o0, o1) = (
+            pb[0]
+                .output
+                .as_ref()
+                .ok_or_else(|| MpcError::Shape("P0 gave no output".into()))?,
+            pb[1]
+                .output
+                .as_ref()
+                .ok_or_else(|| MpcError::Shape("P1 gave no output".into()))?,
+        );
+        let y = crate::ring::add(o0, o1);
+        let outputs = y
+            .chunks(fm.output_len.max(1))
+            .take(n)
+            .map(|c| c.to_vec())
+            .collect();
+        let trace = if opts.trace {
+            Some(
+                pb[0]
+                    .trace
+                    .iter()
+                    .zip(&pb[1].trace)
+                    .map(|(a, b)| crate::ring::add(a, b))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        res.push(BatchResult {
+            outputs,
+            report,
+            offline_seconds: pb.iter().map(|b| b.offline_seconds).fold(0.0, f64::max),
+            online_seconds: pb.iter().map(|b| b.online_seconds).fold(0.0, f64::max),
+            trace,
+        });
+    }
+    Ok(SessionResult {
+        setup,
+        setup_seconds,
+        batches: res,
+    })
+}

@@ -1,0 +1,700 @@
+//! The `securenn` protocol suite: a faithful implementation of SecureNN (Wagh, Gupta,
+//! Chandran 2019) as used by PySyft, the paper's baseline. There is no offline phase: like
+//! PySyft, every message (including P2's triples) is sent during inference and counted online.
+//!
+//! Protocols and their costs (l = 64 bits, log p = 8 bits: a Z_67 element travels as one byte;
+//! a round is one step of the schedule, see [`crate::cost`]):
+//!
+//! | op | rounds | bits | schedule |
+//! |----|--------|------|----------|
+//! | MatMul X[m x n] * Y[n x v] | 2 | (2mn + 2nv + mv) l | P2 -> P1: C1 (mv); P0 <-> P1: E, F |
+//! | Conv2d (im2col; m = output side) | 2 | (2 m^2 f^2 i + 2 f^2 o i + m^2 o) l | as MatMul |
+//! | Mul / SelectShare | 2 | 5 l | P2 -> P1: c1; P0 <-> P1: e, f |
+//! | PrivateCompare | 1 | 2 l log p | P0, P1 -> P2 |
+//! | ShareConvert | 4 | 4 l log p + 6 l | see [`SecureNn::drelu`] |
+//! | ComputeMSB | 4 | 4 l log p + 13 l | its dealer message rides in ShareConvert's round 2, its Mul triple in its own round 3 |
+//! | DReLU | 8 | (8 log p + 19) l = 83 l | ShareConvert(2a) then ComputeMSB |
+//! | ReLU = DReLU + SelectShare | 10 | 88 l | |
+//!
+//! Triples: P2 shares one PRG seed with P0 and one with P1; P0's triple share (A0, B0, C0) and
+//! P1's (A1, B1) come from those seeds, and P2 sends only C1 = AB - C0 to P1.
+//! The Z_p bit shares, wrap shares and MSB dealer values are sent to both parties in full, as
+//! SecureNN counts them.
+
+use crate::cost::Comm;
+use crate::error::{MpcError, Result};
+use crate::fixed::FixedPoint;
+use crate::kernels::{self, ConvGeom};
+use crate::prg::{PartyPrgs, Prg};
+use crate::ring::{self, Zp};
+use crate::suite::{LinearGeom, Shared, Suite, WeightShare};
+
+/// The prime of PrivateCompare.
+pub const P: u8 = 67;
+const ZP: Zp = Zp { p: P };
+/// The odd modulus L - 1 = 2^64 - 1 of ShareConvert's output ring.
+const M: u64 = u64::MAX;
+
+#[inline]
+fn add_m(a: u64, b: u64) -> u64 {
+    ((a as u128 + b as u128) % M as u128) as u64
+}
+#[inline]
+fn sub_m(a: u64, b: u64) -> u64 {
+    let b = b % M;
+    add_m(a % M, M - b)
+}
+#[inline]
+fn mul_m(a: u64, b: u64) -> u64 {
+    ((a as u128 * b as u128) % M as u128) as u64
+}
+
+/// One party of the SecureNN suite.
+pub struct SecureNn {
+    comm: Comm,
+    prgs: PartyPrgs,
+    fp: FixedPoint,
+    me: usize,
+}
+
+/// Shares of an elementwise Beaver triple held by P0/P1 (empty for P2).
+struct ElemTriple {
+    a: Vec<u64>,
+    b: Vec<u64>,
+    c: Vec<u64>,
+}
+
+impl SecureNn {
+    /// Create party `comm.party()`'s suite; agrees on pairwise PRG seeds (one round, counted
+    /// under the current label, "setup" in the runner).
+    pub fn new(mut comm: Comm, fp: FixedPoint) -> Result<SecureNn> {
+        let prgs = PartyPrgs::setup(&mut comm)?;
+        let me = comm.party();
+        Ok(SecureNn { comm, prgs, fp, me })
+    }
+
+    fn prg(&mut self, j: usize) -> Result<&mut Prg> {
+        self.prgs.pair(j)
+    }
+
+    // ---------------------------------------------------------------- Beaver products
+
+    /// Local half of an elementwise triple: P0 derives (a0, b0, c0) and P1 (a1, b1) from the
+    /// seeds shared with P2; P2 derives both and returns `c1` (to be sent to P1).
+    fn elem_triple(&mut self, n: usize) -> Result<(ElemTriple, Option<Vec<u64>>)> {
+        match self.me {
+            0 => {
+                let p = self.prg(2)?;
+                let (a, b, c) = (p.gen_u64s(n), p.gen_u64s(n), p.gen_u64s(n));
+                Ok((ElemTriple { a, b, c }, None))
+            }
+            1 => {
+                let p = self.prg(2)?;
+                let (a, b) = (p.gen_u64s(n), p.gen_u64s(n));
+                Ok((
+                    ElemTriple {
+                        a,
+                        b,
+                        c: Vec::new(),
+                    },
+                    None,
+                ))
+            }
+            _ => {
+                let p0 = self.prg(0)?;
+                let (a0, b0, c0) = (p0.gen_u64s(n), p0.gen_u64s(n), p0.gen_u64s(n));
+                let p1 = self.prg(1)?;
+                let (a1, b1) = (p1.gen_u64s(n), p1.gen_u64s(n));
+                let c1: Vec<u64> = (0..n)
+                    .map(|i| {
+                        let a = a0[i].wrapping_add(a1[i]);
+                        let b = b0[i].wrapping_add(b1[i]);
+                        a.wrapping_mul(b).wrapping_sub(c0[i])
+                    })
+                    .collect();
+                Ok((
+                    ElemTriple {
+                        a: vec![],
+                        b: vec![],
+                        c: vec![],
+                    },
+                    Some(c1),
+                ))
+            }
+        }
+    }
+
+    /// The opening round of an elementwise product with a ready triple (P0 <-> P1).
+    fn mul_open(&mut self, x: &[u64], y: &[u64], t: &ElemTriple) -> Result<Shared> {
+        if self.me == 2 {
+            return Ok(Vec::new());
+        }
+        let n = x.len();
+        let mut ef = Vec::with_capacity(2 * n);
+        ef.extend(x.iter().zip(&t.a).map(|(x, a)| x.wrapping_sub(*a)));
+        ef.extend(y.iter().zip(&t.b).map(|(y, b)| y.wrapping_sub(*b)));
+        let other = self.comm.exchange_u64(1 - self.me, &ef)?;
+        let me0 = self.me == 0;
+        Ok((0..n)
+            .map(|i| {
+                let e = ef[i].wrapping_add(other[i]);
+                let f = ef[n + i].wrapping_add(other[n + i]);
+                let mut z = e
+                    .wrapping_mul(t.b[i])
+                    .wrapping_add(t.a[i].wrapping_mul(f))
+                    .wrapping_add(t.c[i]);
+                if me0 {
+                    z = z.wrapping_add(e.wrapping_mul(f));
+                }
+                z
+            })
+            .collect())
+    }
+
+    /// Matrix Beaver product `Z = X * Y` for X `[m x k]`, Y `[k x v]`, both shared. 2 rounds,
+    /// (2mk + 2kv + mv) l bits.
+    fn matmul_shared(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        m: usize,
+        k: usize,
+        v: usize,
+    ) -> Result<Shared> {
+        match self.me {
+            2 => {
+                let p0 = self.prg(0)?;
+                let (a0, b0, c0) = (p0.gen_u64s(m * k), p0.gen_u64s(k * v), p0.gen_u64s(m * v));
+                let p1 = self.prg(1)?;
+                let (a1, b1) = (p1.gen_u64s(m * k), p1.gen_u64s(k * v));
+                let a = ring::add(&a0, &a1);
+                let b = ring::add(&b0, &b1);
+                let mut c1 = kernels::matmul(&a, &b, m, k, v);
+                ring::sub_assign(&mut c1, &c0);
+                self.comm.send_u64(1, &c1)?;
+                Ok(Vec::new())
+            }
+            me => {
+                ring::check_len("matmul left operand", x, m * k)?;
+                ring::check_len("matmul right operand", y, k * v)?;
+                let p = self.prg(2)?;
+                let (a, b) = (p.gen_u64s(m * k), p.gen_u64s(k * v));
+                let c = if me == 0 {
+                    p.gen_u64s(m * v)
+                } else {
+                    self.comm.recv_u64(2, m * v)?
+                };
+                let mut ef = Vec::with_capacity(m * k + k * v);
+                ef.extend(x.iter().zip(&a).map(|(x, a)| x.wrapping_sub(*a)));
+                ef.extend(y.iter().zip(&b).map(|(y, b)| y.wrapping_sub(*b)));
+                let other = self.comm.exchange_u64(1 - me, &ef)?;
+                ring::add_assign(&mut ef, &other);
+                let (e, f) = ef.split_at(m * k);
+                // Z_j = E * (B_j + [j=0] F) + A_j * F + C_j
+                let bf = if me == 0 { ring::add(&b, f) } else { b };
+                let mut z = kernels::matmul(e, &bf, m, k, v);
+                kernels::matmul_into(&a, f, &mut z, m, k, v);
+                ring::add_assign(&mut z, &c);
+                Ok(z)
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- PrivateCompare
+
+    /// Local part of PrivateCompare for one element: P_j's masked, permuted vector d_j (64
+    /// bytes) for the predicate `beta XOR [x > t]`, given its Z_p shares of the bits of x
+    /// (`xb`, LSB first), the public `t`, the common bit `beta`, and common randomness
+    /// (`s`: 64 nonzero multipliers, `perm`: a permutation of 0..64).
+    fn pc_local(me: usize, xb: &[u8], t: u64, beta: u8, s: &[u8], perm: &[u8], out: &mut [u8]) {
+        let j0 = u8::from(me == 0);
+        let mut c = [0u8; 64];
+        if beta == 1 && t == u64::MAX {
+            // [x <= 2^64 - 1] is always true: exactly one zero, as in the regular case.
+            for (i, ci) in c.iter_mut().enumerate() {
+                *ci = if i == 0 { 0 } else { j0 };
+            }
+        } else {
+            let u = if beta == 0 { t } else { t + 1 };
+            let mut suffix = 0u8; // sum of w_k for k > i (shares)
+            for i in (0..64).rev() {
+                let ub = ((u >> i) & 1) as u8;
+                let xi = xb[i];
+                c[i] = if beta == 0 {
+                    // [x > t]: c_i = t_i - x_i + 1 + sum_{k>i} w_k
+                    ZP.add(ZP.sub(j0 * (ub + 1), xi), suffix)
+                } else {
+                    // [t + 1 > x]: c_i = x_i - u_i + 1 + sum_{k>i} w_k
+                    ZP.add(ZP.add(xi, j0 * (1 + P - ub) % P), suffix)
+                };
+                // w_i = x_i XOR u_i = x_i (1 - 2 u_i) + [j=0] u_i
+                let w = if ub == 1 { ZP.add(ZP.neg(xi), j0) } else { xi };
+                suffix = ZP.add(suffix, w);
+            }
+        }
+        for i in 0..64 {
+            out[perm[i] as usize] = ZP.mul(s[i], c[i]);
+        }
+    }
+
+    /// Common randomness of PrivateCompare for `n` elements (P0 and P1 draw identically).
+    fn pc_randomness(prg: &mut Prg, n: usize) -> (Vec<u8>, Vec<u8>) {
+        let s: Vec<u8> = prg
+            .gen_zp(P - 1, n * 64)
+            .into_iter()
+            .map(|v| v + 1)
+            .collect();
+        let mut perm = vec![0u8; n * 64];
+        let r = prg.gen_u64s(n * 64);
+        for e in 0..n {
+            let p = &mut perm[e * 64..(e + 1) * 64];
+            for (i, v) in p.iter_mut().enumerate() {
+                *v = i as u8;
+            }
+            for i in (1..64).rev() {
+                let j = (r[e * 64 + i] % (i as u64 + 1)) as usize;
+                p.swap(i, j);
+            }
+        }
+        (s, perm)
+    }
+
+    /// P2's side of PrivateCompare: the bit `beta'` = [some reconstructed d_i is zero].
+    fn pc_open(d0: &[u8], d1: &[u8], n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|e| {
+                let z = (0..64).any(|i| ZP.add(d0[e * 64 + i], d1[e * 64 + i]) == 0);
+                u8::from(z)
+            })
+            .collect()
+    }
+
+    /// P2: split bits of each value into Z_p shares for P0 and P1 (64 bytes per value each).
+    fn share_bits_zp(prg: &mut Prg, vals: &[u64]) -> (Vec<u8>, Vec<u8>) {
+        let s0 = prg.gen_zp(P, vals.len() * 64);
+        let s1 = vals
+            .iter()
+            .enumerate()
+            .flat_map(|(e, &v)| {
+                let s0 = &s0;
+                (0..64).map(move |i| ZP.sub(((v >> i) & 1) as u8, s0[e * 64 + i]))
+            })
+            .collect();
+        (s0, s1)
+    }
+
+    fn split_msg(b: &[u8], from: usize, parts: &[usize]) -> Result<Vec<Vec<u8>>> {
+        let total: usize = parts.iter().sum();
+        if b.len() != total {
+            return Err(MpcError::Malformed {
+                from,
+                reason: format!("expected {total} bytes, got {}", b.len()),
+            });
+        }
+        let mut out = Vec::new();
+        let mut off = 0;
+        for &p in parts {
+            out.push(b[off..off + p].to_vec());
+            off += p;
+        }
+        Ok(out)
+    }
+
+    fn u64s(b: &[u8], from: usize) -> Result<Vec<u64>> {
+        ring::bytes_to_u64s(b, from)
+    }
+
+    fn zp_bytes(b: Vec<u8>, from: usize) -> Result<Vec<u8>> {
+        ZP.check(&b, from)?;
+        Ok(b)
+    }
+
+    /// Shares in Z_{L-1} must be < L - 1.
+    fn check_m(v: &[u64], from: usize) -> Result<()> {
+        if v.contains(&M) {
+            return Err(MpcError::Malformed {
+                from,
+                reason: "element outside Z_(2^64-1)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Suite for SecureNn {
+    fn name(&self) -> &'static str {
+        "securenn"
+    }
+
+    fn comm(&mut self) -> &mut Comm {
+        &mut self.comm
+    }
+
+    fn frac_bits(&self) -> u32 {
+        self.fp.frac_bits
+    }
+
+    fn party(&mut self) -> usize {
+        self.me
+    }
+
+    fn conv2d(&mut self, x: &Shared, w: &WeightShare, g: &ConvGeom) -> Result<Shared> {
+        g.validate()?;
+        let (rows, cols) = (g.col_rows(), g.col_cols());
+        let total_cols = g.n * cols;
+        // Stack the batch's im2col matrices side by side: [c*k*k, n*oh*ow].
+        let xcol = if self.me == 2 {
+            Vec::new()
+        } else {
+            ring::check_len("conv input", x, g.in_len())?;
+            ring::check_len("conv weight", &w.w, g.w_len())?;
+            ring::check_len("conv bias", &w.bias, g.o)?;
+            let per = kernels::im2col_batch(x, g);
+            let mut s = vec![0u64; rows * total_cols];
+            for img in 0..g.n {
+                for r in 0..rows {
+                    let src =
+                        &per[img * rows * cols + r * cols..img * rows * cols + (r + 1) * cols];
+                    s[r * total_cols + img * cols..r * total_cols + (img + 1) * cols]
+                        .copy_from_slice(src);
+                }
+            }
+            s
+        };
+        let z = self.matmul_shared(&w.w, &xcol, g.o, rows, total_cols)?;
+        if self.me == 2 {
+            return Ok(Vec::new());
+        }
+        // [o, n*cols] -> [n, o, cols], add bias (2f), truncate.
+        let mut y = vec![0u64; g.out_len()];
+        for o in 0..g.o {
+            for img in 0..g.n {
+                let src = &z[o * total_cols + img * cols..o * total_cols + (img + 1) * cols];
+                let dst = &mut y[(img * g.o + o) * cols..(img * g.o + o + 1) * cols];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = s.wrapping_add(w.bias[o]);
+                }
+            }
+        }
+        let f = self.fp.frac_bits;
+        self.truncate(&mut y, f)?;
+        Ok(y)
+    }
+
+    fn linear(&mut self, x: &Shared, w: &WeightShare, g: &LinearGeom) -> Result<Shared> {
+        let wt = if self.me == 2 {
+            Vec::new()
+        } else {
+            ring::check_len("linear input", x, g.n * g.in_f)?;
+            ring::check_len("linear weight", &w.w, g.in_f * g.out_f)?;
+            ring::check_len("linear bias", &w.bias, g.out_f)?;
+            kernels::transpose(&w.w, g.out_f, g.in_f)
+        };
+        let mut z = self.matmul_shared(x, &wt, g.n, g.in_f, g.out_f)?;
+        if self.me == 2 {
+            return Ok(Vec::new());
+        }
+        for row in z.chunks_mut(g.out_f) {
+            ring::add_assign(row, &w.bias);
+        }
+        let f = self.fp.frac_bits;
+        self.truncate(&mut z, f)?;
+        Ok(z)
+    }
+
+    fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared> {
+        if self.me != 2 {
+            ring::check_len("mul operand", a, len)?;
+            ring::check_len("mul operand", b, len)?;
+        }
+        let (mut t, c1) = self.elem_triple(len)?;
+        match self.me {
+            2 => {
+                self.comm.send_u64(1, &c1.unwrap_or_default())?;
+                Ok(Vec::new())
+            }
+            1 => {
+                t.c = self.comm.recv_u64(2, len)?;
+                self.mul_open(a, b, &t)
+            }
+            _ => self.mul_open(a, b, &t),
+        }
+    }
+
+    /// DReLU in 8 rounds, (8 log p + 19) l bits per element:
+    /// ShareConvert(c = 2a) to Z_{L-1} (rounds 1-4), then ComputeMSB (rounds 5-8), output
+    /// 1 - MSB. Correct for |a| < 2^62 (a signed).
+    fn drelu(&mut self, x: &Shared, n: usize) -> Result<Shared> {
+        let me = self.me;
+        if me != 2 {
+            ring::check_len("drelu input", x, n)?;
+        }
+        // ---- common randomness of P0 and P1 (identical draws)
+        let (r, r0, eta2, sc_s, sc_perm, beta, msb_s, msb_perm) = if me != 2 {
+            let p = self.prg(1 - me)?;
+            let r = p.gen_u64s(n);
+            let r0 = p.gen_u64s(n);
+            let eta2 = p.gen_bits(n);
+            let (sc_s, sc_perm) = Self::pc_randomness(p, n);
+            let beta = p.gen_bits(n);
+            let (msb_s, msb_perm) = Self::pc_randomness(p, n);
+            (r, r0, eta2, sc_s, sc_perm, beta, msb_s, msb_perm)
+        } else {
+            Default::default()
+        };
+
+        if me == 2 {
+            return self.drelu_helper(n);
+        }
+        let j0 = u64::from(me == 0);
+        // ---- ShareConvert of c = 2a
+        let c: Vec<u64> = x.iter().map(|v| v.wrapping_mul(2)).collect();
+        let rj: Vec<u64> = if me == 0 {
+            r0.clone()
+        } else {
+            ring::sub(&r, &r0)
+        };
+        let alpha: Vec<u64> = r0
+            .iter()
+            .zip(&r)
+            .map(|(a, rr)| u64::from(ring::wraps(*a, rr.wrapping_sub(*a))))
+            .collect();
+        let at: Vec<u64> = c.iter().zip(&rj).map(|(a, b)| a.wrapping_add(*b)).collect();
+        let betaj: Vec<u64> = c
+            .iter()
+            .zip(&rj)
+            .map(|(a, b)| u64::from(ring::wraps(*a, *b)))
+            .collect();
+        // R1: send a~_j to P2
+        self.comm.send_u64(2, &at)?;
+        // R2: bits of x (Z_p), delta share (Z_{L-1}), MSB dealer values
+        let msg = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
+        let parts = Self::split_msg(&msg, 2, &[n * 64, n * 8, n * 8, n * 64, n * 8])?;
+        let xbits = Self::zp_bytes(parts[0].clone(), 2)?;
+        let delta = Self::u64s(&parts[1], 2)?;
+        let xp = Self::u64s(&parts[2], 2)?;
+        let xpbits = Self::zp_bytes(parts[3].clone(), 2)?;
+        let xp_lsb = Self::u64s(&parts[4], 2)?;
+        Self::check_m(&delta, 2)?;
+        Self::check_m(&xp, 2)?;
+        // R3: PrivateCompare [x > r - 1] with flip eta''
+        let mut d = vec![0u8; n * 64];
+        for e in 0..n {
+            let t = r[e].wrapping_sub(1);
+            Self::pc_local(
+                me,
+                &xbits[e * 64..(e + 1) * 64],
+                t,
+                eta2[e],
+                &sc_s[e * 64..(e + 1) * 64],
+                &sc_perm[e * 64..(e + 1) * 64],
+                &mut d[e * 64..(e + 1) * 64],
+            );
+        }
+        self.comm.round(vec![(2, d)], &[])?;
+        // R4: shares of eta' over Z_{L-1}
+        let etap = self.comm.recv_u64(2, n)?;
+        Self::check_m(&etap, 2)?;
+        let mut y = Vec::with_capacity(n);
+        for e in 0..n {
+            // eta = eta' XOR eta''  (= [x >= r])
+            let eta = if r[e] == 0 {
+                j0
+            } else if eta2[e] == 1 {
+                add_m(sub_m(0, etap[e]), j0)
+            } else {
+                etap[e]
+            };
+            // theta = beta0 + beta1 + delta - alpha - 1 + eta ; y = c - theta (mod L-1)
+            let mut theta = add_m(add_m(betaj[e], delta[e]), eta);
+            if me == 0 {
+                theta = sub_m(theta, alpha[e] + 1);
+            }
+            y.push(sub_m(c[e] % M, theta));
+        }
+        // ---- ComputeMSB(y) over Z_{L-1}: MSB(y) = LSB(2y mod L-1)
+        let rr_j: Vec<u64> = y
+            .iter()
+            .zip(&xp)
+            .map(|(v, m)| add_m(mul_m(*v, 2), *m))
+            .collect();
+        // R5: open rr = 2y + x'
+        let other = self.comm.exchange_u64(1 - me, &rr_j)?;
+        Self::check_m(&other, 1 - me)?;
+        let rr: Vec<u64> = rr_j
+            .iter()
+            .zip(&other)
+            .map(|(a, b)| add_m(*a, *b))
+            .collect();
+        // R6: PrivateCompare [x' > rr] with flip beta
+        let mut d = vec![0u8; n * 64];
+        for e in 0..n {
+            Self::pc_local(
+                me,
+                &xpbits[e * 64..(e + 1) * 64],
+                rr[e],
+                beta[e],
+                &msb_s[e * 64..(e + 1) * 64],
+                &msb_perm[e * 64..(e + 1) * 64],
+                &mut d[e * 64..(e + 1) * 64],
+            );
+        }
+        self.comm.round(vec![(2, d)], &[])?;
+        // R7: shares of beta' over Z_L (+ the Mul triple's c1 for P1)
+        let (mut tri, _) = self.elem_triple(n)?;
+        let msg = self.comm.recv_u64(2, if me == 1 { 2 * n } else { n })?;
+        let betap = &msg[..n];
+        if me == 1 {
+            tri.c = msg[n..].to_vec();
+        }
+        let mut gamma = Vec::with_capacity(n);
+        let mut delta2 = Vec::with_capacity(n);
+        for e in 0..n {
+            let b = beta[e] as u64;
+            gamma.push(
+                betap[e]
+                    .wrapping_mul(1u64.wrapping_sub(2 * b))
+                    .wrapping_add(j0 * b),
+            );
+            let r0b = rr[e] & 1;
+            delta2.push(
+                xp_lsb[e]
+                    .wrapping_mul(1u64.wrapping_sub(2 * r0b))
+                    .wrapping_add(j0 * r0b),
+            );
+        }
+        // R8: theta = gamma * delta
+        let theta = self.mul_open(&gamma, &delta2, &tri)?;
+        // alpha = gamma + delta - 2 theta = MSB ; DReLU = 1 - MSB
+        Ok((0..n)
+            .map(|e| {
+                let msb = gamma[e]
+                    .wrapping_add(delta2[e])
+                    .wrapping_sub(theta[e].wrapping_mul(2));
+                j0.wrapping_sub(msb)
+            })
+            .collect())
+    }
+
+    fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(MpcError::Param(format!(
+                "noise probability {p} not in [0, 1]"
+            )));
+        }
+        match self.me {
+            2 => {
+                let bits = self.prgs.own.bernoulli(len, p as f64);
+                let s0 = self.prg(0)?.gen_u64s(len);
+                let s1: Vec<u64> = bits
+                    .iter()
+                    .zip(&s0)
+                    .map(|(b, s)| (*b as u64).wrapping_sub(*s))
+                    .collect();
+                self.comm.send_u64(1, &s1)?;
+                Ok(Vec::new())
+            }
+            0 => Ok(self.prg(2)?.gen_u64s(len)),
+            _ => self.comm.recv_u64(2, len),
+        }
+    }
+}
+
+impl SecureNn {
+    /// P2's side of DReLU (see [`SecureNn::drelu`]).
+    fn drelu_helper(&mut self, n: usize) -> Result<Shared> {
+        // R1
+        let got = self.comm.round(vec![], &[0, 1])?;
+        let a0 = ring::bytes_to_u64s_n(&got[0], n, 0)?;
+        let a1 = ring::bytes_to_u64s_n(&got[1], n, 1)?;
+        let x: Vec<u64> = a0
+            .iter()
+            .zip(&a1)
+            .map(|(a, b)| a.wrapping_add(*b))
+            .collect();
+        let delta: Vec<u64> = a0
+            .iter()
+            .zip(&a1)
+            .map(|(a, b)| u64::from(ring::wraps(*a, *b)))
+            .collect();
+        // R2: dealer values for ShareConvert and ComputeMSB
+        let own = &mut self.prgs.own;
+        let (xb0, xb1) = Self::share_bits_zp(own, &x);
+        let d0: Vec<u64> = own.gen_u64s(n).into_iter().map(|v| v % M).collect();
+        let d1: Vec<u64> = delta.iter().zip(&d0).map(|(d, s)| sub_m(*d, *s)).collect();
+        let mut xp = Vec::with_capacity(n);
+        while xp.len() < n {
+            xp.extend(own.gen_u64s(n - xp.len()).into_iter().filter(|&v| v != M));
+        }
+        let xp0: Vec<u64> = own.gen_u64s(n).into_iter().map(|v| v % M).collect();
+        let xp1: Vec<u64> = xp.iter().zip(&xp0).map(|(v, s)| sub_m(*v, *s)).collect();
+        let (xpb0, xpb1) = Self::share_bits_zp(own, &xp);
+        let l0 = own.gen_u64s(n);
+        let l1: Vec<u64> = xp
+            .iter()
+            .zip(&l0)
+            .map(|(v, s)| (v & 1).wrapping_sub(*s))
+            .collect();
+        let pack = |bits: &[u8], d: &[u64], xs: &[u64], xpb: &[u8], l: &[u64]| {
+            let mut m = Vec::with_capacity(n * 152);
+            m.extend_from_slice(bits);
+            m.extend(ring::u64s_to_bytes(d));
+            m.extend(ring::u64s_to_bytes(xs));
+            m.extend_from_slice(xpb);
+            m.extend(ring::u64s_to_bytes(l));
+            m
+        };
+        let m0 = pack(&xb0, &d0, &xp0, &xpb0, &l0);
+        let m1 = pack(&xb1, &d1, &xp1, &xpb1, &l1);
+        self.comm.round(vec![(0, m0), (1, m1)], &[])?;
+        // R3: PrivateCompare messages -> eta'
+        let got = self.comm.round(vec![], &[0, 1])?;
+        if got[0].len() != n * 64 || got[1].len() != n * 64 {
+            return Err(MpcError::Malformed {
+                from: 0,
+                reason: "PrivateCompare message length".into(),
+            });
+        }
+        ZP.check(&got[0], 0)?;
+        ZP.check(&got[1], 1)?;
+        let etap = Self::pc_open(&got[0], &got[1], n);
+        // R4: shares of eta' over Z_{L-1}
+        let own = &mut self.prgs.own;
+        let e0: Vec<u64> = own.gen_u64s(n).into_iter().map(|v| v % M).collect();
+        let e1: Vec<u64> = etap
+            .iter()
+            .zip(&e0)
+            .map(|(b, s)| sub_m(*b as u64, *s))
+            .collect();
+        self.comm.round_u64(&[(0, &e0), (1, &e1)], &[])?;
+        // R5 is P0 <-> P1 only. R6: PrivateCompare messages -> beta'
+        let got = self.comm.round(vec![], &[0, 1])?;
+        if got[0].len() != n * 64 || got[1].len() != n * 64 {
+            return Err(MpcError::Malformed {
+                from: 0,
+                reason: "PrivateCompare message length".into(),
+            });
+        }
+        ZP.check(&got[0], 0)?;
+        ZP.check(&got[1], 1)?;
+        let betap = Self::pc_open(&got[0], &got[1], n);
+        // R7: shares of beta' over Z_L, plus the Mul triple's c1 to P1
+        let b0 = self.prgs.own.gen_u64s(n);
+        let b1: Vec<u64> = betap
+            .iter()
+            .zip(&b0)
+            .map(|(b, s)| (*b as u64).wrapping_sub(*s))
+            .collect();
+        let (_, c1) = self.elem_triple(n)?;
+        let mut m1 = b1;
+        m1.extend(c1.unwrap_or_default());
+        self.comm.round_u64(&[(0, &b0), (1, &m1)], &[])?;
+        // R8 is P0 <-> P1 only.
+        Ok(Vec::new())
+    }
+}
+
+/// Factory for the runner.
+pub fn factory(comm: Comm, fp: FixedPoint) -> Result<Box<dyn Suite>> {
+    Ok(Box::new(SecureNn::new(comm, fp)?))
+}
