@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cmd_cluster;
 mod cmd_count;
 mod cmd_data;
 
@@ -26,6 +27,8 @@ enum Command {
     Count(cmd_count::Args),
     /// Datasets: download the official files (`data fetch`) or inspect a split (`data info`).
     Data(cmd_data::Args),
+    /// Cluster a layer's activations by their ReLU responses over the training set (data-driven groups).
+    Cluster(cmd_cluster::Args),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
     let result = match cli.command {
         Command::Count(a) => cmd_count::run(a),
         Command::Data(a) => cmd_data::run(a),
+        Command::Cluster(a) => cmd_cluster::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
