@@ -1,0 +1,622 @@
+//! A [`ModelSpec`] as a Burn network: parameters in a Burn [`Module`], the layer list as a
+//! [`Plan`] of operations with the group maps turned into index tensors.
+//!
+//! # ReLU sharing on Burn
+//!
+//! A sharing layer flattens its input `s` to `[B, N]` (`N = C*H*W`, CHW order) and computes the
+//! group values `z = [B, G]` as a segment sum: `z = 0.select_assign(1, group_id, v * s, Add)`
+//! (one-hot: `z = s.select(1, leader)`; FC: plus a per-channel bias gathered per group). The
+//! decision `keep_g = step(z_g)` (`z_g >= 0`) is broadcast back with `keep.select(1, group_id)`
+//! and every member outputs `s_i * keep_i`. With noise `p`, each member's decision is flipped
+//! with probability `p` (in training and in evaluation, Eq. 4): `keep_i XOR flip_i`.
+//!
+//! # Straight-through estimator
+//!
+//! The step has zero gradient almost everywhere. In training the gate is
+//! `hard + sigmoid(z/τ) - detach(sigmoid(z/τ))`: its forward value is exactly the hard step
+//! (the two sigmoid terms cancel to 0.0), its backward is the gradient of `sigmoid(z/τ)`
+//! (τ = [`crate::TrainConfig::ste_temperature`], default 1). A flipped member uses `1 - gate`,
+//! so its surrogate gradient is that of `sigmoid(-z/τ)`: the flip "uses -v.s" as in the paper.
+//! Gradients reach `v`, the FC bias and, through `z`, the pre-activations `s` (in addition to
+//! the direct path `y_i = s_i * keep_i`). Inference uses the exact step.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::activation;
+use burn::tensor::module::{avg_pool2d, conv2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use relushare_model::{ActKind, Decider, GroupMap, Layer, Model, ModelSpec};
+
+use crate::NnError;
+
+/// Convolution parameters: weight `[out, in, k, k]`, bias `[out]`.
+#[derive(Module, Debug)]
+pub struct ConvParams {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+/// Linear parameters: weight `[out, in]` (PyTorch layout), bias `[out]`.
+#[derive(Module, Debug)]
+pub struct LinearParams {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+/// Parameters of a sharing layer: `v` `[C, H, W]` (learned and FC deciders) and the FC bias `[C]`.
+#[derive(Module, Debug)]
+pub struct SharedParams {
+    pub v: Option<Param<Tensor<3>>>,
+    pub fc_bias: Option<Param<Tensor<1>>>,
+}
+
+/// Every trainable tensor of a network, in layer order.
+#[derive(Module, Debug)]
+pub struct NetModule {
+    pub convs: Vec<ConvParams>,
+    pub linears: Vec<LinearParams>,
+    pub shared: Vec<SharedParams>,
+}
+
+/// A sharing layer's constants on the device.
+#[derive(Debug, Clone)]
+pub struct SharedOp {
+    pub name: String,
+    /// Index into [`NetModule::shared`].
+    pub index: usize,
+    pub decider: Decider,
+    pub noise: f32,
+    /// Activations `N = C*H*W` and groups `G`.
+    pub n: usize,
+    pub groups: usize,
+    /// Global group id of every activation, `[N]`.
+    pub group_id: Tensor<1, Int>,
+    /// One-hot: flat index of every group's leader, `[G]`.
+    pub leaders: Option<Tensor<1, Int>>,
+    /// FC: channel of every group, `[G]`.
+    pub channel_of_group: Option<Tensor<1, Int>>,
+}
+
+/// One operation of the forward pass.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Conv {
+        index: usize,
+        stride: usize,
+        padding: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+    },
+    Relu,
+    Identity,
+    Partial {
+        relu_channels: usize,
+        channels: usize,
+    },
+    Shared(SharedOp),
+    Dropout {
+        p: f32,
+    },
+    Flatten,
+    Linear {
+        index: usize,
+    },
+}
+
+/// The layer list of a spec, ready to run on a device.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub spec: ModelSpec,
+    pub ops: Vec<Op>,
+    /// Cluster maps (copied into exported models).
+    pub group_maps: std::collections::BTreeMap<String, Vec<u32>>,
+    pub device: Device,
+}
+
+/// How to run a forward pass.
+pub struct ForwardMode<'a> {
+    /// Training: dropout active, straight-through gates.
+    pub train: bool,
+    /// Apply the noise flips of noisy sharing layers (Eq. 4).
+    pub noise: bool,
+    /// Straight-through sigmoid temperature.
+    pub temperature: f32,
+    /// Source of dropout masks and noise flips.
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+/// A network: Burn parameters plus the plan.
+#[derive(Debug, Clone)]
+pub struct Net {
+    pub module: NetModule,
+    pub plan: Plan,
+}
+
+fn param<const D: usize>(
+    id: u64,
+    data: &relushare_model::Tensor,
+    shape: [usize; D],
+    device: &Device,
+    train: bool,
+) -> Param<Tensor<D>> {
+    let t = Tensor::<D>::from_data(TensorData::new(data.data.clone(), shape), device);
+    let t = if train { t.require_grad() } else { t };
+    Param::initialized(ParamId::from(id), t)
+}
+
+fn int_tensor(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = values.len();
+    Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device)
+}
+
+impl Plan {
+    /// The operations of `spec` on `device`. `group_maps` holds the cluster maps of
+    /// `Grouping::Cluster` layers (as in [`Model::group_maps`]).
+    pub fn build(
+        spec: &ModelSpec,
+        group_maps: &std::collections::BTreeMap<String, Vec<u32>>,
+        device: &Device,
+    ) -> Result<Self, NnError> {
+        spec.validate()?;
+        let dims = spec.dims()?;
+        let mut ops = Vec::new();
+        let (mut convs, mut linears, mut shared) = (0, 0, 0);
+        for (layer, d) in spec.layers.iter().zip(&dims) {
+            let op = match layer {
+                Layer::Conv {
+                    stride, padding, ..
+                } => {
+                    convs += 1;
+                    Op::Conv {
+                        index: convs - 1,
+                        stride: *stride,
+                        padding: *padding,
+                    }
+                }
+                Layer::Linear { .. } => {
+                    linears += 1;
+                    Op::Linear { index: linears - 1 }
+                }
+                Layer::AvgPool { kernel, stride, .. } => Op::AvgPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                },
+                Layer::Dropout { p, .. } => Op::Dropout { p: *p },
+                Layer::Flatten => Op::Flatten,
+                Layer::Act { name, kind } => match kind {
+                    ActKind::Relu => Op::Relu,
+                    ActKind::Identity => Op::Identity,
+                    ActKind::Partial { relu_channels } => Op::Partial {
+                        relu_channels: *relu_channels,
+                        channels: d.c,
+                    },
+                    ActKind::Shared(s) => {
+                        let explicit = match s.grouping {
+                            relushare_model::Grouping::Cluster { .. } => {
+                                Some(group_maps.get(name).ok_or_else(|| {
+                                    NnError::Invalid(format!(
+                                        "layer {name} uses data-driven clusters but no cluster map was given (--cluster-map)"
+                                    ))
+                                })?)
+                            }
+                            _ => None,
+                        };
+                        let map = GroupMap::build(s, *d, explicit.map(|m| m.as_slice()))?;
+                        shared += 1;
+                        let group_id = map.global_ids().into_iter().map(|g| g as i64).collect();
+                        let leaders = (s.decider == Decider::OneHot).then(|| {
+                            int_tensor(
+                                map.global_leaders().into_iter().map(|g| g as i64).collect(),
+                                device,
+                            )
+                        });
+                        let channel_of_group = (s.decider == Decider::Fc).then(|| {
+                            let mut v = Vec::with_capacity(map.total());
+                            for (c, &g) in map.groups.iter().enumerate() {
+                                v.extend(std::iter::repeat_n(c as i64, g));
+                            }
+                            int_tensor(v, device)
+                        });
+                        Op::Shared(SharedOp {
+                            name: name.clone(),
+                            index: shared - 1,
+                            decider: s.decider,
+                            noise: s.noise,
+                            n: d.len(),
+                            groups: map.total(),
+                            group_id: int_tensor(group_id, device),
+                            leaders,
+                            channel_of_group,
+                        })
+                    }
+                },
+            };
+            ops.push(op);
+        }
+        Ok(Plan {
+            spec: spec.clone(),
+            ops,
+            group_maps: group_maps.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// The same plan on another device (e.g. the non-autodiff device for evaluation).
+    pub fn on_device(&self, device: &Device) -> Result<Self, NnError> {
+        Plan::build(&self.spec, &self.group_maps, device)
+    }
+}
+
+/// Burn parameters holding `model`'s values; ids are deterministic (layer order), so
+/// optimizer state saved for one build of a model applies to another.
+pub fn module_from_model(model: &Model, device: &Device) -> Result<NetModule, NnError> {
+    let spec = &model.spec;
+    let dims = spec.dims()?;
+    let train = device.is_autodiff();
+    let mut next_id = 1u64;
+    let mut id = || {
+        next_id += 1;
+        next_id - 1
+    };
+    let mut module = NetModule {
+        convs: Vec::new(),
+        linears: Vec::new(),
+        shared: Vec::new(),
+    };
+    for (layer, d) in spec.layers.iter().zip(&dims) {
+        match layer {
+            Layer::Conv {
+                name,
+                in_ch,
+                out_ch,
+                kernel,
+                ..
+            } => {
+                let w = model.param(&format!("{name}.weight"))?;
+                let b = model.param(&format!("{name}.bias"))?;
+                module.convs.push(ConvParams {
+                    weight: param(id(), w, [*out_ch, *in_ch, *kernel, *kernel], device, train),
+                    bias: param(id(), b, [*out_ch], device, train),
+                });
+            }
+            Layer::Linear { name, in_f, out_f } => {
+                let w = model.param(&format!("{name}.weight"))?;
+                let b = model.param(&format!("{name}.bias"))?;
+                module.linears.push(LinearParams {
+                    weight: param(id(), w, [*out_f, *in_f], device, train),
+                    bias: param(id(), b, [*out_f], device, train),
+                });
+            }
+            Layer::Act {
+                name,
+                kind: ActKind::Shared(s),
+            } => {
+                let v = if matches!(s.decider, Decider::Learned | Decider::Fc) {
+                    let t = model.param(&format!("{name}.v"))?;
+                    Some(param(id(), t, [d.c, d.h, d.w], device, train))
+                } else {
+                    None
+                };
+                let fc_bias = if s.decider == Decider::Fc {
+                    let t = model.param(&format!("{name}.fc_bias"))?;
+                    Some(param(id(), t, [d.c], device, train))
+                } else {
+                    None
+                };
+                module.shared.push(SharedParams { v, fc_bias });
+            }
+            _ => {}
+        }
+    }
+    Ok(module)
+}
+
+impl Net {
+    /// Build the network of `model` on `device` (use an autodiff device to train it).
+    pub fn from_model(model: &Model, device: &Device) -> Result<Self, NnError> {
+        model.validate()?;
+        let plan = Plan::build(&model.spec, &model.group_maps, device)?;
+        let module = module_from_model(model, device)?;
+        Ok(Net { module, plan })
+    }
+
+    /// The device the network lives on.
+    pub fn device(&self) -> &Device {
+        &self.plan.device
+    }
+
+    /// Logits `[B, classes]` for a batch of normalized images `[B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>, mode: &mut ForwardMode<'_>) -> Tensor<2> {
+        forward(&self.module, &self.plan, x, mode)
+    }
+
+    /// Export to the model file's representation (same parameter layout as the spec).
+    pub fn to_model(&self) -> Result<Model, NnError> {
+        to_model(&self.module, &self.plan)
+    }
+}
+
+/// Bernoulli(p) mask as 0/1 floats, drawn on the host from `rng`.
+fn bernoulli(rng: &mut ChaCha8Rng, n: usize, p: f32) -> Vec<f32> {
+    // Compare 32-bit uniforms against p * 2^32.
+    let threshold = (p as f64 * 4294967296.0) as u64;
+    (0..n)
+        .map(|_| {
+            if (rng.next_u32() as u64) < threshold {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// The forward pass of `module` under `plan` (see the module docs for the sharing layer).
+pub fn forward(
+    module: &NetModule,
+    plan: &Plan,
+    x: Tensor<4>,
+    mode: &mut ForwardMode<'_>,
+) -> Tensor<2> {
+    enum Act {
+        Img(Tensor<4>),
+        Flat(Tensor<2>),
+    }
+    let device = &plan.device;
+    let mut cur = Act::Img(x);
+    for op in &plan.ops {
+        cur = match (op, cur) {
+            (
+                Op::Conv {
+                    index,
+                    stride,
+                    padding,
+                },
+                Act::Img(x),
+            ) => {
+                let c = &module.convs[*index];
+                Act::Img(conv2d(
+                    x,
+                    c.weight.val(),
+                    Some(c.bias.val()),
+                    ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
+                ))
+            }
+            (Op::AvgPool { kernel, stride }, Act::Img(x)) => Act::Img(avg_pool2d(
+                x,
+                AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
+            )),
+            (Op::Relu, Act::Img(x)) => Act::Img(activation::relu(x)),
+            (Op::Relu, Act::Flat(x)) => Act::Flat(activation::relu(x)),
+            (Op::Identity, a) => a,
+            (
+                Op::Partial {
+                    relu_channels,
+                    channels,
+                },
+                Act::Img(x),
+            ) => {
+                let (r, c) = (*relu_channels, *channels);
+                if r == 0 {
+                    Act::Img(x)
+                } else if r >= c {
+                    Act::Img(activation::relu(x))
+                } else {
+                    let head = activation::relu(x.clone().narrow(1, 0, r));
+                    let tail = x.narrow(1, r, c - r);
+                    Act::Img(Tensor::cat(vec![head, tail], 1))
+                }
+            }
+            (
+                Op::Partial {
+                    relu_channels,
+                    channels,
+                },
+                Act::Flat(x),
+            ) => {
+                let (r, c) = (*relu_channels, *channels);
+                if r == 0 {
+                    Act::Flat(x)
+                } else if r >= c {
+                    Act::Flat(activation::relu(x))
+                } else {
+                    let head = activation::relu(x.clone().narrow(1, 0, r));
+                    let tail = x.narrow(1, r, c - r);
+                    Act::Flat(Tensor::cat(vec![head, tail], 1))
+                }
+            }
+            (Op::Shared(s), Act::Img(x)) => {
+                let dims = x.dims();
+                let y = shared_forward(module, s, x.reshape([dims[0], s.n]), mode, device);
+                Act::Img(y.reshape(dims))
+            }
+            (Op::Shared(s), Act::Flat(x)) => Act::Flat(shared_forward(module, s, x, mode, device)),
+            (Op::Dropout { p }, a) if mode.train && *p > 0.0 => {
+                let keep = 1.0 - *p;
+                match a {
+                    Act::Img(x) => {
+                        let dims = x.dims();
+                        let n: usize = dims.iter().product();
+                        let m: Vec<f32> = bernoulli(mode.rng, n, keep);
+                        let m = Tensor::<4>::from_data(TensorData::new(m, dims), device);
+                        Act::Img(x * m.div_scalar(keep))
+                    }
+                    Act::Flat(x) => {
+                        let dims = x.dims();
+                        let m = bernoulli(mode.rng, dims[0] * dims[1], keep);
+                        let m = Tensor::<2>::from_data(TensorData::new(m, dims), device);
+                        Act::Flat(x * m.div_scalar(keep))
+                    }
+                }
+            }
+            (Op::Dropout { .. }, a) => a,
+            (Op::Flatten, Act::Img(x)) => {
+                let [b, c, h, w] = x.dims();
+                Act::Flat(x.reshape([b, c * h * w]))
+            }
+            (Op::Flatten, a) => a,
+            (Op::Linear { index }, Act::Flat(x)) => {
+                let l = &module.linears[*index];
+                Act::Flat(x.matmul(l.weight.val().transpose()) + l.bias.val().unsqueeze_dim(0))
+            }
+            (Op::Linear { index }, Act::Img(x)) => {
+                let [b, c, h, w] = x.dims();
+                let l = &module.linears[*index];
+                let x = x.reshape([b, c * h * w]);
+                Act::Flat(x.matmul(l.weight.val().transpose()) + l.bias.val().unsqueeze_dim(0))
+            }
+            (op, Act::Flat(_)) => {
+                // The spec validation rules this out (spatial op after flatten).
+                panic!(
+                    "spatial operation {op:?} on a flat tensor: the spec should have been rejected"
+                )
+            }
+        };
+    }
+    match cur {
+        Act::Flat(x) => x,
+        Act::Img(x) => {
+            let [b, c, h, w] = x.dims();
+            x.reshape([b, c * h * w])
+        }
+    }
+}
+
+fn shared_forward(
+    module: &NetModule,
+    s: &SharedOp,
+    x: Tensor<2>,
+    mode: &mut ForwardMode<'_>,
+    device: &Device,
+) -> Tensor<2> {
+    let b = x.dims()[0];
+    let p = &module.shared[s.index];
+    let z: Tensor<2> = match s.decider {
+        Decider::OneHot => x
+            .clone()
+            .select(1, s.leaders.clone().expect("one-hot layer has leaders")),
+        Decider::Learned | Decider::Fc => {
+            let v =
+                p.v.as_ref()
+                    .expect("learned layer has v")
+                    .val()
+                    .reshape([1, s.n]);
+            let z = Tensor::<2>::zeros([b, s.groups], device).select_assign(
+                1,
+                s.group_id.clone(),
+                x.clone() * v,
+                IndexingUpdateOp::Add,
+            );
+            match (&p.fc_bias, &s.channel_of_group) {
+                (Some(bias), Some(cog)) => z + bias.val().select(0, cog.clone()).unsqueeze_dim(0),
+                _ => z,
+            }
+        }
+    };
+    let hard = z.clone().greater_equal_elem(0.0).float();
+    let gate = if mode.train {
+        let soft = activation::sigmoid(z.div_scalar(mode.temperature));
+        hard + (soft.clone() - soft.detach())
+    } else {
+        hard
+    };
+    let mut keep = gate.select(1, s.group_id.clone());
+    if mode.noise && s.noise > 0.0 {
+        let f = bernoulli(mode.rng, b * s.n, s.noise);
+        let f = Tensor::<2>::from_data(TensorData::new(f, [b, s.n]), device);
+        // keep XOR flip = keep * (1 - 2 flip) + flip
+        keep = keep * f.clone().mul_scalar(-2.0).add_scalar(1.0) + f;
+    }
+    x * keep
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Result<relushare_model::Tensor, NnError> {
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| NnError::Backend(format!("reading a tensor back: {e:?}")))?;
+    Ok(relushare_model::Tensor::new(shape, data))
+}
+
+/// Export `module` under `plan` to a [`Model`].
+pub fn to_model(module: &NetModule, plan: &Plan) -> Result<Model, NnError> {
+    let mut params = std::collections::BTreeMap::new();
+    let mut conv = 0;
+    let mut lin = 0;
+    let mut shared = 0;
+    for layer in &plan.spec.layers {
+        match layer {
+            Layer::Conv { name, .. } => {
+                let c = &module.convs[conv];
+                conv += 1;
+                params.insert(format!("{name}.weight"), host(c.weight.val())?);
+                params.insert(format!("{name}.bias"), host(c.bias.val())?);
+            }
+            Layer::Linear { name, .. } => {
+                let l = &module.linears[lin];
+                lin += 1;
+                params.insert(format!("{name}.weight"), host(l.weight.val())?);
+                params.insert(format!("{name}.bias"), host(l.bias.val())?);
+            }
+            Layer::Act {
+                name,
+                kind: ActKind::Shared(_),
+            } => {
+                let p = &module.shared[shared];
+                shared += 1;
+                if let Some(v) = &p.v {
+                    params.insert(format!("{name}.v"), host(v.val())?);
+                }
+                if let Some(b) = &p.fc_bias {
+                    params.insert(format!("{name}.fc_bias"), host(b.val())?);
+                }
+            }
+            _ => {}
+        }
+    }
+    let model = Model {
+        spec: plan.spec.clone(),
+        params,
+        group_maps: plan.group_maps.clone(),
+    };
+    model.validate()?;
+    Ok(model)
+}
+
+/// Normalized images `[B, C, H, W]` as a tensor on `device`.
+pub fn images_tensor(
+    data: Vec<f32>,
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    device: &Device,
+) -> Tensor<4> {
+    Tensor::<4>::from_data(TensorData::new(data, [b, c, h, w]), device)
+}
+
+/// Predicted classes of a logits batch.
+pub fn argmax_rows(logits: Tensor<2>) -> Result<Vec<usize>, NnError> {
+    let preds = logits.argmax(1);
+    let v = preds
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| NnError::Backend(format!("reading predictions: {e:?}")))?;
+    Ok(v.into_iter().map(|x| x as usize).collect())
+}
+
+/// Cross-entropy loss (mean over the batch) of logits against labels.
+pub fn cross_entropy(logits: Tensor<2>, labels: &[u8], device: &Device) -> Tensor<1> {
+    let b = labels.len();
+    let idx: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, 1]), device);
+    let logp = activation::log_softmax(logits, 1);
+    logp.gather(1, idx).mean().neg()
+}
