@@ -18,7 +18,7 @@ use std::path::Path;
 use flate2::read::ZlibDecoder;
 
 use crate::error::{DataError, FormatProblem};
-use crate::util::{read_err, read_exact_vec, MAX_PAYLOAD};
+use crate::util::{read_err, read_exact_vec_reserve, MAX_PAYLOAD};
 
 /// Data element types (MATLAB `mi*`).
 pub mod mi {
@@ -239,6 +239,9 @@ pub fn read_mat<R: Read>(
             }
         }
         let padded = if ty == mi::COMPRESSED { n } else { pad8(n) };
+        // The element's size is only trusted (for reserving buffers) once checked against the
+        // file's real length.
+        let trusted = if remaining.is_some() { n } else { 0 };
         let mut body = (&mut *r).take(padded);
         match ty {
             mi::MATRIX => {
@@ -246,6 +249,7 @@ pub fn read_mat<R: Read>(
                     r: &mut body,
                     big,
                     path,
+                    reserve: trusted,
                 };
                 if let Some(a) = parse_matrix(&mut s, n, wanted)? {
                     out.push(a);
@@ -260,10 +264,13 @@ pub fn read_mat<R: Read>(
                     let (ity, in_) = (u32_at(&itag, 0, big), u32_at(&itag, 4, big) as u64);
                     if ity == mi::MATRIX {
                         let mut limited = (&mut z).take(in_);
+                        // Real data rarely compresses more than 4:1; a bomb only gets
+                        // buffers that grow as it really decompresses.
                         let mut s = Sub {
                             r: &mut limited,
                             big,
                             path,
+                            reserve: trusted.saturating_mul(4),
                         };
                         if let Some(a) = parse_matrix(&mut s, in_, wanted)? {
                             out.push(a);
@@ -339,6 +346,8 @@ struct Sub<'a, R: Read> {
     r: &'a mut R,
     big: bool,
     path: &'a Path,
+    /// How much a payload buffer may reserve up front (bounded by the real input size).
+    reserve: u64,
 }
 
 /// A sub-element: its type and payload.
@@ -383,7 +392,7 @@ impl<R: Read> Sub<'_, R> {
                 format!("{what} announces {n} bytes (limit {max})"),
             ));
         }
-        let data = read_exact_vec(self.r, n, self.path, what)?;
+        let data = read_exact_vec_reserve(self.r, n, self.reserve, self.path, what)?;
         // Padding to 8 bytes; a compressed stream may legitimately end without it.
         let pad = pad8(n) - n;
         let mut skip = [0u8; 8];

@@ -37,6 +37,18 @@ pub fn read_exact_vec<R: Read>(
     path: &Path,
     what: &str,
 ) -> Result<Vec<u8>, DataError> {
+    read_exact_vec_reserve(r, n, RESERVE_CAP as u64, path, what)
+}
+
+/// Like [`read_exact_vec`], reserving up to `reserve` bytes up front (a bound the caller trusts,
+/// e.g. derived from the real size of the input).
+pub fn read_exact_vec_reserve<R: Read>(
+    r: &mut R,
+    n: u64,
+    reserve: u64,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<u8>, DataError> {
     if n > MAX_PAYLOAD {
         return Err(DataError::format(
             path,
@@ -44,7 +56,7 @@ pub fn read_exact_vec<R: Read>(
             format!("{what} announces {n} bytes (limit {MAX_PAYLOAD})"),
         ));
     }
-    let mut buf = Vec::with_capacity((n as usize).min(RESERVE_CAP));
+    let mut buf = Vec::with_capacity(n.min(reserve.max(RESERVE_CAP as u64)) as usize);
     let got = r
         .take(n)
         .read_to_end(&mut buf)

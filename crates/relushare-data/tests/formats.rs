@@ -645,3 +645,54 @@ fn real_sample() {
         );
     }
 }
+
+/// An SVHN-sized training file (73,257 images, compressed X): run with
+/// `cargo test --release -p relushare-data --test formats -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn svhn_full_size() {
+    let n = 73_257;
+    let m = Mat { big: false };
+    let mut x = vec![0u8; 3072 * n];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = ((i * 7 + i / 3072) % 251) as u8;
+    }
+    let labels: Vec<f64> = (0..n).map(|i| (i % 10 + 1) as f64).collect();
+    let xv = Var {
+        name: "X",
+        class: MX_UINT8,
+        dims: vec![32, 32, 3, n as u32],
+        storage: MI_UINT8,
+        data: x,
+        complex: false,
+    };
+    let yv = Var {
+        name: "y",
+        class: MX_DOUBLE,
+        dims: vec![n as u32, 1],
+        storage: MI_DOUBLE,
+        data: m.f64s(&labels),
+        complex: false,
+    };
+    let file = m.file(&[m.compressed(&xv), m.compressed(&yv)]);
+    drop(xv);
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("svhn/train_32x32.mat"), &file);
+    drop(file);
+    let t = std::time::Instant::now();
+    let l = load(
+        DatasetName::Svhn,
+        Split::Train,
+        Some(dir.path()),
+        None,
+        (0, 0, 0),
+    )
+    .unwrap();
+    println!(
+        "loaded {} SVHN-sized images in {:?}",
+        l.set.len(),
+        t.elapsed()
+    );
+    assert_eq!(l.set.len(), n);
+    assert_eq!(l.set.label(9), 0);
+}

@@ -153,3 +153,15 @@ fn normalize_image_matches_formula() {
         assert!((o - e).abs() < 1e-5, "{out:?}");
     }
 }
+
+#[test]
+fn generation_speed() {
+    let t = std::time::Instant::now();
+    let s = synthetic((3, 32, 32), 2000, 3, Split::Train);
+    let dt = t.elapsed();
+    println!("2000 synthetic 3x32x32 images in {dt:?}");
+    assert_eq!(s.len(), 2000);
+    let t = std::time::Instant::now();
+    let _ = normalization(DatasetName::Synthetic, 3);
+    println!("synthetic normalization in {:?}", t.elapsed());
+}
