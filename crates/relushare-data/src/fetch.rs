@@ -1,7 +1,9 @@
 //! Downloading the official dataset files: checksummed (the published MD5s), with a progress bar,
 //! written atomically (`*.part`, verified, then renamed), and safe to re-run: files that are
-//! already present and verify are not downloaded again, and CIFAR-10's archive is unpacked only
-//! when its batch files are missing or have the wrong size.
+//! already present and verify are not downloaded again, and CIFAR-10's archive is unpacked
+//! again only when its members are missing or differ from the MD5s recorded at extraction
+//! (`.relushare-md5` next to them). The archive is kept; if it is deleted, the verified members
+//! are still recognised and nothing is downloaded.
 //!
 //! Without network access the error says which URL failed and where to put the file by hand.
 
@@ -201,6 +203,15 @@ pub fn fetch_resources(
     let mut out = Vec::new();
     for r in resources {
         let dest = data_dir.join(&r.file);
+        // An archive deleted after a verified unpack is not fetched again.
+        if let Unpack::TarGz { prefix, members } = &r.unpack {
+            if !dest.exists() {
+                if let Some(done) = verified_members(data_dir, prefix, members, &r.url)? {
+                    out.extend(done);
+                    continue;
+                }
+            }
+        }
         let action = if dest.is_file() && md5_file(&dest)? == r.md5 {
             FileAction::AlreadyPresent
         } else {
@@ -363,27 +374,8 @@ fn unpack_tar_gz(
     url: &str,
 ) -> Result<Vec<FetchedFile>, DataError> {
     let target = data_dir.join(prefix);
-    let ok = |name: &str, size: Option<u64>| {
-        let p = target.join(name);
-        match fs::metadata(&p) {
-            Ok(m) if m.is_file() => size.is_none_or(|s| m.len() == s),
-            _ => false,
-        }
-    };
-    if members.iter().all(|(n, s)| ok(n, *s)) {
-        return members
-            .iter()
-            .map(|(n, _)| {
-                let p = target.join(n);
-                let bytes = fs::metadata(&p).map_err(|e| DataError::io(&p, e))?.len();
-                Ok(FetchedFile {
-                    path: p,
-                    url: url.to_string(),
-                    bytes,
-                    action: FileAction::AlreadyUnpacked,
-                })
-            })
-            .collect();
+    if let Some(done) = verified_members(data_dir, prefix, members, url)? {
+        return Ok(done);
     }
     fs::create_dir_all(&target).map_err(|e| DataError::io(&target, e))?;
     let f = File::open(archive).map_err(|e| DataError::io(archive, e))?;
@@ -396,6 +388,7 @@ fn unpack_tar_gz(
         )
     };
     let mut done = Vec::new();
+    let mut sums: Vec<(String, String)> = Vec::new();
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if !entry.header().entry_type().is_file() {
@@ -420,11 +413,17 @@ fn unpack_tar_gz(
         };
         let dest = target.join(&name);
         let part = part_path(&dest);
-        let mut out = File::create(&part).map_err(|e| DataError::io(&part, e))?;
+        let out = File::create(&part).map_err(|e| DataError::io(&part, e))?;
+        let mut out = HashingWriter {
+            inner: out,
+            md5: Md5::new(),
+        };
         let n = io::copy(&mut entry, &mut out).map_err(|e| {
             let _ = fs::remove_file(&part);
             bad(e)
         })?;
+        let HashingWriter { inner: out, md5 } = out;
+        sums.push((name.clone(), hex(&md5.finalize())));
         out.sync_all().map_err(|e| DataError::io(&part, e))?;
         drop(out);
         if let Some(s) = size {
@@ -454,5 +453,72 @@ fn unpack_tar_gz(
             ));
         }
     }
+    // Record the members' checksums, so that a later run can verify them without the archive.
+    let mut text = String::new();
+    for (n, _) in members {
+        if let Some((_, m)) = sums.iter().rev().find(|(name, _)| name == n) {
+            text.push_str(&format!("{m}  {n}\n"));
+        }
+    }
+    let marker = target.join(MARKER);
+    let part = part_path(&marker);
+    fs::write(&part, text).map_err(|e| DataError::io(&part, e))?;
+    fs::rename(&part, &marker).map_err(|e| DataError::io(&marker, e))?;
     Ok(done)
+}
+
+/// File (in an unpacked archive's directory) listing the MD5 of each member extracted.
+pub const MARKER: &str = ".relushare-md5";
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    md5: Md5,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The members of an earlier verified unpack, if every one is present with the MD5 recorded in
+/// the marker file at extraction time (and the expected size).
+fn verified_members(
+    data_dir: &Path,
+    prefix: &str,
+    members: &[(String, Option<u64>)],
+    url: &str,
+) -> Result<Option<Vec<FetchedFile>>, DataError> {
+    let target = data_dir.join(prefix);
+    let Ok(text) = fs::read_to_string(target.join(MARKER)) else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for (n, size) in members {
+        let Some(sum) = text.lines().find_map(|l| {
+            l.strip_suffix(n.as_str())
+                .and_then(|h| h.strip_suffix("  "))
+        }) else {
+            return Ok(None);
+        };
+        let p = target.join(n);
+        let Ok(meta) = fs::metadata(&p) else {
+            return Ok(None);
+        };
+        if size.is_some_and(|s| s != meta.len()) || md5_file(&p)? != sum {
+            return Ok(None);
+        }
+        out.push(FetchedFile {
+            path: p,
+            url: url.to_string(),
+            bytes: meta.len(),
+            action: FileAction::AlreadyUnpacked,
+        });
+    }
+    Ok(Some(out))
 }

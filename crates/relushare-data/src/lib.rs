@@ -2,7 +2,7 @@
 //!
 //! Everything is loaded into an [`ImageSet`]: `u8` images in planar CHW order (one image after
 //! the other) with `u8` labels. [`load`] reads a split of a dataset from the directory layout the
-//! official downloads unpack to (see [`fetch`]):
+//! official downloads unpack to (see [`fetch()`]):
 //!
 //! - CIFAR-10: `DIR/cifar-10-batches-bin/data_batch_{1..5}.bin`, `test_batch.bin`
 //!   (a partial training set is accepted with a warning);
@@ -530,7 +530,7 @@ pub fn svhn_from_vars(
     })
 }
 
-/// Per-channel normalisation for pixels scaled to [0,1]: `(x/255 - mean[c]) / std[c]`.
+/// Per-channel normalisation for pixels scaled to 0..=1: `(x/255 - mean[c]) / std[c]`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Normalization {
     pub mean: Vec<f32>,

@@ -286,6 +286,22 @@ fn archive_unpack_is_safe_and_idempotent() {
     assert_eq!(std::fs::read(dir.join("batches/a.bin")).unwrap(), [1u8; 10]);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
+    // Archive deleted after a verified unpack: recognised by the recorded MD5s, no download.
+    std::fs::remove_file(dir.join("arch.tar.gz")).unwrap();
+    let got = fetch_resources(std::slice::from_ref(&r), &dir, false).unwrap();
+    let actions: Vec<_> = got.iter().map(|f| f.action).collect();
+    assert_eq!(
+        actions,
+        [FileAction::AlreadyUnpacked, FileAction::AlreadyUnpacked]
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // ... unless a member changed (same size, other bytes): then it is fetched again.
+    std::fs::write(dir.join("batches/b.bin"), [9u8; 20]).unwrap();
+    let got = fetch_resources(std::slice::from_ref(&r), &dir, false).unwrap();
+    assert_eq!(got[0].action, FileAction::Downloaded);
+    assert_eq!(std::fs::read(dir.join("batches/b.bin")).unwrap(), [2u8; 20]);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
     // Member with the wrong size, or missing, in the archive: a clear error.
     let wrong = Resource {
         unpack: Unpack::TarGz {
