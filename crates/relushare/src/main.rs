@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod cmd_cluster;
 mod cmd_count;
+mod cmd_keys;
+mod cmd_party;
 mod cmd_data;
 
 #[derive(Parser)]
@@ -25,6 +27,10 @@ struct Cli {
 enum Command {
     /// Count secure comparisons (ReLUs) and multiplications per layer of an architecture/preset.
     Count(cmd_count::Args),
+    /// Make a session's keys: a fresh CA and certificates/keys for parties 0, 1 and 2.
+    Keys(cmd_keys::Args),
+    /// Run one party of a secure inference over TLS (separate processes or machines).
+    Party(cmd_party::Args),
     /// Datasets: download the official files (`data fetch`) or inspect a split (`data info`).
     Data(cmd_data::Args),
     /// Cluster a layer's activations by their ReLU responses over the training set (data-driven groups).
@@ -35,6 +41,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Count(a) => cmd_count::run(a),
+        Command::Keys(a) => cmd_keys::run(a),
+        Command::Party(a) => cmd_party::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Cluster(a) => cmd_cluster::run(a),
     };

@@ -16,6 +16,7 @@ pub mod error;
 pub mod frame;
 mod link;
 pub mod pki;
+pub mod session;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -47,6 +48,9 @@ pub struct NetConfig {
     pub peers: BTreeMap<usize, String>,
     /// Connection deadline and per-operation read/write timeout.
     pub timeout: Duration,
+    /// Deadline for establishing all connections (from the start of `connect`); `None` means
+    /// `timeout`.
+    pub connect_timeout: Option<Duration>,
     /// Largest accepted message.
     pub max_frame: u64,
 }
@@ -60,8 +64,16 @@ impl NetConfig {
             session_id,
             peers,
             timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
             max_frame: frame::DEFAULT_MAX_FRAME,
         }
+    }
+}
+
+impl NetConfig {
+    /// The connection deadline.
+    pub fn connect_window(&self) -> Duration {
+        self.connect_timeout.unwrap_or(self.timeout)
     }
 }
 
@@ -141,7 +153,7 @@ fn connect_one(
                 if Instant::now() + backoff >= deadline {
                     return Err(NetError::NotConnected {
                         peer,
-                        secs: cfg.timeout.as_secs_f64(),
+                        secs: cfg.connect_window().as_secs_f64(),
                         detail: format!("cannot connect to {addr}: {e}"),
                     });
                 }
@@ -193,7 +205,7 @@ impl TlsTransport {
             )));
         }
         let start = Instant::now();
-        let deadline = start + cfg.timeout;
+        let deadline = start + cfg.connect_window();
         let tls_cfg = |e: rustls::Error| NetError::Config(format!("TLS configuration: {e}"));
         let (tx, rx) = mpsc::channel::<SetupResult>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -298,7 +310,7 @@ impl TlsTransport {
                     };
                     break Err(NetError::NotConnected {
                         peer: j,
-                        secs: cfg.timeout.as_secs_f64(),
+                        secs: cfg.connect_window().as_secs_f64(),
                         detail,
                     });
                 }
@@ -373,8 +385,13 @@ impl RawPeer {
     /// Dials `addr` as party `cfg.keys.role` and authenticates it as `peer`.
     pub fn dial(cfg: &NetConfig, peer: usize, addr: &str) -> Result<RawPeer, NetError> {
         let client = tls::client_config(&cfg.keys).map_err(|e| NetError::Config(e.to_string()))?;
-        let (peer, conn, sock) =
-            connect_one(peer, addr, cfg, &client, Instant::now() + cfg.timeout)?;
+        let (peer, conn, sock) = connect_one(
+            peer,
+            addr,
+            cfg,
+            &client,
+            Instant::now() + cfg.connect_window(),
+        )?;
         Ok(RawPeer { peer, conn, sock })
     }
 
@@ -389,7 +406,7 @@ impl RawPeer {
             .accept()
             .map_err(|e| NetError::Config(format!("accept: {e}")))?;
         let conn = tls::server_conn(&server)?;
-        let deadline = Instant::now() + cfg.timeout;
+        let deadline = Instant::now() + cfg.connect_window();
         let (peer, conn, sock) = tls::handshake(
             sock,
             conn,

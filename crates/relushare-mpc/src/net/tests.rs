@@ -234,14 +234,21 @@ fn fault(act: impl FnOnce(&mut RawPeer) + Send + 'static, timeout_ms: u64) -> (S
     let dir = session("fault", "good");
     let (l0, a0) = listener();
     let (l1, a1) = listener();
-    let c0 = cfg(&dir, 0, &[], timeout_ms);
-    let c1 = cfg(&dir, 1, &[(0, a0)], timeout_ms);
-    let c2 = cfg(&dir, 2, &[(0, a0), (1, a1)], timeout_ms);
+    // Generous connection deadline (the machine may be loaded); the I/O timeout is under test.
+    let slow = |mut c: NetConfig| {
+        c.connect_timeout = Some(Duration::from_secs(20));
+        c
+    };
+    let c0 = slow(cfg(&dir, 0, &[], timeout_ms));
+    let c1 = slow(cfg(&dir, 1, &[(0, a0)], timeout_ms));
+    let c2 = slow(cfg(&dir, 2, &[(0, a0), (1, a1)], timeout_ms));
     let h0 = thread::spawn(move || {
         let mut t = TlsTransport::connect(&c0, Some(l0))?;
         let start = Instant::now();
-        t.send_msg(1, b"share")?;
-        let r = t.recv_msg(1).map(|_| ());
+        // The fault may already be known when sending.
+        let r = t
+            .send_msg(1, b"share")
+            .and_then(|_| t.recv_msg(1).map(|_| ()));
         Ok::<_, NetError>((r, start.elapsed()))
     });
     let h1 = thread::spawn(move || {
@@ -254,7 +261,7 @@ fn fault(act: impl FnOnce(&mut RawPeer) + Send + 'static, timeout_ms: u64) -> (S
     });
     let h2 = thread::spawn(move || TlsTransport::connect(&c2, None).map(|t| t.abort()));
     let (r, elapsed) = h0.join().unwrap().unwrap();
-    h2.join().unwrap().unwrap();
+    let _ = h2.join();
     h1.join().unwrap();
     (r.unwrap_err().to_string(), elapsed)
 }

@@ -1,0 +1,749 @@
+//! One party of a secure inference over the TLS mesh ([`TlsTransport`]): the same suites and the
+//! same per-layer schedule as the in-process runner, with the client and the model owner played
+//! by parties of the mesh.
+//!
+//! Messages before the protocol (each tagged by its first byte; anything else is refused):
+//! 1. `ANNOUNCE` (everyone to everyone): JSON with the protocol, fractional bits, whether this
+//!    party supplies the model and/or the input, and the number of images. All three must agree
+//!    on protocol and bits, and exactly one party must supply each of model and input.
+//! 2. `MODEL` (owner to the others): the public structure only: the spec (architecture, layer
+//!    kinds, sharing layout) and the cluster group maps. No parameter leaves the owner in clear.
+//! 3. `WEIGHTS` (owner to P0 and P1): an additive share of every encoded parameter (conv/linear
+//!    weights and biases, decider `v` and Fc biases), in layer order; lengths are checked.
+//! 4. `INPUT` (client to P0 and P1): an additive share of the encoded images.
+//!
+//! Then every party runs the suite layer by layer (P2 gets no shares, only geometry), and P0 and
+//! P1 send their output shares to the client in an `OUTPUT` message. Shares come from an
+//! OS-seeded PRG. The costs reported are those of the suite (as in the in-process runner).
+
+use super::{NetError, TlsTransport};
+use crate::cost::{Comm, CostReport, PartyCosts, Phase};
+use crate::error::{MpcError, Result};
+use crate::fast::{CmpMode, FastConfig, FastSuite};
+use crate::fixed::FixedPoint;
+use crate::kernels::ConvGeom;
+use crate::plain::{FixedLayer, FixedModel};
+use crate::prg::Prg;
+use crate::suite::{GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare};
+use crate::transport::Transport;
+use relushare_model::{Model, ModelSpec, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+const TAG_ANNOUNCE: u8 = 1;
+const TAG_MODEL: u8 = 2;
+const TAG_WEIGHTS: u8 = 3;
+const TAG_INPUT: u8 = 4;
+const TAG_OUTPUT: u8 = 5;
+const SESSION_VERSION: u32 = 1;
+/// Largest accepted announce message.
+const MAX_ANNOUNCE: usize = 4096;
+/// Largest accepted model-structure message.
+const MAX_MODEL_MSG: usize = 256 << 20;
+/// Most images per run.
+pub const MAX_IMAGES: usize = 4096;
+
+fn tag_name(t: u8) -> String {
+    match t {
+        TAG_ANNOUNCE => "announce".into(),
+        TAG_MODEL => "model".into(),
+        TAG_WEIGHTS => "weights".into(),
+        TAG_INPUT => "input".into(),
+        TAG_OUTPUT => "output".into(),
+        t => format!("unknown type {t}"),
+    }
+}
+
+/// Protocol suites available over the network.
+pub const PROTOCOLS: &[&str] = &["fast", "fss", "securenn"];
+
+/// Settings every party passes (they must agree).
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Protocol suite: "fast", "fss" or "securenn".
+    pub protocol: String,
+    /// Fixed-point fractional bits.
+    pub frac_bits: u32,
+}
+
+/// The client's images.
+#[derive(Clone, Debug)]
+pub enum ImageSource {
+    /// Normalized images in CHW order, one vector per image.
+    Given(Vec<Vec<f32>>),
+    /// `count` pseudo-random images (see [`random_images`]) for tests and benchmarks.
+    Random { seed: u64, count: usize },
+}
+
+impl ImageSource {
+    fn count(&self) -> usize {
+        match self {
+            ImageSource::Given(v) => v.len(),
+            ImageSource::Random { count, .. } => *count,
+        }
+    }
+}
+
+/// Deterministic pseudo-random images with values uniform in [-1, 1) (AES-CTR PRG keyed by the
+/// seed): not secret, only reproducible inputs for tests and benchmarks.
+pub fn random_images(seed: u64, count: usize, len: usize) -> Vec<Vec<f32>> {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut prg = Prg::from_seed(key);
+    (0..count)
+        .map(|_| {
+            prg.gen_u64s(len)
+                .into_iter()
+                .map(|x| ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// What one party learned and spent.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartyReport {
+    /// This party's role.
+    pub role: usize,
+    /// Protocol suite.
+    pub protocol: String,
+    /// Whether this party supplied the model / the input.
+    pub model_owner: bool,
+    pub client: bool,
+    /// Roles of the model owner and of the client.
+    pub owner_role: usize,
+    pub client_role: usize,
+    /// Images classified.
+    pub images: usize,
+    /// Client only: decoded logits per image.
+    pub logits: Option<Vec<Vec<f32>>>,
+    /// Client only: class per image.
+    pub classes: Option<Vec<usize>>,
+    /// Bytes this party sent in the protocol (offline / online), and its rounds.
+    pub offline_bytes: u64,
+    pub online_bytes: u64,
+    pub online_rounds: u64,
+    pub offline_rounds: u64,
+    /// Bytes of the pre-protocol messages this party sent (structure, weight and input shares).
+    pub setup_bytes: u64,
+    /// Seconds: connection to result, and the online phase.
+    pub seconds: f64,
+    pub online_seconds: f64,
+    /// This party's per-layer costs.
+    pub layers: Vec<crate::cost::LabelCost>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Announce {
+    version: u32,
+    protocol: String,
+    frac_bits: u32,
+    model: bool,
+    input: bool,
+    images: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ModelMsg {
+    spec: ModelSpec,
+    group_maps: BTreeMap<String, Vec<u32>>,
+    /// Comparison ring sizes of the fast/fss suites (public; derived by the owner from the
+    /// plaintext weights, see `fast::config_for_model`).
+    cmp_bits: BTreeMap<String, u32>,
+    default_bits: u32,
+    default_bits_2f: u32,
+}
+
+/// Largest comparison ring accepted from the owner.
+const MAX_CMP_BITS: u32 = 63;
+
+/// The mesh behind a mutex so the suite's [`Comm`] and the session can both use it.
+struct SharedMesh(Arc<Mutex<TlsTransport>>, usize);
+
+impl Transport for SharedMesh {
+    fn party(&self) -> usize {
+        self.1
+    }
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<()> {
+        let mut t = self
+            .0
+            .lock()
+            .map_err(|_| MpcError::Transport("mesh lock poisoned".into()))?;
+        Transport::send(&mut *t, to, msg)
+    }
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>> {
+        let mut t = self
+            .0
+            .lock()
+            .map_err(|_| MpcError::Transport("mesh lock poisoned".into()))?;
+        Transport::recv(&mut *t, from)
+    }
+}
+
+struct Setup {
+    mesh: Arc<Mutex<TlsTransport>>,
+    sent: u64,
+}
+
+impl Setup {
+    fn send(&mut self, to: usize, tag: u8, body: &[u8]) -> Result<()> {
+        let mut m = Vec::with_capacity(body.len() + 1);
+        m.push(tag);
+        m.extend_from_slice(body);
+        self.sent += m.len() as u64;
+        let mut t = self
+            .mesh
+            .lock()
+            .map_err(|_| MpcError::Transport("mesh lock poisoned".into()))?;
+        Ok(t.send_msg(to, &m)?)
+    }
+
+    fn recv(&mut self, from: usize, tag: u8, max: usize) -> Result<Vec<u8>> {
+        let mut t = self
+            .mesh
+            .lock()
+            .map_err(|_| MpcError::Transport("mesh lock poisoned".into()))?;
+        let mut m = t.recv_msg(from)?;
+        let bad = |reason: String| MpcError::from(NetError::Protocol { peer: from, reason });
+        match m.first() {
+            None => {
+                return Err(bad(format!(
+                    "empty message where a {} message was expected",
+                    tag_name(tag)
+                )))
+            }
+            Some(&t) if t != tag => {
+                return Err(bad(format!(
+                    "got a {} message where a {} message was expected",
+                    tag_name(t),
+                    tag_name(tag)
+                )))
+            }
+            _ => {}
+        }
+        if m.len() - 1 > max {
+            return Err(bad(format!(
+                "{} message of {} bytes exceeds {max}",
+                tag_name(tag),
+                m.len() - 1
+            )));
+        }
+        m.remove(0);
+        Ok(m)
+    }
+
+    fn recv_u64(&mut self, from: usize, tag: u8, n: usize) -> Result<Vec<u64>> {
+        let b = self.recv(from, tag, n.saturating_mul(8))?;
+        if b.len() != n * 8 {
+            return Err(NetError::Protocol {
+                peer: from,
+                reason: format!(
+                    "{} message holds {} bytes, expected {} ring elements",
+                    tag_name(tag),
+                    b.len(),
+                    n
+                ),
+            }
+            .into());
+        }
+        crate::ring::bytes_to_u64s_n(&b, n, from)
+    }
+}
+
+/// The secret vectors of a fixed-point model, in the order they are shared.
+fn secret_vectors(fm: &FixedModel) -> Vec<&Vec<u64>> {
+    let mut v = Vec::new();
+    for l in &fm.layers {
+        match l {
+            FixedLayer::Conv { w, b, .. } | FixedLayer::Linear { w, b, .. } => {
+                v.push(w);
+                v.push(b);
+            }
+            FixedLayer::Shared { s, .. } => {
+                v.push(&s.v);
+                v.push(&s.bias);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// A model with the structure of `msg` and all parameters zero (for parties without weights).
+fn skeleton(msg: ModelMsg) -> Result<Model> {
+    let params = relushare_model::file::expected_params(&msg.spec)
+        .map_err(|e| MpcError::Model(e.to_string()))?
+        .into_iter()
+        .map(|(name, shape)| (name, Tensor::zeros(shape)))
+        .collect();
+    let m = Model {
+        spec: msg.spec,
+        params,
+        group_maps: msg.group_maps,
+    };
+    m.validate()
+        .map_err(|e| MpcError::Model(format!("model structure from the owner: {e}")))?;
+    Ok(m)
+}
+
+/// Builds the plan for batch size `n` with this party's shares of the sharing-layer parameters
+/// (`gp[i]` for layer `i`).
+fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) -> Plan {
+    let mut ops = Vec::new();
+    let mut widx = 0;
+    for (i, l) in fm.layers.iter().enumerate() {
+        let op = match l {
+            FixedLayer::Conv { name, geom, .. } => {
+                widx += 1;
+                PlanOp::Conv {
+                    name: name.clone(),
+                    geom: ConvGeom { n, ..*geom },
+                    weight: widx - 1,
+                }
+            }
+            FixedLayer::Linear { name, geom, .. } => {
+                widx += 1;
+                PlanOp::Linear {
+                    name: name.clone(),
+                    geom: LinearGeom { n, ..*geom },
+                    weight: widx - 1,
+                }
+            }
+            FixedLayer::AvgPool { name, geom } => PlanOp::AvgPool {
+                name: name.clone(),
+                geom: PoolGeom { n, ..*geom },
+            },
+            FixedLayer::Relu { name, len } => PlanOp::Relu {
+                name: name.clone(),
+                len: *len,
+            },
+            FixedLayer::Partial {
+                name,
+                c,
+                plane,
+                relu_channels,
+            } => PlanOp::Partial {
+                name: name.clone(),
+                c: *c,
+                plane: *plane,
+                relu_channels: *relu_channels,
+            },
+            FixedLayer::Shared { name, s } => {
+                let (v, bias) = gp[i].clone().unwrap_or_default();
+                PlanOp::SharedRelu {
+                    name: name.clone(),
+                    plan: Box::new(GroupPlan {
+                        len: s.len,
+                        group_of: s.group_of.clone(),
+                        num_groups: s.num_groups,
+                        leaders: s.leaders.clone(),
+                        decider: s.decider,
+                        v,
+                        bias,
+                        noise: s.noise,
+                    }),
+                }
+            }
+            FixedLayer::Identity { name } => PlanOp::Identity { name: name.clone() },
+        };
+        ops.push(op);
+    }
+    Plan {
+        n,
+        input_len: fm.input_len,
+        output_len: fm.output_len,
+        ops,
+    }
+}
+
+/// Splits this party's share vectors (in [`secret_vectors`] order) into weights and
+/// sharing-layer parameters.
+fn assign_shares(
+    fm: &FixedModel,
+    me: usize,
+    mut shares: Vec<Vec<u64>>,
+) -> (Vec<WeightShare>, Vec<Option<(Shared, Shared)>>) {
+    shares.reverse();
+    let mut take = || {
+        if me == 2 {
+            Vec::new()
+        } else {
+            shares.pop().unwrap_or_default()
+        }
+    };
+    let mut weights = Vec::new();
+    let mut gp = Vec::new();
+    for l in &fm.layers {
+        match l {
+            FixedLayer::Conv { name, .. } | FixedLayer::Linear { name, .. } => {
+                let w = take();
+                let bias = take();
+                weights.push(WeightShare {
+                    name: name.clone(),
+                    w,
+                    bias,
+                });
+                gp.push(None);
+            }
+            FixedLayer::Shared { .. } => {
+                let v = take();
+                let b = take();
+                gp.push(Some((v, b)));
+            }
+            _ => gp.push(None),
+        }
+    }
+    (weights, gp)
+}
+
+fn make_suite(
+    protocol: &str,
+    comm: Comm,
+    fp: FixedPoint,
+    cfg: &FastConfig,
+) -> Result<Box<dyn Suite>> {
+    let f = fp.frac_bits;
+    match protocol {
+        "fast" => Ok(Box::new(FastSuite::new(
+            comm,
+            f,
+            cfg.clone(),
+            CmpMode::Tree,
+        ))),
+        "fss" => Ok(Box::new(FastSuite::new(comm, f, cfg.clone(), CmpMode::Fss))),
+        "securenn" => crate::securenn::factory(comm, fp),
+        p => Err(MpcError::Param(format!(
+            "protocol {p:?} is not available over the network (use {})",
+            PROTOCOLS.join(" or ")
+        ))),
+    }
+}
+
+/// Runs this party's side of a secure inference and closes the mesh. `model` is given by the
+/// model owner only; `images` by the client only.
+pub fn run(
+    mesh: TlsTransport,
+    model: Option<&Model>,
+    images: Option<&ImageSource>,
+    opts: &SessionOptions,
+) -> Result<PartyReport> {
+    let start = Instant::now();
+    let me = mesh.role();
+    let mesh = Arc::new(Mutex::new(mesh));
+    let result = run_inner(&mesh, me, model, images, opts, start);
+    // The suite (and its Comm) are gone; take the mesh back to close it.
+    let mesh = Arc::try_unwrap(mesh).ok().and_then(|m| m.into_inner().ok());
+    match (&result, mesh) {
+        (Ok(_), Some(m)) => m.close().map_err(MpcError::from)?,
+        (Err(_), Some(m)) => m.abort(),
+        (_, None) => {}
+    }
+    result
+}
+
+fn run_inner(
+    mesh: &Arc<Mutex<TlsTransport>>,
+    me: usize,
+    model: Option<&Model>,
+    images: Option<&ImageSource>,
+    opts: &SessionOptions,
+    start: Instant,
+) -> Result<PartyReport> {
+    if !PROTOCOLS.contains(&opts.protocol.as_str()) {
+        return Err(MpcError::Param(format!(
+            "protocol {:?} is not available over the network (use {})",
+            opts.protocol,
+            PROTOCOLS.join(" or ")
+        )));
+    }
+    FixedPoint::new(opts.frac_bits)?;
+    if let Some(imgs) = images {
+        if imgs.count() == 0 || imgs.count() > MAX_IMAGES {
+            return Err(MpcError::Param(format!(
+                "between 1 and {MAX_IMAGES} images per run (got {})",
+                imgs.count()
+            )));
+        }
+    }
+    let others: Vec<usize> = (0..3).filter(|&j| j != me).collect();
+    let mut io = Setup {
+        mesh: mesh.clone(),
+        sent: 0,
+    };
+
+    // 1. Announce and agree.
+    let mine = Announce {
+        version: SESSION_VERSION,
+        protocol: opts.protocol.clone(),
+        frac_bits: opts.frac_bits,
+        model: model.is_some(),
+        input: images.is_some(),
+        images: images.map_or(0, |i| i.count()),
+    };
+    let body = serde_json::to_vec(&mine).map_err(|e| MpcError::Param(e.to_string()))?;
+    for &j in &others {
+        io.send(j, TAG_ANNOUNCE, &body)?;
+    }
+    let mut all: Vec<Announce> = vec![mine.clone(); 3];
+    for &j in &others {
+        let b = io.recv(j, TAG_ANNOUNCE, MAX_ANNOUNCE)?;
+        let a: Announce = serde_json::from_slice(&b).map_err(|e| {
+            MpcError::from(NetError::Protocol {
+                peer: j,
+                reason: format!("bad announce message: {e}"),
+            })
+        })?;
+        if a.version != SESSION_VERSION {
+            return Err(MpcError::Param(format!(
+                "party {j} speaks session version {}, this is {SESSION_VERSION}",
+                a.version
+            )));
+        }
+        if a.protocol != mine.protocol || a.frac_bits != mine.frac_bits {
+            return Err(MpcError::Param(format!(
+                "party {j} runs protocol {} with {} fractional bits, this party {} with {}",
+                a.protocol, a.frac_bits, mine.protocol, mine.frac_bits
+            )));
+        }
+        all[j] = a;
+    }
+    let owners: Vec<usize> = (0..3).filter(|&j| all[j].model).collect();
+    let clients: Vec<usize> = (0..3).filter(|&j| all[j].input).collect();
+    if owners.len() != 1 {
+        return Err(MpcError::Param(format!(
+            "exactly one party must supply the model (--model or --random-weights); supplied by: {owners:?}"
+        )));
+    }
+    if clients.len() != 1 {
+        return Err(MpcError::Param(format!(
+            "exactly one party must supply the input (--image or --random-image); supplied by: {clients:?}"
+        )));
+    }
+    let (owner, client) = (owners[0], clients[0]);
+    let n = all[client].images;
+    if n == 0 || n > MAX_IMAGES {
+        return Err(MpcError::Param(format!("the client announced {n} images")));
+    }
+
+    // 2. Model structure.
+    let fm_secret;
+    let cmp_cfg;
+    let fm = if me == owner {
+        let model = model.expect("owner has the model");
+        fm_secret = FixedModel::from_model(model, opts.frac_bits)?;
+        cmp_cfg = if opts.protocol == "securenn" {
+            FastConfig::defaults(opts.frac_bits)
+        } else {
+            crate::fast::config_for_model(&fm_secret, model)?
+        };
+        let msg = ModelMsg {
+            spec: model.spec.clone(),
+            group_maps: model.group_maps.clone(),
+            cmp_bits: cmp_cfg.bits.clone(),
+            default_bits: cmp_cfg.default_bits,
+            default_bits_2f: cmp_cfg.default_bits_2f,
+        };
+        let body = serde_json::to_vec(&msg).map_err(|e| MpcError::Model(e.to_string()))?;
+        for &j in &others {
+            io.send(j, TAG_MODEL, &body)?;
+        }
+        &fm_secret
+    } else {
+        let b = io.recv(owner, TAG_MODEL, MAX_MODEL_MSG)?;
+        let msg: ModelMsg = serde_json::from_slice(&b).map_err(|e| {
+            MpcError::from(NetError::Protocol {
+                peer: owner,
+                reason: format!("bad model message: {e}"),
+            })
+        })?;
+        let bits_ok = |b: u32| (3..=MAX_CMP_BITS).contains(&b);
+        if !msg.cmp_bits.values().all(|&b| bits_ok(b))
+            || !bits_ok(msg.default_bits)
+            || !bits_ok(msg.default_bits_2f)
+        {
+            return Err(NetError::Protocol {
+                peer: owner,
+                reason: "comparison sizes out of range".into(),
+            }
+            .into());
+        }
+        cmp_cfg = FastConfig {
+            bits: msg.cmp_bits.clone(),
+            default_bits: msg.default_bits,
+            default_bits_2f: msg.default_bits_2f,
+        };
+        fm_secret = FixedModel::from_model(&skeleton(msg)?, opts.frac_bits)?;
+        &fm_secret
+    };
+    let lens: Vec<usize> = secret_vectors(fm).iter().map(|v| v.len()).collect();
+    let total: usize = lens.iter().sum();
+    let images: Option<Vec<Vec<f32>>> = match images {
+        Some(ImageSource::Given(v)) => {
+            if v.iter().any(|i| i.len() != fm.input_len) {
+                return Err(MpcError::Shape(format!(
+                    "every image must have {} values for this model",
+                    fm.input_len
+                )));
+            }
+            Some(v.clone())
+        }
+        Some(ImageSource::Random { seed, count }) => {
+            Some(random_images(*seed, *count, fm.input_len))
+        }
+        None => None,
+    };
+
+    // 3. Weight shares (owner -> P0, P1).
+    let mut prg = Prg::from_os()?;
+    let my_weights: Vec<u64> = if me == owner {
+        let mut s0 = Vec::with_capacity(total);
+        let mut s1 = Vec::with_capacity(total);
+        for v in secret_vectors(fm) {
+            let r = prg.gen_u64s(v.len());
+            s1.extend(crate::ring::sub(v, &r));
+            s0.extend(r);
+        }
+        let mut keep = Vec::new();
+        for (p, s) in [(0usize, s0), (1usize, s1)] {
+            if p == me {
+                keep = s;
+            } else {
+                io.send(p, TAG_WEIGHTS, &crate::ring::u64s_to_bytes(&s))?;
+            }
+        }
+        keep
+    } else if me < 2 {
+        io.recv_u64(owner, TAG_WEIGHTS, total)?
+    } else {
+        Vec::new()
+    };
+    let mut split = Vec::with_capacity(lens.len());
+    if me < 2 {
+        let mut off = 0;
+        for l in &lens {
+            split.push(my_weights[off..off + l].to_vec());
+            off += l;
+        }
+    }
+    drop(my_weights);
+    let (weights, gp) = assign_shares(fm, me, split);
+
+    // 4. Input shares (client -> P0, P1).
+    let in_len = n * fm.input_len;
+    let x: Shared = if me == client {
+        let imgs = images.as_ref().expect("client has the images");
+        let mut enc = Vec::with_capacity(in_len);
+        for img in imgs {
+            enc.extend(fm.encode_input(img)?);
+        }
+        let r = prg.gen_u64s(enc.len());
+        let s1 = crate::ring::sub(&enc, &r);
+        let mut keep = Vec::new();
+        for (p, s) in [(0usize, r), (1usize, s1)] {
+            if p == me {
+                keep = s;
+            } else {
+                io.send(p, TAG_INPUT, &crate::ring::u64s_to_bytes(&s))?;
+            }
+        }
+        keep
+    } else if me < 2 {
+        io.recv_u64(client, TAG_INPUT, in_len)?
+    } else {
+        Vec::new()
+    };
+
+    // 5. The protocol.
+    let plan = build_plan(fm, n, &gp);
+    let mut comm = Comm::new(Box::new(SharedMesh(mesh.clone(), me)));
+    comm.set_label("setup");
+    let mut suite = make_suite(&opts.protocol, comm, fm.fp, &cmp_cfg)?;
+    let mut costs: PartyCosts = BTreeMap::new();
+    suite.comm().set_phase(Phase::Offline);
+    suite.comm().set_label("model-setup");
+    suite.prepare(&plan, &weights)?;
+    crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
+    suite.comm().set_phase(Phase::Offline);
+    suite.comm().set_label("offline");
+    suite.offline(&plan, &weights)?;
+    suite.comm().set_phase(Phase::Online);
+    let t_online = Instant::now();
+    let mut x = x;
+    for (li, op) in plan.ops.iter().enumerate() {
+        suite.comm().set_label(op.name());
+        x = crate::runner::exec_op(suite.as_mut(), op, &x, n, &weights)?;
+        if me != 2 && x.len() != n * fm.out_lens[li] {
+            return Err(MpcError::Shape(format!(
+                "{}: {} elements, expected {}",
+                op.name(),
+                x.len(),
+                n * fm.out_lens[li]
+            )));
+        }
+    }
+    suite.comm().set_label("output");
+    let out_share = suite.reveal_to_client(&x)?;
+    let online_seconds = t_online.elapsed().as_secs_f64();
+    crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
+    drop(suite);
+
+    // 6. Output shares to the client.
+    let out_len = n * fm.output_len;
+    let mut logits = None;
+    let mut classes = None;
+    if me < 2 && me != client {
+        let s = out_share
+            .as_ref()
+            .ok_or_else(|| MpcError::Shape("no output share".into()))?;
+        io.send(client, TAG_OUTPUT, &crate::ring::u64s_to_bytes(s))?;
+    }
+    if me == client {
+        let mut y = vec![0u64; out_len];
+        for p in 0..2 {
+            let s = if p == me {
+                out_share
+                    .clone()
+                    .ok_or_else(|| MpcError::Shape("no output share".into()))?
+            } else {
+                io.recv_u64(p, TAG_OUTPUT, out_len)?
+            };
+            crate::ring::check_len("output share", &s, out_len)?;
+            crate::ring::add_assign(&mut y, &s);
+        }
+        let per: Vec<Vec<u64>> = y.chunks(fm.output_len.max(1)).map(|c| c.to_vec()).collect();
+        classes = Some(per.iter().map(|c| crate::plain::argmax_fixed(c)).collect());
+        logits = Some(per.iter().map(|c| fm.fp.decode_vec(c)).collect());
+    }
+
+    let mut names: Vec<String> = vec!["model-setup".into(), "offline".into()];
+    names.extend(fm.layers.iter().map(|l| l.name().to_string()));
+    names.push("output".into());
+    let report = CostReport::from_parties(&[costs.clone()], &names);
+    let layers: Vec<_> = report
+        .layers
+        .iter()
+        .filter(|l| l.online_bytes + l.offline_bytes > 0 || l.online_rounds > 0)
+        .cloned()
+        .collect();
+    Ok(PartyReport {
+        role: me,
+        protocol: opts.protocol.clone(),
+        model_owner: me == owner,
+        client: me == client,
+        owner_role: owner,
+        client_role: client,
+        images: n,
+        logits,
+        classes,
+        offline_bytes: report.offline_bytes(),
+        online_bytes: report.online_bytes(),
+        online_rounds: report.online_rounds(),
+        offline_rounds: report.offline_rounds(),
+        setup_bytes: io.sent,
+        seconds: start.elapsed().as_secs_f64(),
+        online_seconds,
+        layers,
+    })
+}

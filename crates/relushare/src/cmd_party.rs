@@ -1,0 +1,217 @@
+//! `relushare party`: one party of a secure inference, as its own process, over TCP with
+//! TLS 1.3 and mutual authentication (certificates from `relushare keys`).
+//!
+//! Topology: P0 listens; P1 listens and connects to P0; P2 connects to both. The party given a
+//! model (`--model FILE` or `--arch/--preset/--random-weights`) is the model owner; the party
+//! given an input (`--image FILE` or `--random-image SEED`) is the client and receives the
+//! result. Any failure (peer missing, refused, disconnected, stalled, malformed) ends the
+//! process with a non-zero status and a message naming the peer; `--out` is written atomically
+//! and only on success.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use relushare_model::{Arch, ClusterMaps, Model};
+use relushare_mpc::net::session::{self, ImageSource, SessionOptions};
+use relushare_mpc::net::{self, NetConfig, PartyKeys, TlsTransport};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// This party's role: 0, 1 or 2.
+    #[arg(long)]
+    pub role: usize,
+    /// Keys directory from `relushare keys` (ca.crt, session-id, party-ROLE.crt/.key).
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// Address to listen on (P0 and P1), e.g. 127.0.0.1:7000.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Addresses of the lower parties, e.g. "0=127.0.0.1:7000,1=127.0.0.1:7001".
+    #[arg(long, default_value = "")]
+    pub peers: String,
+    /// Seconds to wait for peers to connect, and for any single read or write.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Session id to require from peers (default: the keys directory's session-id).
+    #[arg(long)]
+    pub session_id: Option<String>,
+    /// Protocol suite (all parties must agree): fast or fss.
+    #[arg(long, default_value = "fast")]
+    pub protocol: String,
+    /// Fixed-point fractional bits (all parties must agree).
+    #[arg(long, default_value_t = 13)]
+    pub frac_bits: u32,
+    /// Model owner: a model file written by `relushare train`.
+    #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
+    pub model: Option<PathBuf>,
+    /// Model owner without a trained model: architecture (with --preset and --random-weights).
+    #[arg(long, requires = "random_weights")]
+    pub arch: Option<Arch>,
+    /// Preset of --arch.
+    #[arg(long, default_value = "original")]
+    pub preset: String,
+    /// Use freshly initialised weights (benchmarks); requires --arch.
+    #[arg(long, requires = "arch")]
+    pub random_weights: bool,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Cluster map for presets with data-driven groups (with --random-weights).
+    #[arg(long)]
+    pub cluster_map: Option<PathBuf>,
+    /// Client: a JSON file with one normalized image (CHW floats) or a list of them.
+    #[arg(long, conflicts_with = "random_image")]
+    pub image: Option<PathBuf>,
+    /// Client: use pseudo-random images from this seed (benchmarks).
+    #[arg(long)]
+    pub random_image: Option<u64>,
+    /// Client with --random-image: how many images.
+    #[arg(long, default_value_t = 1)]
+    pub images: usize,
+    /// Write this party's report (the client's holds the result) as JSON, atomically.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Largest accepted image file.
+const MAX_IMAGE_FILE: u64 = 512 << 20;
+
+fn load_images(path: &PathBuf) -> Result<Vec<Vec<f32>>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > MAX_IMAGE_FILE {
+        bail!(
+            "{}: image file of {} bytes is too large",
+            path.display(),
+            meta.len()
+        );
+    }
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let as_vec = |v: &serde_json::Value| -> Option<Vec<f32>> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect()
+    };
+    let imgs = if let Some(one) = as_vec(&v) {
+        vec![one]
+    } else {
+        v.as_array()
+            .and_then(|a| a.iter().map(as_vec).collect::<Option<Vec<_>>>())
+            .with_context(|| {
+                format!(
+                    "{}: expected a list of numbers or a list of such lists",
+                    path.display()
+                )
+            })?
+    };
+    if imgs.is_empty() || imgs.iter().any(|i| i.iter().any(|x| !x.is_finite())) {
+        bail!("{}: images must be non-empty and finite", path.display());
+    }
+    Ok(imgs)
+}
+
+fn load_model(a: &Args) -> Result<Option<Model>> {
+    if let Some(p) = &a.model {
+        return Ok(Some(Model::load(p)?));
+    }
+    if a.random_weights {
+        let arch = a.arch.context("--random-weights needs --arch")?;
+        let spec = relushare_model::presets::build(arch, &a.preset)?;
+        let maps = match &a.cluster_map {
+            Some(p) => Some(ClusterMaps::load(p)?),
+            None => None,
+        };
+        return Ok(Some(Model::random(spec, maps.as_ref(), a.seed)?));
+    }
+    Ok(None)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.role > 2 {
+        bail!("--role must be 0, 1 or 2 (got {})", a.role);
+    }
+    if !(a.timeout > 0.0 && a.timeout <= 86_400.0) {
+        bail!("--timeout must be between 0 and 86400 seconds");
+    }
+    // Everything local is checked before touching the network.
+    let model = load_model(&a)?;
+    let images = match (&a.image, a.random_image) {
+        (Some(p), _) => Some(ImageSource::Given(load_images(p)?)),
+        (None, Some(seed)) => Some(ImageSource::Random {
+            seed,
+            count: a.images,
+        }),
+        (None, None) => None,
+    };
+    let keys = PartyKeys::load(&a.keys, a.role)?;
+    let mut cfg = NetConfig::new(keys, net::parse_peers(&a.peers)?);
+    if let Some(s) = &a.session_id {
+        net::pki::validate_session_id(s)?;
+        cfg.session_id = s.clone();
+    }
+    cfg.timeout = Duration::from_secs_f64(a.timeout);
+    let listener = match (&a.listen, a.role) {
+        (Some(addr), r) if r < 2 => Some(net::bind(addr)?),
+        (None, r) if r < 2 => bail!("party {r} must listen: pass --listen HOST:PORT"),
+        (Some(_), _) => bail!("party 2 does not listen (it connects to P0 and P1); drop --listen"),
+        (None, _) => None,
+    };
+    eprintln!(
+        "party {}: session {}, waiting up to {:.0} s for the other parties",
+        a.role, cfg.session_id, a.timeout
+    );
+    let mesh = TlsTransport::connect(&cfg, listener)?;
+    eprintln!(
+        "party {}: connected and authenticated; running {}",
+        a.role, a.protocol
+    );
+    let opts = SessionOptions {
+        protocol: a.protocol.clone(),
+        frac_bits: a.frac_bits,
+    };
+    let report = session::run(mesh, model.as_ref(), images.as_ref(), &opts)
+        .with_context(|| format!("party {} failed", a.role))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &a.out {
+        relushare_model::io::write_atomic(p, json.as_bytes())?;
+    }
+    if a.json {
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "party {} ({}{}): {} image(s), protocol {}",
+        report.role,
+        if report.model_owner {
+            "model owner"
+        } else {
+            "no model"
+        },
+        if report.client { ", client" } else { "" },
+        report.images,
+        report.protocol
+    );
+    println!(
+        "  sent {:.3} MB online, {:.3} MB offline, {:.3} MB shares; {} online rounds; {:.3} s online, {:.3} s total",
+        report.online_bytes as f64 / 1e6,
+        report.offline_bytes as f64 / 1e6,
+        report.setup_bytes as f64 / 1e6,
+        report.online_rounds,
+        report.online_seconds,
+        report.seconds
+    );
+    if let (Some(classes), Some(logits)) = (&report.classes, &report.logits) {
+        for (i, (c, l)) in classes.iter().zip(logits).enumerate() {
+            let l: Vec<String> = l.iter().map(|x| format!("{x:.3}")).collect();
+            println!("  image {i}: class {c}  logits [{}]", l.join(", "));
+        }
+    }
+    Ok(())
+}
