@@ -10,6 +10,8 @@ mod cmd_count;
 mod cmd_keys;
 mod cmd_party;
 mod cmd_data;
+mod cmd_eval;
+mod cmd_train;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,10 @@ enum Command {
     Party(cmd_party::Args),
     /// Datasets: download the official files (`data fetch`) or inspect a split (`data info`).
     Data(cmd_data::Args),
+    /// Train an architecture/preset on a dataset (Burn) and write the model file.
+    Train(cmd_train::Args),
+    /// Accuracy of a model file on a dataset split.
+    Eval(cmd_eval::Args),
     /// Cluster a layer's activations by their ReLU responses over the training set (data-driven groups).
     Cluster(cmd_cluster::Args),
 }
@@ -45,6 +51,8 @@ fn main() {
         Command::Party(a) => cmd_party::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Cluster(a) => cmd_cluster::run(a),
+        Command::Train(a) => cmd_train::run(a),
+        Command::Eval(a) => cmd_eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
