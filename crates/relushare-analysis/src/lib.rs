@@ -1,12 +1,13 @@
 //! Analysis for the ReLU-sharing reproduction: data-driven clustering of activations by their
 //! ReLU responses ([`cluster`]), activation traces of the plain f32 reference network
 //! ([`trace`]), total variation per layer ([`tv`]), the paper's published numbers
-//! ([`paper`]) and the PNG figures ([`plot`]). No Burn: everything runs on
+//! ([`paper`]), the PNG figures ([`plot`]) and the reproduction report ([`report`]). No Burn: everything runs on
 //! `relushare_model`'s reference forward pass.
 
 pub mod cluster;
 pub mod paper;
 pub mod plot;
+pub mod report;
 pub mod trace;
 pub mod tv;
 

@@ -401,6 +401,14 @@ pub fn pareto_front(points: &[ParetoPoint]) -> Vec<usize> {
     out
 }
 
+/// How many earlier points share point `i`'s comparison count (their labels are stacked).
+fn stack_rank(points: &[ParetoPoint], i: usize) -> i32 {
+    points[..i]
+        .iter()
+        .filter(|p| p.comparisons == points[i].comparisons)
+        .count() as i32
+}
+
 /// Accuracy against comparisons (log x): ours (blue, Pareto front joined) and the paper's
 /// (red triangles).
 pub fn pareto_figure(
@@ -463,12 +471,13 @@ pub fn pareto_figure(
         }
         if !ours.is_empty() {
             chart
-                .draw_series(ours.iter().map(|p| {
+                .draw_series(ours.iter().enumerate().map(|(i, p)| {
+                    let dy = -14 - 13 * stack_rank(ours, i);
                     EmptyElement::at((p.comparisons, p.accuracy))
                         + Circle::new((0, 0), 5, BLUE.filled())
                         + Text::new(
                             p.label.clone(),
-                            (7, -14),
+                            (7, dy),
                             (FONT, 12).into_font().color(&BLUE),
                         )
                 }))
@@ -478,10 +487,11 @@ pub fn pareto_figure(
         }
         if !paper.is_empty() {
             chart
-                .draw_series(paper.iter().map(|p| {
+                .draw_series(paper.iter().enumerate().map(|(i, p)| {
+                    let dy = 4 + 13 * stack_rank(paper, i);
                     EmptyElement::at((p.comparisons, p.accuracy))
                         + TriangleMarker::new((0, 0), 6, RED.filled())
-                        + Text::new(p.label.clone(), (7, 4), (FONT, 12).into_font().color(&RED))
+                        + Text::new(p.label.clone(), (7, dy), (FONT, 12).into_font().color(&RED))
                 }))
                 .map_err(perr(path))?
                 .label("paper")
