@@ -698,3 +698,87 @@ impl SecureNn {
 pub fn factory(comm: Comm, fp: FixedPoint) -> Result<Box<dyn Suite>> {
     Ok(Box::new(SecureNn::new(comm, fp)?))
 }
+
+/// Expected cost of one layer under SecureNN's Table 1 formulas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormulaCost {
+    /// Layer name.
+    pub name: String,
+    /// Bits sent (all parties).
+    pub bits: u64,
+    /// Rounds.
+    pub rounds: u64,
+}
+
+/// Bits of a DReLU: (8 log p + 19) l with log p = 8.
+pub const DRELU_BITS: u64 = (8 * 8 + 19) * 64;
+/// Bits of a Mul / SelectShare: 5 l.
+pub const MUL_BITS: u64 = 5 * 64;
+
+/// The per-layer cost predicted by Table 1 for a batch of `n` images, computed from the model's
+/// structure (not from measurements):
+/// * Conv2d_{m,i,f,o}: 2 rounds, (2 m^2 f^2 i + 2 f^2 o i + m^2 o) l with m^2 = output pixels
+///   (for a batch the weight term is paid once: the batch's im2col matrices are stacked);
+/// * Linear_{m,n,v} (m = batch): 2 rounds, (2mn + 2nv + mv) l;
+/// * ReLU: DReLU (8 rounds, 83 l) + Mul (2 rounds, 5 l) per element; Partial likewise on its
+///   ReLU channels;
+/// * ReLU sharing: [Learned/Fc: dot products, one Mul per element, 2 rounds] + one DReLU per group
+///   (8 rounds) + one select per element (2 rounds); with noise the select becomes: dealer
+///   Bernoulli bits (1 round, l per element), flip = select of (1 - 2 noise) (2 rounds, 5 l),
+///   then member * keep (2 rounds, 5 l);
+/// * pooling, identity, dropout, flatten: free (local).
+pub fn table1_cost(fm: &crate::plain::FixedModel, n: usize) -> Vec<FormulaCost> {
+    use crate::plain::FixedLayer;
+    use crate::suite::DeciderKind;
+    let n = n as u64;
+    let l = 64u64;
+    fm.layers
+        .iter()
+        .map(|layer| {
+            let (bits, rounds) = match layer {
+                FixedLayer::Conv { geom, .. } => {
+                    let m2 = (geom.oh() * geom.ow()) as u64;
+                    let f2 = (geom.k * geom.k) as u64;
+                    let (i, o) = (geom.c as u64, geom.o as u64);
+                    ((2 * n * m2 * f2 * i + 2 * f2 * o * i + n * m2 * o) * l, 2)
+                }
+                FixedLayer::Linear { geom, .. } => {
+                    let (nn, v) = (geom.in_f as u64, geom.out_f as u64);
+                    ((2 * n * nn + 2 * nn * v + n * v) * l, 2)
+                }
+                FixedLayer::Relu { len, .. } => (n * *len as u64 * (DRELU_BITS + MUL_BITS), 10),
+                FixedLayer::Partial {
+                    plane,
+                    relu_channels,
+                    ..
+                } => {
+                    let k = (relu_channels * plane) as u64;
+                    (n * k * (DRELU_BITS + MUL_BITS), 10)
+                }
+                FixedLayer::Shared { s, .. } => {
+                    let len = n * s.len as u64;
+                    let groups = n * s.num_groups as u64;
+                    let (mut bits, mut rounds) = (groups * DRELU_BITS, 8);
+                    if s.decider != DeciderKind::OneHot {
+                        bits += len * MUL_BITS;
+                        rounds += 2;
+                    }
+                    if s.noise > 0.0 {
+                        bits += len * l + 2 * len * MUL_BITS;
+                        rounds += 1 + 2 + 2;
+                    } else {
+                        bits += len * MUL_BITS;
+                        rounds += 2;
+                    }
+                    (bits, rounds)
+                }
+                FixedLayer::AvgPool { .. } | FixedLayer::Identity { .. } => (0, 0),
+            };
+            FormulaCost {
+                name: layer.name().to_string(),
+                bits,
+                rounds,
+            }
+        })
+        .collect()
+}
