@@ -208,7 +208,7 @@ pub fn read_mat<R: Read>(
         };
         return Err(DataError::format(path, FormatProblem::Unsupported, what));
     }
-    let mut remaining = len.map(|l| l - 128);
+    let mut remaining = len.map(|l| l.saturating_sub(128));
     let mut out = Vec::new();
     loop {
         let mut tagb = [0u8; 8];
