@@ -9,6 +9,7 @@ mod cmd_cluster;
 mod cmd_count;
 mod cmd_keys;
 mod cmd_party;
+mod cmd_reproduce;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_train;
@@ -41,6 +42,8 @@ enum Command {
     Eval(cmd_eval::Args),
     /// Cluster a layer's activations by their ReLU responses over the training set (data-driven groups).
     Cluster(cmd_cluster::Args),
+    /// Reproduce the paper's tables: train every row, count, cluster, run secure inference, write report.md and figures.
+    Reproduce(cmd_reproduce::Args),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Party(a) => cmd_party::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Cluster(a) => cmd_cluster::run(a),
+        Command::Reproduce(a) => cmd_reproduce::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
     };

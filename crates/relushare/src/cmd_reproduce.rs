@@ -1,0 +1,999 @@
+//! `relushare reproduce`: trains every row of the paper's Tables 5-7 (and the models Tables 8
+//! and 9 run securely), evaluates and counts them, clusters activations for the data-driven
+//! presets, runs secure inference with both protocol suites, and writes `report.md` (the
+//! paper's numbers beside ours), `results.json` and the figures into `--out`.
+//!
+//! Resumable: a trained row (model file + its settings) is reused when the settings match;
+//! an interrupted training resumes from its per-epoch checkpoint; clusterings and secure runs
+//! are reused likewise. `--quick` runs everything on small synthetic sets in minutes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use relushare_analysis::cluster::{cluster_layer, ClusterParams};
+use relushare_analysis::paper::PaperNumbers;
+use relushare_analysis::report::{
+    self, ClusterRun, Job, Results, SecureLayer, SecureRow, TrainedRow,
+};
+use relushare_analysis::{plot, trace, tv};
+use relushare_data::{DatasetName, ImageSet, Split};
+use relushare_model::{count, presets, Arch, ClusterMaps, Model};
+use relushare_nn::{Augmentation, EpochMetrics, Progress, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Paper table(s) to reproduce: 5, 6, 7, 8, 9 (comma-separated) or all.
+    #[arg(long, default_value = "all")]
+    pub table: String,
+    /// Directory with the real datasets (`relushare data fetch --dataset NAME --data-dir DIR`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Training epochs per row (default: 1 with --quick, else 20 for CIFAR-10, 10 for SVHN,
+    /// 15 for Fashion-MNIST).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Small synthetic sets and one epoch: the whole pipeline in minutes (NOT the paper's data).
+    #[arg(long)]
+    pub quick: bool,
+    /// Output directory (models, maps, secure runs, figures, report.md, results.json).
+    #[arg(long, default_value = "reproduce-out")]
+    pub out: PathBuf,
+    /// Only rows of these datasets (cifar10, svhn, fmnist; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub dataset: Vec<String>,
+    /// Training images per dataset (default: all; 512 with --quick).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Test images per dataset (default: all; 256 with --quick).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Training images the clustering runs over (default: the training set).
+    #[arg(long)]
+    pub cluster_limit: Option<usize>,
+    /// Test images classified securely per model and suite (Table 8 uses one).
+    #[arg(long, default_value_t = 1)]
+    pub secure_images: usize,
+    /// Mini-batch size (default 64; 32 with --quick).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (default: the trainer's Adam default).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Retrain / recluster / rerun everything even when earlier results match.
+    #[arg(long)]
+    pub force: bool,
+    /// Print results.json to stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a reused artefact must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainSettings {
+    dataset: String,
+    preset: String,
+    quick: bool,
+    data_source: String,
+    epochs: usize,
+    train_images: usize,
+    test_images: usize,
+    batch_size: usize,
+    lr: f64,
+    maps_hash: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TrainRecord {
+    settings: TrainSettings,
+    row: TrainedRow,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecureRecord {
+    model_hash: String,
+    images: usize,
+    row: SecureRow,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClusterRecord {
+    model_hash: String,
+    images: usize,
+    runs: Vec<ClusterRun>,
+}
+
+/// FNV-1a 64 of a file's bytes, hex (identifies a model/map file for reuse decisions).
+fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v)?;
+    relushare_model::io::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+struct BarProgress {
+    bar: ProgressBar,
+    label: String,
+}
+
+impl Progress for BarProgress {
+    fn start_epoch(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        self.bar.set_length(batches as u64);
+        self.bar.set_position(0);
+        self.bar
+            .set_message(format!("{} epoch {epoch}/{epochs}", self.label));
+    }
+    fn batch(&mut self, done: usize, loss: f32, accuracy: f32) {
+        self.bar.set_position(done as u64);
+        if done % 8 == 0 {
+            self.bar
+                .set_prefix(format!("loss {loss:.3} acc {:.1}%", accuracy * 100.0));
+        }
+    }
+    fn end_epoch(&mut self, m: &EpochMetrics) {
+        let test = m
+            .test_accuracy
+            .map(|a| format!(", test {:.2}%", a * 100.0))
+            .unwrap_or_default();
+        self.bar.println(format!(
+            "  {} epoch {}: loss {:.4}, train {:.2}%{test} ({:.0} img/s)",
+            self.label,
+            m.epoch,
+            m.train_loss,
+            m.train_accuracy * 100.0,
+            m.images_per_second
+        ));
+    }
+    fn note(&mut self, message: &str) {
+        self.bar.println(format!("  {}: {message}", self.label));
+    }
+}
+
+fn batch_bar(label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(1);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} {prefix} ({eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    pb
+}
+
+fn count_bar(len: usize, label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} ({eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    pb
+}
+
+/// Run-wide state.
+struct Ctx {
+    a: Args,
+    quick: bool,
+    out: PathBuf,
+    data_source: String,
+    sets: BTreeMap<String, (ImageSet, ImageSet)>,
+    results: Results,
+}
+
+impl Ctx {
+    fn arch(dataset: &str) -> Result<Arch> {
+        dataset
+            .parse::<Arch>()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("dataset {dataset}"))
+    }
+
+    fn epochs(&self, dataset: &str) -> usize {
+        self.a.epochs.unwrap_or(if self.quick {
+            1
+        } else {
+            match dataset {
+                "cifar10" => 20,
+                "svhn" => 10,
+                _ => 15,
+            }
+        })
+    }
+
+    fn batch_size(&self) -> usize {
+        self.a
+            .batch_size
+            .unwrap_or(if self.quick { 32 } else { 64 })
+    }
+
+    fn train_limit(&self) -> Option<usize> {
+        self.a.limit.or(if self.quick { Some(512) } else { None })
+    }
+
+    fn test_limit(&self) -> Option<usize> {
+        self.a
+            .test_limit
+            .or(if self.quick { Some(256) } else { None })
+    }
+
+    fn data_name(&self, dataset: &str) -> Result<DatasetName> {
+        if self.quick {
+            return Ok(DatasetName::Synthetic);
+        }
+        dataset
+            .parse::<DatasetName>()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Train and test sets of a dataset (loaded once).
+    fn sets(&mut self, dataset: &str) -> Result<&(ImageSet, ImageSet)> {
+        if !self.sets.contains_key(dataset) {
+            let d = Self::arch(dataset)?.input();
+            let name = self.data_name(dataset)?;
+            let dims = (d.c, d.h, d.w);
+            let load = |split, limit| {
+                relushare_data::load(name, split, self.a.data_dir.as_deref(), limit, dims)
+            };
+            let tr = load(Split::Train, self.train_limit())?;
+            let te = load(Split::Test, self.test_limit())?;
+            for w in tr.warnings.iter().chain(&te.warnings) {
+                eprintln!("warning: {w}");
+                self.results.warnings.push(w.clone());
+            }
+            if tr.set.dims() != dims {
+                bail!(
+                    "{dataset} images are {:?}, the {dataset} network expects {d}",
+                    tr.set.dims()
+                );
+            }
+            self.sets.insert(dataset.to_string(), (tr.set, te.set));
+        }
+        Ok(&self.sets[dataset])
+    }
+
+    fn model_path(&self, j: &Job) -> PathBuf {
+        self.out
+            .join("models")
+            .join(format!("{}-{}.safetensors", j.dataset, j.preset))
+    }
+
+    fn maps_path(&self, dataset: &str, preset: &str) -> PathBuf {
+        // cluster-mixed uses the whole-channel k = 256 map of act2
+        let kind = if preset == "cluster8x8k8" {
+            "cluster8x8k8"
+        } else {
+            "adaptive256"
+        };
+        self.out
+            .join("maps")
+            .join(format!("{dataset}-{kind}.safetensors"))
+    }
+
+    fn fig(&self, name: &str) -> PathBuf {
+        self.out.join("figures").join(name)
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let paper = PaperNumbers::load()?;
+    let tables = report::parse_tables(&a.table).map_err(|e| anyhow::anyhow!(e))?;
+    for d in &a.dataset {
+        if !["cifar10", "svhn", "fmnist"].contains(&d.as_str()) {
+            bail!("unknown dataset '{d}': expected cifar10, svhn or fmnist");
+        }
+    }
+    if a.secure_images == 0 {
+        bail!("--secure-images must be at least 1");
+    }
+    let jobs = report::training_jobs(&paper, &tables, &a.dataset);
+    let secure = report::secure_jobs(&paper, &tables, &a.dataset);
+    if jobs.is_empty() {
+        bail!(
+            "nothing to do: table(s) {} have no rows for the chosen datasets",
+            tables.join(",")
+        );
+    }
+    let mut datasets: Vec<String> = Vec::new();
+    for j in &jobs {
+        if !datasets.contains(&j.dataset) {
+            datasets.push(j.dataset.clone());
+        }
+    }
+    let quick = a.quick;
+    if !quick {
+        let Some(dir) = &a.data_dir else {
+            bail!(
+                "the paper's tables need the real datasets ({}). Download them with\n  {}\nthen run `relushare reproduce --table {} --data-dir DIR`, or try the pipeline on synthetic data with `--quick`",
+                datasets.join(", "),
+                datasets
+                    .iter()
+                    .map(|d| format!("relushare data fetch --dataset {d} --data-dir DIR"))
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
+                a.table
+            );
+        };
+        // every dataset present before hours of training start
+        let mut missing = Vec::new();
+        for d in &datasets {
+            let name: DatasetName = d.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let dims = name.dims().unwrap_or((3, 32, 32));
+            if let Err(e) = relushare_data::load(name, Split::Test, Some(dir), Some(1), dims) {
+                missing.push(format!("{d}: {e}"));
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "datasets missing under {}:\n  {}\n(fetch them with `relushare data fetch --dataset NAME --data-dir {}`, restrict with --dataset, or use --quick)",
+                dir.display(),
+                missing.join("\n  "),
+                dir.display()
+            );
+        }
+    }
+    let data_source = if quick {
+        "synthetic images generated by relushare-data (--quick), NOT the paper's datasets"
+            .to_string()
+    } else {
+        format!(
+            "real datasets from {}",
+            a.data_dir.as_ref().expect("checked").display()
+        )
+    };
+    let out = a.out.clone();
+    std::fs::create_dir_all(out.join("models"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut ctx = Ctx {
+        quick,
+        out,
+        data_source: data_source.clone(),
+        sets: BTreeMap::new(),
+        results: Results {
+            quick,
+            data_source,
+            tables: tables.clone(),
+            datasets: datasets.clone(),
+            ..Default::default()
+        },
+        a,
+    };
+    ctx.results.settings = serde_json::json!({
+        "epochs": datasets.iter().map(|d| (d.clone(), ctx.epochs(d))).collect::<BTreeMap<_, _>>(),
+        "batch_size": ctx.batch_size(),
+        "train_limit": ctx.train_limit(),
+        "test_limit": ctx.test_limit(),
+        "cluster_limit": ctx.a.cluster_limit,
+        "secure_images": ctx.a.secure_images,
+        "lr": ctx.a.lr,
+        "datasets": datasets,
+    });
+    let started = Instant::now();
+    eprintln!(
+        "reproduce: tables {}, {} models to train, {} secure runs; output in {}{}",
+        tables.join(","),
+        jobs.len(),
+        secure.len(),
+        ctx.out.display(),
+        if quick {
+            " (QUICK: synthetic data)"
+        } else {
+            ""
+        }
+    );
+
+    for (i, j) in jobs.iter().enumerate() {
+        eprintln!("[{}/{}] {}/{}", i + 1, jobs.len(), j.dataset, j.preset);
+        let row = train_row(&mut ctx, j)?;
+        ctx.results.trained.push(row);
+    }
+    for d in &datasets {
+        if ctx.results.trained(d, "original").is_some() {
+            if let Err(e) = total_variation(&mut ctx, d) {
+                let msg = format!("total variation of {d} skipped: {e:#}");
+                eprintln!("warning: {msg}");
+                ctx.results.warnings.push(msg);
+            }
+        }
+    }
+    for (i, (j, suite)) in secure.iter().enumerate() {
+        eprintln!(
+            "[secure {}/{}] {}/{} on {suite}",
+            i + 1,
+            secure.len(),
+            j.dataset,
+            j.preset
+        );
+        let row = secure_row(&mut ctx, j, suite)?;
+        ctx.results.secure.push(row);
+    }
+    figures(&mut ctx, &paper, &datasets);
+
+    let md = report::render_markdown(&ctx.results, &paper);
+    relushare_model::io::write_atomic(&ctx.out.join("report.md"), md.as_bytes())?;
+    write_json(&ctx.out.join("results.json"), &ctx.results)?;
+    if ctx.a.json {
+        println!("{}", serde_json::to_string_pretty(&ctx.results)?);
+    } else {
+        println!(
+            "done in {:.0} s: {} trained rows, {} secure runs, {} figures",
+            started.elapsed().as_secs_f64(),
+            ctx.results.trained.len(),
+            ctx.results.secure.len(),
+            ctx.results.figures.len()
+        );
+        println!("report: {}", ctx.out.join("report.md").display());
+        if quick {
+            println!("note: --quick numbers come from synthetic data and are not comparable with the paper");
+        }
+    }
+    Ok(())
+}
+
+fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
+    let arch = Ctx::arch(&j.dataset)?;
+    let maps = if report::needs_clusters(&j.preset) {
+        let p = ensure_maps(ctx, &j.dataset, &j.preset)?;
+        Some((ClusterMaps::load(&p)?, file_hash(&p)?))
+    } else {
+        None
+    };
+    let (train_n, test_n) = {
+        let (tr, te) = ctx.sets(&j.dataset)?;
+        (tr.len(), te.len())
+    };
+    let settings = TrainSettings {
+        dataset: j.dataset.clone(),
+        preset: j.preset.clone(),
+        quick: ctx.quick,
+        data_source: ctx.data_source.clone(),
+        epochs: ctx.epochs(&j.dataset),
+        train_images: train_n,
+        test_images: test_n,
+        batch_size: ctx.batch_size(),
+        lr: ctx
+            .a
+            .lr
+            .unwrap_or(relushare_nn::OptimizerKind::Adam.default_lr()),
+        maps_hash: maps.as_ref().map(|(_, h)| h.clone()),
+    };
+    let model_path = ctx.model_path(j);
+    let record_path = model_path.with_extension("json");
+    if !ctx.a.force && model_path.exists() {
+        if let Some(rec) = read_json::<TrainRecord>(&record_path) {
+            if rec.settings == settings {
+                eprintln!(
+                    "  reusing {} (test accuracy {:.2}%)",
+                    model_path.display(),
+                    rec.row.test_accuracy
+                );
+                return Ok(TrainedRow {
+                    reused: true,
+                    ..rec.row
+                });
+            }
+            eprintln!(
+                "  settings changed since {}; retraining",
+                model_path.display()
+            );
+        }
+    }
+
+    let mut spec = presets::build(arch, &j.preset)?;
+    let name = ctx.data_name(&j.dataset)?;
+    let norm = relushare_nn::normalization_for(name, spec.input.c);
+    spec.normalization = norm;
+    let ckpt = ctx
+        .out
+        .join("checkpoints")
+        .join(format!("{}-{}.ckpt", j.dataset, j.preset));
+    let mut cfg = TrainConfig {
+        epochs: settings.epochs,
+        batch_size: settings.batch_size,
+        lr: settings.lr,
+        augmentation: if ctx.quick {
+            Augmentation::None
+        } else {
+            match j.dataset.as_str() {
+                "cifar10" => Augmentation::CropFlip,
+                "svhn" => Augmentation::Crop,
+                _ => Augmentation::None,
+            }
+        },
+        eval_each_epoch: false,
+        checkpoint: Some(ckpt.clone()),
+        resume: false,
+        ..TrainConfig::default()
+    };
+    // a checkpoint of the same settings lets an interrupted row continue
+    let ckpt_settings = ckpt.with_extension("json");
+    if !ctx.a.force
+        && ckpt.exists()
+        && read_json::<TrainSettings>(&ckpt_settings).as_ref() == Some(&settings)
+    {
+        cfg.resume = true;
+    }
+    write_json(&ckpt_settings, &settings)?;
+    let maps_ref = maps.as_ref().map(|(m, _)| m);
+    let (tr, te) = ctx.sets(&j.dataset)?;
+    let mut progress = BarProgress {
+        bar: batch_bar(&format!("{}/{}", j.dataset, j.preset)),
+        label: format!("{}/{}", j.dataset, j.preset),
+    };
+    let outcome = match relushare_nn::train(&cfg, &spec, maps_ref, tr, te, &mut progress) {
+        Ok(o) => o,
+        Err(e) if cfg.resume => {
+            progress
+                .bar
+                .println(format!("  cannot resume ({e}); training from scratch"));
+            cfg.resume = false;
+            relushare_nn::train(&cfg, &spec, maps_ref, tr, te, &mut progress)?
+        }
+        Err(e) => return Err(e).with_context(|| format!("training {}/{}", j.dataset, j.preset)),
+    };
+    progress.bar.finish_and_clear();
+    outcome.model.save(&model_path)?;
+    let c = count(&spec)?;
+    let relus_per_channel = arch
+        .shared_layers()
+        .iter()
+        .map(|l| {
+            c.layers
+                .iter()
+                .find(|x| x.name == *l)
+                .map(|x| x.relus_per_channel)
+                .unwrap_or(0)
+        })
+        .collect();
+    let row = TrainedRow {
+        dataset: j.dataset.clone(),
+        preset: j.preset.clone(),
+        test_accuracy: outcome.test_accuracy as f64 * 100.0,
+        train_accuracy: outcome.train_accuracy as f64 * 100.0,
+        epochs: settings.epochs,
+        train_images: train_n,
+        test_images: test_n,
+        seconds: outcome.seconds,
+        relus_per_channel,
+        total_relus: c.total_relus,
+        model_path: model_path.display().to_string(),
+        reused: false,
+    };
+    write_json(
+        &record_path,
+        &TrainRecord {
+            settings,
+            row: row.clone(),
+        },
+    )?;
+    let _ = std::fs::remove_file(&ckpt);
+    let _ = std::fs::remove_file(&ckpt_settings);
+    eprintln!(
+        "  test accuracy {:.2}% ({} comparisons/image, {:.0} s)",
+        row.test_accuracy, row.total_relus, row.seconds
+    );
+    Ok(row)
+}
+
+/// The cluster-map file a data-driven preset needs, clustering the trained original model's
+/// activations when it is missing or stale.
+fn ensure_maps(ctx: &mut Ctx, dataset: &str, preset: &str) -> Result<PathBuf> {
+    let target = ctx.maps_path(dataset, preset);
+    let orig = Job {
+        dataset: dataset.into(),
+        preset: "original".into(),
+    };
+    let orig_path = ctx.model_path(&orig);
+    if ctx.results.trained(dataset, "original").is_none() {
+        bail!("{dataset}/{preset} needs the trained original model first");
+    }
+    let model_hash = file_hash(&orig_path)?;
+    let record_path = ctx.out.join("maps").join(format!("{dataset}.json"));
+    let images = {
+        let limit = ctx.a.cluster_limit;
+        let (tr, _) = ctx.sets(dataset)?;
+        limit.map_or(tr.len(), |l| l.min(tr.len()))
+    };
+    if !ctx.a.force && target.exists() {
+        if let Some(rec) = read_json::<ClusterRecord>(&record_path) {
+            if rec.model_hash == model_hash && rec.images == images {
+                for r in rec.runs {
+                    if !ctx.results.clustering.contains(&r) {
+                        ctx.results.clustering.push(r);
+                    }
+                }
+                return Ok(target);
+            }
+        }
+    }
+    let model = Model::load(&orig_path)?;
+    let arch = Ctx::arch(dataset)?;
+    let layers: Vec<String> = arch.shared_layers().iter().map(|s| s.to_string()).collect();
+    let (tr, _) = ctx.sets(dataset)?;
+    let mut subset = tr.clone();
+    subset.truncate(images);
+    eprintln!(
+        "  clustering {dataset} {} over {images} training images",
+        layers.join(",")
+    );
+    let t0 = Instant::now();
+    let pb = count_bar(images, &format!("trace {dataset}"));
+    let pbc = pb.clone();
+    let responses = trace::relu_responses(&model, &subset, &layers, &move |d| {
+        pbc.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    let trace_seconds = t0.elapsed().as_secs_f64();
+    let mut adaptive = ClusterMaps::default();
+    let mut windowed = ClusterMaps::default();
+    let mut runs = Vec::new();
+    let adaptive_path = ctx.maps_path(dataset, "adaptive256");
+    let windowed_path = ctx.maps_path(dataset, "cluster8x8k8");
+    for r in &responses {
+        let dims = (r.dims.c, r.dims.h, r.dims.w);
+        let mut variants = vec![(
+            ClusterParams {
+                k: 256,
+                window: None,
+            },
+            &adaptive_path,
+        )];
+        if dataset == "cifar10" {
+            variants.push((
+                ClusterParams {
+                    k: 8,
+                    window: Some(8),
+                },
+                &windowed_path,
+            ));
+        }
+        for (params, path) in variants {
+            let t = Instant::now();
+            let c = cluster_layer(&r.bits, dims, params)
+                .with_context(|| format!("clustering {dataset} {}", r.layer))?;
+            let secs = t.elapsed().as_secs_f64();
+            let dest = if params.window.is_some() {
+                &mut windowed
+            } else {
+                &mut adaptive
+            };
+            dest.insert(&r.layer, c.to_model())?;
+            runs.push(ClusterRun {
+                dataset: dataset.into(),
+                layer: r.layer.clone(),
+                k: params.k,
+                window: params.window,
+                images,
+                trace_seconds,
+                cluster_seconds: secs,
+                map_path: path.display().to_string(),
+            });
+            // figures 2 and 4 from the whole-channel maps
+            if params.window.is_none() {
+                let plane = r.dims.h * r.dims.w;
+                let grid = ctx.fig(&format!("fig4_clusters_{dataset}_{}.png", r.layer));
+                let title = format!(
+                    "{} {}: cluster maps of all {} channels (k = 256, {} training images)",
+                    dataset, r.layer, r.dims.c, images
+                );
+                let triple = ctx.fig(&format!("fig2_triple_{dataset}_{}.png", r.layer));
+                let response: Vec<bool> = (0..plane).map(|p| r.bits.get(p, 0)).collect();
+                let res = plot::cluster_grid(&c.ids, dims, &title, &grid).and_then(|_| {
+                    plot::triple_figure(
+                        subset.image(0),
+                        subset.dims(),
+                        &response,
+                        &c.ids[..plane],
+                        (r.dims.h, r.dims.w),
+                        &format!(
+                            "{dataset} {} channel 0: an input, its ReLU response, the channel's clusters",
+                            r.layer
+                        ),
+                        &triple,
+                    )
+                });
+                match res {
+                    Ok(()) => {
+                        for f in [grid, triple] {
+                            let s = f.display().to_string();
+                            if !ctx.results.figures.contains(&s) {
+                                ctx.results.figures.push(s);
+                            }
+                        }
+                    }
+                    Err(e) => ctx
+                        .results
+                        .warnings
+                        .push(format!("cluster figures of {dataset} not drawn: {e}")),
+                }
+            }
+        }
+    }
+    adaptive.save(&adaptive_path)?;
+    if !windowed.layers.is_empty() {
+        windowed.save(&windowed_path)?;
+    }
+    for r in &runs {
+        eprintln!(
+            "  {} k={}{}: {:.2} s",
+            r.layer,
+            r.k,
+            r.window
+                .map(|m| format!(" per {m}x{m}"))
+                .unwrap_or_default(),
+            r.cluster_seconds
+        );
+    }
+    write_json(
+        &record_path,
+        &ClusterRecord {
+            model_hash,
+            images,
+            runs: runs.clone(),
+        },
+    )?;
+    ctx.results.clustering.retain(|r| r.dataset != dataset);
+    ctx.results.clustering.extend(runs);
+    Ok(target)
+}
+
+fn total_variation(ctx: &mut Ctx, dataset: &str) -> Result<()> {
+    let path = ctx.model_path(&Job {
+        dataset: dataset.into(),
+        preset: "original".into(),
+    });
+    let model = Model::load(&path)?;
+    let n = if ctx.quick { 64 } else { 1000 };
+    let (_, te) = ctx.sets(dataset)?;
+    let mut set = te.clone();
+    set.truncate(n);
+    let pb = count_bar(set.len(), &format!("total variation {dataset}"));
+    let pbc = pb.clone();
+    let rows = trace::total_variation(&model, &set, &move |d| pbc.set_position(d as u64))?;
+    pb.finish_and_clear();
+    relushare_model::io::write_atomic(
+        &ctx.out.join(format!("tv_{dataset}.csv")),
+        tv::to_csv(&rows).as_bytes(),
+    )?;
+    let fig = ctx.fig(&format!("fig3_tv_{dataset}.png"));
+    match plot::tv_figure(
+        &rows,
+        &format!(
+            "Total variation of the activation layers ({dataset} original, {} test images)",
+            set.len()
+        ),
+        &fig,
+    ) {
+        Ok(()) => ctx.results.figures.push(fig.display().to_string()),
+        Err(e) => ctx
+            .results
+            .warnings
+            .push(format!("figure {} not drawn: {e}", fig.display())),
+    }
+    ctx.results
+        .total_variation
+        .push((dataset.to_string(), rows));
+    Ok(())
+}
+
+fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
+    use relushare_mpc::{fast, fixed, plain, runner, securenn};
+    let model_path = ctx.model_path(j);
+    let model_hash = file_hash(&model_path)?;
+    let record_path = ctx
+        .out
+        .join("secure")
+        .join(format!("{}-{}-{suite}.json", j.dataset, j.preset));
+    let images = ctx.a.secure_images;
+    if !ctx.a.force {
+        if let Some(rec) = read_json::<SecureRecord>(&record_path) {
+            if rec.model_hash == model_hash && rec.images == images {
+                eprintln!("  reusing {}", record_path.display());
+                return Ok(SecureRow {
+                    reused: true,
+                    ..rec.row
+                });
+            }
+        }
+    }
+    let model = Model::load(&model_path)?;
+    let fm = plain::FixedModel::from_model(&model, fixed::DEFAULT_FRAC_BITS)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, te) = ctx.sets(&j.dataset)?;
+    let n = images.min(te.len());
+    let mut batches = Vec::with_capacity(n);
+    let mut expected = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut x = vec![0f32; te.image_len()];
+        model.spec.normalization.apply(te.image(i), &mut x);
+        expected.push(relushare_model::reference::argmax(
+            &relushare_model::reference::forward(&model, &x, &mut |_| false)?,
+        ));
+        batches.push(vec![fm
+            .encode_input(&x)
+            .map_err(|e| anyhow::anyhow!("{e}"))?]);
+    }
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "secure inference {}/{} on {suite} ({n} image(s))",
+        j.dataset, j.preset
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(250));
+    let opts = runner::RunOptions::default();
+    let session = match suite {
+        "securenn" => runner::run_session(&fm, &batches, &securenn::factory, &opts),
+        "fast" => {
+            let cfg = fast::config_for_model(&fm, &model).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let f = fast::factory(cfg, fast::CmpMode::Tree);
+            runner::run_session(&fm, &batches, &f, &opts)
+        }
+        other => bail!("unknown suite {other}"),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "secure inference of {}/{} on {suite}: {e}",
+            j.dataset,
+            j.preset
+        )
+    })?;
+    spinner.finish_and_clear();
+    let nb = session.batches.len().max(1) as f64;
+    let sum =
+        |f: &dyn Fn(&runner::BatchResult) -> f64| session.batches.iter().map(f).sum::<f64>() / nb;
+    let agree = session
+        .batches
+        .iter()
+        .zip(&expected)
+        .filter(|(b, &e)| {
+            b.outputs
+                .first()
+                .map(|o| plain::argmax_fixed(o) == e)
+                .unwrap_or(false)
+        })
+        .count();
+    // per-layer costs averaged over the images
+    let mut layers: Vec<SecureLayer> = Vec::new();
+    for b in &session.batches {
+        for l in &b.report.layers {
+            match layers.iter_mut().find(|x| x.label == l.label) {
+                Some(x) => {
+                    x.online_bytes += l.online_bytes;
+                    x.offline_bytes += l.offline_bytes;
+                    x.online_rounds = x.online_rounds.max(l.online_rounds);
+                    x.seconds += l.seconds;
+                }
+                None => layers.push(SecureLayer {
+                    label: l.label.clone(),
+                    online_bytes: l.online_bytes,
+                    offline_bytes: l.offline_bytes,
+                    online_rounds: l.online_rounds,
+                    seconds: l.seconds,
+                }),
+            }
+        }
+    }
+    for l in &mut layers {
+        l.online_bytes = (l.online_bytes as f64 / nb) as u64;
+        l.offline_bytes = (l.offline_bytes as f64 / nb) as u64;
+        l.seconds /= nb;
+    }
+    let setup = &session.setup;
+    let row = SecureRow {
+        dataset: j.dataset.clone(),
+        preset: j.preset.clone(),
+        suite: suite.to_string(),
+        images: n,
+        online_bytes: sum(&|b| b.report.online_bytes() as f64),
+        offline_bytes: sum(&|b| b.report.offline_bytes() as f64),
+        setup_bytes: (setup.online_bytes() + setup.offline_bytes()) as f64,
+        online_rounds: sum(&|b| b.report.online_rounds() as f64),
+        offline_rounds: sum(&|b| b.report.offline_rounds() as f64),
+        online_seconds: sum(&|b| b.online_seconds),
+        offline_seconds: sum(&|b| b.offline_seconds),
+        setup_seconds: session.setup_seconds,
+        agree_with_plaintext: agree,
+        layers,
+        reused: false,
+    };
+    eprintln!(
+        "  {:.2} MB online + {:.2} MB offline, {:.0} rounds, {:.2} s online; {agree}/{n} predictions equal the f32 network's",
+        row.online_bytes / 1e6,
+        row.offline_bytes / 1e6,
+        row.online_rounds,
+        row.online_seconds
+    );
+    write_json(
+        &record_path,
+        &SecureRecord {
+            model_hash,
+            images,
+            row: row.clone(),
+        },
+    )?;
+    Ok(row)
+}
+
+/// Pareto plots (accuracy vs comparisons) and secure-cost bars per dataset.
+fn figures(ctx: &mut Ctx, paper: &PaperNumbers, datasets: &[String]) {
+    for d in datasets {
+        let Ok(arch) = Ctx::arch(d) else { continue };
+        let ours: Vec<plot::ParetoPoint> = ctx
+            .results
+            .trained
+            .iter()
+            .filter(|r| &r.dataset == d)
+            .map(|r| plot::ParetoPoint {
+                label: r.preset.clone(),
+                comparisons: r.total_relus as f64,
+                accuracy: r.test_accuracy,
+            })
+            .collect();
+        let paper_pts: Vec<plot::ParetoPoint> = paper
+            .rows
+            .iter()
+            .filter(|r| &r.dataset == d && ["5", "6", "7"].contains(&r.table.as_str()))
+            .filter_map(|r| {
+                let p = r.preset.as_ref()?;
+                let spec = presets::build(arch, p).ok()?;
+                Some(plot::ParetoPoint {
+                    label: p.clone(),
+                    comparisons: count(&spec).ok()?.total_relus as f64,
+                    accuracy: r.accuracy,
+                })
+            })
+            .collect();
+        if !ours.is_empty() {
+            let f = ctx.fig(&format!("pareto_{d}.png"));
+            let title = format!(
+                "{d}: accuracy vs secure comparisons{}",
+                if ctx.quick {
+                    " (QUICK: synthetic data)"
+                } else {
+                    ""
+                }
+            );
+            match plot::pareto_figure(&ours, &paper_pts, &title, &f) {
+                Ok(()) => ctx.results.figures.push(f.display().to_string()),
+                Err(e) => ctx.results.warnings.push(format!("{}: {e}", f.display())),
+            }
+        }
+        let bars: Vec<plot::CostBar> = ctx
+            .results
+            .secure
+            .iter()
+            .filter(|r| &r.dataset == d)
+            .map(|r| plot::CostBar {
+                preset: r.preset.clone(),
+                suite: r.suite.clone(),
+                online_mb: r.online_bytes / 1e6,
+                offline_mb: r.offline_bytes / 1e6,
+                rounds: r.online_rounds,
+                seconds: r.online_seconds + r.offline_seconds,
+            })
+            .collect();
+        if !bars.is_empty() {
+            let f = ctx.fig(&format!("secure_cost_{d}.png"));
+            match plot::cost_figure(&bars, &format!("{d}: secure inference cost per image"), &f) {
+                Ok(()) => ctx.results.figures.push(f.display().to_string()),
+                Err(e) => ctx.results.warnings.push(format!("{}: {e}", f.display())),
+            }
+        }
+    }
+}
