@@ -87,9 +87,9 @@ pub struct Args {
 }
 
 /// Indicatif bars on stderr, one per epoch.
-struct Bars {
-    bar: Option<ProgressBar>,
-    quiet: bool,
+pub(crate) struct Bars {
+    pub(crate) bar: Option<ProgressBar>,
+    pub(crate) quiet: bool,
 }
 
 impl Progress for Bars {

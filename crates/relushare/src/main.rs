@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod cmd_cluster;
 mod cmd_count;
+mod cmd_demo;
+mod secure;
 mod cmd_keys;
 mod cmd_party;
 mod cmd_reproduce;
@@ -30,6 +32,8 @@ struct Cli {
 enum Command {
     /// Count secure comparisons (ReLUs) and multiplications per layer of an architecture/preset.
     Count(cmd_count::Args),
+    /// The embedded default job: train a shared-ReLU net on synthetic data, then classify test images on secret shares.
+    Demo(cmd_demo::Args),
     /// Make a session's keys: a fresh CA and certificates/keys for parties 0, 1 and 2.
     Keys(cmd_keys::Args),
     /// Run one party of a secure inference over TLS (separate processes or machines).
@@ -50,6 +54,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Count(a) => cmd_count::run(a),
+        Command::Demo(a) => cmd_demo::run(a),
         Command::Keys(a) => cmd_keys::run(a),
         Command::Party(a) => cmd_party::run(a),
         Command::Data(a) => cmd_data::run(a),

@@ -1,0 +1,247 @@
+//! Secure inference of a model on a set of images, three parties in this process, summarised
+//! per image (medians) and per layer. Shared by `infer`, `demo`, `bench` and `reproduce`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use relushare_data::ImageSet;
+use relushare_model::Model;
+use relushare_mpc::plain::{self, FixedModel};
+use relushare_mpc::protocol::{factory_for, Protocol};
+use relushare_mpc::runner::{run_session, RunOptions};
+use serde::Serialize;
+
+/// One image's secure result.
+#[derive(Serialize, Clone, Debug)]
+pub struct ImageResult {
+    pub index: usize,
+    pub label: u8,
+    pub class: usize,
+    pub plaintext_class: usize,
+    pub agree: bool,
+    pub seconds: f64,
+    pub online_seconds: f64,
+    pub offline_seconds: f64,
+    pub online_bytes: f64,
+    pub offline_bytes: f64,
+    pub rounds: u64,
+    pub offline_rounds: u64,
+}
+
+/// One layer's costs per image (medians over the batches).
+#[derive(Serialize, Clone, Debug)]
+pub struct LayerRow {
+    pub name: String,
+    pub seconds: f64,
+    pub online_bytes: f64,
+    pub offline_bytes: f64,
+    pub rounds: u64,
+    pub offline_rounds: u64,
+}
+
+/// Summary of a secure run: per-image medians, per-layer rows, agreement with plaintext.
+#[derive(Serialize, Clone, Debug)]
+pub struct SecureSummary {
+    pub protocol: String,
+    pub arch: String,
+    pub preset: String,
+    pub images: usize,
+    pub batch: usize,
+    pub frac_bits: u32,
+    /// Median seconds per image (offline + online phases).
+    pub seconds: f64,
+    pub online_seconds: f64,
+    pub offline_seconds: f64,
+    pub online_bytes: f64,
+    pub offline_bytes: f64,
+    pub total_bytes: f64,
+    /// Online rounds per run.
+    pub rounds: u64,
+    pub offline_rounds: u64,
+    /// Fraction of images whose secure class equals the plaintext fixed-point class.
+    pub agree_with_plaintext: f64,
+    /// Fraction of images classified as their label.
+    pub accuracy: f64,
+    pub layers: Vec<LayerRow>,
+    /// One-time, per-model costs (seed agreement, weight masking).
+    pub setup_seconds: f64,
+    pub setup_bytes: u64,
+    /// Wall-clock seconds of the whole session.
+    pub wall_seconds: f64,
+    pub per_image: Vec<ImageResult>,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Classify the first `count` images of `set` securely with `protocol`, `batch` images per
+/// protocol run, and compare every class with the plaintext fixed-point network.
+pub fn run_secure(
+    model: &Model,
+    set: &ImageSet,
+    count: usize,
+    protocol: Protocol,
+    batch: usize,
+    frac_bits: u32,
+) -> Result<SecureSummary> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let d = model.spec.input;
+    if set.dims() != (d.c, d.h, d.w) {
+        let (c, h, w) = set.dims();
+        bail!("the images are {c}x{h}x{w}, the model expects {d}");
+    }
+    let count = set.len().min(count);
+    if count == 0 {
+        bail!("no images to classify");
+    }
+    let fm = FixedModel::from_model(model, frac_bits)?;
+    let mut encoded = Vec::with_capacity(count);
+    let mut plain_class = Vec::with_capacity(count);
+    let mut buf = vec![0f32; d.len()];
+    for i in 0..count {
+        model.spec.normalization.apply(set.image(i), &mut buf);
+        let x = fm.encode_input(&buf)?;
+        let trace = plain::forward_fixed_trace(&fm, &x, &mut |_| false)?;
+        plain_class.push(plain::argmax_fixed(trace.last().expect("output layer")));
+        encoded.push(x);
+    }
+    let batches: Vec<Vec<Vec<u64>>> = encoded.chunks(batch).map(|c| c.to_vec()).collect();
+    let factory = factory_for(protocol, &fm, model)?;
+    let t0 = Instant::now();
+    let session = run_session(&fm, &batches, factory.as_ref(), &RunOptions::default())?;
+    let wall = t0.elapsed().as_secs_f64();
+
+    let mut per_image = Vec::with_capacity(count);
+    let mut names: Vec<String> = Vec::new();
+    let mut samples: Vec<Vec<[f64; 5]>> = Vec::new();
+    for b in &session.batches {
+        let n = b.outputs.len() as f64;
+        let rep = &b.report;
+        if names.is_empty() {
+            names = rep.layers.iter().map(|l| l.label.clone()).collect();
+            samples = vec![Vec::new(); names.len()];
+        }
+        for (li, name) in names.iter().enumerate() {
+            if let Some(l) = rep.get(name) {
+                samples[li].push([
+                    l.seconds / n,
+                    l.online_bytes as f64 / n,
+                    l.offline_bytes as f64 / n,
+                    l.online_rounds as f64,
+                    l.offline_rounds as f64,
+                ]);
+            }
+        }
+        for out in &b.outputs {
+            let idx = per_image.len();
+            let class = plain::argmax_fixed(out);
+            per_image.push(ImageResult {
+                index: idx,
+                label: set.label(idx),
+                class,
+                plaintext_class: plain_class[idx],
+                agree: class == plain_class[idx],
+                seconds: (b.online_seconds + b.offline_seconds) / n,
+                online_seconds: b.online_seconds / n,
+                offline_seconds: b.offline_seconds / n,
+                online_bytes: rep.online_bytes() as f64 / n,
+                offline_bytes: rep.offline_bytes() as f64 / n,
+                rounds: rep.online_rounds(),
+                offline_rounds: rep.offline_rounds(),
+            });
+        }
+    }
+    let col = |s: &Vec<[f64; 5]>, k: usize| median(s.iter().map(|x| x[k]).collect());
+    let layers = names
+        .iter()
+        .zip(&samples)
+        .map(|(name, s)| LayerRow {
+            name: name.clone(),
+            seconds: col(s, 0),
+            online_bytes: col(s, 1),
+            offline_bytes: col(s, 2),
+            rounds: col(s, 3) as u64,
+            offline_rounds: col(s, 4) as u64,
+        })
+        .collect();
+    let med = |f: &dyn Fn(&ImageResult) -> f64| median(per_image.iter().map(f).collect());
+    let online_bytes = med(&|r| r.online_bytes);
+    let offline_bytes = med(&|r| r.offline_bytes);
+    Ok(SecureSummary {
+        protocol: protocol.name().to_string(),
+        arch: model.spec.arch.name().to_string(),
+        preset: model.spec.preset.clone(),
+        images: count,
+        batch,
+        frac_bits,
+        seconds: med(&|r| r.seconds),
+        online_seconds: med(&|r| r.online_seconds),
+        offline_seconds: med(&|r| r.offline_seconds),
+        online_bytes,
+        offline_bytes,
+        total_bytes: online_bytes + offline_bytes,
+        rounds: med(&|r| r.rounds as f64) as u64,
+        offline_rounds: med(&|r| r.offline_rounds as f64) as u64,
+        agree_with_plaintext: per_image.iter().filter(|r| r.agree).count() as f64 / count as f64,
+        accuracy: per_image
+            .iter()
+            .filter(|r| r.class == r.label as usize)
+            .count() as f64
+            / count as f64,
+        layers,
+        setup_seconds: session.setup_seconds,
+        setup_bytes: session.setup.online_bytes() + session.setup.offline_bytes(),
+        wall_seconds: wall,
+        per_image,
+    })
+}
+
+impl SecureSummary {
+    /// The human-readable per-layer table.
+    pub fn print_table(&self) {
+        println!(
+            "{:<12} {:>10} {:>12} {:>12} {:>7} {:>8}",
+            "layer", "seconds", "online MB", "offline MB", "rounds", "off.rnd"
+        );
+        for l in &self.layers {
+            println!(
+                "{:<12} {:>10.4} {:>12.4} {:>12.4} {:>7} {:>8}",
+                l.name,
+                l.seconds,
+                l.online_bytes / 1e6,
+                l.offline_bytes / 1e6,
+                l.rounds,
+                l.offline_rounds
+            );
+        }
+        println!(
+            "{:<12} {:>10.4} {:>12.4} {:>12.4} {:>7} {:>8}",
+            "total",
+            self.seconds,
+            self.online_bytes / 1e6,
+            self.offline_bytes / 1e6,
+            self.rounds,
+            self.offline_rounds
+        );
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
