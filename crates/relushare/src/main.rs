@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd_cluster;
+mod cmd_bench;
 mod cmd_count;
 mod cmd_demo;
 mod secure;
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Count secure comparisons (ReLUs) and multiplications per layer of an architecture/preset.
     Count(cmd_count::Args),
+    /// Benchmarks: secure inference per arch/preset/suite, batching, plaintext, training, memory (JSON).
+    Bench(cmd_bench::Args),
     /// The embedded default job: train a shared-ReLU net on synthetic data, then classify test images on secret shares.
     Demo(cmd_demo::Args),
     /// Make a session's keys: a fresh CA and certificates/keys for parties 0, 1 and 2.
@@ -54,6 +57,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Count(a) => cmd_count::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
         Command::Demo(a) => cmd_demo::run(a),
         Command::Keys(a) => cmd_keys::run(a),
         Command::Party(a) => cmd_party::run(a),

@@ -1,0 +1,469 @@
+//! `relushare bench`: measured, repeatable performance numbers written as JSON.
+//!
+//! For each architecture, preset and protocol suite: seconds per image (median, min, max over
+//! repeated runs), online/offline bytes and rounds; batched throughput of the `fast` suite;
+//! plaintext inference time of the same model (f32 reference, fixed point, Burn); training
+//! throughput on the Burn backend; peak resident memory of a secure inference (measured in a
+//! child process so that each figure is that run's own).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use relushare_data::{load, DatasetName, ImageSet, Split};
+use relushare_model::{count, presets, reference, Arch, Model, Normalization};
+use relushare_mpc::plain::{self, FixedModel};
+use relushare_mpc::protocol::Protocol;
+use relushare_nn::{evaluate, train, EvalConfig, TrainConfig};
+use serde::Serialize;
+
+use crate::secure::{median, peak_rss_bytes, run_secure};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A small, fast run (one repeat, fewer configurations) for smoke tests.
+    #[arg(long)]
+    pub quick: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Architectures (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub archs: Option<Vec<Arch>>,
+    /// Presets (comma-separated); default original, uniform3, uniform32, fc-noise.
+    #[arg(long, value_delimiter = ',')]
+    pub presets: Option<Vec<String>>,
+    /// Protocol suites (comma-separated); default securenn, fast.
+    #[arg(long, value_delimiter = ',')]
+    pub protocols: Option<Vec<Protocol>>,
+    /// Repeated single-image runs per configuration.
+    #[arg(long)]
+    pub repeats: Option<usize>,
+    /// Batch sizes for the throughput rows (fast suite).
+    #[arg(long, value_delimiter = ',')]
+    pub batches: Option<Vec<usize>>,
+    /// Skip the training-throughput rows.
+    #[arg(long)]
+    pub no_train: bool,
+    /// Skip the peak-memory rows (they spawn child processes).
+    #[arg(long)]
+    pub no_memory: bool,
+    /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
+    #[arg(long, hide = true)]
+    pub memory_probe: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SecureRow {
+    arch: String,
+    preset: String,
+    protocol: String,
+    relus: usize,
+    repeats: usize,
+    seconds_median: f64,
+    seconds_min: f64,
+    seconds_max: f64,
+    online_seconds: f64,
+    offline_seconds: f64,
+    online_bytes: f64,
+    offline_bytes: f64,
+    total_bytes: f64,
+    rounds: u64,
+    offline_rounds: u64,
+    setup_seconds: f64,
+    setup_bytes: u64,
+    agree_with_plaintext: f64,
+}
+
+#[derive(Serialize)]
+struct ThroughputRow {
+    arch: String,
+    preset: String,
+    protocol: String,
+    batch: usize,
+    images_per_second: f64,
+    seconds_per_batch: f64,
+    bytes_per_image: f64,
+}
+
+#[derive(Serialize)]
+struct PlainRow {
+    arch: String,
+    preset: String,
+    f32_reference_seconds: f64,
+    fixed_point_seconds: f64,
+    burn_images_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct TrainRow {
+    arch: String,
+    preset: String,
+    backend: String,
+    batch_size: usize,
+    images: usize,
+    images_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct MemoryRow {
+    arch: String,
+    preset: String,
+    protocol: String,
+    batch: usize,
+    peak_rss_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    quick: bool,
+    secure: Vec<SecureRow>,
+    throughput: Vec<ThroughputRow>,
+    plaintext: Vec<PlainRow>,
+    training: Vec<TrainRow>,
+    memory: Vec<MemoryRow>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    os: String,
+    relushare_version: &'static str,
+}
+
+fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_model,
+        os: std::env::consts::OS.into(),
+        relushare_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+fn model_for(arch: Arch, preset: &str) -> Result<Model> {
+    let mut spec = presets::build(arch, preset)?;
+    let n = relushare_data::normalization(DatasetName::Synthetic, spec.input.c);
+    spec.normalization = Normalization {
+        mean: n.mean,
+        std: n.std,
+    };
+    Ok(Model::random(spec, None, 1)?)
+}
+
+fn images(arch: Arch, n: usize, split: Split) -> Result<ImageSet> {
+    let d = arch.input();
+    Ok(load(
+        DatasetName::Synthetic,
+        split,
+        None,
+        Some(n),
+        (d.c, d.h, d.w),
+    )?
+    .set)
+}
+
+fn memory_probe(spec: &str) -> Result<()> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [arch, preset, protocol, batch] = parts[..] else {
+        bail!("--memory-probe expects ARCH:PRESET:PROTOCOL:BATCH");
+    };
+    let arch: Arch = arch.parse()?;
+    let protocol: Protocol = protocol.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let batch: usize = batch.parse().context("batch")?;
+    let model = model_for(arch, preset)?;
+    let set = images(arch, batch, Split::Test)?;
+    let s = run_secure(&model, &set, batch, protocol, batch, 13)?;
+    let peak = peak_rss_bytes().context("peak memory is only measured on Linux")?;
+    println!(
+        "{}",
+        serde_json::json!({ "peak_rss_bytes": peak, "images": s.images })
+    );
+    Ok(())
+}
+
+fn probe_child(arch: Arch, preset: &str, protocol: Protocol, batch: usize) -> Result<u64> {
+    let exe = std::env::current_exe().context("locating the relushare binary")?;
+    let out = Command::new(exe)
+        .args([
+            "bench",
+            "--memory-probe",
+            &format!("{arch}:{preset}:{}:{batch}", protocol.name()),
+        ])
+        .output()
+        .context("running the memory probe")?;
+    if !out.status.success() {
+        bail!(
+            "memory probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    j["peak_rss_bytes"]
+        .as_u64()
+        .context("memory probe printed no peak_rss_bytes")
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if let Some(p) = &a.memory_probe {
+        return memory_probe(p);
+    }
+    let archs = a.archs.clone().unwrap_or_else(|| Arch::ALL.to_vec());
+    let default_presets: &[&str] = if a.quick {
+        &["original", "uniform32"]
+    } else {
+        &["original", "uniform3", "uniform32", "fc-noise"]
+    };
+    let preset_list: Vec<String> = a
+        .presets
+        .clone()
+        .unwrap_or_else(|| default_presets.iter().map(|s| s.to_string()).collect());
+    let protocols = a
+        .protocols
+        .clone()
+        .unwrap_or_else(|| vec![Protocol::Securenn, Protocol::Fast]);
+    let repeats = a.repeats.unwrap_or(if a.quick { 1 } else { 5 }).max(1);
+    let batch_sizes =
+        a.batches
+            .clone()
+            .unwrap_or_else(|| if a.quick { vec![1, 4] } else { vec![1, 16, 64] });
+
+    let mut report = Report {
+        machine: machine(),
+        quick: a.quick,
+        secure: vec![],
+        throughput: vec![],
+        plaintext: vec![],
+        training: vec![],
+        memory: vec![],
+    };
+    let bar = indicatif::ProgressBar::new(
+        (archs.len() * preset_list.len() * (protocols.len() + 1)) as u64,
+    );
+    for &arch in &archs {
+        for preset in &preset_list {
+            let Ok(spec) = presets::build(arch, preset) else {
+                continue; // e.g. layer2-only on a one-shared-layer architecture
+            };
+            let relus = count(&spec)?.total_relus;
+            let model = model_for(arch, preset)?;
+            let set = images(
+                arch,
+                repeats.max(*batch_sizes.iter().max().unwrap_or(&1)),
+                Split::Test,
+            )?;
+            for &protocol in &protocols {
+                bar.set_message(format!("{arch} {preset} {protocol}"));
+                let s = run_secure(&model, &set, repeats, protocol, 1, 13)
+                    .with_context(|| format!("{arch} {preset} {protocol}"))?;
+                let secs: Vec<f64> = s.per_image.iter().map(|r| r.seconds).collect();
+                report.secure.push(SecureRow {
+                    arch: arch.to_string(),
+                    preset: preset.clone(),
+                    protocol: s.protocol.clone(),
+                    relus,
+                    repeats,
+                    seconds_median: s.seconds,
+                    seconds_min: secs.iter().cloned().fold(f64::INFINITY, f64::min),
+                    seconds_max: secs.iter().cloned().fold(0.0, f64::max),
+                    online_seconds: s.online_seconds,
+                    offline_seconds: s.offline_seconds,
+                    online_bytes: s.online_bytes,
+                    offline_bytes: s.offline_bytes,
+                    total_bytes: s.total_bytes,
+                    rounds: s.rounds,
+                    offline_rounds: s.offline_rounds,
+                    setup_seconds: s.setup_seconds,
+                    setup_bytes: s.setup_bytes,
+                    agree_with_plaintext: s.agree_with_plaintext,
+                });
+                bar.inc(1);
+            }
+            // Batched throughput of the fast suite (original and uniform32 only).
+            if preset == "original" || preset == "uniform32" {
+                for &b in &batch_sizes {
+                    let t0 = Instant::now();
+                    let s = run_secure(&model, &set, b, Protocol::Fast, b, 13)?;
+                    let wall = t0.elapsed().as_secs_f64();
+                    let per_batch = s.wall_seconds;
+                    report.throughput.push(ThroughputRow {
+                        arch: arch.to_string(),
+                        preset: preset.clone(),
+                        protocol: s.protocol.clone(),
+                        batch: b,
+                        images_per_second: b as f64 / per_batch.max(1e-9),
+                        seconds_per_batch: per_batch.min(wall),
+                        bytes_per_image: s.total_bytes,
+                    });
+                }
+            }
+            // Plaintext inference of the same model.
+            let d = model.spec.input;
+            let mut x = vec![0f32; d.len()];
+            model.spec.normalization.apply(set.image(0), &mut x);
+            let reps = if a.quick { 3 } else { 20 };
+            let mut t = vec![];
+            for _ in 0..reps {
+                let t0 = Instant::now();
+                std::hint::black_box(reference::forward(&model, &x, &mut |_| false)?);
+                t.push(t0.elapsed().as_secs_f64());
+            }
+            let fm = FixedModel::from_model(&model, 13)?;
+            let enc = fm.encode_input(&x)?;
+            let mut tf = vec![];
+            for _ in 0..reps {
+                let t0 = Instant::now();
+                std::hint::black_box(plain::forward_fixed_trace(&fm, &enc, &mut |_| false)?);
+                tf.push(t0.elapsed().as_secs_f64());
+            }
+            let burn_set = images(arch, if a.quick { 64 } else { 512 }, Split::Test)?;
+            let t0 = Instant::now();
+            evaluate(&model, &burn_set, &EvalConfig::default())?;
+            let burn = burn_set.len() as f64 / t0.elapsed().as_secs_f64();
+            report.plaintext.push(PlainRow {
+                arch: arch.to_string(),
+                preset: preset.clone(),
+                f32_reference_seconds: median(t),
+                fixed_point_seconds: median(tf),
+                burn_images_per_second: burn,
+            });
+            bar.inc(1);
+        }
+        if !a.no_train {
+            bar.set_message(format!("{arch} training"));
+            let n = if a.quick { 128 } else { 1024 };
+            let mut spec = presets::build(arch, "original")?;
+            spec.normalization = model_for(arch, "original")?.spec.normalization;
+            let train_set = images(arch, n, Split::Train)?;
+            let test_set = images(arch, 32, Split::Test)?;
+            let cfg = TrainConfig {
+                epochs: 1,
+                eval_each_epoch: false,
+                ..TrainConfig::default()
+            };
+            let o = train(
+                &cfg,
+                &spec,
+                None,
+                &train_set,
+                &test_set,
+                &mut relushare_nn::train::NoProgress,
+            )?;
+            report.training.push(TrainRow {
+                arch: arch.to_string(),
+                preset: "original".into(),
+                backend: format!("{:?}", cfg.backend),
+                batch_size: cfg.batch_size,
+                images: n,
+                images_per_second: o.images_per_second,
+            });
+        }
+    }
+    bar.finish_and_clear();
+    if !a.no_memory && archs.contains(&Arch::Cifar10) {
+        let batches: &[usize] = if a.quick { &[1] } else { &[1, 64] };
+        for &b in batches {
+            let peak = probe_child(Arch::Cifar10, "original", Protocol::Fast, b)?;
+            report.memory.push(MemoryRow {
+                arch: "cifar10".into(),
+                preset: "original".into(),
+                protocol: "fast".into(),
+                batch: b,
+                peak_rss_bytes: peak,
+            });
+        }
+    }
+    print_report(&report);
+    if let Some(p) = &a.json {
+        let bytes = serde_json::to_vec_pretty(&report)?;
+        relushare_model::io::write_atomic(p, &bytes)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "machine: {} CPUs, {} ({})",
+        r.machine.cpus, r.machine.cpu_model, r.machine.os
+    );
+    println!(
+        "{:<8} {:<10} {:<9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7} {:>6}",
+        "arch",
+        "preset",
+        "protocol",
+        "relus",
+        "s (med)",
+        "s (min)",
+        "s (max)",
+        "online MB",
+        "offline MB",
+        "rounds",
+        "agree"
+    );
+    for s in &r.secure {
+        println!(
+            "{:<8} {:<10} {:<9} {:>7} {:>9.4} {:>9.4} {:>9.4} {:>11.3} {:>11.3} {:>7} {:>5.0}%",
+            s.arch,
+            s.preset,
+            s.protocol,
+            s.relus,
+            s.seconds_median,
+            s.seconds_min,
+            s.seconds_max,
+            s.online_bytes / 1e6,
+            s.offline_bytes / 1e6,
+            s.rounds,
+            s.agree_with_plaintext * 100.0
+        );
+    }
+    if !r.throughput.is_empty() {
+        println!("\nbatched throughput (fast):");
+        for t in &r.throughput {
+            println!(
+                "  {:<8} {:<10} batch {:>3}: {:>8.2} images/s ({:.3} s per batch)",
+                t.arch, t.preset, t.batch, t.images_per_second, t.seconds_per_batch
+            );
+        }
+    }
+    println!("\nplaintext inference (one image):");
+    for p in &r.plaintext {
+        println!(
+            "  {:<8} {:<10} f32 reference {:.4} s, fixed point {:.4} s, Burn {:.0} images/s",
+            p.arch,
+            p.preset,
+            p.f32_reference_seconds,
+            p.fixed_point_seconds,
+            p.burn_images_per_second
+        );
+    }
+    for t in &r.training {
+        println!(
+            "training {:<8} {} backend {}, batch {}: {:.0} images/s",
+            t.arch, t.preset, t.backend, t.batch_size, t.images_per_second
+        );
+    }
+    for m in &r.memory {
+        println!(
+            "peak memory {} {} {} batch {}: {:.1} MB",
+            m.arch,
+            m.preset,
+            m.protocol,
+            m.batch,
+            m.peak_rss_bytes as f64 / 1e6
+        );
+    }
+}
