@@ -49,6 +49,10 @@ pub struct Args {
     /// Skip the peak-memory rows (they spawn child processes).
     #[arg(long)]
     pub no_memory: bool,
+    /// Soak test: run this many secure inferences back to back (svhn, fast), plus the same
+    /// number spread over concurrent sessions, and report failures and memory growth.
+    #[arg(long)]
+    pub soak: Option<usize>,
     /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
     #[arg(long, hide = true)]
     pub memory_probe: Option<String>,
@@ -124,6 +128,20 @@ struct Report {
     plaintext: Vec<PlainRow>,
     training: Vec<TrainRow>,
     memory: Vec<MemoryRow>,
+    soak: Option<SoakReport>,
+}
+
+#[derive(Serialize)]
+struct SoakReport {
+    sequential_inferences: usize,
+    concurrent_sessions: usize,
+    concurrent_inferences: usize,
+    failures: usize,
+    /// Resident memory after a warm-up inference and after the whole soak.
+    rss_after_warmup_bytes: u64,
+    rss_after_soak_bytes: u64,
+    peak_rss_bytes: u64,
+    seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -217,6 +235,63 @@ fn probe_child(arch: Arch, preset: &str, protocol: Protocol, batch: usize) -> Re
         .context("memory probe printed no peak_rss_bytes")
 }
 
+fn current_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            l.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Back-to-back and concurrent secure inferences of one model; counts failures and tracks
+/// resident memory so that a leak shows as growth between warm-up and the end.
+fn soak(n: usize) -> Result<SoakReport> {
+    let model = model_for(Arch::Svhn, "original")?;
+    let set = images(Arch::Svhn, 8, Split::Test)?;
+    let t0 = Instant::now();
+    run_secure(&model, &set, 1, Protocol::Fast, 1, 13)?;
+    let warm = current_rss_bytes();
+    let mut failures = 0;
+    for _ in 0..n {
+        match run_secure(&model, &set, 1, Protocol::Fast, 1, 13) {
+            Ok(s) if s.agree_with_plaintext == 1.0 => {}
+            _ => failures += 1,
+        }
+    }
+    let sessions = 4;
+    let per = n.div_ceil(sessions);
+    let concurrent_failures: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..sessions)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..per)
+                        .filter(|_| {
+                            !matches!(
+                                run_secure(&model, &set, 1, Protocol::Fast, 1, 13),
+                                Ok(s) if s.agree_with_plaintext == 1.0
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(per)).sum()
+    });
+    Ok(SoakReport {
+        sequential_inferences: n,
+        concurrent_sessions: sessions,
+        concurrent_inferences: per * sessions,
+        failures: failures + concurrent_failures,
+        rss_after_warmup_bytes: warm,
+        rss_after_soak_bytes: current_rss_bytes(),
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
 pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &a.memory_probe {
         return memory_probe(p);
@@ -249,6 +324,7 @@ pub fn run(a: Args) -> Result<()> {
         plaintext: vec![],
         training: vec![],
         memory: vec![],
+        soak: None,
     };
     let bar = indicatif::ProgressBar::new(
         (archs.len() * preset_list.len() * (protocols.len() + 1)) as u64,
@@ -373,6 +449,9 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    if let Some(n) = a.soak {
+        report.soak = Some(soak(n)?);
+    }
     if !a.no_memory && archs.contains(&Arch::Cifar10) {
         let batches: &[usize] = if a.quick { &[1] } else { &[1, 64] };
         for &b in batches {
@@ -396,6 +475,19 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn print_report(r: &Report) {
+    if let Some(s) = &r.soak {
+        println!(
+            "soak: {} sequential + {} concurrent ({} sessions) secure inferences, {} failures, RSS {:.1} MB after warm-up -> {:.1} MB after soak, peak {:.1} MB, {:.1} s",
+            s.sequential_inferences,
+            s.concurrent_inferences,
+            s.concurrent_sessions,
+            s.failures,
+            s.rss_after_warmup_bytes as f64 / 1e6,
+            s.rss_after_soak_bytes as f64 / 1e6,
+            s.peak_rss_bytes as f64 / 1e6,
+            s.seconds
+        );
+    }
     println!(
         "machine: {} CPUs, {} ({})",
         r.machine.cpus, r.machine.cpu_model, r.machine.os

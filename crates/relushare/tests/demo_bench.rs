@@ -89,3 +89,39 @@ fn bench_quick_writes_measured_json() {
     assert!(!j["throughput"].as_array().unwrap().is_empty());
     assert_eq!(j["plaintext"].as_array().unwrap().len(), 2);
 }
+
+/// Many secure inferences back to back and in concurrent sessions: no failure, and resident
+/// memory after the soak stays close to what it was after the first inference (no leak).
+#[test]
+fn soak_has_no_failures_and_no_memory_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("soak.json");
+    let out = relushare(&[
+        "bench",
+        "--archs",
+        "svhn",
+        "--presets",
+        "uniform32",
+        "--protocols",
+        "fast",
+        "--repeats",
+        "1",
+        "--batches",
+        "1",
+        "--no-train",
+        "--no-memory",
+        "--soak",
+        "40",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let s = &j["soak"];
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(s["failures"], 0, "{s}");
+    assert_eq!(s["sequential_inferences"], 40);
+    let warm = s["rss_after_warmup_bytes"].as_f64().unwrap();
+    let end = s["rss_after_soak_bytes"].as_f64().unwrap();
+    assert!(warm > 0.0);
+    assert!(end < warm + 64e6, "RSS grew from {warm} to {end}");
+}
