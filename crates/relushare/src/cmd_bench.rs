@@ -137,9 +137,12 @@ struct SoakReport {
     concurrent_sessions: usize,
     concurrent_inferences: usize,
     failures: usize,
-    /// Resident memory after a warm-up inference and after the whole soak.
+    /// Resident memory after a warm-up inference, after the sequential inferences, and after
+    /// each of two equal rounds of concurrent sessions.
     rss_after_warmup_bytes: u64,
-    rss_after_soak_bytes: u64,
+    rss_after_sequential_bytes: u64,
+    rss_after_concurrent_round1_bytes: u64,
+    rss_after_concurrent_round2_bytes: u64,
     peak_rss_bytes: u64,
     seconds: f64,
 }
@@ -261,32 +264,44 @@ fn soak(n: usize) -> Result<SoakReport> {
             _ => failures += 1,
         }
     }
+    let after_sequential = current_rss_bytes();
     let sessions = 4;
     let per = n.div_ceil(sessions);
-    let concurrent_failures: usize = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..sessions)
-            .map(|_| {
-                scope.spawn(|| {
-                    (0..per)
-                        .filter(|_| {
-                            !matches!(
-                                run_secure(&model, &set, 1, Protocol::Fast, 1, 13),
-                                Ok(s) if s.agree_with_plaintext == 1.0
-                            )
-                        })
-                        .count()
+    // Two identical rounds of concurrent sessions: the first grows the allocator's per-thread
+    // arenas, the second must not grow memory further.
+    let mut after_round = [0u64; 2];
+    for slot in after_round.iter_mut() {
+        failures += std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..sessions)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..per)
+                            .filter(|_| {
+                                !matches!(
+                                    run_secure(&model, &set, 1, Protocol::Fast, 1, 13),
+                                    Ok(s) if s.agree_with_plaintext == 1.0
+                                )
+                            })
+                            .count()
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(per)).sum()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(per))
+                .sum::<usize>()
+        });
+        *slot = current_rss_bytes();
+    }
     Ok(SoakReport {
         sequential_inferences: n,
         concurrent_sessions: sessions,
-        concurrent_inferences: per * sessions,
-        failures: failures + concurrent_failures,
+        concurrent_inferences: 2 * per * sessions,
+        failures,
         rss_after_warmup_bytes: warm,
-        rss_after_soak_bytes: current_rss_bytes(),
+        rss_after_sequential_bytes: after_sequential,
+        rss_after_concurrent_round1_bytes: after_round[0],
+        rss_after_concurrent_round2_bytes: after_round[1],
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
         seconds: t0.elapsed().as_secs_f64(),
     })
@@ -477,13 +492,15 @@ pub fn run(a: Args) -> Result<()> {
 fn print_report(r: &Report) {
     if let Some(s) = &r.soak {
         println!(
-            "soak: {} sequential + {} concurrent ({} sessions) secure inferences, {} failures, RSS {:.1} MB after warm-up -> {:.1} MB after soak, peak {:.1} MB, {:.1} s",
+            "soak: {} sequential + {} concurrent ({} sessions, two rounds) secure inferences, {} failures; RSS {:.1} MB after warm-up, {:.1} MB after the sequential runs, {:.1} / {:.1} MB after concurrent rounds 1 / 2, peak {:.1} MB, {:.1} s",
             s.sequential_inferences,
             s.concurrent_inferences,
             s.concurrent_sessions,
             s.failures,
             s.rss_after_warmup_bytes as f64 / 1e6,
-            s.rss_after_soak_bytes as f64 / 1e6,
+            s.rss_after_sequential_bytes as f64 / 1e6,
+            s.rss_after_concurrent_round1_bytes as f64 / 1e6,
+            s.rss_after_concurrent_round2_bytes as f64 / 1e6,
             s.peak_rss_bytes as f64 / 1e6,
             s.seconds
         );
