@@ -437,7 +437,11 @@ pub fn run(
     let mesh = Arc::try_unwrap(mesh).ok().and_then(|m| m.into_inner().ok());
     match (&result, mesh) {
         (Ok(_), Some(m)) => m.close().map_err(MpcError::from)?,
-        (Err(_), Some(m)) => m.abort(),
+        // Flush what was queued (e.g. our announce) so peers see the real cause, not a reset;
+        // bounded by the write timeout and a short wait for the peers' close.
+        (Err(_), Some(m)) => {
+            let _ = m.close();
+        }
         (_, None) => {}
     }
     result
