@@ -53,6 +53,9 @@ pub struct Args {
     /// number spread over concurrent sessions, and report failures and memory growth.
     #[arg(long)]
     pub soak: Option<usize>,
+    /// Also write the results as Markdown tables (with the paper's Table 8 beside ours).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
     /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
     #[arg(long, hide = true)]
     pub memory_probe: Option<String>,
@@ -481,6 +484,10 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     print_report(&report);
+    if let Some(p) = &a.markdown {
+        relushare_model::io::write_atomic(p, markdown(&report)?.as_bytes())?;
+        eprintln!("wrote {}", p.display());
+    }
     if let Some(p) = &a.json {
         let bytes = serde_json::to_vec_pretty(&report)?;
         relushare_model::io::write_atomic(p, &bytes)?;
@@ -575,4 +582,138 @@ fn print_report(r: &Report) {
             m.peak_rss_bytes as f64 / 1e6
         );
     }
+}
+
+/// Markdown tables of a report; the paper's Table 8 numbers (PySyft SecureNN) sit beside ours,
+/// labelled "paper".
+fn markdown(r: &Report) -> Result<String> {
+    use std::fmt::Write;
+    let paper = relushare_analysis::paper::PaperNumbers::load()?;
+    let mut m = String::new();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    writeln!(
+        m,
+        "Measured by `relushare {}` on {} CPUs ({}), three parties in one process.\n",
+        args.join(" "),
+        r.machine.cpus,
+        r.machine.cpu_model
+    )?;
+    writeln!(
+        m,
+        "### Secure inference, one image (median of {} runs; min-max)\n",
+        r.secure.first().map(|s| s.repeats).unwrap_or(0)
+    )?;
+    writeln!(m, "| arch | preset | ReLUs | suite | seconds | online MB | offline MB | total MB | online rounds | agree | paper s | paper rounds | paper MB |")?;
+    writeln!(
+        m,
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for s in &r.secure {
+        let p = paper.find("8", &s.arch, &s.preset);
+        let opt =
+            |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
+        let show_paper = s.protocol == "securenn";
+        writeln!(
+            m,
+            "| {} | {} | {} | {} | {:.3} ({:.3}-{:.3}) | {:.2} | {:.2} | {:.2} | {} | {:.0}% | {} | {} | {} |",
+            s.arch,
+            s.preset,
+            s.relus,
+            s.protocol,
+            s.seconds_median,
+            s.seconds_min,
+            s.seconds_max,
+            s.online_bytes / 1e6,
+            s.offline_bytes / 1e6,
+            s.total_bytes / 1e6,
+            s.rounds,
+            s.agree_with_plaintext * 100.0,
+            if show_paper { opt(p.and_then(|p| p.runtime_s), 2) } else { String::new() },
+            if show_paper { opt(p.and_then(|p| p.rounds.map(|x| x as f64)), 0) } else { String::new() },
+            if show_paper { opt(p.and_then(|p| p.comm_mb), 2) } else { String::new() },
+        )?;
+    }
+    if !r.throughput.is_empty() {
+        writeln!(m, "\n### Batched throughput (`fast`)\n")?;
+        writeln!(
+            m,
+            "| arch | preset | batch | images/s | seconds per batch | MB per image |"
+        )?;
+        writeln!(m, "|---|---|---:|---:|---:|---:|")?;
+        for t in &r.throughput {
+            writeln!(
+                m,
+                "| {} | {} | {} | {:.2} | {:.3} | {:.2} |",
+                t.arch,
+                t.preset,
+                t.batch,
+                t.images_per_second,
+                t.seconds_per_batch,
+                t.bytes_per_image / 1e6
+            )?;
+        }
+    }
+    writeln!(
+        m,
+        "\n### Plaintext inference of the same models (one image)\n"
+    )?;
+    writeln!(
+        m,
+        "| arch | preset | f32 reference (s) | fixed point (s) | Burn flex (images/s) |"
+    )?;
+    writeln!(m, "|---|---|---:|---:|---:|")?;
+    for p in &r.plaintext {
+        writeln!(
+            m,
+            "| {} | {} | {:.4} | {:.4} | {:.0} |",
+            p.arch,
+            p.preset,
+            p.f32_reference_seconds,
+            p.fixed_point_seconds,
+            p.burn_images_per_second
+        )?;
+    }
+    if !r.training.is_empty() {
+        writeln!(m, "\n### Training throughput (forward + backward + step)\n")?;
+        writeln!(m, "| arch | backend | batch | images/s |")?;
+        writeln!(m, "|---|---|---:|---:|")?;
+        for t in &r.training {
+            writeln!(
+                m,
+                "| {} | {} | {} | {:.0} |",
+                t.arch, t.backend, t.batch_size, t.images_per_second
+            )?;
+        }
+    }
+    if !r.memory.is_empty() {
+        writeln!(
+            m,
+            "\n### Peak resident memory of one secure inference (child process)\n"
+        )?;
+        writeln!(m, "| arch | preset | suite | batch | peak MB |")?;
+        writeln!(m, "|---|---|---|---:|---:|")?;
+        for x in &r.memory {
+            writeln!(
+                m,
+                "| {} | {} | {} | {} | {:.1} |",
+                x.arch,
+                x.preset,
+                x.protocol,
+                x.batch,
+                x.peak_rss_bytes as f64 / 1e6
+            )?;
+        }
+    }
+    if let Some(s) = &r.soak {
+        writeln!(m, "\n### Soak\n")?;
+        writeln!(
+            m,
+            "{} sequential and {} concurrent ({} sessions, two equal rounds) secure inferences of svhn/original with `fast`: {} failures. Resident memory: {:.1} MB after a warm-up inference, {:.1} MB after the sequential runs, {:.1} MB and {:.1} MB after the two concurrent rounds (peak {:.1} MB); {:.1} s in all.",
+            s.sequential_inferences, s.concurrent_inferences, s.concurrent_sessions, s.failures,
+            s.rss_after_warmup_bytes as f64 / 1e6, s.rss_after_sequential_bytes as f64 / 1e6,
+            s.rss_after_concurrent_round1_bytes as f64 / 1e6, s.rss_after_concurrent_round2_bytes as f64 / 1e6,
+            s.peak_rss_bytes as f64 / 1e6, s.seconds
+        )?;
+    }
+    Ok(m)
 }
