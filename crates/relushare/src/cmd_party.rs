@@ -64,9 +64,22 @@ pub struct Args {
     #[arg(long, conflicts_with = "random_image")]
     pub image: Option<PathBuf>,
     /// Client: use pseudo-random images from this seed (benchmarks).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataset")]
     pub random_image: Option<u64>,
-    /// Client with --random-image: how many images.
+    /// Client: classify dataset images (cifar10, svhn or fmnist), normalized with the model's
+    /// normalization.
+    #[arg(long, conflicts_with = "image")]
+    pub dataset: Option<relushare_data::DatasetName>,
+    /// Directory of the dataset files.
+    #[arg(long, requires = "dataset")]
+    pub data_dir: Option<PathBuf>,
+    /// Dataset split.
+    #[arg(long, default_value = "test")]
+    pub split: relushare_data::Split,
+    /// First dataset image to classify.
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
+    /// Client with --random-image or --dataset: how many images.
     #[arg(long, default_value_t = 1)]
     pub images: usize,
     /// Write this party's report (the client's holds the result) as JSON, atomically.
@@ -117,6 +130,29 @@ fn load_images(path: &PathBuf) -> Result<Vec<Vec<f32>>> {
     Ok(imgs)
 }
 
+fn load_dataset(a: &Args, name: relushare_data::DatasetName) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
+    let dims = name.dims().with_context(|| {
+        format!("--dataset {name}: the client needs a real dataset (or use --random-image)")
+    })?;
+    if a.images == 0 || a.images > session::MAX_IMAGES {
+        bail!("--images must be between 1 and {}", session::MAX_IMAGES);
+    }
+    let want = a.index.checked_add(a.images).context("--index too large")?;
+    let data = relushare_data::load(name, a.split, a.data_dir.as_deref(), Some(want), dims)
+        .with_context(|| format!("loading the {name} {} split", a.split))?;
+    for w in &data.warnings {
+        eprintln!("warning: {w}");
+    }
+    let set = &data.set;
+    if set.len() <= a.index {
+        bail!("the {name} {} split has only {} images", a.split, set.len());
+    }
+    let end = set.len().min(want);
+    let pixels = (a.index..end).map(|i| set.image(i).to_vec()).collect();
+    let labels = (a.index..end).map(|i| set.label(i)).collect();
+    Ok((pixels, labels))
+}
+
 fn load_model(a: &Args) -> Result<Option<Model>> {
     if let Some(p) = &a.model {
         return Ok(Some(Model::load(p)?));
@@ -142,13 +178,19 @@ pub fn run(a: Args) -> Result<()> {
     }
     // Everything local is checked before touching the network.
     let model = load_model(&a)?;
-    let images = match (&a.image, a.random_image) {
-        (Some(p), _) => Some(ImageSource::Given(load_images(p)?)),
-        (None, Some(seed)) => Some(ImageSource::Random {
+    let mut labels = None;
+    let images = match (&a.image, a.random_image, a.dataset) {
+        (Some(p), _, _) => Some(ImageSource::Given(load_images(p)?)),
+        (None, Some(seed), _) => Some(ImageSource::Random {
             seed,
             count: a.images,
         }),
-        (None, None) => None,
+        (None, None, Some(name)) => {
+            let (pixels, l) = load_dataset(&a, name)?;
+            labels = Some(l);
+            Some(ImageSource::Pixels(pixels))
+        }
+        (None, None, None) => None,
     };
     let keys = PartyKeys::load(&a.keys, a.role)?;
     let mut cfg = NetConfig::new(keys, net::parse_peers(&a.peers)?);
@@ -210,7 +252,15 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(classes), Some(logits)) = (&report.classes, &report.logits) {
         for (i, (c, l)) in classes.iter().zip(logits).enumerate() {
             let l: Vec<String> = l.iter().map(|x| format!("{x:.3}")).collect();
-            println!("  image {i}: class {c}  logits [{}]", l.join(", "));
+            let label = labels
+                .as_ref()
+                .and_then(|l: &Vec<u8>| l.get(i))
+                .map(|l| format!(" (label {l})"));
+            println!(
+                "  image {i}: class {c}{}  logits [{}]",
+                label.unwrap_or_default(),
+                l.join(", ")
+            );
         }
     }
     Ok(())

@@ -75,6 +75,8 @@ pub enum ImageSource {
     Given(Vec<Vec<f32>>),
     /// `count` pseudo-random images (see [`random_images`]) for tests and benchmarks.
     Random { seed: u64, count: usize },
+    /// Raw CHW pixels (e.g. dataset images), normalized with the model's public normalization.
+    Pixels(Vec<Vec<u8>>),
 }
 
 impl ImageSource {
@@ -82,6 +84,7 @@ impl ImageSource {
         match self {
             ImageSource::Given(v) => v.len(),
             ImageSource::Random { count, .. } => *count,
+            ImageSource::Pixels(v) => v.len(),
         }
     }
 }
@@ -534,8 +537,10 @@ fn run_inner(
     // 2. Model structure.
     let fm_secret;
     let cmp_cfg;
+    let normalization;
     let fm = if me == owner {
         let model = model.expect("owner has the model");
+        normalization = model.spec.normalization.clone();
         fm_secret = FixedModel::from_model(model, opts.frac_bits)?;
         cmp_cfg = if opts.protocol == "securenn" {
             FastConfig::defaults(opts.frac_bits)
@@ -578,6 +583,7 @@ fn run_inner(
             default_bits: msg.default_bits,
             default_bits_2f: msg.default_bits_2f,
         };
+        normalization = msg.spec.normalization.clone();
         fm_secret = FixedModel::from_model(&skeleton(msg)?, opts.frac_bits)?;
         &fm_secret
     };
@@ -595,6 +601,22 @@ fn run_inner(
         }
         Some(ImageSource::Random { seed, count }) => {
             Some(random_images(*seed, *count, fm.input_len))
+        }
+        Some(ImageSource::Pixels(v)) => {
+            let mut out = Vec::with_capacity(v.len());
+            for img in v {
+                if img.len() != fm.input_len {
+                    return Err(MpcError::Shape(format!(
+                        "the images have {} pixels, the model expects {}",
+                        img.len(),
+                        fm.input_len
+                    )));
+                }
+                let mut buf = vec![0f32; fm.input_len];
+                normalization.apply(img, &mut buf);
+                out.push(buf);
+            }
+            Some(out)
         }
         None => None,
     };
