@@ -215,7 +215,25 @@ pub struct Results {
     pub total_variation: Vec<(String, Vec<TvRow>)>,
     pub figures: Vec<String>,
     pub warnings: Vec<String>,
+    /// The `--relu-budget` search, if one ran.
+    #[serde(default)]
+    pub search: Option<SearchSummary>,
 }
+
+/// A search over per-layer group sizes under a comparison budget (beyond the paper).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSummary {
+    pub dataset: String,
+    /// Secure comparisons per image allowed (whole network).
+    pub budget: usize,
+    /// Candidate specs that fit the budget (free-form spec strings).
+    pub fitting: usize,
+    /// The candidates trained, as row presets (`search:<free-form spec>`).
+    pub trained: Vec<String>,
+}
+
+/// Prefix of the preset name of a search candidate.
+pub const SEARCH_PREFIX: &str = "search:";
 
 impl Results {
     pub fn trained(&self, dataset: &str, preset: &str) -> Option<&TrainedRow> {
@@ -542,6 +560,9 @@ pub fn render_markdown(res: &Results, paper: &PaperNumbers) -> String {
         }
         out.push_str("\nOurs: \"setup\" = the input-independent offline phase per image (the paper's PySyft run had none); session setup (seeds, model preparation) is excluded.\n\n");
     }
+    if let Some(sr) = &res.search {
+        render_search(&mut out, res, sr);
+    }
     if !res.total_variation.is_empty() {
         out.push_str("## Figure 3: total variation per activation layer (original models, test images)\n\n| Dataset | Layer | # | Dims | TV per channel | TV per activation | TV / mean abs |\n|---|---|---|---|---|---|---|\n");
         for (d, rows) in &res.total_variation {
@@ -577,12 +598,150 @@ pub fn render_markdown(res: &Results, paper: &PaperNumbers) -> String {
     out
 }
 
+/// Per-layer groupings tried by the budget search.
+pub const SEARCH_GROUPINGS: [&str; 7] = [
+    "relu", "patch2", "patch3", "patch4", "patch8", "patch16", "channel",
+];
+
+/// Candidates of the `--relu-budget` search: every combination of [`SEARCH_GROUPINGS`] over the
+/// architecture's shared layers (learned deciders; CIFAR-10 keeps partial edge patches, the
+/// 29x29 / 28x28 planes merge the remainder as the paper's Table 6 does) whose whole-network
+/// comparison count is at most `budget`. Returns how many fit and up to `max` of them as
+/// `(free-form spec, comparisons)`, evenly spread from the largest count down.
+pub fn search_candidates(
+    arch: relushare_model::Arch,
+    budget: usize,
+    max: usize,
+) -> Result<(usize, Vec<(String, usize)>), relushare_model::ModelError> {
+    let layers = arch.shared_layers();
+    let merge = if arch == relushare_model::Arch::Cifar10 {
+        ""
+    } else {
+        "-merge"
+    };
+    let n = SEARCH_GROUPINGS.len();
+    let mut fits: Vec<(String, usize)> = Vec::new();
+    for combo in 0..n.pow(layers.len() as u32) {
+        let mut c = combo;
+        let mut parts = Vec::new();
+        for l in layers {
+            let g = SEARCH_GROUPINGS[c % n];
+            c /= n;
+            let g = if g.starts_with("patch") {
+                format!("{g}{merge}")
+            } else {
+                g.to_string()
+            };
+            parts.push(format!("{l}={g}"));
+        }
+        if parts.iter().all(|p| p.ends_with("=relu")) {
+            continue; // that is the original network
+        }
+        let text = parts.join(",");
+        let mut spec = relushare_model::ModelSpec::original(arch);
+        relushare_model::presets::apply_freeform(&mut spec, &text)?;
+        let total = relushare_model::count(&spec)?.total_relus;
+        if total <= budget {
+            fits.push((text, total));
+        }
+    }
+    fits.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let fitting = fits.len();
+    if max == 0 || fits.is_empty() {
+        return Ok((fitting, Vec::new()));
+    }
+    let take = max.min(fits.len());
+    let mut picked = Vec::with_capacity(take);
+    for i in 0..take {
+        let idx = if take == 1 {
+            0
+        } else {
+            i * (fits.len() - 1) / (take - 1)
+        };
+        if !picked.contains(&fits[idx]) {
+            picked.push(fits[idx].clone());
+        }
+    }
+    Ok((fitting, picked))
+}
+
+fn render_search(out: &mut String, res: &Results, sr: &SearchSummary) {
+    let _ = writeln!(
+        out,
+        "## Beyond the paper: per-layer group sizes under a budget of {} comparisons ({})\n",
+        sr.budget,
+        dataset_title(&sr.dataset)
+    );
+    let _ = writeln!(
+        out,
+        "{} combinations of per-layer groupings of the shared layers fit the budget; {} were trained with the same settings as the table rows. The Pareto front is over every model of this dataset trained in this run (paper presets included).\n",
+        sr.fitting,
+        sr.trained.len()
+    );
+    let rows: Vec<&TrainedRow> = res
+        .trained
+        .iter()
+        .filter(|r| r.dataset == sr.dataset)
+        .collect();
+    let points: Vec<crate::plot::ParetoPoint> = rows
+        .iter()
+        .map(|r| crate::plot::ParetoPoint {
+            label: r.preset.clone(),
+            comparisons: r.total_relus as f64,
+            accuracy: r.test_accuracy,
+        })
+        .collect();
+    let front = crate::plot::pareto_front(&points);
+    out.push_str("| Model | Comparisons / image | #ReLU/channel (shared layers) | Accuracy % | On the Pareto front |\n|---|---|---|---|---|\n");
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].total_relus));
+    for i in order {
+        let r = rows[i];
+        let name = match r.preset.strip_prefix(SEARCH_PREFIX) {
+            Some(spec) => format!("search `{spec}`"),
+            None => format!("preset `{}`", r.preset),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2} | {} |",
+            name,
+            r.total_relus,
+            relus_text(&r.relus_per_channel),
+            r.test_accuracy,
+            if front.contains(&i) { "yes" } else { "" }
+        );
+    }
+    out.push('\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn paper() -> PaperNumbers {
         PaperNumbers::load().unwrap()
+    }
+
+    #[test]
+    fn search_candidates_fit_the_budget() {
+        use relushare_model::Arch;
+        let budget = 60_000;
+        let (fitting, picked) = search_candidates(Arch::Cifar10, budget, 5).unwrap();
+        assert!(fitting >= picked.len() && picked.len() == 5);
+        assert!(picked.iter().all(|(_, t)| *t <= budget));
+        assert!(picked.windows(2).all(|w| w[0].1 >= w[1].1), "largest first");
+        // uniform3 (57472 comparisons) is one of the fitting combinations
+        let (_, all) = search_candidates(Arch::Cifar10, budget, usize::MAX).unwrap();
+        assert!(all
+            .iter()
+            .any(|(s, t)| s == "act1=patch3,act2=patch3" && *t == 57472));
+        assert!(!all.iter().any(|(s, _)| s == "act1=relu,act2=relu"));
+        // svhn merges edges: 3x3 patches on 29x29 give 81 per channel
+        let (_, sv) = search_candidates(Arch::Svhn, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(sv.len(), SEARCH_GROUPINGS.len() - 1);
+        assert!(sv.iter().any(|(s, _)| s == "act1=patch3-merge"));
+        // nothing fits a tiny budget
+        assert_eq!(search_candidates(Arch::Cifar10, 10, 5).unwrap().0, 0);
     }
 
     #[test]
