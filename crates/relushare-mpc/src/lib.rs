@@ -12,6 +12,7 @@ pub mod fss;
 pub mod kernels;
 pub mod net;
 pub mod prg;
+pub mod protocol;
 pub mod plain;
 pub mod ring;
 pub mod runner;

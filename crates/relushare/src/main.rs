@@ -15,6 +15,7 @@ mod cmd_party;
 mod cmd_reproduce;
 mod cmd_data;
 mod cmd_eval;
+mod cmd_infer;
 mod cmd_train;
 
 #[derive(Parser)]
@@ -47,6 +48,8 @@ enum Command {
     Train(cmd_train::Args),
     /// Accuracy of a model file on a dataset split.
     Eval(cmd_eval::Args),
+    /// Secure three-party inference (parties on threads): per-image time, bytes, rounds, agreement with plaintext.
+    Infer(cmd_infer::Args),
     /// Cluster a layer's activations by their ReLU responses over the training set (data-driven groups).
     Cluster(cmd_cluster::Args),
     /// Reproduce the paper's tables: train every row, count, cluster, run secure inference, write report.md and figures.
@@ -66,6 +69,7 @@ fn main() {
         Command::Reproduce(a) => cmd_reproduce::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
+        Command::Infer(a) => cmd_infer::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,76 @@
+//! Protocol selection: `securenn` (the paper's SecureNN baseline), `fast` (dealer-assisted
+//! suite with small-ring comparisons) and `fss` (the fast suite with function-secret-sharing
+//! comparisons), each turned into a runner factory for a given model.
+
+use crate::error::{MpcError, Result};
+use crate::plain::FixedModel;
+use crate::runner::SuiteFactory;
+use std::fmt;
+use std::str::FromStr;
+
+/// A protocol suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// SecureNN as in PySyft (the paper's numbers).
+    Securenn,
+    /// Our fast suite (offline dealer + online openings).
+    Fast,
+    /// The fast suite with FSS comparisons (one online round per comparison).
+    Fss,
+}
+
+impl Protocol {
+    /// All protocols.
+    pub const ALL: [Protocol; 3] = [Protocol::Securenn, Protocol::Fast, Protocol::Fss];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Securenn => "securenn",
+            Protocol::Fast => "fast",
+            Protocol::Fss => "fss",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = MpcError;
+    fn from_str(s: &str) -> Result<Protocol> {
+        match s.to_ascii_lowercase().as_str() {
+            "securenn" => Ok(Protocol::Securenn),
+            "fast" => Ok(Protocol::Fast),
+            "fss" => Ok(Protocol::Fss),
+            _ => Err(MpcError::Param(format!(
+                "unknown protocol '{s}' (expected securenn, fast or fss)"
+            ))),
+        }
+    }
+}
+
+/// The runner factory of `protocol` for `model` (encoded as `fm`). The fast suites size their
+/// comparison rings from the model's plaintext weights (computed by the model owner).
+pub fn factory_for(
+    protocol: Protocol,
+    fm: &FixedModel,
+    model: &relushare_model::Model,
+) -> Result<Box<SuiteFactory<'static>>> {
+    Ok(match protocol {
+        Protocol::Securenn => Box::new(crate::securenn::factory),
+        Protocol::Fast | Protocol::Fss => {
+            let cfg = crate::fast::config_for_model(fm, model)?;
+            let mode = if protocol == Protocol::Fast {
+                crate::fast::CmpMode::Tree
+            } else {
+                crate::fast::CmpMode::Fss
+            };
+            Box::new(crate::fast::factory(cfg, mode))
+        }
+    })
+}

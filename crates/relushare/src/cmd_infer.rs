@@ -1,0 +1,148 @@
+//! `relushare infer`: secure three-party inference in one process (three parties on threads,
+//! in-memory transport), per-image cost and agreement with the plaintext fixed-point network.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use relushare_data::{load, DatasetName, Split};
+use relushare_model::{presets, Arch, ClusterMaps, Model};
+use relushare_mpc::protocol::Protocol;
+
+use crate::secure::run_secure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file written by `relushare train`.
+    #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
+    pub model: Option<PathBuf>,
+    /// Architecture (cifar10, svhn, fmnist) for a model with random weights.
+    #[arg(long, requires = "random_weights")]
+    pub arch: Option<Arch>,
+    /// Preset of --arch (original, uniform32, fc-noise, ...).
+    #[arg(long, default_value = "original")]
+    pub preset: String,
+    /// Use random weights for --arch/--preset (benchmarks without a trained model).
+    #[arg(long, requires = "arch")]
+    pub random_weights: bool,
+    /// Cluster-map file (from `relushare cluster`) for cluster presets with --random-weights.
+    #[arg(long)]
+    pub cluster_map: Option<PathBuf>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Protocol suite: securenn (the paper's baseline), fast, fss.
+    #[arg(long, default_value = "fast")]
+    pub protocol: Protocol,
+    /// Dataset the images come from: synthetic (default), cifar10, svhn, fmnist.
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: DatasetName,
+    /// Directory of the dataset files (real datasets).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Split the images come from.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Number of images to classify.
+    #[arg(long, default_value_t = 1)]
+    pub images: usize,
+    /// Images per protocol run (batched inference; costs are reported per image).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Fixed-point fractional bits.
+    #[arg(long, default_value_t = 13)]
+    pub frac_bits: u32,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn load_model(a: &Args) -> Result<Model> {
+    if let Some(p) = &a.model {
+        return Model::load(p).with_context(|| format!("loading model {}", p.display()));
+    }
+    let (Some(arch), true) = (a.arch, a.random_weights) else {
+        bail!("give --model FILE, or --arch A --preset P --random-weights");
+    };
+    let spec = presets::build(arch, &a.preset)?;
+    let maps = match &a.cluster_map {
+        Some(p) => Some(
+            ClusterMaps::load(p).with_context(|| format!("loading cluster map {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut model = Model::random(spec, maps.as_ref(), a.seed)?;
+    // random weights carry no normalization: use the dataset's
+    let n = relushare_data::normalization(a.dataset, model.spec.input.c);
+    model.spec.normalization = relushare_model::Normalization {
+        mean: n.mean,
+        std: n.std,
+    };
+    Ok(model)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.images == 0 {
+        bail!("--images must be at least 1");
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let model = load_model(&a)?;
+    let d = model.spec.input;
+    let data = load(
+        a.dataset,
+        a.split,
+        a.data_dir.as_deref(),
+        Some(a.images),
+        (d.c, d.h, d.w),
+    )
+    .with_context(|| format!("loading the {} {} split", a.dataset, a.split))?;
+    for w in &data.warnings {
+        eprintln!("warning: {w}");
+    }
+    let spinner = if a.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(format!(
+            "{} images with {}",
+            a.images.min(data.set.len()),
+            a.protocol
+        ));
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        pb
+    };
+    let s = run_secure(
+        &model,
+        &data.set,
+        a.images,
+        a.protocol,
+        a.batch,
+        a.frac_bits,
+    );
+    spinner.finish_and_clear();
+    let s = s?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{} / {} with {} on {} ({} image{}, batch {}), medians per image:",
+        s.arch,
+        s.preset,
+        s.protocol,
+        a.dataset,
+        s.images,
+        if s.images == 1 { "" } else { "s" },
+        s.batch
+    );
+    s.print_table();
+    println!(
+        "agreement with plaintext fixed point: {:.1}%; accuracy vs labels: {:.1}%; one-time setup {:.3} s, {} bytes",
+        s.agree_with_plaintext * 100.0,
+        s.accuracy * 100.0,
+        s.setup_seconds,
+        s.setup_bytes
+    );
+    Ok(())
+}
