@@ -569,3 +569,59 @@ mod e2e {
         check(Arch::Cifar10, "uniform32", CmpMode::Tree, 1);
     }
 }
+
+/// Prints costs and times of whole-network runs (`cargo test --release -- --ignored --nocapture measure`).
+#[test]
+#[ignore]
+fn measure() {
+    use crate::plain::FixedModel;
+    use crate::runner::{run_session, RunOptions};
+    use relushare_model::{presets, Arch, Model};
+    let which = std::env::var("MEASURE").unwrap_or_default();
+    for (arch, preset) in [
+        (Arch::Cifar10, "original"),
+        (Arch::Cifar10, "uniform32"),
+        (Arch::Cifar10, "uniform3"),
+        (Arch::Svhn, "original"),
+        (Arch::Fmnist, "original"),
+    ] {
+        let spec = presets::build(arch, preset).unwrap();
+        let model = Model::random(spec, None, 1).unwrap();
+        let fm = FixedModel::from_model(&model, 13).unwrap();
+        let cfg = config_for_model(&fm, &model).unwrap();
+        let img = vec![0u64; fm.input_len];
+        for mode in [CmpMode::Tree, CmpMode::Fss] {
+            if !which.is_empty()
+                && !which.contains(&format!("{arch}-{preset}-{mode:?}"))
+                && which != "all"
+            {
+                continue;
+            }
+            let f = factory(cfg.clone(), mode);
+            let batches = vec![vec![img.clone()], vec![img.clone()], vec![img.clone()]];
+            let res = run_session(&fm, &batches, &f, &RunOptions::default()).unwrap();
+            let b = &res.batches[2];
+            println!(
+                "{arch} {preset} {mode:?}: online {:.3} MB offline {:.3} MB total {:.3} MB rounds {} | offline {:.3}s online {:.3}s | setup {:.3} MB",
+                b.report.online_bytes() as f64 / 1e6,
+                b.report.offline_bytes() as f64 / 1e6,
+                (b.report.online_bytes() + b.report.offline_bytes()) as f64 / 1e6,
+                b.report.online_rounds(),
+                b.offline_seconds,
+                b.online_seconds,
+                (res.setup.online_bytes() + res.setup.offline_bytes()) as f64 / 1e6,
+            );
+            for l in &b.report.layers {
+                if std::env::var("LAYERS").is_ok() {
+                    println!(
+                        "   {:10} on {:9} off {:9} r {:3} {:.4}s",
+                        l.label, l.online_bytes, l.offline_bytes, l.online_rounds, l.seconds
+                    );
+                }
+            }
+        }
+    }
+    for (k, v) in &FastConfig::defaults(13).bits {
+        println!("{k} {v}");
+    }
+}
