@@ -289,4 +289,66 @@ mod tests {
         assert_eq!(cur.position() as usize, HEADER_LEN + 3);
         assert_eq!(read_frame(&mut cur, 10).unwrap().unwrap(), b"defg");
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Arbitrary bytes in arbitrary chunks: never a panic, never more than the limit.
+            #[test]
+            fn random_streams_decode_or_fail_cleanly(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                cuts in proptest::collection::vec(1usize..64, 1..20),
+                max in 0u64..300,
+            ) {
+                let mut dec = FrameDecoder::new(max);
+                let mut rest = &bytes[..];
+                let mut ci = 0;
+                while !rest.is_empty() {
+                    let n = cuts[ci % cuts.len()].min(rest.len());
+                    ci += 1;
+                    if dec.push(&rest[..n]).is_err() {
+                        break;
+                    }
+                    rest = &rest[n..];
+                    while let Some(f) = dec.next_frame() {
+                        prop_assert!(f.len() as u64 <= max);
+                    }
+                }
+                let _ = dec.finish();
+                let _ = read_frame(&mut Cursor::new(bytes.clone()), max);
+            }
+
+            /// Well-formed frames survive any chunking; truncating the stream is reported.
+            #[test]
+            fn frames_round_trip_under_any_chunking(
+                frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..8),
+                chunk in 1usize..40,
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+                let bytes = encode(&refs);
+                let mut dec = FrameDecoder::new(100);
+                for c in bytes.chunks(chunk) {
+                    dec.push(c).unwrap();
+                }
+                for f in &frames {
+                    let got = dec.next_frame();
+                    prop_assert_eq!(got.as_ref(), Some(f));
+                }
+                prop_assert!(dec.finish().is_ok());
+                if !bytes.is_empty() {
+                    let at = cut.index(bytes.len());
+                    let mut dec = FrameDecoder::new(100);
+                    dec.push(&bytes[..at]).unwrap();
+                    let whole = std::iter::from_fn(|| dec.next_frame()).count();
+                    // Either the cut fell between frames or it is a short frame.
+                    prop_assert!(dec.finish().is_ok() || whole < frames.len());
+                }
+            }
+        }
+    }
 }

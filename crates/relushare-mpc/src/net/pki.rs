@@ -435,4 +435,53 @@ mod tests {
         assert!(err.contains("not issued by"), "{err}");
         let _ = fs::remove_dir_all(&dir);
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Mutated certificate files are refused with an error naming the file.
+            #[test]
+            fn mutated_certificates_are_refused(pos in any::<prop::sample::Index>(), val in any::<u8>()) {
+                let dir = std::env::temp_dir().join(format!(
+                    "relushare-pki-fuzz-{}-{}",
+                    std::process::id(),
+                    pos.index(1 << 30)
+                ));
+                let _ = fs::remove_dir_all(&dir);
+                generate(&dir, Some("fuzz"), false).unwrap();
+                let p = cert_path(&dir, 1);
+                let mut b = fs::read(&p).unwrap();
+                let i = pos.index(b.len());
+                let changed = b[i] != val;
+                b[i] = val;
+                fs::write(&p, &b).unwrap();
+                let r = PartyKeys::load(&dir, 1);
+                let _ = fs::remove_dir_all(&dir);
+                if changed {
+                    // PEM tolerates some edits (whitespace, a header byte); the DER must still
+                    // match this CA and role, so an accepted file certifies role 1 anyway.
+                    if let Err(e) = r {
+                        prop_assert!(e.to_string().contains("party-1.crt"), "{}", e);
+                    }
+                } else {
+                    prop_assert!(r.is_ok());
+                }
+            }
+
+            #[test]
+            fn random_key_files_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let dir = std::env::temp_dir().join(format!("relushare-pki-rand-{}", std::process::id()));
+                let _ = fs::remove_dir_all(&dir);
+                generate(&dir, Some("fuzz"), false).unwrap();
+                write_atomic_mode(&key_path(&dir, 0), &bytes, 0o600).unwrap();
+                let r = PartyKeys::load(&dir, 0);
+                let _ = fs::remove_dir_all(&dir);
+                prop_assert!(r.is_err());
+            }
+        }
+    }
 }

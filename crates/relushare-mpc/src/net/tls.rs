@@ -384,4 +384,28 @@ mod tests {
         v[HELLO_MAGIC.len()] = 9;
         assert!(check_hello(&v, 1, "abc").unwrap_err().contains("version"));
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn random_hellos_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+                let _ = check_hello(&bytes, 1, "sess");
+            }
+
+            /// A mutated hello is accepted only if it still says role 1 and session "sess".
+            #[test]
+            fn mutated_hellos_are_refused(pos in any::<prop::sample::Index>(), val in any::<u8>()) {
+                let mut h = encode_hello(1, "sess");
+                let i = pos.index(h.len());
+                let changed = h[i] != val;
+                h[i] = val;
+                prop_assert_eq!(check_hello(&h, 1, "sess").is_ok(), !changed);
+            }
+        }
+    }
 }
