@@ -351,6 +351,27 @@ fn short_frame_oversized_length_and_wrong_type_are_refused() {
         15.0,
     );
     assert_failed(&r1, &["empty message", "P2"], 15.0);
+
+    // A protocol message of the wrong shape (a 3-byte "seed") after a correct setup.
+    let (r0, r1) = with_fake_p2("badshape", "3", |mut p0, mut p1| {
+        for p in [&mut p0, &mut p1] {
+            p.send_frame(&announce()).unwrap();
+        }
+        for p in [&mut p0, &mut p1] {
+            let _ = p.recv_frame(1 << 30);
+        }
+        let _ = p1.recv_frame(1 << 30); // the model structure
+        for p in [&mut p0, &mut p1] {
+            p.send_frame(&[1, 2, 3]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert_failed(
+        &r0,
+        &["malformed message from party 2", "seed of 3 bytes"],
+        15.0,
+    );
+    assert_failed(&r1, &["malformed message from party 2"], 15.0);
 }
 
 #[test]
