@@ -309,77 +309,7 @@ pub trait Suite: Send {
     /// DReLU per group, optional noise flips (`keep_i = keep_g XOR Ber(p)`, the dealer's secret
     /// bits), then `y_i = x_i * keep_i`.
     fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
-        let me = self.party();
-        let total = n * plan.len;
-        let groups = n * plan.num_groups;
-        if me != 2 {
-            crate::ring::check_len("shared ReLU input", x, total)?;
-        }
-        let z: Shared = match plan.decider {
-            DeciderKind::OneHot => {
-                if me == 2 {
-                    Vec::new()
-                } else {
-                    let mut z = Vec::with_capacity(groups);
-                    for img in 0..n {
-                        z.extend(plan.leaders.iter().map(|&l| x[img * plan.len + l as usize]));
-                    }
-                    z
-                }
-            }
-            DeciderKind::Learned | DeciderKind::Fc => {
-                let vv: Shared = if me == 2 {
-                    Vec::new()
-                } else {
-                    (0..n).flat_map(|_| plan.v.iter().copied()).collect()
-                };
-                let prod = self.mul_elem(x, &vv, total)?;
-                if me == 2 {
-                    Vec::new()
-                } else {
-                    let mut z = vec![0u64; groups];
-                    for img in 0..n {
-                        let zi = &mut z[img * plan.num_groups..(img + 1) * plan.num_groups];
-                        for (i, &g) in plan.group_of.iter().enumerate() {
-                            zi[g as usize] = zi[g as usize].wrapping_add(prod[img * plan.len + i]);
-                        }
-                        if plan.decider == DeciderKind::Fc {
-                            crate::ring::add_assign(zi, &plan.bias);
-                        }
-                    }
-                    z
-                }
-            }
-        };
-        let d = self.drelu(&z, groups)?;
-        let map = plan.batch_map(n);
-        if plan.noise > 0.0 {
-            // keep_i = nb_i + (1 - 2 nb_i) * d_{g(i)}
-            let nb = self.dealer_bernoulli(total, plan.noise)?;
-            let coef: Shared = if me == 2 {
-                Vec::new()
-            } else {
-                nb.iter()
-                    .map(|&b| {
-                        let m2 = b.wrapping_mul(2).wrapping_neg();
-                        if me == 0 {
-                            m2.wrapping_add(1)
-                        } else {
-                            m2
-                        }
-                    })
-                    .collect()
-            };
-            let t = self.select(&coef, &d, &map)?;
-            let keep: Shared = if me == 2 {
-                Vec::new()
-            } else {
-                crate::ring::add(&nb, &t)
-            };
-            self.mul_elem(x, &keep, total)
-        } else {
-            self.select(x, &d, &map)
-        }
+        default_shared_relu(self, x, n, plan)
     }
 
     /// The shares P0/P1 send to the client at the end (P2 returns None). Local; the runner
@@ -396,5 +326,89 @@ pub trait Suite: Send {
     /// Current phase helper for implementations.
     fn set_phase(&mut self, p: Phase) {
         self.comm().set_phase(p);
+    }
+}
+
+/// The generic ReLU-sharing layer of [`Suite::shared_relu`], built from the suite's primitives
+/// (a suite that overrides `shared_relu` can still call this for the cases it does not fuse):
+/// group values (`mul_elem` with `v` then local group sums, or the leaders), one `drelu` per
+/// group, then either `select` (no noise) or, with noise, `keep_i = nb_i + (1 - 2 nb_i) d_g`
+/// (`dealer_bernoulli` + `select`) and `y = mul_elem(x, keep)`.
+pub fn default_shared_relu<S: Suite + ?Sized>(
+    this: &mut S,
+    x: &Shared,
+    n: usize,
+    plan: &GroupPlan,
+) -> Result<Shared> {
+    let me = this.party();
+    let total = n * plan.len;
+    let groups = n * plan.num_groups;
+    if me != 2 {
+        crate::ring::check_len("shared ReLU input", x, total)?;
+    }
+    let z: Shared = match plan.decider {
+        DeciderKind::OneHot => {
+            if me == 2 {
+                Vec::new()
+            } else {
+                let mut z = Vec::with_capacity(groups);
+                for img in 0..n {
+                    z.extend(plan.leaders.iter().map(|&l| x[img * plan.len + l as usize]));
+                }
+                z
+            }
+        }
+        DeciderKind::Learned | DeciderKind::Fc => {
+            let vv: Shared = if me == 2 {
+                Vec::new()
+            } else {
+                (0..n).flat_map(|_| plan.v.iter().copied()).collect()
+            };
+            let prod = this.mul_elem(x, &vv, total)?;
+            if me == 2 {
+                Vec::new()
+            } else {
+                let mut z = vec![0u64; groups];
+                for img in 0..n {
+                    let zi = &mut z[img * plan.num_groups..(img + 1) * plan.num_groups];
+                    for (i, &g) in plan.group_of.iter().enumerate() {
+                        zi[g as usize] = zi[g as usize].wrapping_add(prod[img * plan.len + i]);
+                    }
+                    if plan.decider == DeciderKind::Fc {
+                        crate::ring::add_assign(zi, &plan.bias);
+                    }
+                }
+                z
+            }
+        }
+    };
+    let d = this.drelu(&z, groups)?;
+    let map = plan.batch_map(n);
+    if plan.noise > 0.0 {
+        // keep_i = nb_i + (1 - 2 nb_i) * d_{g(i)}
+        let nb = this.dealer_bernoulli(total, plan.noise)?;
+        let coef: Shared = if me == 2 {
+            Vec::new()
+        } else {
+            nb.iter()
+                .map(|&b| {
+                    let m2 = b.wrapping_mul(2).wrapping_neg();
+                    if me == 0 {
+                        m2.wrapping_add(1)
+                    } else {
+                        m2
+                    }
+                })
+                .collect()
+        };
+        let t = this.select(&coef, &d, &map)?;
+        let keep: Shared = if me == 2 {
+            Vec::new()
+        } else {
+            crate::ring::add(&nb, &t)
+        };
+        this.mul_elem(x, &keep, total)
+    } else {
+        this.select(x, &d, &map)
     }
 }

@@ -281,6 +281,7 @@ fn paper_architectures_match_table1_formulas() {
         (Arch::Fmnist, "uniform32"),
         (Arch::Cifar10, "original"),
         (Arch::Cifar10, "uniform32"),
+        (Arch::Cifar10, "fc-noise"),
     ] {
         let model = Model::random(presets::build(arch, preset).unwrap(), None, 1).unwrap();
         let fm = FixedModel::from_model(&model, 13).unwrap();

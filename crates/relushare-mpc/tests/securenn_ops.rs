@@ -8,7 +8,7 @@ use relushare_mpc::kernels::{self, ConvGeom};
 use relushare_mpc::prg::Prg;
 use relushare_mpc::runner::share_vec;
 use relushare_mpc::securenn::SecureNn;
-use relushare_mpc::suite::{LinearGeom, Suite, WeightShare};
+use relushare_mpc::suite::{DeciderKind, GroupPlan, LinearGeom, Suite, WeightShare};
 use relushare_mpc::transport::MemTransport;
 
 const L: u64 = 64;
@@ -280,5 +280,74 @@ proptest! {
         x[0] = x0.clamp(-(1 << 20), 1 << 20);
         let w: Vec<i64> = (0..g.w_len()).map(|_| next(1 << 13)).collect();
         conv_case(g, &x, &w);
+    }
+}
+
+#[test]
+fn shared_relu_noise_certain_flips_exactly() {
+    // noise 1.0 flips every decision: y = x * (1 - [z_g >= 0]); noise 0.0: y = x * [z_g >= 0]
+    let len = 12;
+    let x: Vec<u64> = (0..len as i64).map(|i| ((i - 6) * 1000) as u64).collect();
+    let v: Vec<u64> = (0..len as i64)
+        .map(|i| ((i % 3) - 1) as u64 * 8192)
+        .collect();
+    let group_of: Vec<u32> = (0..len as u32).map(|i| i / 3).collect();
+    for decider in [DeciderKind::Learned, DeciderKind::OneHot, DeciderKind::Fc] {
+        for noise in [0.0f32, 1.0] {
+            let (sx, sv) = (shares(&x), shares(&v));
+            let bias = vec![(3i64 << 26) as u64; 4];
+            let sb = shares(&bias);
+            let (res, rep) = run3(|s, p| {
+                let plan = GroupPlan {
+                    len,
+                    group_of: group_of.clone(),
+                    num_groups: 4,
+                    leaders: vec![1, 4, 7, 10],
+                    decider,
+                    v: if decider == DeciderKind::OneHot {
+                        vec![]
+                    } else {
+                        sv[p].clone()
+                    },
+                    bias: if decider == DeciderKind::Fc {
+                        sb[p].clone()
+                    } else {
+                        vec![]
+                    },
+                    noise,
+                };
+                s.shared_relu(&sx[p], 1, &plan).unwrap()
+            });
+            let got = open(&res);
+            for i in 0..len {
+                let g = group_of[i] as usize;
+                let z: i64 = match decider {
+                    DeciderKind::OneHot => x[[1, 4, 7, 10][g]] as i64,
+                    _ => {
+                        let mut z = (0..len)
+                            .filter(|&j| group_of[j] as usize == g)
+                            .map(|j| (x[j] as i64).wrapping_mul(v[j] as i64))
+                            .sum::<i64>();
+                        if decider == DeciderKind::Fc {
+                            z += bias[g] as i64;
+                        }
+                        z
+                    }
+                };
+                let keep = (z >= 0) != (noise >= 1.0);
+                assert_eq!(
+                    got[i],
+                    if keep { x[i] } else { 0 },
+                    "{decider:?} noise {noise} element {i}"
+                );
+            }
+            let (_, rounds) = cost(&rep);
+            let want = if decider == DeciderKind::OneHot && noise == 0.0 {
+                10
+            } else {
+                12
+            };
+            assert_eq!(rounds, want, "{decider:?} noise {noise}");
+        }
     }
 }
