@@ -19,13 +19,14 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Plaintext bytes encrypted and queued at a time when sending a large message.
 const SEND_CHUNK: usize = 256 * 1024;
 /// Longest wait for the peer to close its side after we closed ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Flush and peer-close limits when closing after a failure.
+const QUICK_CLOSE: Duration = Duration::from_secs(1);
 
 enum Out {
     Data(Vec<u8>),
@@ -41,7 +42,7 @@ pub(crate) struct Link {
     in_rx: Receiver<Inbox>,
     failure: Arc<Mutex<Option<String>>>,
     sock: TcpStream,
-    writer: Option<JoinHandle<()>>,
+    writer_done: Receiver<()>,
     reader_done: Receiver<()>,
     write_failed: Arc<AtomicBool>,
     timeout: Duration,
@@ -96,7 +97,8 @@ impl Link {
             Arc::new(AtomicBool::new(false)),
         );
         let w_flag = write_failed.clone();
-        let writer = std::thread::Builder::new()
+        let (w_done_tx, writer_done) = mpsc::channel::<()>();
+        std::thread::Builder::new()
             .name(format!("net-writer-P{peer}"))
             .spawn(move || {
                 if let Err(e) = writer_loop(wsock, out_rx) {
@@ -106,6 +108,7 @@ impl Link {
                     let _ = w_in.send(Err(e));
                     let _ = w_sock.shutdown(Shutdown::Both);
                 }
+                let _ = w_done_tx.send(());
             })
             .map_err(io_err)?;
 
@@ -127,7 +130,7 @@ impl Link {
             in_rx,
             failure,
             sock,
-            writer: Some(writer),
+            writer_done,
             reader_done,
             write_failed,
             timeout,
@@ -205,6 +208,18 @@ impl Link {
     /// Graceful close: flush, `close_notify`, half-close, wait briefly for the peer's close.
     /// Returns the first error seen while flushing.
     pub(crate) fn close(&mut self) -> Result<(), NetError> {
+        self.close_within(self.timeout, CLOSE_GRACE.min(self.timeout))
+    }
+
+    /// Close after a failure: flush and wait for the peer only briefly.
+    pub(crate) fn close_quick(&mut self) {
+        let d = QUICK_CLOSE.min(self.timeout);
+        let _ = self.close_within(d, d);
+    }
+
+    /// Graceful close that waits at most `flush` for queued data to be written and then at
+    /// most `peer_close` for the peer to close its side.
+    fn close_within(&mut self, flush: Duration, peer_close: Duration) -> Result<(), NetError> {
         if self.closed {
             return Ok(());
         }
@@ -217,14 +232,21 @@ impl Link {
             }
             let _ = self.out_tx.send(Out::Close);
         }
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
+        let flushed = self.writer_done.recv_timeout(flush).is_ok();
         // A write failure means queued data may not have left.
         let write_err = self
             .down()
-            .filter(|_| self.write_failed.load(Ordering::Relaxed));
-        let _ = self.reader_done.recv_timeout(CLOSE_GRACE.min(self.timeout));
+            .filter(|_| self.write_failed.load(Ordering::Relaxed))
+            .or_else(|| {
+                (!flushed).then(|| NetError::Timeout {
+                    peer: self.peer,
+                    what: "flushing on close",
+                    secs: flush.as_secs_f64(),
+                })
+            });
+        if flushed {
+            let _ = self.reader_done.recv_timeout(peer_close);
+        }
         let _ = self.sock.shutdown(Shutdown::Both);
         match write_err {
             Some(e) => Err(e),
@@ -237,14 +259,13 @@ impl Link {
         self.closed = true;
         let _ = self.out_tx.send(Out::Close);
         let _ = self.sock.shutdown(Shutdown::Both);
-        self.writer.take();
     }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         if !self.closed {
-            let _ = self.close();
+            self.close_quick();
         }
     }
 }

@@ -364,7 +364,15 @@ impl TlsTransport {
         first
     }
 
-    /// Drops every connection at once without flushing (after a failure).
+    /// Closes every connection after a failure: flushes what was queued (so peers learn the
+    /// cause rather than see a reset) but waits at most about a second per connection.
+    pub fn close_after_error(mut self) {
+        for l in self.links.iter_mut().flatten() {
+            l.close_quick();
+        }
+    }
+
+    /// Drops every connection at once without flushing.
     pub fn abort(mut self) {
         for l in self.links.iter_mut().flatten() {
             l.abort();

@@ -441,10 +441,8 @@ pub fn run(
     match (&result, mesh) {
         (Ok(_), Some(m)) => m.close().map_err(MpcError::from)?,
         // Flush what was queued (e.g. our announce) so peers see the real cause, not a reset;
-        // bounded by the write timeout and a short wait for the peers' close.
-        (Err(_), Some(m)) => {
-            let _ = m.close();
-        }
+        // about a second per connection at most.
+        (Err(_), Some(m)) => m.close_after_error(),
         (_, None) => {}
     }
     result
