@@ -621,6 +621,7 @@ pub fn search_candidates(
     };
     let n = SEARCH_GROUPINGS.len();
     let mut fits: Vec<(String, usize)> = Vec::new();
+    let mut seen: Vec<Vec<relushare_model::Layer>> = Vec::new();
     for combo in 0..n.pow(layers.len() as u32) {
         let mut c = combo;
         let mut parts = Vec::new();
@@ -641,7 +642,9 @@ pub fn search_candidates(
         let mut spec = relushare_model::ModelSpec::original(arch);
         relushare_model::presets::apply_freeform(&mut spec, &text)?;
         let total = relushare_model::count(&spec)?.total_relus;
-        if total <= budget {
+        // the same spec reached twice is tried once
+        if total <= budget && !seen.contains(&spec.layers) {
+            seen.push(spec.layers);
             fits.push((text, total));
         }
     }

@@ -69,6 +69,16 @@ pub struct Args {
     /// Print results.json to stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// Beyond the paper: also search per-layer group sizes of the shared layers whose
+    /// network-wide comparison count is at most N, train them and report the Pareto front.
+    #[arg(long)]
+    pub relu_budget: Option<usize>,
+    /// Dataset of the --relu-budget search (default: the first dataset of the run).
+    #[arg(long)]
+    pub search_dataset: Option<String>,
+    /// Candidates of the --relu-budget search to train (evenly spread over the counts).
+    #[arg(long, default_value_t = 6)]
+    pub search_max: usize,
 }
 
 /// What a reused artefact must match.
@@ -270,9 +280,21 @@ impl Ctx {
     }
 
     fn model_path(&self, j: &Job) -> PathBuf {
+        // search candidates carry a free-form spec: keep file names portable
+        let preset: String = j
+            .preset
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         self.out
             .join("models")
-            .join(format!("{}-{}.safetensors", j.dataset, j.preset))
+            .join(format!("{}-{preset}.safetensors", j.dataset))
     }
 
     fn maps_path(&self, dataset: &str, preset: &str) -> PathBuf {
@@ -311,11 +333,84 @@ pub fn run(a: Args) -> Result<()> {
             tables.join(",")
         );
     }
+    let mut jobs = jobs;
     let mut datasets: Vec<String> = Vec::new();
     for j in &jobs {
         if !datasets.contains(&j.dataset) {
             datasets.push(j.dataset.clone());
         }
+    }
+    let mut search = None;
+    if let Some(budget) = a.relu_budget {
+        let d = a
+            .search_dataset
+            .clone()
+            .unwrap_or_else(|| datasets[0].clone());
+        if !["cifar10", "svhn", "fmnist"].contains(&d.as_str()) {
+            bail!("unknown --search-dataset '{d}': expected cifar10, svhn or fmnist");
+        }
+        let arch = Ctx::arch(&d)?;
+        // candidates identical to a preset row already in the run are not trained twice
+        let existing: Vec<Vec<relushare_model::Layer>> = jobs
+            .iter()
+            .filter(|j| j.dataset == d)
+            .filter_map(|j| presets::build(arch, &j.preset).ok().map(|s| s.layers))
+            .collect();
+        let (fitting, all) = report::search_candidates(arch, budget, usize::MAX)?;
+        let fresh: Vec<(String, usize)> = all
+            .into_iter()
+            .filter(|(text, _)| {
+                let mut s = relushare_model::ModelSpec::original(arch);
+                presets::apply_freeform(&mut s, text).is_ok() && !existing.contains(&s.layers)
+            })
+            .collect();
+        let take = a.search_max.min(fresh.len());
+        let picked: Vec<(String, usize)> = (0..take)
+            .map(|i| {
+                let idx = if take == 1 {
+                    0
+                } else {
+                    i * (fresh.len() - 1) / (take - 1)
+                };
+                fresh[idx].clone()
+            })
+            .collect();
+        if fitting == 0 {
+            bail!(
+                "no per-layer grouping of {d}'s shared layers fits {budget} comparisons per image (the smallest, one ReLU per channel, needs {})",
+                report::search_candidates(arch, usize::MAX, usize::MAX)?
+                    .1
+                    .iter()
+                    .map(|(_, t)| *t)
+                    .min()
+                    .unwrap_or(0)
+            );
+        }
+        if !datasets.contains(&d) {
+            datasets.push(d.clone());
+        }
+        let orig = Job {
+            dataset: d.clone(),
+            preset: "original".into(),
+        };
+        if !jobs.contains(&orig) {
+            jobs.push(orig);
+        }
+        let mut trained = Vec::new();
+        for (text, _) in picked {
+            let preset = format!("{}{text}", report::SEARCH_PREFIX);
+            trained.push(preset.clone());
+            jobs.push(Job {
+                dataset: d.clone(),
+                preset,
+            });
+        }
+        search = Some(report::SearchSummary {
+            dataset: d,
+            budget,
+            fitting,
+            trained,
+        });
     }
     let quick = a.quick;
     if !quick {
@@ -371,6 +466,7 @@ pub fn run(a: Args) -> Result<()> {
             data_source,
             tables: tables.clone(),
             datasets: datasets.clone(),
+            search,
             ..Default::default()
         },
         a,
@@ -383,6 +479,8 @@ pub fn run(a: Args) -> Result<()> {
         "cluster_limit": ctx.a.cluster_limit,
         "secure_images": ctx.a.secure_images,
         "lr": ctx.a.lr,
+        "relu_budget": ctx.a.relu_budget,
+        "search_max": ctx.a.search_max,
         "datasets": datasets,
     });
     let started = Instant::now();
@@ -496,7 +594,14 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
         }
     }
 
-    let mut spec = presets::build(arch, &j.preset)?;
+    let mut spec = match j.preset.strip_prefix(report::SEARCH_PREFIX) {
+        Some(text) => {
+            let mut s = relushare_model::ModelSpec::original(arch);
+            presets::apply_freeform(&mut s, text)?;
+            s
+        }
+        None => presets::build(arch, &j.preset)?,
+    };
     let name = ctx.data_name(&j.dataset)?;
     let norm = relushare_nn::normalization_for(name, spec.input.c);
     spec.normalization = norm;
@@ -940,7 +1045,11 @@ fn figures(ctx: &mut Ctx, paper: &PaperNumbers, datasets: &[String]) {
             .iter()
             .filter(|r| &r.dataset == d)
             .map(|r| plot::ParetoPoint {
-                label: r.preset.clone(),
+                label: r
+                    .preset
+                    .strip_prefix(report::SEARCH_PREFIX)
+                    .unwrap_or(&r.preset)
+                    .to_string(),
                 comparisons: r.total_relus as f64,
                 accuracy: r.test_accuracy,
             })

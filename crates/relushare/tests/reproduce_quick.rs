@@ -35,13 +35,32 @@ fn quick_reproduce_end_to_end_and_resume() {
         "--out",
         o,
         "--json",
+        "--relu-budget",
+        "5000",
+        "--search-max",
+        "2",
     ];
     let (ok, stdout, stderr) = relushare(&args);
     assert!(ok, "{stderr}");
     let res: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(res["quick"], true);
     let trained = res["trained"].as_array().unwrap();
-    assert_eq!(trained.len(), 6, "Table 6 has six SVHN rows");
+    assert_eq!(
+        trained.len(),
+        8,
+        "Table 6 has six SVHN rows, plus two search candidates"
+    );
+    // the search skips candidates equal to preset rows (3x3 merged = uniform3, channel = uniform32)
+    let search: Vec<&str> = res["search"]["trained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        search,
+        ["search:act1=patch4-merge", "search:act1=patch16-merge"]
+    );
     let relus = |p: &str| {
         trained.iter().find(|r| r["preset"] == p).unwrap()["relus_per_channel"][0]
             .as_u64()
@@ -80,6 +99,11 @@ fn quick_reproduce_end_to_end_and_resume() {
     assert!(
         !report.contains("Table 5"),
         "only the chosen tables/datasets"
+    );
+    assert!(report.contains("Beyond the paper: per-layer group sizes under a budget of 5000"));
+    assert!(
+        report.contains("search `act1=patch4-merge` | 3872 | 49 |"),
+        "{report}"
     );
     for f in res["figures"].as_array().unwrap() {
         let p = std::path::Path::new(f.as_str().unwrap());
