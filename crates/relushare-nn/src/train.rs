@@ -451,6 +451,11 @@ pub fn train_model(
             };
             let logits = forward(&module, &plan, x, &mut mode);
             let preds = crate::net::argmax_rows(logits.clone().detach())?;
+            // NOTE(repro): `relushare reproduce --teacher FILE` (knowledge distillation, issue 5
+            // "beyond the paper") needs a hook here: e.g. `TrainConfig.distill: Option<Distill {
+            // teacher: Model, temperature: f32, alpha: f32 }>`, running the teacher (no grad) on
+            // the same augmented batch `x` and using
+            // loss = (1 - alpha) * CE(logits, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)).
             let loss = cross_entropy(logits, &labels, &device);
             let loss_v: f32 = loss.clone().into_scalar();
             if !loss_v.is_finite() {
