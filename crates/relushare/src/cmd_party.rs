@@ -7,6 +7,13 @@
 //! result. Any failure (peer missing, refused, disconnected, stalled, malformed) ends the
 //! process with a non-zero status and a message naming the peer; `--out` is written atomically
 //! and only on success.
+//!
+//! ```text
+//! relushare keys --out keys                     # then give party R: ca.crt, session-id, party-R.*
+//! relushare party --role 0 --keys keys --listen 127.0.0.1:7000 --dataset cifar10 --data-dir data
+//! relushare party --role 1 --keys keys --listen 127.0.0.1:7001 --peers 0=127.0.0.1:7000 --model m.safetensors
+//! relushare party --role 2 --keys keys --peers 0=127.0.0.1:7000,1=127.0.0.1:7001
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,7 +43,7 @@ pub struct Args {
     /// Session id to require from peers (default: the keys directory's session-id).
     #[arg(long)]
     pub session_id: Option<String>,
-    /// Protocol suite (all parties must agree): fast or fss.
+    /// Protocol suite (all parties must agree): fast, fss or securenn.
     #[arg(long, default_value = "fast")]
     pub protocol: String,
     /// Fixed-point fractional bits (all parties must agree).

@@ -486,3 +486,62 @@ fn other_ca_wrong_role_and_replayed_session_are_refused_before_any_share() {
         assert_failed(&r, &["group or others"], 5.0);
     }
 }
+
+#[test]
+fn keys_are_private_atomic_and_not_silently_replaced() {
+    let d = tmp();
+    let k = keys(d.path(), "keys-test");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for r in 0..3 {
+            let m = std::fs::metadata(k.join(format!("party-{r}.key")))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, 0o600, "party-{r}.key");
+        }
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+    assert!(!k.join("ca.key").exists(), "the CA key must not be kept");
+    let names: Vec<String> = std::fs::read_dir(&k)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    let again = Command::new(BIN)
+        .args(["keys", "--out", k.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let forced = Command::new(BIN)
+        .args(["keys", "--out", k.to_str().unwrap(), "--force", "--json"])
+        .output()
+        .unwrap();
+    assert!(forced.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&forced.stdout).unwrap();
+    let sid = j["session_id"].as_str().unwrap();
+    assert_eq!(sid.len(), 32, "random 128-bit session id");
+    assert_eq!(
+        std::fs::read_to_string(k.join("session-id"))
+            .unwrap()
+            .trim(),
+        sid
+    );
+    let bad = Command::new(BIN)
+        .args([
+            "keys",
+            "--out",
+            d.path().join("x").to_str().unwrap(),
+            "--session-id",
+            "a b",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("session id"));
+}

@@ -167,11 +167,17 @@ pub fn generate(
         None => random_session_id()?,
     };
     validate_session_id(&session_id)?;
-    if dir.join("ca.crt").exists() && !force {
-        return Err(keys_err(
-            dir,
-            "already holds session keys (ca.crt exists); pass --force to replace them",
-        ));
+    let ca_path = dir.join("ca.crt");
+    if ca_path.exists() {
+        if !force {
+            return Err(keys_err(
+                dir,
+                "already holds session keys (ca.crt exists); pass --force to replace them",
+            ));
+        }
+        // ca.crt marks a complete directory: remove it first so an interrupted replacement
+        // never looks complete with a mix of old and new files.
+        fs::remove_file(&ca_path).map_err(|e| keys_err(&ca_path, format!("cannot remove: {e}")))?;
     }
     if !dir.exists() {
         let mut b = fs::DirBuilder::new();
