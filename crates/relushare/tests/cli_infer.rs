@@ -1,0 +1,106 @@
+//! `relushare infer` end to end: JSON fields, SecureNN costs equal the Table 1 formulas of the
+//! spec, every suite agrees with the plaintext fixed-point class, clear errors on bad input.
+
+use std::process::Command;
+
+use relushare_model::{presets, Arch, Model};
+use relushare_mpc::plain::FixedModel;
+use relushare_mpc::securenn::table1_cost;
+
+fn infer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_relushare"))
+        .arg("infer")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn infer_json(args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = infer(&a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn securenn_json_matches_table1_and_plaintext() {
+    let j = infer_json(&[
+        "--arch",
+        "svhn",
+        "--preset",
+        "original",
+        "--random-weights",
+        "--protocol",
+        "securenn",
+        "--images",
+        "2",
+    ]);
+    let model = Model::random(presets::build(Arch::Svhn, "original").unwrap(), None, 1).unwrap();
+    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let f = table1_cost(&fm, 1);
+    let bits: u64 = f.iter().map(|c| c.bits).sum();
+    let rounds: u64 = f.iter().map(|c| c.rounds).sum();
+    assert_eq!(j["online_bytes"].as_f64().unwrap() * 8.0, bits as f64);
+    assert_eq!(j["offline_bytes"].as_f64().unwrap(), 0.0);
+    assert_eq!(j["rounds"].as_u64().unwrap(), rounds);
+    assert_eq!(j["agree_with_plaintext"].as_f64().unwrap(), 1.0);
+    assert_eq!(j["images"].as_u64().unwrap(), 2);
+    assert!(j["seconds"].as_f64().unwrap() > 0.0);
+    let layers = j["layers"].as_array().unwrap();
+    for c in &f {
+        let l = layers.iter().find(|l| l["name"] == c.name.as_str());
+        let bytes = l
+            .map(|l| l["online_bytes"].as_f64().unwrap())
+            .unwrap_or(0.0);
+        assert_eq!(bytes * 8.0, c.bits as f64, "{}", c.name);
+    }
+    for img in j["per_image"].as_array().unwrap() {
+        assert_eq!(img["class"], img["plaintext_class"]);
+    }
+}
+
+#[test]
+fn every_protocol_agrees_with_plaintext() {
+    for p in ["securenn", "fast", "fss"] {
+        let j = infer_json(&[
+            "--arch",
+            "fmnist",
+            "--preset",
+            "uniform32",
+            "--random-weights",
+            "--protocol",
+            p,
+            "--images",
+            "2",
+            "--batch",
+            "2",
+        ]);
+        assert_eq!(j["agree_with_plaintext"].as_f64().unwrap(), 1.0, "{p}");
+        assert_eq!(j["protocol"], p);
+        assert!(j["online_bytes"].as_f64().unwrap() > 0.0, "{p}");
+    }
+}
+
+#[test]
+fn human_table_and_errors() {
+    let out = infer(&["--arch", "svhn", "--random-weights", "--protocol", "fast"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("total") && text.contains("act1") && text.contains("agreement"));
+    let out = infer(&["--model", "/nonexistent/model.safetensors"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent"));
+    let out = infer(&["--arch", "svhn", "--random-weights", "--protocol", "bogus"]);
+    assert!(!out.status.success());
+    let out = infer(&["--arch", "svhn", "--random-weights", "--images", "0"]);
+    assert!(!out.status.success());
+}
