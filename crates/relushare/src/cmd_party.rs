@@ -40,6 +40,10 @@ pub struct Args {
     /// Seconds to wait for peers to connect, and for any single read or write.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Seconds to wait for all peers to connect, if different from --timeout (e.g. when the
+    /// parties are started by hand).
+    #[arg(long)]
+    pub connect_timeout: Option<f64>,
     /// Session id to require from peers (default: the keys directory's session-id).
     #[arg(long)]
     pub session_id: Option<String>,
@@ -206,6 +210,12 @@ pub fn run(a: Args) -> Result<()> {
         cfg.session_id = s.clone();
     }
     cfg.timeout = Duration::from_secs_f64(a.timeout);
+    if let Some(c) = a.connect_timeout {
+        if !(c > 0.0 && c <= 86_400.0) {
+            bail!("--connect-timeout must be between 0 and 86400 seconds");
+        }
+        cfg.connect_timeout = Some(Duration::from_secs_f64(c));
+    }
     let listener = match (&a.listen, a.role) {
         (Some(addr), r) if r < 2 => Some(net::bind(addr)?),
         (None, r) if r < 2 => bail!("party {r} must listen: pass --listen HOST:PORT"),
@@ -214,7 +224,9 @@ pub fn run(a: Args) -> Result<()> {
     };
     eprintln!(
         "party {}: session {}, waiting up to {:.0} s for the other parties",
-        a.role, cfg.session_id, a.timeout
+        a.role,
+        cfg.session_id,
+        cfg.connect_window().as_secs_f64()
     );
     let mesh = TlsTransport::connect(&cfg, listener)?;
     eprintln!(
