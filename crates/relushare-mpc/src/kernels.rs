@@ -100,12 +100,31 @@ pub fn matmul_into(a: &[u64], b: &[u64], c: &mut [u64], m: usize, k: usize, n: u
     // k loop) when the CPU has AVX-512F/DQ; the portable loop below otherwise.
     #[cfg(target_arch = "x86_64")]
     if m >= avx512::MR && n >= avx512::NR && avx512::available() {
+        // Pack B into contiguous k x NR column panels (one pass over B) so the micro-kernel
+        // streams them instead of striding by n (which thrashes the cache sets).
+        let nfull = n / avx512::NR * avx512::NR;
+        let mut packed = vec![0u64; k * nfull];
+        let pack = |(s, dst): (usize, &mut [u64])| {
+            for p in 0..k {
+                let src = &b[p * n + s * avx512::NR..p * n + (s + 1) * avx512::NR];
+                dst[p * avx512::NR..(p + 1) * avx512::NR].copy_from_slice(src);
+            }
+        };
+        if m * n * k < 1 << 16 {
+            packed.chunks_mut(k * avx512::NR).enumerate().for_each(pack);
+        } else {
+            packed
+                .par_chunks_mut(k * avx512::NR)
+                .enumerate()
+                .for_each(pack);
+        }
+        let packed = &packed;
         let body = |(bi, cblk): (usize, &mut [u64])| {
             let rows = cblk.len() / n;
             let ablk = &a[bi * avx512::MR * k..(bi * avx512::MR + rows) * k];
             // SAFETY: `available()` checked the CPU features; slices have the lengths
-            // `block` expects (rows*k, k*n, rows*n).
-            unsafe { avx512::block(ablk, b, cblk, rows, k, n) }
+            // `block` expects (rows*k, k*n, k*nfull, rows*n).
+            unsafe { avx512::block(ablk, b, packed, cblk, rows, k, n) }
         };
         if m * n * k < 1 << 16 {
             c.chunks_mut(avx512::MR * n).enumerate().for_each(body);
@@ -287,14 +306,23 @@ mod avx512 {
     }
 
     /// `C[rows x n] += A[rows x k] * B[k x n]` (wrapping), row-major slices of exactly those
-    /// lengths.
+    /// lengths; `packed` holds B's first `n / NR * NR` columns as contiguous `k x NR` panels.
     ///
     /// # Safety
     /// The CPU must support AVX-512F and AVX-512DQ; `a.len() == rows*k`, `b.len() == k*n`,
-    /// `c.len() == rows*n`.
+    /// `packed.len() == k*(n/NR*NR)`, `c.len() == rows*n`.
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn block(a: &[u64], b: &[u64], c: &mut [u64], rows: usize, k: usize, n: usize) {
+    pub unsafe fn block(
+        a: &[u64],
+        b: &[u64],
+        packed: &[u64],
+        c: &mut [u64],
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) {
         debug_assert!(a.len() == rows * k && b.len() == k * n && c.len() == rows * n);
+        debug_assert!(packed.len() == k * (n / NR * NR));
         let nfull = n / NR * NR;
         let mut r0 = 0;
         while r0 + MR <= rows {
@@ -303,7 +331,7 @@ mod avx512 {
                 let mut acc = [[_mm512_setzero_si512(); 2]; MR];
                 let ap = a.as_ptr().add(r0 * k);
                 for p in 0..k {
-                    let bp = b.as_ptr().add(p * n + j);
+                    let bp = packed.as_ptr().add((j / NR) * k * NR + p * NR);
                     let b0 = _mm512_loadu_si512(bp as *const _);
                     let b1 = _mm512_loadu_si512(bp.add(8) as *const _);
                     for (r, accr) in acc.iter_mut().enumerate() {

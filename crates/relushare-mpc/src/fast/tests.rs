@@ -625,3 +625,63 @@ fn measure() {
         println!("{k} {v}");
     }
 }
+
+/// Seconds and bytes of `securenn` vs `fast` on CIFAR-10 `original` in the same process, and
+/// `fast` throughput at several batch sizes
+/// (`cargo test --release -- --ignored --nocapture compare_and_batch`).
+#[test]
+#[ignore]
+fn compare_and_batch() {
+    use crate::plain::FixedModel;
+    use crate::runner::{run_session, RunOptions};
+    use relushare_model::{presets, Arch, Model};
+    let spec = presets::build(Arch::Cifar10, "original").unwrap();
+    let model = Model::random(spec, None, 1).unwrap();
+    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let cfg = config_for_model(&fm, &model).unwrap();
+    let img = vec![0u64; fm.input_len];
+    let t = std::time::Instant::now();
+    let snn = run_session(
+        &fm,
+        &[vec![img.clone()]],
+        &crate::securenn::factory,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let snn_s = t.elapsed().as_secs_f64();
+    let f = factory(cfg.clone(), CmpMode::Tree);
+    let t = std::time::Instant::now();
+    let fast = run_session(&fm, &[vec![img.clone()]], &f, &RunOptions::default()).unwrap();
+    let fast_s = t.elapsed().as_secs_f64();
+    let b = &snn.batches[0];
+    println!(
+        "securenn: {:.3}s session, online {:.3}s, {:.2} MB, {} rounds",
+        snn_s,
+        b.online_seconds,
+        (b.report.online_bytes() + b.report.offline_bytes()) as f64 / 1e6,
+        b.report.online_rounds()
+    );
+    let b = &fast.batches[0];
+    println!(
+        "fast: {:.3}s session, offline {:.3}s online {:.3}s, {:.2} MB; speedup (session) {:.1}x",
+        fast_s,
+        b.offline_seconds,
+        b.online_seconds,
+        (b.report.online_bytes() + b.report.offline_bytes()) as f64 / 1e6,
+        snn_s / fast_s
+    );
+    for bs in [1usize, 16, 64] {
+        let batch = vec![img.clone(); bs];
+        let res = run_session(&fm, &[batch.clone(), batch], &f, &RunOptions::default()).unwrap();
+        let b = &res.batches[1];
+        let secs = b.offline_seconds + b.online_seconds;
+        println!(
+            "fast batch {bs}: {:.3}s offline + {:.3}s online, {:.1} images/s (online only {:.1}), {:.2} MB/image",
+            b.offline_seconds,
+            b.online_seconds,
+            bs as f64 / secs,
+            bs as f64 / b.online_seconds,
+            (b.report.online_bytes() + b.report.offline_bytes()) as f64 / 1e6 / bs as f64
+        );
+    }
+}
