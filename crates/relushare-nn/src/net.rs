@@ -620,3 +620,84 @@ pub fn cross_entropy(logits: Tensor<2>, labels: &[u8], device: &Device) -> Tenso
     let logp = activation::log_softmax(logits, 1);
     logp.gather(1, idx).mean().neg()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use relushare_model::{presets, Arch};
+
+    /// The straight-through estimator gives `v` (and the FC bias) finite, non-zero gradients,
+    /// while the forward value of the training gate is exactly the hard step.
+    #[test]
+    fn ste_gradients_reach_sharing_parameters() {
+        let mut spec = presets::build(Arch::Svhn, "original").unwrap();
+        presets::apply_freeform(&mut spec, "act1=patch3:noise0.2,act2=channel:fc").unwrap();
+        let model = Model::random(spec, None, 5).unwrap();
+        let device = Device::flex().autodiff();
+        let net = Net::from_model(&model, &device).unwrap();
+        let x: Vec<f32> = (0..4 * 3 * 32 * 32)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let x = images_tensor(x, 4, 3, 32, 32, &device);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut mode = ForwardMode {
+            train: true,
+            noise: false,
+            temperature: 1.0,
+            rng: &mut rng,
+        };
+        let logits = net.forward(x.clone(), &mut mode);
+        // Same logits as inference mode (the surrogate terms cancel in the forward pass).
+        let plain = Net::from_model(&model, &Device::flex()).unwrap();
+        let xs = x
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let want = plain.logits(&xs, 4, false, 0).unwrap();
+        let got = logits
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        for (a, b) in got.iter().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let loss = cross_entropy(logits, &[0, 1, 2, 3], &device);
+        let grads = loss.backward();
+        for (i, p) in net.module.shared.iter().enumerate() {
+            let g =
+                p.v.as_ref()
+                    .unwrap()
+                    .val()
+                    .grad(&grads)
+                    .expect("v has a gradient");
+            let g = g
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
+            assert!(g.iter().all(|x| x.is_finite()));
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "layer {i}: all-zero v gradient"
+            );
+        }
+        let b = net.module.shared[1]
+            .fc_bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .grad(&grads)
+            .unwrap();
+        let b = b
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(b.iter().any(|&x| x != 0.0));
+    }
+}

@@ -563,3 +563,44 @@ pub fn train_model(
         model,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let c = LrSchedule::Cosine;
+        assert!((c.lr(0.1, 0, 0, 100) - 0.1).abs() < 1e-12);
+        assert!((c.lr(0.1, 0, 50, 100) - 0.05).abs() < 1e-12);
+        assert!(c.lr(0.1, 0, 100, 100).abs() < 1e-12);
+        let s: LrSchedule = "step:2:0.1".parse().unwrap();
+        assert_eq!(
+            s,
+            LrSchedule::Step {
+                every: 2,
+                gamma: 0.1
+            }
+        );
+        assert!((s.lr(1.0, 3, 0, 1) - 0.1).abs() < 1e-12);
+        assert!((s.lr(1.0, 4, 0, 1) - 0.01).abs() < 1e-12);
+        assert_eq!(
+            "constant".parse::<LrSchedule>().unwrap().lr(0.3, 9, 9, 10),
+            0.3
+        );
+        assert!("step:x".parse::<LrSchedule>().is_err());
+        assert!("linear".parse::<LrSchedule>().is_err());
+        assert_eq!("SGD".parse::<OptimizerKind>().unwrap(), OptimizerKind::Sgd);
+        assert!("rmsprop".parse::<OptimizerKind>().is_err());
+    }
+
+    #[test]
+    fn epoch_streams_differ_and_repeat() {
+        use rand::Rng;
+        let a = epoch_rng(1, 0, 1).next_u64();
+        assert_eq!(a, epoch_rng(1, 0, 1).next_u64());
+        assert_ne!(a, epoch_rng(1, 1, 1).next_u64());
+        assert_ne!(a, epoch_rng(1, 0, 2).next_u64());
+        assert_ne!(a, epoch_rng(2, 0, 1).next_u64());
+    }
+}
