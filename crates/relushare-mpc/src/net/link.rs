@@ -101,7 +101,9 @@ impl Link {
         std::thread::Builder::new()
             .name(format!("net-writer-P{peer}"))
             .spawn(move || {
-                if let Err(e) = writer_loop(wsock, out_rx) {
+                // `out_rx` lives until the failure is recorded, so a concurrent `send` that finds
+                // the queue closed always finds the reason too.
+                if let Err(e) = writer_loop(wsock, &out_rx) {
                     let e = NetError::io(peer, e, "sending", timeout);
                     w_flag.store(true, Ordering::Relaxed);
                     record(&w_fail, &e);
@@ -270,8 +272,8 @@ impl Drop for Link {
     }
 }
 
-fn writer_loop(mut sock: TcpStream, out_rx: Receiver<Out>) -> io::Result<()> {
-    for out in out_rx {
+fn writer_loop(mut sock: TcpStream, out_rx: &Receiver<Out>) -> io::Result<()> {
+    for out in out_rx.iter() {
         match out {
             Out::Data(buf) => {
                 sock.write_all(&buf)?;

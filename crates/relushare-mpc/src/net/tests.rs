@@ -343,7 +343,8 @@ fn stalled_reader_makes_writes_fail_not_hang() {
     let chunk = vec![0u8; 256 << 10];
     let start = Instant::now();
     let mut err = None;
-    for _ in 0..2000 {
+    // At most ~100 MB queued: enough to fill the socket buffers of loopback many times over.
+    for _ in 0..400 {
         if let Err(e) = t0.send_msg(1, &chunk) {
             err = Some(e);
             break;
@@ -357,6 +358,6 @@ fn stalled_reader_makes_writes_fail_not_hang() {
         e.contains("P1") && (e.contains("timed out") || e.contains("stalled")),
         "{e}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(6));
     drop(p1);
 }
