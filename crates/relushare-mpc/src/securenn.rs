@@ -28,6 +28,7 @@ use crate::kernels::{self, ConvGeom};
 use crate::prg::{PartyPrgs, Prg};
 use crate::ring::{self, Zp};
 use crate::suite::{DeciderKind, GroupPlan, LinearGeom, Shared, Suite, WeightShare};
+use rayon::prelude::*;
 
 /// The prime of PrivateCompare.
 pub const P: u8 = 67;
@@ -246,8 +247,7 @@ impl SecureNn {
             .collect();
         let mut perm = vec![0u8; n * 64];
         let r = prg.gen_u64s(n * 64);
-        for e in 0..n {
-            let p = &mut perm[e * 64..(e + 1) * 64];
+        perm.par_chunks_mut(64).enumerate().for_each(|(e, p)| {
             for (i, v) in p.iter_mut().enumerate() {
                 *v = i as u8;
             }
@@ -255,13 +255,14 @@ impl SecureNn {
                 let j = (r[e * 64 + i] % (i as u64 + 1)) as usize;
                 p.swap(i, j);
             }
-        }
+        });
         (s, perm)
     }
 
     /// P2's side of PrivateCompare: the bit `beta'` = [some reconstructed d_i is zero].
     fn pc_open(d0: &[u8], d1: &[u8], n: usize) -> Vec<u8> {
         (0..n)
+            .into_par_iter()
             .map(|e| {
                 let z = (0..64).any(|i| ZP.add(d0[e * 64 + i], d1[e * 64 + i]) == 0);
                 u8::from(z)
@@ -479,7 +480,7 @@ impl Suite for SecureNn {
         Self::check_m(&xp, 2)?;
         // R3: PrivateCompare [x > r - 1] with flip eta''
         let mut d = vec![0u8; n * 64];
-        for e in 0..n {
+        d.par_chunks_mut(64).enumerate().for_each(|(e, out)| {
             let t = r[e].wrapping_sub(1);
             Self::pc_local(
                 me,
@@ -488,9 +489,9 @@ impl Suite for SecureNn {
                 eta2[e],
                 &sc_s[e * 64..(e + 1) * 64],
                 &sc_perm[e * 64..(e + 1) * 64],
-                &mut d[e * 64..(e + 1) * 64],
+                out,
             );
-        }
+        });
         self.comm.round(vec![(2, d)], &[])?;
         // R4: shares of eta' over Z_{L-1}
         let etap = self.comm.recv_u64(2, n)?;
@@ -528,7 +529,7 @@ impl Suite for SecureNn {
             .collect();
         // R6: PrivateCompare [x' > rr] with flip beta
         let mut d = vec![0u8; n * 64];
-        for e in 0..n {
+        d.par_chunks_mut(64).enumerate().for_each(|(e, out)| {
             Self::pc_local(
                 me,
                 &xpbits[e * 64..(e + 1) * 64],
@@ -536,9 +537,9 @@ impl Suite for SecureNn {
                 beta[e],
                 &msb_s[e * 64..(e + 1) * 64],
                 &msb_perm[e * 64..(e + 1) * 64],
-                &mut d[e * 64..(e + 1) * 64],
+                out,
             );
-        }
+        });
         self.comm.round(vec![(2, d)], &[])?;
         // R7: shares of beta' over Z_L (+ the Mul triple's c1 for P1)
         let (mut tri, _) = self.elem_triple(n)?;

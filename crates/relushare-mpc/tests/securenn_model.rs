@@ -310,3 +310,93 @@ fn paper_architectures_match_table1_formulas() {
         );
     }
 }
+
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind_strategy() -> impl Strategy<Value = u8> {
+        0u8..8
+    }
+
+    fn make_kind(sel: u8, c: usize) -> ActKind {
+        let patch = |k, edge| Grouping::Patch { k, edge };
+        match sel {
+            0 => ActKind::Relu,
+            1 => ActKind::Identity,
+            2 => ActKind::Partial {
+                relu_channels: c / 2,
+            },
+            3 => shared(patch(2, EdgePolicy::Partial), Decider::Learned, 0.0),
+            4 => shared(patch(3, EdgePolicy::Merge), Decider::OneHot, 0.0),
+            5 => shared(Grouping::Channel, Decider::Fc, 0.0),
+            6 => shared(Grouping::Channel, Decider::Learned, 0.0),
+            _ => shared(patch(2, EdgePolicy::Merge), Decider::OneHot, 0.0),
+        }
+    }
+
+    /// Input values with many at the comparison's edge: 0, +-1 ulp, +-1.0, large magnitudes.
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            Just(0.0f32),
+            Just(1.0 / 8192.0),
+            Just(-1.0 / 8192.0),
+            Just(1.0),
+            Just(-1.0),
+            -2.0f32..2.0,
+            -60.0f32..60.0,
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        /// Random small networks (shapes, kernels, padding, activation kinds, values): every
+        /// layer of the secure run equals plaintext fixed point on the same layer input, and
+        /// the bytes/rounds equal the Table 1 formulas.
+        #[test]
+        fn random_networks_layer_by_layer(
+            c in 1usize..4, hw in 6usize..11, o1 in 2usize..5, k in 1usize..4, pad in 0usize..2,
+            a1 in kind_strategy(), a2 in kind_strategy(), n in 1usize..3,
+            vals in proptest::collection::vec(value(), 2 * 3 * 10 * 10),
+            seed in 0u64..1000,
+        ) {
+            let pad = pad.min(k - 1);
+            let h1 = hw + 2 * pad - k + 1;
+            let mut spec = ModelSpec::original(Arch::Fmnist);
+            spec.preset = "prop".into();
+            spec.input = Dims::new(c, hw, hw);
+            spec.normalization = Normalization::identity(c);
+            let h2 = h1 / 2;
+            spec.num_classes = 3;
+            spec.layers = vec![
+                Layer::Conv { name: "conv1".into(), in_ch: c, out_ch: o1, kernel: k, stride: 1, padding: pad },
+                act("act1", make_kind(a1, o1)),
+                Layer::AvgPool { name: "pool1".into(), kernel: 2, stride: 2 },
+                Layer::Conv { name: "conv2".into(), in_ch: o1, out_ch: 2, kernel: 1, stride: 1, padding: 0 },
+                act("act2", make_kind(a2, 2)),
+                Layer::Flatten,
+                Layer::Linear { name: "fc1".into(), in_f: 2 * h2 * h2, out_f: 3 },
+            ];
+            prop_assume!(spec.validate().is_ok());
+            let mut model = Model::random(spec, None, seed).unwrap();
+            for (name, t) in model.params.iter_mut() {
+                if name.ends_with(".v") || name.ends_with(".fc_bias") {
+                    for (j, v) in t.data.iter_mut().enumerate() {
+                        *v = ((j as u64 * 7919 + seed) % 13) as f32 / 6.0 - 1.0;
+                    }
+                }
+            }
+            let fm = FixedModel::from_model(&model, 13).unwrap();
+            let batch: Vec<Vec<u64>> = (0..n)
+                .map(|i| {
+                    let img: Vec<f32> = (0..fm.input_len).map(|j| vals[(i * fm.input_len + j) % vals.len()]).collect();
+                    fm.encode_input(&img).unwrap()
+                })
+                .collect();
+            let res = run(&fm, batch, true);
+            check_layers(&fm, n, res.batches[0].trace.as_ref().unwrap());
+            check_costs(&fm, n, &res);
+        }
+    }
+}
