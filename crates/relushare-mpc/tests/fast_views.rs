@@ -1,0 +1,240 @@
+//! Privacy check of the `fast` and `fss` suites: every message a party receives (openings,
+//! comparison-tree openings, dealer material) has the same byte distribution for two different
+//! secrets (two-sample chi-square per received message and byte offset mod 8).
+
+use relushare_mpc::cost::{Comm, Phase};
+use relushare_mpc::fast::{CmpMode, FastConfig, FastSuite};
+use relushare_mpc::prg::Prg;
+use relushare_mpc::runner::share_vec;
+use relushare_mpc::suite::{DeciderKind, GroupPlan, Plan, PlanOp, Suite};
+use relushare_mpc::transport::{MemTransport, Transport};
+use relushare_mpc::MpcError;
+use std::sync::{Arc, Mutex};
+
+type Log = Arc<Mutex<Vec<Vec<u8>>>>;
+
+struct Recording {
+    inner: MemTransport,
+    log: Log,
+}
+
+impl Transport for Recording {
+    fn party(&self) -> usize {
+        self.inner.party()
+    }
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), MpcError> {
+        self.inner.send(to, msg)
+    }
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>, MpcError> {
+        let m = self.inner.recv(from)?;
+        self.log.lock().unwrap().push(m.clone());
+        Ok(m)
+    }
+}
+
+/// Views of the three parties: prepare + offline + `op` online (seed messages dropped).
+fn views(
+    mode: CmpMode,
+    plan: Plan,
+    op: impl Fn(&mut FastSuite, usize) + Sync,
+) -> Vec<Vec<Vec<u8>>> {
+    let ts = MemTransport::trio();
+    let logs: Vec<Log> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    std::thread::scope(|s| {
+        for (p, t) in ts.into_iter().enumerate() {
+            let log = logs[p].clone();
+            let op = &op;
+            let plan = plan.clone();
+            s.spawn(move || {
+                let rec = Recording {
+                    inner: t,
+                    log: log.clone(),
+                };
+                let mut cfg = FastConfig::defaults(13);
+                cfg.bits.insert("act".into(), 25);
+                let mut sn = FastSuite::new(Comm::new(Box::new(rec)), 13, cfg, mode);
+                sn.comm().set_phase(Phase::Offline);
+                sn.prepare(&plan, &[]).unwrap();
+                log.lock().unwrap().clear(); // drop the seed messages
+                sn.offline(&plan, &[]).unwrap();
+                sn.comm().set_phase(Phase::Online);
+                op(&mut sn, p);
+            });
+        }
+    });
+    logs.iter().map(|l| l.lock().unwrap().clone()).collect()
+}
+
+fn chi_z(a: &[u64; 256], b: &[u64; 256]) -> f64 {
+    let (na, nb) = (a.iter().sum::<u64>() as f64, b.iter().sum::<u64>() as f64);
+    let (ka, kb) = ((nb / na).sqrt(), (na / nb).sqrt());
+    let mut chi = 0.0;
+    let mut bins = 0;
+    for i in 0..256 {
+        let s = (a[i] + b[i]) as f64;
+        if s > 0.0 {
+            let d = ka * a[i] as f64 - kb * b[i] as f64;
+            chi += d * d / s;
+            bins += 1;
+        }
+    }
+    let df = (bins - 1).max(1) as f64;
+    (chi - df) / (2.0 * df).sqrt()
+}
+
+fn histograms(msg: &[u8]) -> Vec<[u64; 256]> {
+    let mut h = vec![[0u64; 256]; 8];
+    for (i, &b) in msg.iter().enumerate() {
+        h[i % 8][b as usize] += 1;
+    }
+    h
+}
+
+/// Largest z over parties, messages (>= 16 KiB) and byte offsets; also checks that the
+/// message pattern (count and sizes) is identical.
+fn max_z(va: &[Vec<Vec<u8>>], vb: &[Vec<Vec<u8>>]) -> (f64, String, usize) {
+    let mut worst = (f64::MIN, String::new(), 0);
+    for p in 0..3 {
+        assert_eq!(
+            va[p].len(),
+            vb[p].len(),
+            "party {p}: number of messages differs"
+        );
+        for (k, (ma, mb)) in va[p].iter().zip(&vb[p]).enumerate() {
+            assert_eq!(ma.len(), mb.len(), "party {p} message {k}: length differs");
+            if ma.len() < 16 * 1024 {
+                continue;
+            }
+            worst.2 += 1;
+            let (ha, hb) = (histograms(ma), histograms(mb));
+            for o in 0..8 {
+                let z = chi_z(&ha[o], &hb[o]);
+                if z > worst.0 {
+                    worst = (z, format!("party {p} message {k} offset {o}"), worst.2);
+                }
+            }
+        }
+    }
+    worst
+}
+
+fn shares_of(v: &[u64]) -> [Vec<u64>; 3] {
+    let mut prg = Prg::from_os().unwrap();
+    let (a, b) = share_vec(&mut prg, v);
+    [a, b, Vec::new()]
+}
+
+const Z_LIMIT: f64 = 6.0;
+
+#[test]
+fn relu_views_do_not_depend_on_the_secret() {
+    let n = 65536;
+    for mode in [CmpMode::Tree, CmpMode::Fss] {
+        let plan = Plan {
+            n: 1,
+            input_len: n,
+            output_len: n,
+            ops: vec![PlanOp::Relu {
+                name: "act".into(),
+                len: n,
+            }],
+        };
+        let run = |secret: i64| {
+            let sh = shares_of(&vec![secret as u64; n]);
+            views(mode, plan.clone(), move |s, p| {
+                s.relu(&sh[p], n).unwrap();
+            })
+        };
+        // 0 vs -1 ulp (opposite decisions at the edge), then +5.0 vs -3.0.
+        for (a, b) in [(0i64, -1i64), (5 << 13, -3 << 13)] {
+            let (va, vb) = (run(a), run(b));
+            let (z, at, tested) = max_z(&va, &vb);
+            assert!(
+                tested >= 3,
+                "{mode:?}: only {tested} messages large enough to test"
+            );
+            assert!(
+                z < Z_LIMIT,
+                "{mode:?} secrets {a} vs {b}: view differs at {at} (z = {z:.1})"
+            );
+        }
+    }
+}
+
+#[test]
+fn shared_relu_views_do_not_depend_on_the_secret() {
+    // 16 channels of 64x64, one group per 8x8 patch, learned decider with v = 1.
+    let (c, h, w) = (16usize, 64usize, 64usize);
+    let len = c * h * w;
+    let group_of: Vec<u32> = (0..len)
+        .map(|i| {
+            let (ch, y, x) = (i / (h * w), (i / w) % h, i % w);
+            (ch * 64 + (y / 8) * 8 + x / 8) as u32
+        })
+        .collect();
+    let leaders: Vec<u32> = (0..c * 64)
+        .map(|g| {
+            let (ch, py, px) = (g / 64, (g % 64) / 8, g % 8);
+            (ch * h * w + (py * 8 + 4) * w + px * 8 + 4) as u32
+        })
+        .collect();
+    let vsh = shares_of(&vec![1u64 << 13; len]);
+    let run = |secret: i64| {
+        let sh = shares_of(&vec![secret as u64; len]);
+        let vsh = vsh.clone();
+        let group_of = group_of.clone();
+        let leaders = leaders.clone();
+        let mk = move |p: usize| GroupPlan {
+            len,
+            group_of: group_of.clone(),
+            num_groups: c * 64,
+            leaders: leaders.clone(),
+            decider: DeciderKind::Learned,
+            v: vsh[p].clone(),
+            bias: Vec::new(),
+            noise: 0.0,
+        };
+        let plan = Plan {
+            n: 1,
+            input_len: len,
+            output_len: len,
+            ops: vec![],
+        };
+        let ts = MemTransport::trio();
+        let logs: Vec<Log> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+        std::thread::scope(|s| {
+            for (p, t) in ts.into_iter().enumerate() {
+                let log = logs[p].clone();
+                let gp = mk(p);
+                let x = sh[p].clone();
+                let mut plan = plan.clone();
+                plan.ops = vec![PlanOp::SharedRelu {
+                    name: "act".into(),
+                    plan: Box::new(gp.clone()),
+                }];
+                s.spawn(move || {
+                    let rec = Recording {
+                        inner: t,
+                        log: log.clone(),
+                    };
+                    let mut cfg = FastConfig::defaults(13);
+                    cfg.bits.insert("act".into(), 41);
+                    let mut sn = FastSuite::new(Comm::new(Box::new(rec)), 13, cfg, CmpMode::Tree);
+                    sn.comm().set_phase(Phase::Offline);
+                    sn.prepare(&plan, &[]).unwrap();
+                    log.lock().unwrap().clear();
+                    sn.offline(&plan, &[]).unwrap();
+                    sn.comm().set_phase(Phase::Online);
+                    sn.shared_relu(&x, 1, &gp).unwrap();
+                });
+            }
+        });
+        logs.iter()
+            .map(|l| l.lock().unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    let (va, vb) = (run(2 << 13), run(-2 << 13));
+    let (z, at, tested) = max_z(&va, &vb);
+    assert!(tested >= 2, "only {tested} messages large enough to test");
+    assert!(z < Z_LIMIT, "view differs at {at} (z = {z:.1})");
+}
