@@ -361,3 +361,19 @@ fn stalled_reader_makes_writes_fail_not_hang() {
     assert!(start.elapsed() < Duration::from_secs(6));
     drop(p1);
 }
+
+#[test]
+fn plaintext_client_is_refused_and_the_listener_keeps_waiting() {
+    use std::io::Write;
+    let dir = session("plain", "good");
+    let (l0, a0) = listener();
+    let c0 = cfg(&dir, 0, &[], 1500);
+    let h0 = thread::spawn(move || TlsTransport::connect(&c0, Some(l0)));
+    let mut s = TcpStream::connect(a0).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let e = h0.join().unwrap().unwrap_err().to_string();
+    assert!(
+        e.contains("refused 1 connection") && e.contains("TLS error"),
+        "{e}"
+    );
+}

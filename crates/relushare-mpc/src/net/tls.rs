@@ -260,6 +260,13 @@ fn handshake_inner(
         conn.complete_io(sock)
             .map_err(|e| map_tls_io(guess, e, "TLS handshake", io_timeout))?;
     }
+    // The configurations offer TLS 1.3 only (and TLS 1.2 is not compiled in); check anyway.
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return Err(NetError::Refused {
+            peer: pname(guess),
+            reason: format!("negotiated {:?}, only TLS 1.3 is allowed", conn.protocol_version()),
+        });
+    }
     let peer_role = match &*conn {
         Connection::Client(_) => guess,
         Connection::Server(_) => {
