@@ -272,6 +272,7 @@ fn noise_layers_cost_and_flip_rate() {
 }
 
 #[test]
+#[cfg_attr(debug_assertions, ignore = "slow unoptimised: run with --release")]
 fn paper_architectures_match_table1_formulas() {
     // (arch, preset): layer-by-layer bits and rounds equal Table 1; totals from the spec.
     for (arch, preset) in [
