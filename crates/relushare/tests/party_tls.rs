@@ -93,7 +93,14 @@ impl Party {
 
 fn svhn_model(dir: &Path) -> (Model, PathBuf) {
     let spec = presets::build(Arch::Svhn, "uniform4").unwrap();
-    let m = Model::random(spec, None, 11).unwrap();
+    let mut m = Model::random(spec, None, 11).unwrap();
+    // Freshly initialised networks give nearly equal logits; spread them so that classes are
+    // well defined (far above the truncation error).
+    for name in ["fc1.weight", "fc1.bias"] {
+        for v in &mut m.params.get_mut(name).unwrap().data {
+            *v *= 40.0;
+        }
+    }
     let p = dir.join("model.safetensors");
     m.save(&p).unwrap();
     (m, p)
@@ -162,18 +169,29 @@ fn three_processes_over_tls_match_the_in_process_result() {
     let res =
         relushare_mpc::runner::run_session(&fm, &[enc.clone()], &factory, &Default::default())
             .unwrap();
+    // Secure runs differ from each other and from plaintext fixed point by the (random)
+    // truncation error only: logits must agree closely, and classes wherever the top two
+    // logits are further apart than that error.
+    let margin = |v: &[f32]| {
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| b.total_cmp(a));
+        s[0] - s[1]
+    };
+    let mut compared = 0;
     for (i, out) in res.batches[0].outputs.iter().enumerate() {
-        assert_eq!(
-            classes[i],
-            relushare_mpc::plain::argmax_fixed(out),
-            "image {i}"
-        );
         let local = fm.fp.decode_vec(out);
         for (a, b) in local.iter().zip(&logits[i]) {
             assert!(
                 (a - b).abs() < 0.01,
                 "logits differ: {local:?} vs {:?}",
                 logits[i]
+            );
+        }
+        if margin(&local) > 0.01 {
+            assert_eq!(
+                classes[i],
+                relushare_mpc::plain::argmax_fixed(out),
+                "image {i}"
             );
         }
         // And the plaintext fixed-point evaluation.
@@ -183,8 +201,16 @@ fn three_processes_over_tls_match_the_in_process_result() {
             .iter()
             .enumerate()
             .fold(0, |b, (j, v)| if *v > plain[b] { j } else { b });
-        assert_eq!(classes[i], pc, "image {i} vs plaintext");
+        if margin(&plain) > 0.01 {
+            assert_eq!(classes[i], pc, "image {i} vs plaintext");
+            compared += 1;
+        }
     }
+    // The images and weights are fixed, so this does not depend on chance.
+    assert!(
+        compared > 0,
+        "no image with a clear class: pick other seeds"
+    );
     // The other parties learned no result.
     for r in [&r1, &r2] {
         assert!(!r.stdout.contains("class"), "{}", r.stdout);

@@ -377,3 +377,101 @@ fn plaintext_client_is_refused_and_the_listener_keeps_waiting() {
         "{e}"
     );
 }
+
+/// Index of the largest logit and its margin over the runner-up.
+fn top(v: &[f32]) -> (usize, f32) {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+    (
+        idx[0],
+        v[idx[0]] - v.get(idx[1]).copied().unwrap_or(f32::MIN),
+    )
+}
+
+/// The networked session (P0 client, P1 owner, P2 helper over loopback TLS) against the
+/// plaintext fixed-point network, for every layer kind.
+#[test]
+fn networked_session_matches_plaintext_for_every_layer_kind() {
+    use crate::net::session::{self, ImageSource, SessionOptions};
+    use relushare_model::{presets, Arch, Model};
+    let cases: [(Arch, &str, Option<&str>, &str); 5] = [
+        (Arch::Svhn, "original", None, "fast"),
+        (Arch::Fmnist, "shafran", None, "fast"),
+        (Arch::Svhn, "original", Some("act1=channel:fc"), "fss"),
+        (
+            Arch::Fmnist,
+            "original",
+            Some("act1=patch3,act2=channel:onehot"),
+            "fast",
+        ),
+        (Arch::Svhn, "uniform3", None, "securenn"),
+    ];
+    let mut compared = 0;
+    for (ci, (arch, preset, free, protocol)) in cases.into_iter().enumerate() {
+        let mut spec = presets::build(arch, preset).unwrap();
+        if let Some(f) = free {
+            presets::apply_freeform(&mut spec, f).unwrap();
+        }
+        let mut model = Model::random(spec, None, 100 + ci as u64).unwrap();
+        // Spread the logits of the fresh network so classes are well defined.
+        let last = model
+            .spec
+            .layers
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                relushare_model::Layer::Linear { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .unwrap();
+        for p in ["weight", "bias"] {
+            for v in &mut model.params.get_mut(&format!("{last}.{p}")).unwrap().data {
+                *v *= 40.0;
+            }
+        }
+        let images = session::random_images(ci as u64, 2, model.spec.input.len());
+        let dir = session("sess", "s");
+        let handles = mesh(&dir, 20_000);
+        let opts = SessionOptions {
+            protocol: protocol.into(),
+            frac_bits: 13,
+        };
+        let mut workers = Vec::new();
+        for (role, h) in handles.into_iter().enumerate() {
+            let (opts, model, images) = (opts.clone(), model.clone(), images.clone());
+            workers.push(thread::spawn(move || {
+                let t = h.join().unwrap().unwrap();
+                let m = (role == 1).then_some(&model);
+                let i = (role == 0).then(|| ImageSource::Given(images));
+                session::run(t, m, i.as_ref(), &opts)
+            }));
+        }
+        let reports: Vec<_> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap().unwrap())
+            .collect();
+        assert!(reports[1].logits.is_none() && reports[2].logits.is_none());
+        let logits = reports[0].logits.clone().unwrap();
+        for (i, img) in images.iter().enumerate() {
+            let plain = crate::plain::forward_fixed(&model, img, 13, &mut |_| false).unwrap();
+            for (a, b) in plain.iter().zip(&logits[i]) {
+                assert!(
+                    (a - b).abs() < 0.01,
+                    "case {ci} image {i}: {plain:?} vs {:?}",
+                    logits[i]
+                );
+            }
+            let (pc, margin) = top(&plain);
+            if margin > 0.01 {
+                assert_eq!(
+                    reports[0].classes.as_ref().unwrap()[i],
+                    pc,
+                    "case {ci} image {i}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    // Weights and images are fixed: most classes are well separated.
+    assert!(compared >= 5, "only {compared} of 10 classes were compared");
+}
