@@ -401,12 +401,37 @@ pub fn pareto_front(points: &[ParetoPoint]) -> Vec<usize> {
     out
 }
 
-/// How many earlier points share point `i`'s comparison count (their labels are stacked).
-fn stack_rank(points: &[ParetoPoint], i: usize) -> i32 {
-    points[..i]
-        .iter()
-        .filter(|p| p.comparisons == points[i].comparisons)
-        .count() as i32
+/// Vertical pixel offsets of the labels of `points` (pixel positions `px`): each label goes
+/// to the nearest free slot (alternating below and above its default place, 13 px steps) that
+/// does not overlap a label placed before it, across all series (`placed` holds their boxes).
+fn place_labels(
+    points: &[ParetoPoint],
+    px: &[(i32, i32)],
+    base_dy: i32,
+    placed: &mut Vec<(i32, i32, i32, i32)>,
+) -> Vec<i32> {
+    let mut out = Vec::with_capacity(points.len());
+    for (p, &(x, y)) in points.iter().zip(px) {
+        let w = 7 * p.label.chars().count() as i32;
+        let slot = |k: i32| {
+            base_dy
+                + if k % 2 == 0 {
+                    13 * (k / 2)
+                } else {
+                    -13 * (k / 2 + 1)
+                }
+        };
+        let free = |dy: i32| {
+            let (x0, y0, x1, y1) = (x + 7, y + dy, x + 7 + w, y + dy + 12);
+            !placed
+                .iter()
+                .any(|&(a0, b0, a1, b1)| x0 < a1 && a0 < x1 && y0 < b1 && b0 < y1)
+        };
+        let dy = (0..40).map(slot).find(|&d| free(d)).unwrap_or(base_dy);
+        placed.push((x + 7, y + dy, x + 7 + w, y + dy + 12));
+        out.push(dy);
+    }
+    out
 }
 
 /// Accuracy against comparisons (log x): ours (blue, Pareto front joined) and the paper's
@@ -458,6 +483,14 @@ pub fn pareto_figure(
             .x_label_formatter(&|x| format!("{x:.0}"))
             .draw()
             .map_err(perr(path))?;
+        let mut placed = Vec::new();
+        let to_px = |pts: &[ParetoPoint]| -> Vec<(i32, i32)> {
+            pts.iter()
+                .map(|p| chart.backend_coord(&(p.comparisons, p.accuracy)))
+                .collect()
+        };
+        let ours_dy = place_labels(ours, &to_px(ours), -14, &mut placed);
+        let paper_dy = place_labels(paper, &to_px(paper), 4, &mut placed);
         let front: Vec<(f64, f64)> = pareto_front(ours)
             .into_iter()
             .map(|i| (ours[i].comparisons, ours[i].accuracy))
@@ -471,8 +504,7 @@ pub fn pareto_figure(
         }
         if !ours.is_empty() {
             chart
-                .draw_series(ours.iter().enumerate().map(|(i, p)| {
-                    let dy = -14 - 13 * stack_rank(ours, i);
+                .draw_series(ours.iter().zip(ours_dy.iter().copied()).map(|(p, dy)| {
                     EmptyElement::at((p.comparisons, p.accuracy))
                         + Circle::new((0, 0), 5, BLUE.filled())
                         + Text::new(
@@ -487,8 +519,7 @@ pub fn pareto_figure(
         }
         if !paper.is_empty() {
             chart
-                .draw_series(paper.iter().enumerate().map(|(i, p)| {
-                    let dy = 4 + 13 * stack_rank(paper, i);
+                .draw_series(paper.iter().zip(paper_dy.iter().copied()).map(|(p, dy)| {
                     EmptyElement::at((p.comparisons, p.accuracy))
                         + TriangleMarker::new((0, 0), 6, RED.filled())
                         + Text::new(p.label.clone(), (7, dy), (FONT, 12).into_font().color(&RED))

@@ -719,6 +719,18 @@ fn ensure_maps(ctx: &mut Ctx, dataset: &str, preset: &str) -> Result<PathBuf> {
     if !ctx.a.force && target.exists() {
         if let Some(rec) = read_json::<ClusterRecord>(&record_path) {
             if rec.model_hash == model_hash && rec.images == images {
+                // the figures drawn when the maps were made
+                for l in Ctx::arch(dataset)?.shared_layers() {
+                    for f in [
+                        ctx.fig(&format!("fig4_clusters_{dataset}_{l}.png")),
+                        ctx.fig(&format!("fig2_triple_{dataset}_{l}.png")),
+                    ] {
+                        let s = f.display().to_string();
+                        if f.exists() && !ctx.results.figures.contains(&s) {
+                            ctx.results.figures.push(s);
+                        }
+                    }
+                }
                 for r in rec.runs {
                     if !ctx.results.clustering.contains(&r) {
                         ctx.results.clustering.push(r);
