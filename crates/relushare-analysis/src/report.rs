@@ -391,6 +391,7 @@ pub fn render_markdown(res: &Results, paper: &PaperNumbers) -> String {
     if has("7") && shown("cifar10") {
         out.push_str("## Table 7: CIFAR-10, data-driven (agglomerative) clustering\n\n");
         out.push_str("#ReLU is per channel, summed over both layers.\n\n");
+        trained_note(&mut out, res, "cifar10");
         for c in res.clustering.iter().filter(|c| c.dataset == "cifar10") {
             let _ = writeln!(
                 out,
