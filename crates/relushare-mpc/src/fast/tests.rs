@@ -685,3 +685,68 @@ fn compare_and_batch() {
         );
     }
 }
+
+/// One secure conv (fast suite) against the plaintext fixed-point conv; returns max |diff|.
+fn conv_case(g: ConvGeom, seed: u64) -> i64 {
+    let fp = fixed::FixedPoint::default();
+    let mut rng = Prg::from_seed([(seed % 251) as u8; 16]);
+    let mut val = |s: f32| fp.encode(((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0) * s);
+    let x: Vec<u64> = (0..g.in_len()).map(|_| val(4.0)).collect();
+    let w: Vec<u64> = (0..g.w_len()).map(|_| val(0.5)).collect();
+    let bias: Vec<u64> = (0..g.o)
+        .map(|i| fp.encode_double(i as f32 * 0.125 - 0.25))
+        .collect();
+    let want = plain_conv(&x, &w, &bias, &g, 13);
+    let mut prg = Prg::from_os().unwrap();
+    let (x0, x1) = share(&x, &mut prg);
+    let (w0, w1) = share(&w, &mut prg);
+    let (b0, b1) = share(&bias, &mut prg);
+    let (outs, _) = run3(CmpMode::Tree, FastConfig::defaults(13), move |s| {
+        let me = s.party();
+        let pick = |a: &Vec<u64>, b: &Vec<u64>| -> Shared {
+            match me {
+                0 => a.clone(),
+                1 => b.clone(),
+                _ => Vec::new(),
+            }
+        };
+        let ws = vec![WeightShare {
+            name: "c".into(),
+            w: pick(&w0, &w1),
+            bias: pick(&b0, &b1),
+        }];
+        let plan = Plan {
+            n: g.n,
+            input_len: g.in_len1(),
+            output_len: g.out_len() / g.n,
+            ops: vec![PlanOp::Conv {
+                name: "c".into(),
+                geom: g,
+                weight: 0,
+            }],
+        };
+        s.prepare(&plan, &ws)?;
+        s.offline(&plan, &ws)?;
+        s.conv2d(&pick(&x0, &x1), &ws[0], &g)
+    });
+    let y = reconstruct(&outs[0], &outs[1]);
+    assert_eq!(y.len(), want.len());
+    y.iter()
+        .zip(&want)
+        .map(|(a, b)| ((*a as i64).wrapping_sub(*b as i64)))
+        .map(|d| if d == 0 || d == 1 { d } else { i64::MAX })
+        .max()
+        .unwrap_or(0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+    #[test]
+    fn conv_random_shapes(n in 1usize..3, c in 1usize..5, h in 1usize..9, w in 1usize..9, o in 1usize..20,
+                          k in 1usize..4, stride in 1usize..3, pad in 0usize..2, seed in any::<u64>()) {
+        let g = ConvGeom { n, c, h, w, o, k, stride, pad };
+        prop_assume!(g.validate().is_ok());
+        let d = conv_case(g, seed);
+        prop_assert!(d == 0 || d == 1, "{g:?}: secure differs from plaintext by more than one ulp");
+    }
+}
