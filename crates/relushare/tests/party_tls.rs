@@ -112,7 +112,7 @@ fn three_processes_over_tls_match_the_in_process_result() {
     let k = keys(d.path(), "full-run");
     let (model, mpath) = svhn_model(d.path());
     let len = model.spec.input.len();
-    let images = relushare_mpc::net::session::random_images(3, 2, len);
+    let images = relushare_mpc::net::session::random_images(3, 8, len);
     let img_path = d.path().join("images.json");
     std::fs::write(&img_path, serde_json::to_vec(&images).unwrap()).unwrap();
     let out = d.path().join("result.json");
@@ -160,7 +160,7 @@ fn three_processes_over_tls_match_the_in_process_result() {
     assert_eq!(rep["owner_role"], 1);
     let classes: Vec<usize> = serde_json::from_value(rep["classes"].clone()).unwrap();
     let logits: Vec<Vec<f32>> = serde_json::from_value(rep["logits"].clone()).unwrap();
-    assert_eq!(classes.len(), 2);
+    assert_eq!(classes.len(), 8);
     // In-process: the same suite and comparison sizes over the in-memory transport.
     let fm = relushare_mpc::plain::FixedModel::from_model(&model, 13).unwrap();
     let cfg = relushare_mpc::fast::config_for_model(&fm, &model).unwrap();
@@ -170,8 +170,9 @@ fn three_processes_over_tls_match_the_in_process_result() {
         relushare_mpc::runner::run_session(&fm, &[enc.clone()], &factory, &Default::default())
             .unwrap();
     // Secure runs differ from each other and from plaintext fixed point by the (random)
-    // truncation error only: logits must agree closely, and classes wherever the top two
-    // logits are further apart than that error.
+    // truncation error only (a few units of 2^-13 per layer, amplified by the spread last
+    // layer): logits must agree closely, and classes wherever the top two logits are further
+    // apart than that error.
     let margin = |v: &[f32]| {
         let mut s = v.to_vec();
         s.sort_by(|a, b| b.total_cmp(a));
@@ -182,12 +183,12 @@ fn three_processes_over_tls_match_the_in_process_result() {
         let local = fm.fp.decode_vec(out);
         for (a, b) in local.iter().zip(&logits[i]) {
             assert!(
-                (a - b).abs() < 0.01,
+                (a - b).abs() < 0.05,
                 "logits differ: {local:?} vs {:?}",
                 logits[i]
             );
         }
-        if margin(&local) > 0.01 {
+        if margin(&local) > 0.1 {
             assert_eq!(
                 classes[i],
                 relushare_mpc::plain::argmax_fixed(out),
@@ -201,7 +202,7 @@ fn three_processes_over_tls_match_the_in_process_result() {
             .iter()
             .enumerate()
             .fold(0, |b, (j, v)| if *v > plain[b] { j } else { b });
-        if margin(&plain) > 0.01 {
+        if margin(&plain) > 0.1 {
             assert_eq!(classes[i], pc, "image {i} vs plaintext");
             compared += 1;
         }

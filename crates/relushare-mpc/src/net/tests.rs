@@ -456,13 +456,13 @@ fn networked_session_matches_plaintext_for_every_layer_kind() {
             let plain = crate::plain::forward_fixed(&model, img, 13, &mut |_| false).unwrap();
             for (a, b) in plain.iter().zip(&logits[i]) {
                 assert!(
-                    (a - b).abs() < 0.01,
+                    (a - b).abs() < 0.05,
                     "case {ci} image {i}: {plain:?} vs {:?}",
                     logits[i]
                 );
             }
             let (pc, margin) = top(&plain);
-            if margin > 0.01 {
+            if margin > 0.1 {
                 assert_eq!(
                     reports[0].classes.as_ref().unwrap()[i],
                     pc,
