@@ -17,6 +17,11 @@ use std::sync::OnceLock;
 
 const FONT: &str = "sans-serif";
 
+/// A plotted quantity of the total-variation rows: name, value, colour.
+type TvSeries = (&'static str, fn(&TvRow) -> f64, RGBColor);
+/// A plotted quantity of the secure-cost bars.
+type CostMetric = fn(&CostBar) -> f64;
+
 static FONT_STATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 fn font_candidates() -> Vec<PathBuf> {
@@ -183,7 +188,7 @@ pub fn tv_figure(rows: &[TvRow], title: &str, path: &Path) -> Result<(), Analysi
     render(path, (1100, 480), |root| {
         let root = root.titled(title, (FONT, 22)).map_err(perr(path))?;
         let panels = root.split_evenly((1, 2));
-        let series: [(&str, fn(&TvRow) -> f64, RGBColor); 2] = [
+        let series: [TvSeries; 2] = [
             ("TV per activation", |r| r.tv_per_activation, BLUE),
             ("TV / mean |activation|", |r| r.tv_relative, RED),
         ];
@@ -448,7 +453,7 @@ pub fn pareto_figure(
     }
     if all
         .iter()
-        .any(|p| !(p.comparisons > 0.0) || !p.accuracy.is_finite())
+        .any(|p| p.comparisons <= 0.0 || p.comparisons.is_nan() || !p.accuracy.is_finite())
     {
         return Err(AnalysisError::Invalid(
             "comparisons must be positive and accuracies finite for a log plot".into(),
@@ -571,7 +576,7 @@ pub fn cost_figure(bars: &[CostBar], title: &str, path: &Path) -> Result<(), Ana
     render(path, (1200, 820), |root| {
         let root = root.titled(title, (FONT, 22)).map_err(perr(path))?;
         let panels = root.split_evenly((2, 2));
-        let metrics: [(&str, fn(&CostBar) -> f64); 4] = [
+        let metrics: [(&str, CostMetric); 4] = [
             ("online communication (MB)", |b| b.online_mb),
             ("offline / preprocessing communication (MB)", |b| {
                 b.offline_mb

@@ -177,7 +177,7 @@ pub fn total_variation(
                 a.add(&t[li + 1]);
             }
             let c = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if c % 64 == 0 {
+            if c.is_multiple_of(64) {
                 progress(c);
             }
             Ok(acc)
