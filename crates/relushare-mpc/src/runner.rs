@@ -139,8 +139,9 @@ fn party_inputs(fm: &FixedModel, batches: &[Vec<Vec<u64>>]) -> Result<[PartyInpu
     Ok(out)
 }
 
-/// The plan of `fm` for batch size `n`, with one party's shares of the sharing-layer parameters.
-fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) -> Plan {
+/// The plan of `fm` for batch size `n`, with one party's shares of the sharing-layer parameters
+/// (`gp[i]` for layer `i`). Used by the in-process runner and the networked session.
+pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) -> Plan {
     let mut ops = Vec::new();
     let mut widx = 0;
     for (i, l) in fm.layers.iter().enumerate() {

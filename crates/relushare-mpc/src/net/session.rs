@@ -21,10 +21,9 @@ use crate::cost::{Comm, CostReport, PartyCosts, Phase};
 use crate::error::{MpcError, Result};
 use crate::fast::{CmpMode, FastConfig, FastSuite};
 use crate::fixed::FixedPoint;
-use crate::kernels::ConvGeom;
 use crate::plain::{FixedLayer, FixedModel};
 use crate::prg::Prg;
-use crate::suite::{GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare};
+use crate::suite::{Shared, Suite, WeightShare};
 use crate::transport::Transport;
 use relushare_model::{Model, ModelSpec, Tensor};
 use serde::{Deserialize, Serialize};
@@ -291,75 +290,6 @@ fn skeleton(msg: ModelMsg) -> Result<Model> {
     Ok(m)
 }
 
-/// Builds the plan for batch size `n` with this party's shares of the sharing-layer parameters
-/// (`gp[i]` for layer `i`).
-fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) -> Plan {
-    let mut ops = Vec::new();
-    let mut widx = 0;
-    for (i, l) in fm.layers.iter().enumerate() {
-        let op = match l {
-            FixedLayer::Conv { name, geom, .. } => {
-                widx += 1;
-                PlanOp::Conv {
-                    name: name.clone(),
-                    geom: ConvGeom { n, ..*geom },
-                    weight: widx - 1,
-                }
-            }
-            FixedLayer::Linear { name, geom, .. } => {
-                widx += 1;
-                PlanOp::Linear {
-                    name: name.clone(),
-                    geom: LinearGeom { n, ..*geom },
-                    weight: widx - 1,
-                }
-            }
-            FixedLayer::AvgPool { name, geom } => PlanOp::AvgPool {
-                name: name.clone(),
-                geom: PoolGeom { n, ..*geom },
-            },
-            FixedLayer::Relu { name, len } => PlanOp::Relu {
-                name: name.clone(),
-                len: *len,
-            },
-            FixedLayer::Partial {
-                name,
-                c,
-                plane,
-                relu_channels,
-            } => PlanOp::Partial {
-                name: name.clone(),
-                c: *c,
-                plane: *plane,
-                relu_channels: *relu_channels,
-            },
-            FixedLayer::Shared { name, s } => {
-                let (v, bias) = gp[i].clone().unwrap_or_default();
-                PlanOp::SharedRelu {
-                    name: name.clone(),
-                    plan: Box::new(GroupPlan {
-                        len: s.len,
-                        group_of: s.group_of.clone(),
-                        num_groups: s.num_groups,
-                        leaders: s.leaders.clone(),
-                        decider: s.decider,
-                        v,
-                        bias,
-                        noise: s.noise,
-                    }),
-                }
-            }
-            FixedLayer::Identity { name } => PlanOp::Identity { name: name.clone() },
-        };
-        ops.push(op);
-    }
-    Plan {
-        n,
-        input_len: fm.input_len,
-        output_len: fm.output_len,
-        ops,
-    }
-}
 
 /// Splits this party's share vectors (in [`secret_vectors`] order) into weights and
 /// sharing-layer parameters.
@@ -680,7 +610,7 @@ fn run_inner(
     };
 
     // 5. The protocol.
-    let plan = build_plan(fm, n, &gp);
+    let plan = crate::runner::build_plan(fm, n, &gp);
     let mut comm = Comm::new(Box::new(SharedMesh(mesh.clone(), me)));
     comm.set_label("setup");
     let mut suite = make_suite(&opts.protocol, comm, fm.fp, &cmp_cfg)?;
