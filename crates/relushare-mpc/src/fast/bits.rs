@@ -51,7 +51,7 @@ pub fn bit_plane(v: &[u64], j: u32) -> Plane {
 
 /// Clear the unused high bits of the last word.
 pub fn mask_tail(p: &mut [u64], n: usize) {
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         if let Some(last) = p.get_mut(n / 64) {
             *last &= (1u64 << (n % 64)) - 1;
         }
@@ -88,7 +88,7 @@ pub fn pack_planes(planes: &[&[u64]], n: usize) -> Vec<u8> {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.truncate(start + pb);
-        if n % 8 != 0 {
+        if !n.is_multiple_of(8) {
             if let Some(last) = out.last_mut() {
                 *last &= (1u8 << (n % 8)) - 1;
             }

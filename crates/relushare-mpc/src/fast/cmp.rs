@@ -53,7 +53,7 @@ pub struct Schedule {
 impl Schedule {
     /// Schedule for `k` bits; `k` must be odd and in 3..=63.
     pub fn new(k: u32) -> Result<Schedule> {
-        if !(3..=63).contains(&k) || k % 2 == 0 {
+        if !(3..=63).contains(&k) || k.is_multiple_of(2) {
             return Err(MpcError::Param(format!(
                 "comparison ring bits must be odd in 3..=63, got {k}"
             )));

@@ -12,6 +12,9 @@ use crate::error::{MpcError, Result};
 use crate::fast::bits::{self, Plane};
 use crate::prg::Prg;
 
+/// The dealer's view of a value drawn from both streams: (P0's values, P1's values).
+pub type DealerPair = (Vec<u64>, Vec<u64>);
+
 /// Who is running the dealing code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -155,7 +158,7 @@ impl Deal {
 
     /// Random ring elements where the dealer needs each party's value separately (e.g. DCF
     /// root seeds): returns (this party's values, the dealer's (P0 values, P1 values)).
-    pub fn rand_u64_both(&mut self, n: usize) -> (Vec<u64>, Option<(Vec<u64>, Vec<u64>)>) {
+    pub fn rand_u64_both(&mut self, n: usize) -> (Vec<u64>, Option<DealerPair>) {
         match self.role {
             Role::Dealer => {
                 let a = self.s0.as_mut().expect("dealer stream 0").gen_u64s(n);
@@ -339,8 +342,8 @@ mod tests {
         let r0 = p0.rand_u64(10);
         let r1 = p1.rand_u64(10);
         let sec = r.secret.unwrap();
-        for i in 0..10 {
-            assert_eq!(r0.mine[i].wrapping_add(r1.mine[i]), sec[i]);
+        for ((a, b), s) in r0.mine.iter().zip(&r1.mine).zip(&sec) {
+            assert_eq!(a.wrapping_add(*b), *s);
         }
         let sq: Vec<u64> = sec.iter().map(|x| x.wrapping_mul(*x)).collect();
         d.corr_u64(10, Some(&sq)).unwrap();

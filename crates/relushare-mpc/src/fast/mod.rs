@@ -67,7 +67,7 @@ impl FastConfig {
     /// Safe defaults for `f` fractional bits: values below `2^(19)` in magnitude
     /// (`33` bits at `f = 13`), group values with `2f` bits likewise.
     pub fn defaults(frac_bits: u32) -> FastConfig {
-        let odd = |b: u32| if b % 2 == 0 { b + 1 } else { b };
+        let odd = |b: u32| if b.is_multiple_of(2) { b + 1 } else { b };
         FastConfig {
             bits: BTreeMap::new(),
             default_bits: odd(frac_bits + 20).min(63),

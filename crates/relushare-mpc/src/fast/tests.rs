@@ -470,7 +470,7 @@ mod e2e {
         let f = factory(cfg, mode);
         let res = run_session(
             &fm,
-            &[imgs.clone()],
+            std::slice::from_ref(&imgs),
             &f,
             &RunOptions {
                 trace: true,
@@ -733,7 +733,7 @@ fn conv_case(g: ConvGeom, seed: u64) -> i64 {
     assert_eq!(y.len(), want.len());
     y.iter()
         .zip(&want)
-        .map(|(a, b)| ((*a as i64).wrapping_sub(*b as i64)))
+        .map(|(a, b)| (*a as i64).wrapping_sub(*b as i64))
         .map(|d| if d == 0 || d == 1 { d } else { i64::MAX })
         .max()
         .unwrap_or(0)
