@@ -36,18 +36,32 @@ const ZP: Zp = Zp { p: P };
 /// The odd modulus L - 1 = 2^64 - 1 of ShareConvert's output ring.
 const M: u64 = u64::MAX;
 
+/// `(a + b) mod (2^64 - 1)` for any `a, b` (reduced first).
 #[inline]
 fn add_m(a: u64, b: u64) -> u64 {
-    ((a as u128 + b as u128) % M as u128) as u64
+    let (a, b) = (red_m(a), red_m(b));
+    let (s, carry) = a.overflowing_add(b);
+    // a + b = s + 2^64 * carry and 2^64 = 1 (mod 2^64 - 1)
+    red_m(s + u64::from(carry))
 }
+/// Reduce into `[0, 2^64 - 1)`.
+#[inline]
+fn red_m(a: u64) -> u64 {
+    if a == M {
+        0
+    } else {
+        a
+    }
+}
+/// `(a - b) mod (2^64 - 1)`.
 #[inline]
 fn sub_m(a: u64, b: u64) -> u64 {
-    let b = b % M;
-    add_m(a % M, M - b)
+    add_m(a, M - red_m(b))
 }
+/// `2a mod (2^64 - 1)`.
 #[inline]
-fn mul_m(a: u64, b: u64) -> u64 {
-    ((a as u128 * b as u128) % M as u128) as u64
+fn dbl_m(a: u64) -> u64 {
+    add_m(a, a)
 }
 
 /// One party of the SecureNN suite.
@@ -511,13 +525,13 @@ impl Suite for SecureNn {
             if me == 0 {
                 theta = sub_m(theta, alpha[e] + 1);
             }
-            y.push(sub_m(c[e] % M, theta));
+            y.push(sub_m(c[e], theta));
         }
         // ---- ComputeMSB(y) over Z_{L-1}: MSB(y) = LSB(2y mod L-1)
         let rr_j: Vec<u64> = y
             .iter()
             .zip(&xp)
-            .map(|(v, m)| add_m(mul_m(*v, 2), *m))
+            .map(|(v, m)| add_m(dbl_m(*v), *m))
             .collect();
         // R5: open rr = 2y + x'
         let other = self.comm.exchange_u64(1 - me, &rr_j)?;
@@ -782,13 +796,13 @@ impl SecureNn {
         // R2: dealer values for ShareConvert and ComputeMSB
         let own = &mut self.prgs.own;
         let (xb0, xb1) = Self::share_bits_zp(own, &x);
-        let d0: Vec<u64> = own.gen_u64s(n).into_iter().map(|v| v % M).collect();
+        let d0: Vec<u64> = own.gen_u64s(n).into_iter().map(red_m).collect();
         let d1: Vec<u64> = delta.iter().zip(&d0).map(|(d, s)| sub_m(*d, *s)).collect();
         let mut xp = Vec::with_capacity(n);
         while xp.len() < n {
             xp.extend(own.gen_u64s(n - xp.len()).into_iter().filter(|&v| v != M));
         }
-        let xp0: Vec<u64> = own.gen_u64s(n).into_iter().map(|v| v % M).collect();
+        let xp0: Vec<u64> = own.gen_u64s(n).into_iter().map(red_m).collect();
         let xp1: Vec<u64> = xp.iter().zip(&xp0).map(|(v, s)| sub_m(*v, *s)).collect();
         let (xpb0, xpb1) = Self::share_bits_zp(own, &xp);
         let l0 = own.gen_u64s(n);
@@ -822,7 +836,7 @@ impl SecureNn {
         let etap = Self::pc_open(&got[0], &got[1], n);
         // R4: shares of eta' over Z_{L-1}
         let own = &mut self.prgs.own;
-        let e0: Vec<u64> = own.gen_u64s(n).into_iter().map(|v| v % M).collect();
+        let e0: Vec<u64> = own.gen_u64s(n).into_iter().map(red_m).collect();
         let e1: Vec<u64> = etap
             .iter()
             .zip(&e0)
@@ -950,4 +964,34 @@ pub fn table1_cost(fm: &crate::plain::FixedModel, n: usize) -> Vec<FormulaCost> 
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mod_odd_ring_matches_u128() {
+        let m = M as u128;
+        let vals = [
+            0u64,
+            1,
+            2,
+            M - 1,
+            M,
+            M - 2,
+            1 << 63,
+            (1 << 63) - 1,
+            12345678901234567,
+        ];
+        for &a in &vals {
+            for &b in &vals {
+                let want = ((a as u128 % m + b as u128 % m) % m) as u64;
+                assert_eq!(add_m(a, b), want, "{a} + {b}");
+                let want = ((a as u128 % m + m - b as u128 % m) % m) as u64;
+                assert_eq!(sub_m(a, b), want, "{a} - {b}");
+            }
+            assert_eq!(dbl_m(a), ((2 * (a as u128 % m)) % m) as u64);
+        }
+    }
 }

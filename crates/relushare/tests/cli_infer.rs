@@ -104,3 +104,34 @@ fn human_table_and_errors() {
     let out = infer(&["--arch", "svhn", "--random-weights", "--images", "0"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn model_file_and_real_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let mut model =
+        Model::random(presets::build(Arch::Fmnist, "uniform4").unwrap(), None, 4).unwrap();
+    model.spec.normalization = relushare_model::Normalization {
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    model.save(&path).unwrap();
+    let mut args = vec![
+        "--model",
+        path.to_str().unwrap(),
+        "--protocol",
+        "securenn",
+        "--images",
+        "2",
+    ];
+    let real = "/work/shared/data/real-sample";
+    if std::path::Path::new(real).join("fashion-mnist").exists() {
+        args.extend(["--dataset", "fmnist", "--data-dir", real]);
+    }
+    let j = infer_json(&args);
+    assert_eq!(j["preset"], "uniform4");
+    assert_eq!(j["agree_with_plaintext"].as_f64().unwrap(), 1.0);
+    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let bits: u64 = table1_cost(&fm, 1).iter().map(|c| c.bits).sum();
+    assert_eq!(j["online_bytes"].as_f64().unwrap() * 8.0, bits as f64);
+}
