@@ -152,7 +152,7 @@ impl Progress for BarProgress {
     }
     fn batch(&mut self, done: usize, loss: f32, accuracy: f32) {
         self.bar.set_position(done as u64);
-        if done % 8 == 0 {
+        if done.is_multiple_of(8) {
             self.bar
                 .set_prefix(format!("loss {loss:.3} acc {:.1}%", accuracy * 100.0));
         }
