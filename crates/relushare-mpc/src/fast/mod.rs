@@ -381,6 +381,16 @@ impl Suite for FastSuite {
     fn offline(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
         self.queue.clear();
         let n = plan.n;
+        let need = offline_bytes(plan, &self.cfg, self.mode)?;
+        if need > MAX_OFFLINE_BYTES {
+            return Err(MpcError::Param(format!(
+                "the {} offline material of this batch of {n} would be {:.1} GB (held by each \
+                 party until used); run smaller batches (at most {} images)",
+                self.name(),
+                need as f64 / 1e9,
+                (MAX_OFFLINE_BYTES / (need / n.max(1)).max(1)).max(1)
+            )));
+        }
         for op in &plan.ops {
             self.comm.set_label(op.name());
             match op {
@@ -575,6 +585,49 @@ impl Suite for FastSuite {
         self.comm.set_phase(phase);
         r
     }
+}
+
+/// Largest dealer material one batch may need (it is held in memory until used).
+pub const MAX_OFFLINE_BYTES: usize = 4_000_000_000;
+
+/// Dealer bytes (to P1 and P0 together) of one run of `plan` with comparison sizes `cfg`.
+pub fn offline_bytes(plan: &Plan, cfg: &FastConfig, mode: CmpMode) -> Result<usize> {
+    let n = plan.n;
+    let mut total = 0;
+    for op in &plan.ops {
+        total += match op {
+            PlanOp::Conv { geom, .. } => linear::linear_offline_bytes(&LinOp::Conv(*geom)),
+            PlanOp::Linear { geom, .. } => linear::linear_offline_bytes(&LinOp::Fc {
+                n: geom.n,
+                in_f: geom.in_f,
+                out_f: geom.out_f,
+            }),
+            PlanOp::Relu { name, len } => {
+                let (a, b) = cmp::relu_offline_bytes(n * len, cfg.for_layer(name, false), mode)?;
+                a + b
+            }
+            PlanOp::Partial {
+                name,
+                plane,
+                relu_channels,
+                ..
+            } => {
+                let (a, b) = cmp::relu_offline_bytes(
+                    n * relu_channels * plane,
+                    cfg.for_layer(name, false),
+                    mode,
+                )?;
+                a + b
+            }
+            PlanOp::SharedRelu { name, plan: gp } => {
+                let k = cfg.for_layer(name, gp.decider != DeciderKind::OneHot);
+                let (a, b) = group_offline_bytes(n, gp, k, mode)?;
+                a + b
+            }
+            _ => 0,
+        };
+    }
+    Ok(total)
 }
 
 /// Dealer bytes of a ReLU-sharing layer: (to P1, to P0).

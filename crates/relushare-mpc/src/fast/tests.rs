@@ -255,6 +255,33 @@ fn conv_and_linear_within_one_ulp() {
     });
     let y = reconstruct(&outs[0].0, &outs[1].0);
     let z = reconstruct(&outs[0].1, &outs[1].1);
+    let plan = Plan {
+        n: 2,
+        input_len: g.in_len1(),
+        output_len: 3,
+        ops: vec![
+            PlanOp::Conv {
+                name: "conv1".into(),
+                geom: g,
+                weight: 0,
+            },
+            PlanOp::Linear {
+                name: "fc1".into(),
+                geom: lg,
+                weight: 1,
+            },
+        ],
+    };
+    let off: u64 = rep
+        .layers
+        .iter()
+        .filter(|l| l.label != "model-setup")
+        .map(|l| l.offline_bytes)
+        .sum();
+    assert_eq!(
+        off as usize,
+        offline_bytes(&plan, &FastConfig::defaults(13), CmpMode::Tree).unwrap()
+    );
     for (a, b) in y.iter().zip(&want).chain(z.iter().zip(&lwant)) {
         let d = (*a as i64).wrapping_sub(*b as i64);
         assert!(d == 0 || d == 1, "secure {} plain {}", *a as i64, *b as i64);
