@@ -78,15 +78,25 @@ impl Prg {
 
     /// `n` uniform elements of Z_p (`p` < 256) by rejection sampling on bytes.
     pub fn gen_zp(&mut self, p: u8, n: usize) -> Vec<u8> {
-        let limit = (256 / p as u16) * p as u16; // accept bytes below a multiple of p
-        let mut out = Vec::with_capacity(n);
+        if p <= 1 {
+            return vec![0; n];
+        }
+        // accept bytes below the largest multiple of p, reduce by table lookup
+        let limit = (256 / p as u16) * p as u16;
+        let mut table = [0u8; 256];
+        for (b, t) in table.iter_mut().enumerate() {
+            *t = (b as u16 % p as u16) as u8;
+        }
+        let mut out = vec![0u8; n];
+        let mut filled = 0;
         let mut buf = vec![0u8; n + n / 4 + 16];
-        while out.len() < n {
+        while filled < n {
             self.fill_bytes(&mut buf);
             for &b in &buf {
                 if (b as u16) < limit {
-                    out.push((b as u16 % p as u16) as u8);
-                    if out.len() == n {
+                    out[filled] = table[b as usize];
+                    filled += 1;
+                    if filled == n {
                         break;
                     }
                 }

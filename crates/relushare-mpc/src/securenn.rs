@@ -222,8 +222,9 @@ impl SecureNn {
     /// (`xb`, LSB first), the public `t`, the common bit `beta`, and common randomness
     /// (`s`: 64 nonzero multipliers, `perm`: a permutation of 0..64).
     fn pc_local(me: usize, xb: &[u8], t: u64, beta: u8, s: &[u8], perm: &[u8], out: &mut [u8]) {
-        let j0 = u8::from(me == 0);
-        let mut c = [0u8; 64];
+        let j0 = u32::from(me == 0);
+        let p = P as u32;
+        let mut c = [0u32; 64];
         if beta == 1 && t == u64::MAX {
             // [x <= 2^64 - 1] is always true: exactly one zero, as in the regular case.
             for (i, ci) in c.iter_mut().enumerate() {
@@ -231,24 +232,25 @@ impl SecureNn {
             }
         } else {
             let u = if beta == 0 { t } else { t + 1 };
-            let mut suffix = 0u8; // sum of w_k for k > i (shares)
+            // Integers stay below 64 * 2p, so one reduction per c_i suffices.
+            let mut suffix = 0u32; // sum of the shares of w_k for k > i
             for i in (0..64).rev() {
-                let ub = ((u >> i) & 1) as u8;
-                let xi = xb[i];
-                c[i] = if beta == 0 {
+                let ub = ((u >> i) & 1) as u32;
+                let xi = xb[i] as u32;
+                let ci = if beta == 0 {
                     // [x > t]: c_i = t_i - x_i + 1 + sum_{k>i} w_k
-                    ZP.add(ZP.sub(j0 * (ub + 1), xi), suffix)
+                    j0 * (ub + 1) + p - xi + suffix
                 } else {
                     // [t + 1 > x]: c_i = x_i - u_i + 1 + sum_{k>i} w_k
-                    ZP.add(ZP.add(xi, j0 * (1 + P - ub) % P), suffix)
+                    xi + j0 * (1 + p - ub) + suffix
                 };
+                c[i] = ci % p;
                 // w_i = x_i XOR u_i = x_i (1 - 2 u_i) + [j=0] u_i
-                let w = if ub == 1 { ZP.add(ZP.neg(xi), j0) } else { xi };
-                suffix = ZP.add(suffix, w);
+                suffix += if ub == 1 { p - xi + j0 } else { xi };
             }
         }
         for i in 0..64 {
-            out[perm[i] as usize] = ZP.mul(s[i], c[i]);
+            out[perm[i] as usize] = (s[i] as u32 * c[i] % p) as u8;
         }
     }
 
