@@ -46,18 +46,29 @@ impl TreePrg {
 
     /// Expand every seed into (left, right) 128-bit halves.
     pub fn expand(&self, seeds: &[u128], out: &mut Vec<(u128, u128)>) {
-        let mut blocks: Vec<aes::Block> = Vec::with_capacity(2 * seeds.len());
+        let mut blocks = Vec::new();
+        self.expand_with(seeds, &mut blocks, out);
+    }
+
+    /// [`TreePrg::expand`] with a caller-owned scratch buffer (no allocation once warm).
+    pub fn expand_with(
+        &self,
+        seeds: &[u128],
+        blocks: &mut Vec<aes::Block>,
+        out: &mut Vec<(u128, u128)>,
+    ) {
+        blocks.clear();
+        blocks.reserve(2 * seeds.len());
         for s in seeds {
             blocks.push(aes::Block::from(s.to_le_bytes()));
             blocks.push(aes::Block::from((s ^ 1).to_le_bytes()));
         }
-        for chunk in blocks.chunks_mut(4096) {
-            self.aes.encrypt_blocks(chunk);
-        }
+        self.aes.encrypt_blocks(blocks);
         out.clear();
-        for (i, s) in seeds.iter().enumerate() {
-            let l = u128::from_le_bytes(blocks[2 * i].into()) ^ s;
-            let r = u128::from_le_bytes(blocks[2 * i + 1].into()) ^ s ^ 1;
+        out.reserve(seeds.len());
+        for (s, pair) in seeds.iter().zip(blocks.chunks_exact(2)) {
+            let l = u128::from_le_bytes(pair[0].into()) ^ s;
+            let r = u128::from_le_bytes(pair[1].into()) ^ s ^ 1;
             out.push((l, r));
         }
     }
@@ -167,11 +178,11 @@ pub fn gen(prg: &TreePrg, n: u32, alpha: &[u64], root0: &[u128], root1: &[u128])
         bits: vec![0; nn * m],
         last: vec![0; m],
     };
-    let (mut e0, mut e1) = (Vec::new(), Vec::new());
+    let (mut e0, mut e1, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
     for lv in 0..nn {
         let bitpos = n - 1 - lv as u32;
-        prg.expand(&s0, &mut e0);
-        prg.expand(&s1, &mut e1);
+        prg.expand_with(&s0, &mut scratch, &mut e0);
+        prg.expand_with(&s1, &mut scratch, &mut e1);
         for j in 0..m {
             let a = (alpha[j] >> bitpos) & 1;
             let (sl0, tl0, vl0) = split(e0[j].0);
@@ -221,10 +232,10 @@ pub fn eval(prg: &TreePrg, b: u64, root: &[u128], cw: &Cws, x: &[u64]) -> Vec<u6
     let mut s: Vec<u128> = root.iter().map(|v| v & !3).collect();
     let mut t = vec![b; m];
     let mut v = vec![0u64; m];
-    let mut e = Vec::new();
+    let (mut e, mut scratch) = (Vec::new(), Vec::new());
     for lv in 0..n as usize {
         let bitpos = n - 1 - lv as u32;
-        prg.expand(&s, &mut e);
+        prg.expand_with(&s, &mut scratch, &mut e);
         for j in 0..m {
             let f = cw.bits[lv * m + j] as u64;
             let scw = cw.scw[lv * m + j];
