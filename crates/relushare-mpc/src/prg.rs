@@ -87,21 +87,21 @@ impl Prg {
         for (b, t) in table.iter_mut().enumerate() {
             *t = (b as u16 % p as u16) as u8;
         }
-        let mut out = vec![0u8; n];
+        // branch-free: always write, advance only on acceptance
+        let chunk = n + n / 4 + 16;
+        let mut out = vec![0u8; n + chunk];
         let mut filled = 0;
-        let mut buf = vec![0u8; n + n / 4 + 16];
+        let mut buf = vec![0u8; chunk];
         while filled < n {
-            self.fill_bytes(&mut buf);
-            for &b in &buf {
-                if (b as u16) < limit {
-                    out[filled] = table[b as usize];
-                    filled += 1;
-                    if filled == n {
-                        break;
-                    }
-                }
+            let want = (n - filled) + (n - filled) / 4 + 16;
+            let buf = &mut buf[..want.min(chunk)];
+            self.fill_bytes(buf);
+            for &b in buf.iter() {
+                out[filled] = table[b as usize];
+                filled += usize::from((b as u16) < limit);
             }
         }
+        out.truncate(n);
         out
     }
 

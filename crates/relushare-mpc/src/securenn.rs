@@ -289,14 +289,15 @@ impl SecureNn {
     /// P2: split bits of each value into Z_p shares for P0 and P1 (64 bytes per value each).
     fn share_bits_zp(prg: &mut Prg, vals: &[u64]) -> (Vec<u8>, Vec<u8>) {
         let s0 = prg.gen_zp(P, vals.len() * 64);
-        let s1 = vals
-            .iter()
-            .enumerate()
-            .flat_map(|(e, &v)| {
-                let s0 = &s0;
-                (0..64).map(move |i| ZP.sub(((v >> i) & 1) as u8, s0[e * 64 + i]))
-            })
-            .collect();
+        let mut s1 = vec![0u8; vals.len() * 64];
+        for (e, (&v, dst)) in vals.iter().zip(s1.chunks_mut(64)).enumerate() {
+            let src = &s0[e * 64..(e + 1) * 64];
+            for i in 0..64 {
+                // (bit - s0) mod p without a division
+                let d = ((v >> i) & 1) as u8 + P - src[i];
+                dst[i] = if d >= P { d - P } else { d };
+            }
+        }
         (s0, s1)
     }
 
