@@ -155,9 +155,9 @@ impl PartyPrgs {
         let mut own = Prg::from_os()?;
         let mut with: [Option<Prg>; 3] = [None, None, None];
         let mut out = Vec::new();
-        for j in (me + 1)..3 {
+        for (j, slot) in with.iter_mut().enumerate().skip(me + 1) {
             let s = own.gen_seed();
-            with[j] = Some(Prg::from_seed(s));
+            *slot = Some(Prg::from_seed(s));
             out.push((j, s.to_vec()));
         }
         let from: Vec<usize> = (0..me).collect();

@@ -81,7 +81,7 @@ pub fn u64s_to_bytes(v: &[u64]) -> Vec<u8> {
 
 /// Deserialise ring elements; `from` names the sender for the error message.
 pub fn bytes_to_u64s(b: &[u8], from: usize) -> Result<Vec<u64>> {
-    if b.len() % 8 != 0 {
+    if !b.len().is_multiple_of(8) {
         return Err(MpcError::Malformed {
             from,
             reason: format!("{} bytes is not a whole number of 64-bit elements", b.len()),
