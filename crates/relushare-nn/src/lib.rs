@@ -20,8 +20,8 @@ pub use batch::{normalization_for, Augmentation};
 pub use eval::{evaluate, evaluate_detailed, EvalConfig, Evaluation};
 pub use net::Net;
 pub use train::{
-    train, train_model, EpochMetrics, LrSchedule, NoProgress, OptimizerKind, Progress, TrainConfig,
-    TrainOutcome,
+    train, train_model, Distill, EpochMetrics, LrSchedule, NoProgress, OptimizerKind, Progress,
+    TrainConfig, TrainOutcome,
 };
 
 /// Errors of this crate.

@@ -138,6 +138,22 @@ pub struct TrainConfig {
     /// Evaluate on the test set after every epoch (otherwise only after the last).
     pub eval_each_epoch: bool,
     pub eval_batch_size: usize,
+    /// Knowledge distillation from a trained teacher (not stored in checkpoints' settings).
+    #[serde(skip)]
+    pub distill: Option<Distill>,
+}
+
+/// Knowledge distillation (Hinton et al.): the student's loss is
+/// `(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))`,
+/// with the teacher (typically the trained plain-ReLU `original` model) run without gradients
+/// on the same augmented batch.
+#[derive(Debug, Clone)]
+pub struct Distill {
+    pub teacher: Model,
+    /// Softening temperature `T` (> 0).
+    pub temperature: f32,
+    /// Weight of the distillation term, in [0, 1].
+    pub alpha: f32,
 }
 
 impl Default for TrainConfig {
@@ -158,6 +174,7 @@ impl Default for TrainConfig {
             resume: false,
             eval_each_epoch: true,
             eval_batch_size: 256,
+            distill: None,
         }
     }
 }
@@ -185,6 +202,14 @@ impl TrainConfig {
         }
         if self.resume && self.checkpoint.is_none() {
             return bad("resume needs a checkpoint path");
+        }
+        if let Some(d) = &self.distill {
+            if !(d.temperature.is_finite() && d.temperature > 0.0) {
+                return bad("distillation temperature must be positive");
+            }
+            if !(0.0..=1.0).contains(&d.alpha) {
+                return bad("distillation alpha must be in [0, 1]");
+            }
         }
         Ok(())
     }
@@ -252,6 +277,25 @@ pub fn train(
 ) -> Result<TrainOutcome, NnError> {
     let init = Model::random(spec.clone(), cluster_maps, cfg.seed)?;
     train_model(cfg, init, train_set, test_set, progress)
+}
+
+/// `(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))`.
+fn distill_loss(
+    student: burn::tensor::Tensor<2>,
+    teacher: burn::tensor::Tensor<2>,
+    labels: &[u8],
+    temperature: f32,
+    alpha: f32,
+    device: &burn::tensor::Device,
+) -> burn::tensor::Tensor<1> {
+    use burn::tensor::activation::{log_softmax, softmax};
+    let ce = cross_entropy(student.clone(), labels, device);
+    let t = temperature as f64;
+    let p_t = softmax(teacher.clone().div_scalar(t), 1);
+    let log_p_t = log_softmax(teacher.div_scalar(t), 1);
+    let log_p_s = log_softmax(student.div_scalar(t), 1);
+    let kl = (p_t * (log_p_t - log_p_s)).sum_dim(1).mean();
+    ce.mul_scalar(1.0 - alpha as f64) + kl.mul_scalar(alpha as f64 * t * t)
 }
 
 const CKPT_MAGIC: &[u8; 8] = b"RSHCKPT1";
@@ -407,6 +451,22 @@ pub fn train_model(
 
     let plan = Plan::build(&spec, &model.group_maps, &device)?;
     let eval_plan = plan.on_device(&eval_device)?;
+    let teacher = match &cfg.distill {
+        Some(d) => {
+            d.teacher.validate()?;
+            if d.teacher.spec.input != spec.input || d.teacher.spec.num_classes != spec.num_classes
+            {
+                return Err(NnError::Invalid(format!(
+                    "the teacher takes {} images with {} classes, the student {} with {}",
+                    d.teacher.spec.input, d.teacher.spec.num_classes, spec.input, spec.num_classes
+                )));
+            }
+            let t_plan = Plan::build(&d.teacher.spec, &d.teacher.group_maps, &device)?;
+            let t_module = module_from_model(&d.teacher, &device)?;
+            Some((t_plan, t_module, d.temperature, d.alpha))
+        }
+        None => None,
+    };
     let mut module = module_from_model(&model, &device)?;
     let (c, h, w) = train_set.dims();
     let n = train_set.len();
@@ -443,6 +503,7 @@ pub fn train_model(
             );
             let labels: Vec<u8> = idx.iter().map(|&i| train_set.label(i)).collect();
             let x = images_tensor(buf.clone(), idx.len(), c, h, w, &device);
+            let x_teacher = x.clone();
             let mut mode = ForwardMode {
                 train: true,
                 noise: true,
@@ -451,12 +512,21 @@ pub fn train_model(
             };
             let logits = forward(&module, &plan, x, &mut mode);
             let preds = crate::net::argmax_rows(logits.clone().detach())?;
-            // NOTE(repro): `relushare reproduce --teacher FILE` (knowledge distillation, issue 5
-            // "beyond the paper") needs a hook here: e.g. `TrainConfig.distill: Option<Distill {
-            // teacher: Model, temperature: f32, alpha: f32 }>`, running the teacher (no grad) on
-            // the same augmented batch `x` and using
-            // loss = (1 - alpha) * CE(logits, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)).
-            let loss = cross_entropy(logits, &labels, &device);
+            let loss = match &teacher {
+                None => cross_entropy(logits, &labels, &device),
+                Some((t_plan, t_module, temp, alpha)) => {
+                    let mut t_rng = epoch_rng(cfg.seed, epoch, 3);
+                    let mut t_mode = ForwardMode {
+                        train: false,
+                        noise: false,
+                        temperature: cfg.ste_temperature,
+                        rng: &mut t_rng,
+                    };
+                    let t_logits =
+                        forward(t_module, t_plan, x_teacher.clone(), &mut t_mode).detach();
+                    distill_loss(logits, t_logits, &labels, *temp, *alpha, &device)
+                }
+            };
             let loss_v: f32 = loss.clone().into_scalar();
             if !loss_v.is_finite() {
                 return Err(NnError::Diverged {
@@ -602,5 +672,119 @@ mod tests {
         assert_ne!(a, epoch_rng(1, 1, 1).next_u64());
         assert_ne!(a, epoch_rng(1, 0, 2).next_u64());
         assert_ne!(a, epoch_rng(2, 0, 1).next_u64());
+    }
+}
+
+#[cfg(test)]
+mod distill_tests {
+    use super::*;
+    use burn::tensor::{Tensor, TensorData};
+
+    fn logits(v: Vec<f32>, device: &burn::tensor::Device) -> Tensor<2> {
+        Tensor::<2>::from_data(TensorData::new(v, [2, 3]), device)
+    }
+
+    #[test]
+    fn distillation_loss_limits() {
+        let device = BackendKind::Flex.train_device().unwrap().without_autodiff();
+        let s = vec![1.0, -0.5, 2.0, 0.3, 0.1, -1.0];
+        let t = vec![0.2, 1.5, -0.3, 2.0, -1.0, 0.5];
+        let labels = [2u8, 0];
+        let ce: f32 = cross_entropy(logits(s.clone(), &device), &labels, &device).into_scalar();
+        // alpha = 0: plain cross-entropy.
+        let l0: f32 = distill_loss(
+            logits(s.clone(), &device),
+            logits(t.clone(), &device),
+            &labels,
+            4.0,
+            0.0,
+            &device,
+        )
+        .into_scalar();
+        assert!((l0 - ce).abs() < 1e-5, "{l0} vs {ce}");
+        // alpha = 1 and a student equal to the teacher: KL = 0.
+        let l1: f32 = distill_loss(
+            logits(t.clone(), &device),
+            logits(t.clone(), &device),
+            &labels,
+            4.0,
+            1.0,
+            &device,
+        )
+        .into_scalar();
+        assert!(l1.abs() < 1e-5, "{l1}");
+        // alpha = 1 and a different student: KL > 0, scaled by T^2.
+        let l2: f32 = distill_loss(
+            logits(s.clone(), &device),
+            logits(t.clone(), &device),
+            &labels,
+            2.0,
+            1.0,
+            &device,
+        )
+        .into_scalar();
+        // direct computation
+        let soft = |v: &[f32], t: f32| -> Vec<f32> {
+            let m = v.iter().map(|x| x / t).fold(f32::MIN, f32::max);
+            let e: Vec<f32> = v.iter().map(|x| (x / t - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        };
+        let mut kl = 0.0;
+        for r in 0..2 {
+            let (ps, pt) = (
+                soft(&s[r * 3..r * 3 + 3], 2.0),
+                soft(&t[r * 3..r * 3 + 3], 2.0),
+            );
+            for i in 0..3 {
+                kl += pt[i] * (pt[i].ln() - ps[i].ln());
+            }
+        }
+        let expect = 4.0 * kl / 2.0;
+        assert!((l2 - expect).abs() < 1e-4, "{l2} vs {expect}");
+    }
+
+    #[test]
+    fn distillation_checks_settings_and_shapes() {
+        let spec =
+            relushare_model::presets::build(relushare_model::Arch::Fmnist, "uniform32").unwrap();
+        let teacher = Model::random(
+            relushare_model::presets::build(relushare_model::Arch::Svhn, "original").unwrap(),
+            None,
+            1,
+        )
+        .unwrap();
+        let set = relushare_data::synthetic((1, 28, 28), 8, 1, relushare_data::Split::Train);
+        let mut cfg = TrainConfig {
+            epochs: 1,
+            distill: Some(Distill {
+                teacher,
+                temperature: 4.0,
+                alpha: 0.5,
+            }),
+            ..TrainConfig::default()
+        };
+        let e = train(&cfg, &spec, None, &set, &set, &mut NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("teacher"), "{e}");
+        cfg.distill.as_mut().unwrap().alpha = 1.5;
+        let e = train(&cfg, &spec, None, &set, &set, &mut NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alpha"), "{e}");
+        // A matching teacher trains.
+        cfg.distill = Some(Distill {
+            teacher: Model::random(
+                relushare_model::presets::build(relushare_model::Arch::Fmnist, "original").unwrap(),
+                None,
+                2,
+            )
+            .unwrap(),
+            temperature: 4.0,
+            alpha: 0.5,
+        });
+        let out = train(&cfg, &spec, None, &set, &set, &mut NoProgress).unwrap();
+        assert_eq!(out.history.len(), 1);
     }
 }

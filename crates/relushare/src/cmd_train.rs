@@ -81,6 +81,15 @@ pub struct Args {
     /// Evaluate on the test set only after the last epoch (faster).
     #[arg(long)]
     pub final_eval_only: bool,
+    /// Knowledge distillation from this trained model (e.g. the plain-ReLU `original`).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Weight of the distillation term (with --teacher).
+    #[arg(long, default_value_t = 0.7, requires = "teacher")]
+    pub distill_alpha: f32,
+    /// Softening temperature of the distillation term (with --teacher).
+    #[arg(long, default_value_t = 4.0, requires = "teacher")]
+    pub distill_temperature: f32,
     /// Print the metrics as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -228,6 +237,15 @@ pub fn run(a: Args) -> Result<()> {
         checkpoint: Some(checkpoint.clone()),
         resume: a.resume,
         eval_each_epoch: !a.final_eval_only,
+        distill: match &a.teacher {
+            Some(p) => Some(relushare_nn::Distill {
+                teacher: relushare_model::Model::load(p)
+                    .with_context(|| format!("loading the teacher {}", p.display()))?,
+                temperature: a.distill_temperature,
+                alpha: a.distill_alpha,
+            }),
+            None => None,
+        },
         ..TrainConfig::default()
     };
     if !quiet {
