@@ -5,18 +5,18 @@
 
 use clap::{Parser, Subcommand};
 
-mod cmd_cluster;
 mod cmd_bench;
+mod cmd_cluster;
 mod cmd_count;
+mod cmd_data;
 mod cmd_demo;
-mod secure;
+mod cmd_eval;
+mod cmd_infer;
 mod cmd_keys;
 mod cmd_party;
 mod cmd_reproduce;
-mod cmd_data;
-mod cmd_eval;
-mod cmd_infer;
 mod cmd_train;
+mod secure;
 
 #[derive(Parser)]
 #[command(

@@ -290,7 +290,6 @@ fn skeleton(msg: ModelMsg) -> Result<Model> {
     Ok(m)
 }
 
-
 /// Splits this party's share vectors (in [`secret_vectors`] order) into weights and
 /// sharing-layer parameters.
 fn assign_shares(

@@ -264,7 +264,10 @@ fn handshake_inner(
     if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
         return Err(NetError::Refused {
             peer: pname(guess),
-            reason: format!("negotiated {:?}, only TLS 1.3 is allowed", conn.protocol_version()),
+            reason: format!(
+                "negotiated {:?}, only TLS 1.3 is allowed",
+                conn.protocol_version()
+            ),
         });
     }
     let peer_role = match &*conn {
