@@ -4,33 +4,12 @@
 
 use relushare_mpc::cost::{Comm, Phase};
 use relushare_mpc::fast::{CmpMode, FastConfig, FastSuite};
-use relushare_mpc::prg::Prg;
-use relushare_mpc::runner::share_vec;
 use relushare_mpc::suite::{DeciderKind, GroupPlan, Plan, PlanOp, Suite};
-use relushare_mpc::transport::{MemTransport, Transport};
-use relushare_mpc::MpcError;
+use relushare_mpc::transport::MemTransport;
 use std::sync::{Arc, Mutex};
 
-type Log = Arc<Mutex<Vec<Vec<u8>>>>;
-
-struct Recording {
-    inner: MemTransport,
-    log: Log,
-}
-
-impl Transport for Recording {
-    fn party(&self) -> usize {
-        self.inner.party()
-    }
-    fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), MpcError> {
-        self.inner.send(to, msg)
-    }
-    fn recv(&mut self, from: usize) -> Result<Vec<u8>, MpcError> {
-        let m = self.inner.recv(from)?;
-        self.log.lock().unwrap().push(m.clone());
-        Ok(m)
-    }
-}
+mod common;
+use common::{max_z, shares_of, Log, Recording, Z_LIMIT};
 
 /// Views of the three parties: prepare + offline + `op` online (seed messages dropped).
 fn views(
@@ -64,67 +43,6 @@ fn views(
     });
     logs.iter().map(|l| l.lock().unwrap().clone()).collect()
 }
-
-fn chi_z(a: &[u64; 256], b: &[u64; 256]) -> f64 {
-    let (na, nb) = (a.iter().sum::<u64>() as f64, b.iter().sum::<u64>() as f64);
-    let (ka, kb) = ((nb / na).sqrt(), (na / nb).sqrt());
-    let mut chi = 0.0;
-    let mut bins = 0;
-    for i in 0..256 {
-        let s = (a[i] + b[i]) as f64;
-        if s > 0.0 {
-            let d = ka * a[i] as f64 - kb * b[i] as f64;
-            chi += d * d / s;
-            bins += 1;
-        }
-    }
-    let df = (bins - 1).max(1) as f64;
-    (chi - df) / (2.0 * df).sqrt()
-}
-
-fn histograms(msg: &[u8]) -> Vec<[u64; 256]> {
-    let mut h = vec![[0u64; 256]; 8];
-    for (i, &b) in msg.iter().enumerate() {
-        h[i % 8][b as usize] += 1;
-    }
-    h
-}
-
-/// Largest z over parties, messages (>= 16 KiB) and byte offsets; also checks that the
-/// message pattern (count and sizes) is identical.
-fn max_z(va: &[Vec<Vec<u8>>], vb: &[Vec<Vec<u8>>]) -> (f64, String, usize) {
-    let mut worst = (f64::MIN, String::new(), 0);
-    for p in 0..3 {
-        assert_eq!(
-            va[p].len(),
-            vb[p].len(),
-            "party {p}: number of messages differs"
-        );
-        for (k, (ma, mb)) in va[p].iter().zip(&vb[p]).enumerate() {
-            assert_eq!(ma.len(), mb.len(), "party {p} message {k}: length differs");
-            if ma.len() < 16 * 1024 {
-                continue;
-            }
-            worst.2 += 1;
-            let (ha, hb) = (histograms(ma), histograms(mb));
-            for o in 0..8 {
-                let z = chi_z(&ha[o], &hb[o]);
-                if z > worst.0 {
-                    worst = (z, format!("party {p} message {k} offset {o}"), worst.2);
-                }
-            }
-        }
-    }
-    worst
-}
-
-fn shares_of(v: &[u64]) -> [Vec<u64>; 3] {
-    let mut prg = Prg::from_os().unwrap();
-    let (a, b) = share_vec(&mut prg, v);
-    [a, b, Vec::new()]
-}
-
-const Z_LIMIT: f64 = 6.0;
 
 #[test]
 fn relu_views_do_not_depend_on_the_secret() {
