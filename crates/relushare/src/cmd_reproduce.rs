@@ -79,6 +79,16 @@ pub struct Args {
     /// Candidates of the --relu-budget search to train (evenly spread over the counts).
     #[arg(long, default_value_t = 6)]
     pub search_max: usize,
+    /// Beyond the paper: distill every shared-ReLU row of the teacher's architecture from this
+    /// trained model (typically that architecture's `original`).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Weight of the distillation term (with --teacher).
+    #[arg(long, default_value_t = 0.7, requires = "teacher")]
+    pub distill_alpha: f32,
+    /// Softening temperature of the distillation term (with --teacher).
+    #[arg(long, default_value_t = 4.0, requires = "teacher")]
+    pub distill_temperature: f32,
 }
 
 /// What a reused artefact must match.
@@ -94,6 +104,9 @@ struct TrainSettings {
     batch_size: usize,
     lr: f64,
     maps_hash: Option<String>,
+    /// Hash of the distillation teacher, when the row was distilled.
+    #[serde(default)]
+    teacher_hash: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -557,6 +570,19 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
         let (tr, te) = ctx.sets(&j.dataset)?;
         (tr.len(), te.len())
     };
+    // --teacher applies to the shared-ReLU rows of the teacher's architecture.
+    let teacher = match &ctx.a.teacher {
+        Some(p) if j.preset != "original" => {
+            let t =
+                Model::load(p).with_context(|| format!("loading the teacher {}", p.display()))?;
+            if t.spec.arch == arch {
+                Some((t, file_hash(p)?))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
     let settings = TrainSettings {
         dataset: j.dataset.clone(),
         preset: j.preset.clone(),
@@ -571,6 +597,7 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
             .lr
             .unwrap_or(relushare_nn::OptimizerKind::Adam.default_lr()),
         maps_hash: maps.as_ref().map(|(_, h)| h.clone()),
+        teacher_hash: teacher.as_ref().map(|(_, h)| h.clone()),
     };
     let model_path = ctx.model_path(j);
     let record_path = model_path.with_extension("json");
@@ -625,6 +652,11 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
         eval_each_epoch: false,
         checkpoint: Some(ckpt.clone()),
         resume: false,
+        distill: teacher.map(|(t, _)| relushare_nn::Distill {
+            teacher: t,
+            temperature: ctx.a.distill_temperature,
+            alpha: ctx.a.distill_alpha,
+        }),
         ..TrainConfig::default()
     };
     // a checkpoint of the same settings lets an interrupted row continue

@@ -153,3 +153,50 @@ fn without_data_it_says_how_to_get_it() {
     assert!(!ok && stderr.contains("unknown table"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+/// `--teacher` distils the shared-ReLU rows of the teacher's architecture (not `original`), and a
+/// row trained without a teacher is not reused for a distilled run.
+#[test]
+fn teacher_distils_shared_rows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let teacher = dir.path().join("teacher.safetensors");
+    let spec = relushare_model::presets::build(relushare_model::Arch::Svhn, "original").unwrap();
+    relushare_model::Model::random(spec, None, 3)
+        .unwrap()
+        .save(&teacher)
+        .unwrap();
+    let base = [
+        "reproduce",
+        "--quick",
+        "--table",
+        "6",
+        "--dataset",
+        "svhn",
+        "--limit",
+        "64",
+        "--test-limit",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let (ok, _, stderr) = relushare(&base);
+    assert!(ok, "{stderr}");
+    let mut with_teacher = base.to_vec();
+    with_teacher.extend(["--teacher", teacher.to_str().unwrap()]);
+    let (ok, stdout, stderr) = relushare(&with_teacher);
+    assert!(ok, "{stderr}");
+    let res: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for r in res["trained"].as_array().unwrap() {
+        let reused = r["reused"].as_bool().unwrap();
+        assert_eq!(reused, r["preset"] == "original", "{r}");
+    }
+    // A teacher file that cannot be read is a clear error that names it.
+    let bad = dir.path().join("missing.safetensors");
+    let mut missing = base.to_vec();
+    missing.extend(["--teacher", bad.to_str().unwrap(), "--force"]);
+    let (ok, _, stderr) = relushare(&missing);
+    assert!(!ok);
+    assert!(stderr.contains("teacher"), "{stderr}");
+}
