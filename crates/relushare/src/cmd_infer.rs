@@ -5,31 +5,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use relushare_data::{load, DatasetName, Split};
-use relushare_model::{presets, Arch, ClusterMaps, Model};
+use relushare_model::Model;
 use relushare_mpc::protocol::Protocol;
 
+use crate::model_args::ModelArgs;
 use crate::secure::run_secure;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model file written by `relushare train`.
-    #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
-    pub model: Option<PathBuf>,
-    /// Architecture (cifar10, svhn, fmnist) for a model with random weights.
-    #[arg(long, requires = "random_weights")]
-    pub arch: Option<Arch>,
-    /// Preset of --arch (original, uniform32, fc-noise, ...).
-    #[arg(long, default_value = "original")]
-    pub preset: String,
-    /// Use random weights for --arch/--preset (benchmarks without a trained model).
-    #[arg(long, requires = "arch")]
-    pub random_weights: bool,
-    /// Cluster-map file (from `relushare cluster`) for cluster presets with --random-weights.
-    #[arg(long)]
-    pub cluster_map: Option<PathBuf>,
-    /// Seed of the random weights.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub source: ModelArgs,
     /// Protocol suite: securenn (the paper's baseline), fast, fss.
     #[arg(long, default_value = "fast")]
     pub protocol: Protocol,
@@ -57,26 +42,18 @@ pub struct Args {
 }
 
 fn load_model(a: &Args) -> Result<Model> {
-    if let Some(p) = &a.model {
-        return Model::load(p).with_context(|| format!("loading model {}", p.display()));
+    let mut model = a
+        .source
+        .load()?
+        .context("give --model FILE, or --arch A --preset P --random-weights")?;
+    if a.source.random_weights {
+        // random weights carry no normalization: use the dataset's
+        let n = relushare_data::normalization(a.dataset, model.spec.input.c);
+        model.spec.normalization = relushare_model::Normalization {
+            mean: n.mean,
+            std: n.std,
+        };
     }
-    let (Some(arch), true) = (a.arch, a.random_weights) else {
-        bail!("give --model FILE, or --arch A --preset P --random-weights");
-    };
-    let spec = presets::build(arch, &a.preset)?;
-    let maps = match &a.cluster_map {
-        Some(p) => Some(
-            ClusterMaps::load(p).with_context(|| format!("loading cluster map {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let mut model = Model::random(spec, maps.as_ref(), a.seed)?;
-    // random weights carry no normalization: use the dataset's
-    let n = relushare_data::normalization(a.dataset, model.spec.input.c);
-    model.spec.normalization = relushare_model::Normalization {
-        mean: n.mean,
-        std: n.std,
-    };
     Ok(model)
 }
 

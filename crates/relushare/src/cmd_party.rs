@@ -18,8 +18,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::model_args::ModelArgs;
 use anyhow::{bail, Context, Result};
-use relushare_model::{Arch, ClusterMaps, Model};
 use relushare_mpc::net::session::{self, ImageSource, SessionOptions};
 use relushare_mpc::net::{self, NetConfig, PartyKeys, TlsTransport};
 
@@ -53,24 +53,9 @@ pub struct Args {
     /// Fixed-point fractional bits (all parties must agree).
     #[arg(long, default_value_t = 13)]
     pub frac_bits: u32,
-    /// Model owner: a model file written by `relushare train`.
-    #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
-    pub model: Option<PathBuf>,
-    /// Model owner without a trained model: architecture (with --preset and --random-weights).
-    #[arg(long, requires = "random_weights")]
-    pub arch: Option<Arch>,
-    /// Preset of --arch.
-    #[arg(long, default_value = "original")]
-    pub preset: String,
-    /// Use freshly initialised weights (benchmarks); requires --arch.
-    #[arg(long, requires = "arch")]
-    pub random_weights: bool,
-    /// Seed of --random-weights.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Cluster map for presets with data-driven groups (with --random-weights).
-    #[arg(long)]
-    pub cluster_map: Option<PathBuf>,
+    /// Model owner: a model file (--model) or --arch/--preset/--random-weights.
+    #[command(flatten)]
+    pub source: ModelArgs,
     /// Client: a JSON file with one normalized image (CHW floats) or a list of them.
     #[arg(long, conflicts_with = "random_image")]
     pub image: Option<PathBuf>,
@@ -164,22 +149,6 @@ fn load_dataset(a: &Args, name: relushare_data::DatasetName) -> Result<(Vec<Vec<
     Ok((pixels, labels))
 }
 
-fn load_model(a: &Args) -> Result<Option<Model>> {
-    if let Some(p) = &a.model {
-        return Ok(Some(Model::load(p)?));
-    }
-    if a.random_weights {
-        let arch = a.arch.context("--random-weights needs --arch")?;
-        let spec = relushare_model::presets::build(arch, &a.preset)?;
-        let maps = match &a.cluster_map {
-            Some(p) => Some(ClusterMaps::load(p)?),
-            None => None,
-        };
-        return Ok(Some(Model::random(spec, maps.as_ref(), a.seed)?));
-    }
-    Ok(None)
-}
-
 pub fn run(a: Args) -> Result<()> {
     if a.role > 2 {
         bail!("--role must be 0, 1 or 2 (got {})", a.role);
@@ -188,7 +157,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--timeout must be between 0 and 86400 seconds");
     }
     // Everything local is checked before touching the network.
-    let model = load_model(&a)?;
+    let model = a.source.load()?;
     let mut labels = None;
     let images = match (&a.image, a.random_image, a.dataset) {
         (Some(p), _, _) => Some(ImageSource::Given(load_images(p)?)),

@@ -16,6 +16,7 @@ mod cmd_keys;
 mod cmd_party;
 mod cmd_reproduce;
 mod cmd_train;
+mod model_args;
 mod secure;
 
 #[derive(Parser)]

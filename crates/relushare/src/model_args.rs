@@ -1,0 +1,53 @@
+//! The model a command runs: a trained model file, or an architecture/preset with freshly
+//! initialised weights (for benchmarks without a trained model). Shared by `infer` and `party`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use relushare_model::{presets, Arch, ClusterMaps, Model};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model file written by `relushare train`.
+    #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
+    pub model: Option<PathBuf>,
+    /// Architecture (cifar10, svhn, fmnist) for a model with random weights.
+    #[arg(long, requires = "random_weights")]
+    pub arch: Option<Arch>,
+    /// Preset of --arch (original, uniform32, fc-noise, ...).
+    #[arg(long, default_value = "original")]
+    pub preset: String,
+    /// Use freshly initialised weights for --arch/--preset; requires --arch.
+    #[arg(long, requires = "arch")]
+    pub random_weights: bool,
+    /// Cluster-map file (from `relushare cluster`) for cluster presets with --random-weights.
+    #[arg(long)]
+    pub cluster_map: Option<PathBuf>,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl ModelArgs {
+    /// The selected model, or `None` when neither `--model` nor `--random-weights` is given.
+    pub fn load(&self) -> Result<Option<Model>> {
+        if let Some(p) = &self.model {
+            return Model::load(p)
+                .with_context(|| format!("loading model {}", p.display()))
+                .map(Some);
+        }
+        if !self.random_weights {
+            return Ok(None);
+        }
+        let arch = self.arch.context("--random-weights needs --arch")?;
+        let spec = presets::build(arch, &self.preset)?;
+        let maps = match &self.cluster_map {
+            Some(p) => Some(
+                ClusterMaps::load(p)
+                    .with_context(|| format!("loading cluster map {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Some(Model::random(spec, maps.as_ref(), self.seed)?))
+    }
+}
