@@ -171,7 +171,7 @@ pub struct SecureRow {
     pub online_seconds: f64,
     pub offline_seconds: f64,
     pub setup_seconds: f64,
-    /// Secure predictions equal to the f32 reference network's.
+    /// Secure classes equal to the plaintext fixed-point network's.
     pub agree_with_plaintext: usize,
     pub layers: Vec<SecureLayer>,
     pub reused: bool,

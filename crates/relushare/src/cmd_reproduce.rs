@@ -19,6 +19,8 @@ use relushare_analysis::report::{
     self, ClusterRun, Job, Results, SecureLayer, SecureRow, TrainedRow,
 };
 use relushare_analysis::{plot, trace, tv};
+
+use crate::secure::run_secure;
 use relushare_data::{DatasetName, ImageSet, Split};
 use relushare_model::{count, presets, Arch, ClusterMaps, Model};
 use relushare_nn::{Augmentation, EpochMetrics, Progress, TrainConfig};
@@ -943,7 +945,8 @@ fn total_variation(ctx: &mut Ctx, dataset: &str) -> Result<()> {
 }
 
 fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
-    use relushare_mpc::{fast, fixed, plain, runner, securenn};
+    use relushare_mpc::fixed;
+    use relushare_mpc::protocol::Protocol;
     let model_path = ctx.model_path(j);
     let model_hash = file_hash(&model_path)?;
     let record_path = ctx
@@ -963,106 +966,48 @@ fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
         }
     }
     let model = Model::load(&model_path)?;
-    let fm = plain::FixedModel::from_model(&model, fixed::DEFAULT_FRAC_BITS)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, te) = ctx.sets(&j.dataset)?;
     let n = images.min(te.len());
-    let mut batches = Vec::with_capacity(n);
-    let mut expected = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut x = vec![0f32; te.image_len()];
-        model.spec.normalization.apply(te.image(i), &mut x);
-        expected.push(relushare_model::reference::argmax(
-            &relushare_model::reference::forward(&model, &x, &mut |_| false)?,
-        ));
-        batches.push(vec![fm
-            .encode_input(&x)
-            .map_err(|e| anyhow::anyhow!("{e}"))?]);
-    }
+    let protocol: Protocol = suite.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let spinner = ProgressBar::new_spinner();
     spinner.set_message(format!(
         "secure inference {}/{} on {suite} ({n} image(s))",
         j.dataset, j.preset
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(250));
-    let opts = runner::RunOptions::default();
-    let session = match suite {
-        "securenn" => runner::run_session(&fm, &batches, &securenn::factory, &opts),
-        "fast" => {
-            let cfg = fast::config_for_model(&fm, &model).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let f = fast::factory(cfg, fast::CmpMode::Tree);
-            runner::run_session(&fm, &batches, &f, &opts)
-        }
-        other => bail!("unknown suite {other}"),
-    }
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "secure inference of {}/{} on {suite}: {e}",
-            j.dataset,
-            j.preset
-        )
-    })?;
+    let s = run_secure(&model, te, n, protocol, 1, fixed::DEFAULT_FRAC_BITS)
+        .with_context(|| format!("secure inference of {}/{} on {suite}", j.dataset, j.preset))?;
     spinner.finish_and_clear();
-    let nb = session.batches.len().max(1) as f64;
-    let sum =
-        |f: &dyn Fn(&runner::BatchResult) -> f64| session.batches.iter().map(f).sum::<f64>() / nb;
-    let agree = session
-        .batches
-        .iter()
-        .zip(&expected)
-        .filter(|(b, &e)| {
-            b.outputs
-                .first()
-                .map(|o| plain::argmax_fixed(o) == e)
-                .unwrap_or(false)
-        })
-        .count();
-    // per-layer costs averaged over the images
-    let mut layers: Vec<SecureLayer> = Vec::new();
-    for b in &session.batches {
-        for l in &b.report.layers {
-            match layers.iter_mut().find(|x| x.label == l.label) {
-                Some(x) => {
-                    x.online_bytes += l.online_bytes;
-                    x.offline_bytes += l.offline_bytes;
-                    x.online_rounds = x.online_rounds.max(l.online_rounds);
-                    x.seconds += l.seconds;
-                }
-                None => layers.push(SecureLayer {
-                    label: l.label.clone(),
-                    online_bytes: l.online_bytes,
-                    offline_bytes: l.offline_bytes,
-                    online_rounds: l.online_rounds,
-                    seconds: l.seconds,
-                }),
-            }
-        }
-    }
-    for l in &mut layers {
-        l.online_bytes = (l.online_bytes as f64 / nb) as u64;
-        l.offline_bytes = (l.offline_bytes as f64 / nb) as u64;
-        l.seconds /= nb;
-    }
-    let setup = &session.setup;
+    let agree = s.per_image.iter().filter(|r| r.agree).count();
     let row = SecureRow {
         dataset: j.dataset.clone(),
         preset: j.preset.clone(),
         suite: suite.to_string(),
-        images: n,
-        online_bytes: sum(&|b| b.report.online_bytes() as f64),
-        offline_bytes: sum(&|b| b.report.offline_bytes() as f64),
-        setup_bytes: (setup.online_bytes() + setup.offline_bytes()) as f64,
-        online_rounds: sum(&|b| b.report.online_rounds() as f64),
-        offline_rounds: sum(&|b| b.report.offline_rounds() as f64),
-        online_seconds: sum(&|b| b.online_seconds),
-        offline_seconds: sum(&|b| b.offline_seconds),
-        setup_seconds: session.setup_seconds,
+        images: s.images,
+        online_bytes: s.online_bytes,
+        offline_bytes: s.offline_bytes,
+        setup_bytes: s.setup_bytes as f64,
+        online_rounds: s.rounds as f64,
+        offline_rounds: s.offline_rounds as f64,
+        online_seconds: s.online_seconds,
+        offline_seconds: s.offline_seconds,
+        setup_seconds: s.setup_seconds,
         agree_with_plaintext: agree,
-        layers,
+        layers: s
+            .layers
+            .iter()
+            .map(|l| SecureLayer {
+                label: l.name.clone(),
+                online_bytes: l.online_bytes as u64,
+                offline_bytes: l.offline_bytes as u64,
+                online_rounds: l.rounds,
+                seconds: l.seconds,
+            })
+            .collect(),
         reused: false,
     };
     eprintln!(
-        "  {:.2} MB online + {:.2} MB offline, {:.0} rounds, {:.2} s online; {agree}/{n} predictions equal the f32 network's",
+        "  {:.2} MB online + {:.2} MB offline, {:.0} rounds, {:.2} s online; {agree}/{n} secure classes equal the plaintext fixed-point network's",
         row.online_bytes / 1e6,
         row.offline_bytes / 1e6,
         row.online_rounds,
