@@ -477,6 +477,22 @@ pub fn train_model(
     let mut train_seconds = 0.0f64;
     let mut test_accuracy = history.last().and_then(|m: &EpochMetrics| m.test_accuracy);
 
+    // Accuracy on the test set, as a fraction (0 for an empty set).
+    let test_fraction = |valid: &crate::net::NetModule| -> Result<f32, NnError> {
+        let (ok, total) = evaluate_module(
+            valid,
+            &eval_plan,
+            test_set,
+            cfg.eval_batch_size,
+            cfg.seed ^ 0xE7A1,
+        )?;
+        Ok(if total == 0 {
+            0.0
+        } else {
+            ok as f32 / total as f32
+        })
+    };
+
     for epoch in start_epoch..cfg.epochs {
         progress.start_epoch(epoch + 1, cfg.epochs, batches);
         let t0 = Instant::now();
@@ -555,19 +571,7 @@ pub fn train_model(
         trained_images += seen;
         let last = epoch + 1 == cfg.epochs;
         test_accuracy = if cfg.eval_each_epoch || last {
-            let valid = module.valid();
-            let (ok, total) = evaluate_module(
-                &valid,
-                &eval_plan,
-                test_set,
-                cfg.eval_batch_size,
-                cfg.seed ^ 0xE7A1,
-            )?;
-            Some(if total == 0 {
-                0.0
-            } else {
-                ok as f32 / total as f32
-            })
+            Some(test_fraction(&module.valid())?)
         } else {
             None
         };
@@ -602,19 +606,7 @@ pub fn train_model(
         Some(a) => a,
         None => {
             // Resumed after the last epoch: evaluate the checkpoint's model.
-            let valid = module.valid();
-            let (ok, total) = evaluate_module(
-                &valid,
-                &eval_plan,
-                test_set,
-                cfg.eval_batch_size,
-                cfg.seed ^ 0xE7A1,
-            )?;
-            if total == 0 {
-                0.0
-            } else {
-                ok as f32 / total as f32
-            }
+            test_fraction(&module.valid())?
         }
     };
     let relus = relushare_model::count(&model.spec)?.total_relus;
