@@ -111,6 +111,7 @@ fn shared_relu_views_do_not_depend_on_the_secret() {
             v: vsh[p].clone(),
             bias: Vec::new(),
             noise: 0.0,
+            fused: None,
         };
         let plan = Plan {
             n: 1,
