@@ -4,8 +4,8 @@
 //! with [`relushare_nn::conv`]'s kernels.
 //!
 //! `cargo run --release -p relushare-nn --example step_profile -- [ARCH] [PRESET] [BATCH] [STEPS] [steps]`
-//! (a last argument `steps` skips the per-convolution timings; `RELUSHARE_BURN_CONV=1` makes
-//! the network use Burn's built-in convolution instead of `relushare_nn::conv`)
+//! (a last argument `steps` skips the per-convolution timings; `RELUSHARE_BURN_OPS=1` makes
+//! the network use Burn's built-in convolution and pooling instead of `relushare_nn`'s)
 
 use std::time::Instant;
 
@@ -69,10 +69,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let preset = args.get(1).map(|s| s.as_str()).unwrap_or("original");
     let b: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
-    if std::env::var("RELUSHARE_BURN_CONV").is_ok_and(|v| v == "1") {
-        // Compare with Burn's built-in convolution.
-        conv::set_fast_conv(false);
-        println!("(Burn's built-in convolution)");
+    if std::env::var("RELUSHARE_BURN_OPS").is_ok_and(|v| v == "1") {
+        // Compare with Burn's built-in convolution and pooling.
+        conv::set_fast_kernels(false);
+        println!("(Burn's built-in convolution and pooling)");
     }
     let spec = presets::build(arch, preset)?;
     let model = Model::random(spec.clone(), None, 1)?;

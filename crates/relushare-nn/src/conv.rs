@@ -408,7 +408,7 @@ pub fn weight_bias_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f
 }
 
 /// The `f32` values of a flex tensor in row-major order (copied only when not contiguous).
-fn flex_values(t: FlexTensor) -> FlexTensor {
+pub(crate) fn flex_values(t: FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
         t
     } else {
@@ -416,12 +416,12 @@ fn flex_values(t: FlexTensor) -> FlexTensor {
     }
 }
 
-fn flex_slice(t: &FlexTensor) -> &[f32] {
+pub(crate) fn flex_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("flex_values returns contiguous f32 tensors")
 }
 
-fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+pub(crate) fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
@@ -536,21 +536,23 @@ impl<C: CheckpointStrategy> ConvExt for Autodiff<Flex, C> {
     }
 }
 
-static FAST_CONV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static FAST_KERNELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Use this module's convolution on flex (the default) or always Burn's built-in one (for
-/// comparisons; affects every [`conv2d`] call in the process).
-pub fn set_fast_conv(enabled: bool) {
-    FAST_CONV.store(enabled, std::sync::atomic::Ordering::Relaxed);
+/// Use this crate's convolution and average pooling on flex (the default) or always Burn's
+/// built-in operations (for comparisons; affects every [`conv2d`] and
+/// [`crate::pool::avg_pool2d`] call in the process).
+pub fn set_fast_kernels(enabled: bool) {
+    FAST_KERNELS.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether [`conv2d`] uses this module's convolution on flex (see [`set_fast_conv`]).
-pub fn fast_conv() -> bool {
-    FAST_CONV.load(std::sync::atomic::Ordering::Relaxed)
+/// Whether [`conv2d`] and [`crate::pool::avg_pool2d`] use this crate's kernels on flex (see
+/// [`set_fast_kernels`]).
+pub fn fast_kernels() -> bool {
+    FAST_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether `device` runs on flex (with or without autodiff).
-fn is_flex(device: &Device) -> bool {
+pub(crate) fn is_flex(device: &Device) -> bool {
     device.clone().without_autodiff() == Device::flex()
 }
 
@@ -569,7 +571,7 @@ pub fn conv2d(
     let f32s = [x.dtype(), weight.dtype(), bias.dtype()]
         .iter()
         .all(|d| *d == DType::F32);
-    if fits && f32s && fast_conv() && is_flex(&x.device()) {
+    if fits && f32s && fast_kernels() && is_flex(&x.device()) {
         Tensor::from_dispatch(<Dispatch as ConvExt>::relushare_conv2d(
             x.into_dispatch(),
             weight.into_dispatch(),

@@ -22,8 +22,6 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation;
-use burn::tensor::module::avg_pool2d;
-use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -387,10 +385,9 @@ pub fn forward(
                     *padding,
                 ))
             }
-            (Op::AvgPool { kernel, stride }, Act::Img(x)) => Act::Img(avg_pool2d(
-                x,
-                AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
-            )),
+            (Op::AvgPool { kernel, stride }, Act::Img(x)) => {
+                Act::Img(crate::pool::avg_pool2d(x, *kernel, *stride))
+            }
             (Op::Relu, Act::Img(x)) => Act::Img(activation::relu(x)),
             (Op::Relu, Act::Flat(x)) => Act::Flat(activation::relu(x)),
             (Op::Identity, a) => a,
