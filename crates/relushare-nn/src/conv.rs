@@ -288,27 +288,41 @@ fn matmul(
     }
 }
 
+/// Run `f` with this thread's scratch buffer of at least `len` floats (kept between calls:
+/// the im2col matrices are megabytes, and fresh allocations of that size cost page faults on
+/// every training step). Callers overwrite what they read.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
 /// Forward pass: `y[n] = W · col(x[n]) + b`, `[n, o, ho, wo]` row-major.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let (rows, l) = (g.rows(), g.pixels());
     let in_len = g.c * g.h * g.w;
     let mut y = vec![0f32; g.n * g.o * l];
-    y.par_chunks_mut(g.o * l).enumerate().for_each_init(
-        || vec![0f32; if g.pointwise() { 0 } else { rows * l }],
-        |col, (i, yi)| {
-            for (o, row) in yi.chunks_mut(l).enumerate() {
-                row.fill(bias[o]);
-            }
-            let xi = &x[i * in_len..(i + 1) * in_len];
-            let cols: &[f32] = if g.pointwise() {
-                xi
-            } else {
+    y.par_chunks_mut(g.o * l).enumerate().for_each(|(i, yi)| {
+        for (o, row) in yi.chunks_mut(l).enumerate() {
+            row.fill(bias[o]);
+        }
+        let xi = &x[i * in_len..(i + 1) * in_len];
+        if g.pointwise() {
+            matmul(g.o, l, rows, yi, true, weight, (rows, 1), xi, (l, 1));
+        } else {
+            with_scratch(rows * l, |col| {
                 im2col(g, xi, col);
-                col
-            };
-            matmul(g.o, l, rows, yi, true, weight, (rows, 1), cols, (l, 1));
-        },
-    );
+                matmul(g.o, l, rows, yi, true, weight, (rows, 1), col, (l, 1));
+            });
+        }
+    });
     y
 }
 
@@ -342,15 +356,14 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let (rows, l) = (g.rows(), g.pixels());
     let in_len = g.c * g.h * g.w;
     let mut dx = vec![0f32; g.n * in_len];
-    dx.par_chunks_mut(in_len).enumerate().for_each_init(
-        || vec![0f32; rows * l],
-        |col, (i, dxi)| {
-            let dyi = &dy[i * g.o * l..(i + 1) * g.o * l];
+    dx.par_chunks_mut(in_len).enumerate().for_each(|(i, dxi)| {
+        let dyi = &dy[i * g.o * l..(i + 1) * g.o * l];
+        with_scratch(rows * l, |col| {
             // Wᵀ is [rows, o]: element (r, o) at W[o·rows + r].
             matmul(rows, l, g.o, col, false, weight, (1, rows), dyi, (l, 1));
             col2im(g, col, dxi);
-        },
-    );
+        });
+    });
     dx
 }
 
@@ -370,10 +383,10 @@ pub fn weight_bias_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f
     let groups = g.n.div_ceil(WGRAD_GROUP);
     let partial: Vec<(Vec<f32>, Vec<f32>)> = (0..groups)
         .into_par_iter()
-        .map_init(
-            || (vec![0f32; in_len], vec![0f32; l * r]),
-            |(xt, rows), gi| {
-                let (mut dw, mut db) = (vec![0f32; g.o * r], vec![0f32; g.o]);
+        .map(|gi| {
+            let (mut dw, mut db) = (vec![0f32; g.o * r], vec![0f32; g.o]);
+            with_scratch(in_len + l * r, |scratch| {
+                let (xt, rows) = scratch.split_at_mut(in_len);
                 for i in gi * WGRAD_GROUP..((gi + 1) * WGRAD_GROUP).min(g.n) {
                     let xi = &x[i * in_len..(i + 1) * in_len];
                     let dyi = &dy[i * g.o * l..(i + 1) * g.o * l];
@@ -384,9 +397,9 @@ pub fn weight_bias_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f
                         *b += row.iter().sum::<f32>();
                     }
                 }
-                (dw, db)
-            },
-        )
+            });
+            (dw, db)
+        })
         .collect();
     let (mut dw, mut db) = (vec![0f32; g.o * r], vec![0f32; g.o]);
     for (pw, pb) in &partial {
