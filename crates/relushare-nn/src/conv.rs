@@ -118,6 +118,10 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
                 let r = (c * k + ki) * k + kj;
                 let row = &mut col[r * l..(r + 1) * l];
                 let (lo, hi) = g.valid_cols(kj);
+                if s == 1 && g.wo == g.w {
+                    same_size_row(g, plane, row, ki, (lo, hi), kj);
+                    continue;
+                }
                 for oy in 0..g.ho {
                     let seg = &mut row[oy * g.wo..(oy + 1) * g.wo];
                     let iy = (oy * s + ki) as isize - p as isize;
@@ -138,6 +142,45 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One im2col row of a stride-1 convolution whose output is as wide as its input (`2p = k-1`,
+/// e.g. 3x3 with padding 1): the row is the input plane shifted by `(ki-p)·w + (kj-p)`, so it
+/// is one contiguous copy followed by zeroing the padded rows and the (at most `p`) wrapped
+/// columns of every output row. Thousands of short copies per image become one.
+fn same_size_row(
+    g: &Geometry,
+    plane: &[f32],
+    row: &mut [f32],
+    ki: usize,
+    (lo, hi): (usize, usize),
+    kj: usize,
+) {
+    let (w, p) = (g.w as isize, g.padding as isize);
+    let len = (g.h * g.w) as isize;
+    let shift = (ki as isize - p) * w + (kj as isize - p);
+    // Output rows whose input row oy + ki - p is inside the image.
+    let oy_lo = (p - ki as isize).clamp(0, g.ho as isize);
+    let oy_hi = (g.h as isize + p - ki as isize).clamp(oy_lo, g.ho as isize);
+    // Flat output positions j with a valid input row and 0 <= j + shift < h·w.
+    let l = row.len() as isize;
+    let j_lo = (oy_lo * w).max(-shift).clamp(0, l);
+    let j_hi = (oy_hi * w).min(len - shift).clamp(j_lo, l);
+    let (j_lo, j_hi) = (j_lo as usize, j_hi as usize);
+    row[..j_lo].fill(0.0);
+    row[j_hi..].fill(0.0);
+    if j_hi > j_lo {
+        // j_lo + shift >= 0 and j_hi + shift <= h·w by the bounds above.
+        let src = (j_lo as isize + shift) as usize;
+        row[j_lo..j_hi].copy_from_slice(&plane[src..src + (j_hi - j_lo)]);
+    }
+    // Columns whose input column ox + kj - p falls outside [0, w) read a neighbouring row.
+    if lo > 0 || hi < g.wo {
+        for out in row.chunks_exact_mut(g.wo) {
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
         }
     }
 }
@@ -182,10 +225,11 @@ fn to_pixel_major(g: &Geometry, x: &[f32], xt: &mut [f32]) {
     // Blocks of 64 pixels keep both sides of the transpose in L1.
     for p0 in (0..hw).step_by(64) {
         let p1 = (p0 + 64).min(hw);
+        let block = &mut xt[p0 * g.c..p1 * g.c];
         for c in 0..g.c {
             let src = &x[c * hw + p0..c * hw + p1];
-            for (j, v) in src.iter().enumerate() {
-                xt[(p0 + j) * g.c + c] = *v;
+            for (pixel, v) in block.chunks_exact_mut(g.c).zip(src) {
+                pixel[c] = *v;
             }
         }
     }
@@ -702,6 +746,9 @@ mod tests {
             (1, 1, 3, 3, 1, 3, 1, 0),
             (1, 2, 5, 5, 3, 1, 1, 1),
             (2, 3, 6, 7, 2, 2, 1, 1),
+            (2, 3, 6, 5, 4, 5, 1, 2),
+            (1, 2, 3, 4, 2, 3, 1, 1),
+            (1, 2, 1, 1, 2, 3, 1, 1),
         ] {
             check(n, c, h, w, o, k, s, p);
         }
