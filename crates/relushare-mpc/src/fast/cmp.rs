@@ -138,8 +138,7 @@ pub struct CmpMat {
 pub fn deal_cmp(d: &mut Deal, n: usize, k: u32, r_secret: Option<&[u64]>) -> Result<CmpMat> {
     let sched = Schedule::new(k)?;
     let mut r = Vec::with_capacity(k as usize);
-    let sec_planes: Option<Vec<Plane>> =
-        r_secret.map(|rs| (0..k).map(|j| bits::bit_plane(rs, j)).collect());
+    let sec_planes: Option<Vec<Plane>> = r_secret.map(|rs| bits::bit_planes(rs, k));
     for j in 0..k as usize {
         r.push(d.corr_bits(n, sec_planes.as_ref().map(|p| p[j].as_slice()))?);
     }
@@ -250,16 +249,13 @@ pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
     let cu: Vec<u64> = c.iter().map(|x| x.wrapping_add(half)).collect();
     let wn = bits::words(n);
     // e_j = NOT c_j (public).
-    let e: Vec<Plane> = (0..k)
-        .map(|j| {
-            let mut p = bits::bit_plane(&cu, j);
-            for w in p.iter_mut() {
-                *w = !*w;
-            }
-            bits::mask_tail(&mut p, n);
-            p
-        })
-        .collect();
+    let mut e: Vec<Plane> = bits::bit_planes(&cu, k);
+    for p in e.iter_mut() {
+        for w in p.iter_mut() {
+            *w = !*w;
+        }
+        bits::mask_tail(p, n);
+    }
     // Leaves, high to low.
     let nl = mat.sched.leaves;
     let mut g: Vec<Plane> = Vec::with_capacity(nl);
