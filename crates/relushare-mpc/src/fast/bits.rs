@@ -124,9 +124,7 @@ pub fn pack_planes(planes: &[&[u64]], n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(pb * planes.len());
     for p in planes {
         let start = out.len();
-        for w in p.iter().take(words(n)) {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
+        out.extend(p.iter().take(words(n)).flat_map(|w| w.to_le_bytes()));
         out.truncate(start + pb);
         if !n.is_multiple_of(8) {
             if let Some(last) = out.last_mut() {
@@ -153,7 +151,11 @@ pub fn unpack_planes(b: &[u8], count: usize, n: usize, from: usize) -> Result<Ve
     let mut out = Vec::with_capacity(count);
     for chunk in b.chunks(pb.max(1)).take(count) {
         let mut p = vec![0u64; words(n)];
-        for (i, byte) in chunk.iter().enumerate() {
+        let whole = chunk.len() / 8;
+        for (w, c) in p.iter_mut().zip(chunk.chunks_exact(8)) {
+            *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        for (i, byte) in chunk.iter().enumerate().skip(whole * 8) {
             p[i / 8] |= (*byte as u64) << (8 * (i % 8));
         }
         out.push(p);
