@@ -2,7 +2,8 @@
 //! the CLI: `cargo run --release -p relushare-mpc --example session_bench -- [ARCH] [PRESET]
 //! [REPEATS] [PROTOCOLS]` (defaults: cifar10 original 9 securenn,fast). Each protocol runs one
 //! session of REPEATS one-image batches (as `relushare bench` does); prints per protocol the
-//! median, min and max of offline + online seconds per image, and the medians of each phase.
+//! median, min and max of offline + online seconds per image, and the medians of each phase
+//! (and of each layer's online seconds with `SESSION_BENCH_LAYERS=1`).
 
 use relushare_model::{presets, Arch, Model};
 use relushare_mpc::plain::FixedModel;
@@ -21,7 +22,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arch: Arch = args.first().map(|s| s.as_str()).unwrap_or("cifar10").parse()?;
+    let arch: Arch = args
+        .first()
+        .map(|s| s.as_str())
+        .unwrap_or("cifar10")
+        .parse()?;
     let preset = args.get(1).map(|s| s.as_str()).unwrap_or("original");
     let repeats: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(9);
     let protocols = args
@@ -67,6 +72,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             on,
             res.setup_seconds
         );
+        if std::env::var_os("SESSION_BENCH_LAYERS").is_some() {
+            for (i, l) in res.batches[0].report.layers.iter().enumerate() {
+                let secs = median(
+                    res.batches
+                        .iter()
+                        .filter_map(|b| b.report.layers.get(i).map(|x| x.seconds))
+                        .collect(),
+                );
+                println!("    {:>10} {:.5} s online", l.label, secs);
+            }
+        }
     }
     Ok(())
 }

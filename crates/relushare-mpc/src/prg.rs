@@ -47,6 +47,11 @@ impl Prg {
     /// Fill a `u64` slice with uniform ring elements (no per-element work beyond AES).
     pub fn fill_u64(&mut self, out: &mut [u64]) {
         out.fill(0);
+        self.xor_u64(out);
+    }
+
+    /// XOR the next keystream words into `out` (on zeros: the same words as [`Prg::fill_u64`]).
+    fn xor_u64(&mut self, out: &mut [u64]) {
         // SAFETY: u8 has alignment 1 and every bit pattern is a valid u64; the byte view covers
         // exactly the memory of `out`.
         let bytes = unsafe {
@@ -57,8 +62,8 @@ impl Prg {
 
     /// `n` uniform ring elements.
     pub fn gen_u64s(&mut self, n: usize) -> Vec<u64> {
-        let mut v = vec![0u64; n];
-        self.fill_u64(&mut v);
+        let mut v = vec![0u64; n]; // zeroed (by the allocator, often for free): no second fill
+        self.xor_u64(&mut v);
         v
     }
 
