@@ -225,15 +225,30 @@ pub fn conv2d(x: &[u64], w: &[u64], g: &ConvGeom) -> Vec<u64> {
     if avx512::available() {
         let (oh, ow) = (g.oh(), g.ow());
         let cols = oh * ow;
-        let mut out = vec![0u64; g.out_len()];
-        if cols == 0 {
-            return out;
+        if cols == 0 || g.n == 0 {
+            return vec![0u64; g.out_len()];
         }
-        for (img, dst) in x.chunks(g.in_len1()).zip(out.chunks_mut(g.o * cols)) {
+        let mut out: Vec<u64> = Vec::with_capacity(g.out_len());
+        let base = out.spare_capacity_mut().as_mut_ptr() as *mut u64;
+        for (i, img) in x.chunks(g.in_len1()).enumerate() {
             let fill =
                 |j0: usize, nc: usize, panel: &mut [u64]| conv_panel(img, g, ow, j0, nc, panel);
-            avx512::gemm_panels(w, g.o, g.col_rows(), cols, dst, &fill);
+            // SAFETY: image i's output is the o x cols block at offset i*o*cols of the
+            // allocation (capacity out_len = n*o*cols); the product overwrites all of it.
+            unsafe {
+                avx512::gemm_panels_raw(
+                    w,
+                    g.o,
+                    g.col_rows(),
+                    cols,
+                    base.add(i * g.o * cols),
+                    true,
+                    &fill,
+                )
+            };
         }
+        // SAFETY: every element 0..out_len was written above (each image's block entirely).
+        unsafe { out.set_len(g.out_len()) };
         return out;
     }
     conv_from_cols(&im2col_batch(x, g), w, g)
@@ -274,8 +289,12 @@ fn conv_panel(x: &[u64], g: &ConvGeom, ow: usize, j0: usize, nc: usize, panel: &
                 let o0 = off[0];
                 for ch in 0..g.c {
                     let p = ch * kk + r0;
-                    panel[p * NR..(p + 1) * NR]
-                        .copy_from_slice(&x[ch * hw + o0..ch * hw + o0 + NR]);
+                    let src = &x[ch * hw + o0..ch * hw + o0 + NR];
+                    let dst = &mut panel[p * NR..(p + 1) * NR];
+                    // A fixed-size copy (inlined as two vector moves, no library call).
+                    let src: &[u64; NR] = src.try_into().expect("NR elements");
+                    let dst: &mut [u64; NR] = dst.try_into().expect("NR elements");
+                    *dst = *src;
                 }
             } else {
                 for ch in 0..g.c {
@@ -387,14 +406,39 @@ mod avx512 {
         c: &mut [u64],
         fill: &(dyn Fn(usize, usize, &mut [u64]) + Sync),
     ) {
+        assert_eq!(c.len(), m * n);
+        // SAFETY: `c` is an initialised m x n matrix that we borrow exclusively.
+        unsafe { gemm_panels_raw(a, m, k, n, c.as_mut_ptr(), false, fill) }
+    }
+
+    /// [`gemm_panels`] on a raw `m x n` matrix: `C += A * B`, or with `overwrite` `C = A * B`
+    /// (then `C` may be uninitialised memory; every element is written).
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and, without `overwrite`, reads) of `m * n` elements, and
+    /// not accessed by anyone else during the call.
+    pub unsafe fn gemm_panels_raw(
+        a: &[u64],
+        m: usize,
+        k: usize,
+        n: usize,
+        c: *mut u64,
+        overwrite: bool,
+        fill: &(dyn Fn(usize, usize, &mut [u64]) + Sync),
+    ) {
         assert!(available(), "gemm_panels needs AVX-512F/DQ");
         assert_eq!(a.len(), m * k);
-        assert_eq!(c.len(), m * n);
-        if m == 0 || n == 0 || k == 0 {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if overwrite {
+                std::ptr::write_bytes(c, 0, m * n);
+            }
             return;
         }
         let panels = n.div_ceil(NR);
-        let cp = CPtr(c.as_mut_ptr());
+        let cp = CPtr(c);
         let run = |pi: usize| {
             PANEL.with(|buf| {
                 let mut buf = buf.borrow_mut();
@@ -407,7 +451,7 @@ mod avx512 {
                 fill(j0, cols, panel);
                 // SAFETY: features checked; `panel` is k*NR, `a` is m*k, and this task writes
                 // only columns j0..j0+cols of the m x n matrix behind `cp`.
-                unsafe { panel_product(a, m, k, panel, cp.get(), n, j0, cols) }
+                unsafe { panel_product(a, m, k, panel, cp.get(), n, j0, cols, overwrite) }
             })
         };
         if m * n * k < PAR_WORK || panels == 1 {
@@ -443,6 +487,7 @@ mod avx512 {
         n: usize,
         j0: usize,
         cols: usize,
+        overwrite: bool,
     ) {
         let lo = (1u16 << cols.min(8)) - 1;
         let hi = if cols > 8 {
@@ -461,6 +506,7 @@ mod avx512 {
                 n,
                 m0,
                 m1,
+                overwrite,
             );
             r0 += MR;
         }
@@ -468,13 +514,13 @@ mod avx512 {
         let cp = c.add(r0 * n + j0);
         match m - r0 {
             0 => {}
-            1 => tile::<1>(ap, k, panel.as_ptr(), cp, n, m0, m1),
-            2 => tile::<2>(ap, k, panel.as_ptr(), cp, n, m0, m1),
-            3 => tile::<3>(ap, k, panel.as_ptr(), cp, n, m0, m1),
-            4 => tile::<4>(ap, k, panel.as_ptr(), cp, n, m0, m1),
-            5 => tile::<5>(ap, k, panel.as_ptr(), cp, n, m0, m1),
-            6 => tile::<6>(ap, k, panel.as_ptr(), cp, n, m0, m1),
-            _ => tile::<7>(ap, k, panel.as_ptr(), cp, n, m0, m1),
+            1 => tile::<1>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            2 => tile::<2>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            3 => tile::<3>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            4 => tile::<4>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            5 => tile::<5>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            6 => tile::<6>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            _ => tile::<7>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
         }
     }
 
@@ -494,6 +540,7 @@ mod avx512 {
         ldc: usize,
         m0: __mmask8,
         m1: __mmask8,
+        overwrite: bool,
     ) {
         let mut acc = [[_mm512_setzero_si512(); 2]; R];
         let mut bp = panel;
@@ -509,10 +556,13 @@ mod avx512 {
         }
         for (r, accr) in acc.iter().enumerate() {
             let cp = c.add(r * ldc);
-            let c0 = _mm512_maskz_loadu_epi64(m0, cp as *const _);
-            let c1 = _mm512_maskz_loadu_epi64(m1, cp.add(8) as *const _);
-            _mm512_mask_storeu_epi64(cp as *mut _, m0, _mm512_add_epi64(c0, accr[0]));
-            _mm512_mask_storeu_epi64(cp.add(8) as *mut _, m1, _mm512_add_epi64(c1, accr[1]));
+            let (mut v0, mut v1) = (accr[0], accr[1]);
+            if !overwrite {
+                v0 = _mm512_add_epi64(v0, _mm512_maskz_loadu_epi64(m0, cp as *const _));
+                v1 = _mm512_add_epi64(v1, _mm512_maskz_loadu_epi64(m1, cp.add(8) as *const _));
+            }
+            _mm512_mask_storeu_epi64(cp as *mut _, m0, v0);
+            _mm512_mask_storeu_epi64(cp.add(8) as *mut _, m1, v1);
         }
     }
 }
