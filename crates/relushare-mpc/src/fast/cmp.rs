@@ -421,6 +421,7 @@ pub struct ReluMat {
 /// Deal a ReLU: `r` free, bits of `r mod 2^k` and comparison triples, `t` free, `t` and `t r`
 /// arithmetic (16 bytes per element of P1 corrections plus [`Schedule::offline_bytes`]).
 pub fn deal_relu(d: &mut Deal, n: usize, k: u32, mode: CmpMode) -> Result<ReluMat> {
+    d.reserve_corrections(relu_offline_bytes(n, k, mode)?.0);
     let r = d.rand_u64(n);
     let cmp = deal_cmp_any(d, n, k, r.secret.as_deref(), mode)?;
     let t = d.rand_bits(n);

@@ -103,6 +103,14 @@ impl Deal {
         self.role == Role::Dealer
     }
 
+    /// Dealer: make room for `bytes` more bytes of corrections (one allocation for a layer's
+    /// message instead of repeated growth); a no-op for P0 and P1.
+    pub fn reserve_corrections(&mut self, bytes: usize) {
+        if self.role == Role::Dealer {
+            self.corr.reserve(bytes);
+        }
+    }
+
     /// Dealer: take the corrections written so far (to be sent to P1).
     pub fn take_corrections(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.corr)

@@ -135,6 +135,7 @@ pub fn deal_linear_finish(d: &mut Deal, op: &LinOp, pre: LinPre) -> Result<LinMa
         )));
     }
     if d.is_dealer() {
+        d.reserve_corrections(linear_offline_bytes(op));
         d.corr_u64(op.out_len(), Some(&pre.prod))?;
         return Ok(LinMat {
             a: Vec::new(),
