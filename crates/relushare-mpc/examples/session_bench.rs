@@ -20,8 +20,44 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// `session_bench kernel`: multiply-adds per second of the CIFAR-10 conv2 convolution
+/// (64x32x32 input, 64 3x3 filters) on the rayon pool, best of 5 rounds of 20.
+fn kernel_bench() -> Result<(), Box<dyn std::error::Error>> {
+    use relushare_mpc::kernels::{conv2d, ConvGeom};
+    let g = ConvGeom {
+        n: 1,
+        c: 64,
+        h: 32,
+        w: 32,
+        o: 64,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let mut p = relushare_mpc::prg::Prg::from_seed([1; 16]);
+    let (x, w) = (p.gen_u64s(g.in_len()), p.gen_u64s(g.w_len()));
+    let macs = (g.out_len() * g.col_rows()) as f64;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            std::hint::black_box(conv2d(&x, &w, &g));
+        }
+        best = best.min(t.elapsed().as_secs_f64() / 20.0);
+    }
+    println!(
+        "conv 64x32x32 * 64x3x3: {:.3} ms, {:.2} G multiply-adds/s",
+        best * 1e3,
+        macs / best / 1e9
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(|s| s.as_str()) == Some("kernel") {
+        return kernel_bench();
+    }
     let arch: Arch = args
         .first()
         .map(|s| s.as_str())
