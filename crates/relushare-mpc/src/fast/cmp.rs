@@ -481,18 +481,32 @@ pub fn select_from_open(
     ta: &[u64],
     tr: &[u64],
 ) -> Vec<u64> {
-    (0..c.len())
-        .map(|i| {
-            let di = bits::get(d, i);
+    let n = c.len();
+    let mut out = vec![0u64; n];
+    let p0 = u64::from(me == 0);
+    // 64 elements per word of `d` (branch-free; the slices are cut to equal lengths so the
+    // inner loop has no bounds checks).
+    for (wi, o) in out.chunks_mut(64).enumerate() {
+        let base = wi * 64;
+        let len = o.len();
+        let (cw, rw, taw, trw) = (
+            &c[base..base + len],
+            &r[base..base + len],
+            &ta[base..base + len],
+            &tr[base..base + len],
+        );
+        let word = d[wi];
+        for (j, v) in o.iter_mut().enumerate() {
+            let di = (word >> j) & 1;
             let sign = 1u64.wrapping_sub(di.wrapping_mul(2)); // 1 - 2d
-            let ba = sign
-                .wrapping_mul(ta[i])
-                .wrapping_add(if me == 0 { di } else { 0 });
-            ba.wrapping_mul(c[i])
-                .wrapping_sub(di.wrapping_mul(r[i]))
-                .wrapping_sub(sign.wrapping_mul(tr[i]))
-        })
-        .collect()
+            let ba = sign.wrapping_mul(taw[j]).wrapping_add(p0 & di);
+            *v = ba
+                .wrapping_mul(cw[j])
+                .wrapping_sub(di.wrapping_mul(rw[j]))
+                .wrapping_sub(sign.wrapping_mul(trw[j]));
+        }
+    }
+    out
 }
 
 /// Online bytes sent by one party for a ReLU on `n` elements.
@@ -509,4 +523,48 @@ pub fn relu_offline_bytes(n: usize, k: u32, mode: CmpMode) -> Result<(usize, usi
 /// Online rounds of a ReLU.
 pub fn relu_rounds(k: u32, mode: CmpMode) -> Result<usize> {
     Ok(2 + cmp_rounds(k, mode)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-wise select equals the per-element formula, for both parties and a length
+    /// that ends inside a word.
+    #[test]
+    fn select_matches_per_element_formula() {
+        let n = 130;
+        let mut s = 0x1234_5678u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s
+        };
+        let c: Vec<u64> = (0..n).map(|_| next()).collect();
+        let r: Vec<u64> = (0..n).map(|_| next()).collect();
+        let ta: Vec<u64> = (0..n).map(|_| next()).collect();
+        let tr: Vec<u64> = (0..n).map(|_| next()).collect();
+        let mut d = bits::from_fn(n, |i| i % 3 == 1 || i == 129);
+        bits::mask_tail(&mut d, n);
+        for me in 0..2 {
+            let want: Vec<u64> = (0..n)
+                .map(|i| {
+                    let di = bits::get(&d, i);
+                    let sign = 1u64.wrapping_sub(2 * di);
+                    let ba = sign
+                        .wrapping_mul(ta[i])
+                        .wrapping_add(if me == 0 { di } else { 0 });
+                    ba.wrapping_mul(c[i])
+                        .wrapping_sub(di.wrapping_mul(r[i]))
+                        .wrapping_sub(sign.wrapping_mul(tr[i]))
+                })
+                .collect();
+            assert_eq!(
+                select_from_open(me, &d, &c, &r, &ta, &tr),
+                want,
+                "party {me}"
+            );
+        }
+    }
 }
