@@ -9,7 +9,16 @@
 //! * avg pool: `trunc_f(window sum * round(2^f / k^2))`;
 //! * ReLU: `x * [x >= 0]`; partial: ReLU on the first channels;
 //! * sharing: `z_g = sum v_i x_i (+ b_c)` (2f bits, Learned/Fc) or `x_leader` (OneHot),
-//!   `keep_i = [z_g >= 0] XOR flip_i`, `y_i = x_i * keep_i` (no truncation anywhere).
+//!   `keep_i = [z_g >= 0] XOR flip_i`, `y_i = x_i * keep_i` (no truncation anywhere);
+//! * a whole-channel gate *fused* with the convolution before it ([`FusedGate`], chosen by
+//!   [`crate::fast::gate::fuse`] for the fast suites): the channel's decision value is
+//!   `z_c = sum_q U[c, q] x_q + beta_c` on the convolution's *input* `x` (2f bits; `U` and `beta`
+//!   are the decider folded through the convolution by the model owner), and
+//!   - [`GateMode::Fold`]: the convolution's output is `[z_c >= 0] * trunc_f(conv)`, the gate
+//!     layer passes it on;
+//!   - [`GateMode::Pool`]: the average pooling after the gate pools the *exact* convolution
+//!     output: `[z_c >= 0] * trunc_f(trunc_f(window sum(conv + b)) * round(2^f/k^2))`; the
+//!     convolution and gate layers are not materialized (their trace entries are zeros).
 
 use crate::error::{MpcError, Result};
 use crate::fixed::{self, FixedPoint};
@@ -36,6 +45,49 @@ pub struct FixedShared {
     pub bias: Vec<u64>,
     /// Flip probability.
     pub noise: f32,
+    /// Set when this (whole-channel) gate is fused with the convolution before it.
+    pub fused: Option<Box<FusedGate>>,
+}
+
+/// How a fused whole-channel gate is evaluated (see [`crate::fast::gate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateMode {
+    /// The decisions scale the convolution's output channels.
+    Fold,
+    /// The gate is applied after the average pooling that follows it, on pooled exact sums.
+    Pool,
+}
+
+/// A whole-channel ReLU-sharing layer fused with the convolution before it: its decision
+/// values are a linear function of the convolution's input.
+#[derive(Clone, Debug)]
+pub struct FusedGate {
+    /// Evaluation mode.
+    pub mode: GateMode,
+    /// `U[c, q]` (`channels x in_len`, f bits): the decider folded through the convolution.
+    pub u: Vec<u64>,
+    /// `beta[c]` (2f bits): the convolution bias folded through the decider.
+    pub beta: Vec<u64>,
+    /// Convolution input elements per image.
+    pub in_len: usize,
+}
+
+impl FusedGate {
+    /// Decision values `z_c = sum_q U[c, q] x_q + beta_c` of one image (2f bits).
+    pub fn decisions(&self, x_in: &[u64]) -> Result<Vec<u64>> {
+        crate::ring::check_len("fused gate input", x_in, self.in_len)?;
+        Ok(self
+            .beta
+            .iter()
+            .enumerate()
+            .map(|(c, &b)| {
+                self.u[c * self.in_len..(c + 1) * self.in_len]
+                    .iter()
+                    .zip(x_in)
+                    .fold(b, |acc, (&u, &x)| acc.wrapping_add(u.wrapping_mul(x)))
+            })
+            .collect())
+    }
 }
 
 /// One layer in fixed point.
@@ -252,6 +304,7 @@ impl FixedModel {
                                 v,
                                 bias,
                                 noise: s.noise,
+                                fused: None,
                             }),
                         }
                     }
@@ -382,11 +435,102 @@ pub fn forward_fixed_trace(
 ) -> Result<Vec<Vec<u64>>> {
     crate::ring::check_len("input", x, fm.input_len)?;
     let mut trace = vec![x.to_vec()];
-    for l in &fm.layers {
-        let y = eval_layer(fm.fp, l, trace.last().expect("non-empty"), flip)?;
+    let mut i = 0;
+    while i < fm.layers.len() {
+        let x_in = trace.last().expect("non-empty");
+        if let Some((fg, conv)) = fused_at(fm, i) {
+            let used = eval_fused(fm, i, fg, conv, x_in)?;
+            trace.extend(used);
+            i = trace.len() - 1;
+            continue;
+        }
+        let y = eval_layer(fm.fp, &fm.layers[i], x_in, flip)?;
         trace.push(y);
+        i += 1;
     }
     Ok(trace)
+}
+
+/// The fused gate whose convolution is layer `i`, if any.
+pub fn fused_at(fm: &FixedModel, i: usize) -> Option<(&FusedGate, &FixedLayer)> {
+    match (fm.layers.get(i), fm.layers.get(i + 1)) {
+        (Some(conv @ FixedLayer::Conv { .. }), Some(FixedLayer::Shared { s, .. })) => {
+            s.fused.as_deref().map(|fg| (fg, conv))
+        }
+        _ => None,
+    }
+}
+
+/// Reference outputs of the layers of the fused block starting at convolution `i` (two layers
+/// for [`GateMode::Fold`], three for [`GateMode::Pool`]) on the block input `x_in`.
+pub fn eval_fused_block(fm: &FixedModel, i: usize, x_in: &[u64]) -> Result<Vec<Vec<u64>>> {
+    let (fg, conv) =
+        fused_at(fm, i).ok_or_else(|| MpcError::Model(format!("no fused gate at layer {i}")))?;
+    eval_fused(fm, i, fg, conv, x_in)
+}
+
+fn eval_fused(
+    fm: &FixedModel,
+    i: usize,
+    fg: &FusedGate,
+    conv: &FixedLayer,
+    x_in: &[u64],
+) -> Result<Vec<Vec<u64>>> {
+    let f = fm.fp.frac_bits;
+    let FixedLayer::Conv { geom, w, b, .. } = conv else {
+        return Err(MpcError::Model("fused gate without a convolution".into()));
+    };
+    crate::ring::check_len("conv input", x_in, geom.in_len())?;
+    let keep: Vec<bool> = fg
+        .decisions(x_in)?
+        .into_iter()
+        .map(|z| (z as i64) >= 0)
+        .collect();
+    let mut z = kernels::conv2d(x_in, w, geom);
+    kernels::add_channel_bias(&mut z, b, geom.oh() * geom.ow());
+    match fg.mode {
+        GateMode::Fold => {
+            let plane = geom.oh() * geom.ow();
+            let y: Vec<u64> = z
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| {
+                    if keep[j / plane] {
+                        fixed::trunc_plain(v, f)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            Ok(vec![y.clone(), y])
+        }
+        GateMode::Pool => {
+            let Some(FixedLayer::AvgPool { geom: pg, .. }) = fm.layers.get(i + 2) else {
+                return Err(MpcError::Model(
+                    "a pooled fused gate must be followed by average pooling".into(),
+                ));
+            };
+            let c = fixed::pool_factor(pg.k, f);
+            let plane = pg.oh() * pg.ow();
+            let y: Vec<u64> = kernels::pool_sums(&z, 1, pg.c, pg.h, pg.w, pg.k, pg.stride)
+                .into_iter()
+                .enumerate()
+                .map(|(j, s)| {
+                    if keep[j / plane] {
+                        let t = fixed::trunc_plain(s, f);
+                        fixed::trunc_plain(t.wrapping_mul(c), f)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            Ok(vec![
+                vec![0; fm.out_lens[i]],
+                vec![0; fm.out_lens[i + 1]],
+                y,
+            ])
+        }
+    }
 }
 
 /// Plaintext fixed-point logits (decoded) of one normalized CHW image; `flip` as in

@@ -54,6 +54,17 @@ impl FromStr for Protocol {
     }
 }
 
+/// Adapt the fixed-point model to `protocol`, before running it and before computing the
+/// plaintext reference it is compared with: the fast suites fuse whole-channel gates with the
+/// convolution before them ([`crate::fast::gate::fuse`]; the model owner computes the folded
+/// deciders). Returns the fused layers' names.
+pub fn prepare_model(protocol: Protocol, fm: &mut FixedModel) -> Result<Vec<String>> {
+    match protocol {
+        Protocol::Securenn => Ok(Vec::new()),
+        Protocol::Fast | Protocol::Fss => crate::fast::gate::fuse(fm),
+    }
+}
+
 /// The runner factory of `protocol` for `model` (encoded as `fm`). The fast suites size their
 /// comparison rings from the model's plaintext weights (computed by the model owner).
 pub fn factory_for(

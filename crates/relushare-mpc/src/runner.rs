@@ -15,7 +15,10 @@ use crate::fixed::FixedPoint;
 use crate::kernels::ConvGeom;
 use crate::plain::{FixedLayer, FixedModel};
 use crate::prg::Prg;
-use crate::suite::{GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare};
+use crate::suite::{
+    FusedPlan, GroupPlan, GroupShares, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite,
+    WeightShare,
+};
 use crate::transport::{MemTransport, Transport};
 use std::time::{Duration, Instant};
 
@@ -77,8 +80,8 @@ pub fn share_vec(prg: &mut Prg, v: &[u64]) -> (Vec<u64>, Vec<u64>) {
 /// What one party receives from the data owners.
 struct PartyInput {
     weights: Vec<WeightShare>,
-    /// Per layer index: (v shares, bias shares) for sharing layers.
-    group_params: Vec<Option<(Shared, Shared)>>,
+    /// Per layer index: the sharing layers' parameter shares.
+    group_params: Vec<Option<GroupShares>>,
     /// Per batch: the input shares (empty for P2).
     inputs: Vec<Shared>,
 }
@@ -116,9 +119,26 @@ fn party_inputs(fm: &FixedModel, batches: &[Vec<Vec<u64>>]) -> Result<[PartyInpu
         if let FixedLayer::Shared { s, .. } = l {
             let (v0, v1) = share_vec(&mut prg, &s.v);
             let (b0, b1) = share_vec(&mut prg, &s.bias);
-            out[0].group_params.push(Some((v0, b0)));
-            out[1].group_params.push(Some((v1, b1)));
-            out[2].group_params.push(Some((Vec::new(), Vec::new())));
+            let (empty, empty2) = (Vec::new(), Vec::new());
+            let (u, beta) = match &s.fused {
+                Some(fg) => (&fg.u, &fg.beta),
+                None => (&empty, &empty2),
+            };
+            let (u0, u1) = share_vec(&mut prg, u);
+            let (c0, c1) = share_vec(&mut prg, beta);
+            out[0].group_params.push(Some(GroupShares {
+                v: v0,
+                bias: b0,
+                u: u0,
+                beta: c0,
+            }));
+            out[1].group_params.push(Some(GroupShares {
+                v: v1,
+                bias: b1,
+                u: u1,
+                beta: c1,
+            }));
+            out[2].group_params.push(Some(GroupShares::default()));
         } else {
             for p in out.iter_mut() {
                 p.group_params.push(None);
@@ -141,7 +161,7 @@ fn party_inputs(fm: &FixedModel, batches: &[Vec<Vec<u64>>]) -> Result<[PartyInpu
 
 /// The plan of `fm` for batch size `n`, with one party's shares of the sharing-layer parameters
 /// (`gp[i]` for layer `i`). Used by the in-process runner and the networked session.
-pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) -> Plan {
+pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<GroupShares>]) -> Plan {
     let mut ops = Vec::new();
     let mut widx = 0;
     for (i, l) in fm.layers.iter().enumerate() {
@@ -182,7 +202,13 @@ pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) ->
                 relu_channels: *relu_channels,
             },
             FixedLayer::Shared { name, s } => {
-                let (v, bias) = gp[i].clone().unwrap_or_default();
+                let GroupShares { v, bias, u, beta } = gp[i].clone().unwrap_or_default();
+                let fused = s.fused.as_ref().map(|fg| FusedPlan {
+                    mode: fg.mode,
+                    u,
+                    beta,
+                    in_len: fg.in_len,
+                });
                 PlanOp::SharedRelu {
                     name: name.clone(),
                     plan: Box::new(GroupPlan {
@@ -194,6 +220,7 @@ pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<(Shared, Shared)>]) ->
                         v,
                         bias,
                         noise: s.noise,
+                        fused,
                     }),
                 }
             }

@@ -601,6 +601,11 @@ impl Suite for SecureNn {
     /// DReLU, `y = u + (x - 2u) * d_g` (one SelectShare), which equals `x * (d_g XOR nb)`.
     /// Rounds: 2 + 8 + 2, like the noise-free layer with a dot product.
     fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
+        if plan.fused.is_some() {
+            return Err(MpcError::Param(
+                "securenn runs the unfused model; fused gates are for the fast suites".into(),
+            ));
+        }
         if plan.noise <= 0.0 {
             return crate::suite::default_shared_relu(self, x, n, plan);
         }

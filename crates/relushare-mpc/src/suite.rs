@@ -100,6 +100,34 @@ pub struct GroupPlan {
     pub bias: Shared,
     /// Flip probability of each member's decision (0 = no noise).
     pub noise: f32,
+    /// Set when the layer is a whole-channel gate fused with the convolution before it.
+    pub fused: Option<FusedPlan>,
+}
+
+/// A fused whole-channel gate as the suites see it (see [`crate::plain::FusedGate`]).
+#[derive(Clone, Debug)]
+pub struct FusedPlan {
+    /// Evaluation mode.
+    pub mode: crate::plain::GateMode,
+    /// Shares of `U` (`channels x in_len`, f bits); empty for P2.
+    pub u: Shared,
+    /// Shares of `beta` (`channels`, 2f bits); empty for P2.
+    pub beta: Shared,
+    /// Convolution input elements per image.
+    pub in_len: usize,
+}
+
+/// One party's shares of a ReLU-sharing layer's secret parameters (empty for P2).
+#[derive(Clone, Debug, Default)]
+pub struct GroupShares {
+    /// Decider `v`.
+    pub v: Shared,
+    /// Fc decider bias.
+    pub bias: Shared,
+    /// Fused gates: `U`.
+    pub u: Shared,
+    /// Fused gates: `beta`.
+    pub beta: Shared,
 }
 
 impl GroupPlan {
@@ -248,18 +276,7 @@ pub trait Suite: Send {
 
     /// Average pooling: `trunc_f(window sum * round(2^f / k^2))` (default: local + truncate).
     fn avg_pool(&mut self, x: &Shared, g: &PoolGeom) -> Result<Shared> {
-        if self.party() == 2 {
-            return Ok(Vec::new());
-        }
-        crate::ring::check_len("avg_pool input", x, g.n * g.c * g.h * g.w)?;
-        let c = fixed::pool_factor(g.k, self.frac_bits());
-        let mut s = kernels::pool_sums(x, g.n, g.c, g.h, g.w, g.k, g.stride);
-        for v in &mut s {
-            *v = v.wrapping_mul(c);
-        }
-        let f = self.frac_bits();
-        self.truncate(&mut s, f)?;
-        Ok(s)
+        default_avg_pool(self, x, g)
     }
 
     /// ReLU on `len` elements: `x * DReLU(x)` (default: drelu then select).
@@ -327,6 +344,27 @@ pub trait Suite: Send {
     fn set_phase(&mut self, p: Phase) {
         self.comm().set_phase(p);
     }
+}
+
+/// The average pooling of [`Suite::avg_pool`]: local window sums, the public constant, then
+/// [`Suite::truncate`].
+pub fn default_avg_pool<S: Suite + ?Sized>(
+    this: &mut S,
+    x: &Shared,
+    g: &PoolGeom,
+) -> Result<Shared> {
+    if this.party() == 2 {
+        return Ok(Vec::new());
+    }
+    crate::ring::check_len("avg_pool input", x, g.n * g.c * g.h * g.w)?;
+    let c = fixed::pool_factor(g.k, this.frac_bits());
+    let mut s = kernels::pool_sums(x, g.n, g.c, g.h, g.w, g.k, g.stride);
+    for v in &mut s {
+        *v = v.wrapping_mul(c);
+    }
+    let f = this.frac_bits();
+    this.truncate(&mut s, f)?;
+    Ok(s)
 }
 
 /// The generic ReLU-sharing layer of [`Suite::shared_relu`], built from the suite's primitives

@@ -111,6 +111,7 @@ fn shared_relu_views_do_not_depend_on_the_secret() {
             v: vsh[p].clone(),
             bias: Vec::new(),
             noise: 0.0,
+            fused: None,
         };
         let plan = Plan {
             n: 1,
@@ -155,4 +156,110 @@ fn shared_relu_views_do_not_depend_on_the_secret() {
     let (z, at, tested) = max_z(&va, &vb);
     assert!(tested >= 2, "only {tested} messages large enough to test");
     assert!(z < Z_LIMIT, "view differs at {at} (z = {z:.1})");
+}
+
+/// Views of a fused whole-channel block (convolution + gate [+ pooling], see `fast::gate`) for
+/// two different images: Fold mode (CIFAR-10 `uniform32`'s first block) and Pool mode
+/// (Fashion-MNIST `uniform32`'s first block).
+#[test]
+fn fused_gate_views_do_not_depend_on_the_secret() {
+    use relushare_model::{presets, Arch, Model};
+    use relushare_mpc::plain::FixedModel;
+    use relushare_mpc::runner::{build_plan, exec_op, share_vec};
+    use relushare_mpc::suite::{GroupShares, WeightShare};
+    for (arch, layers) in [(Arch::Cifar10, 2usize), (Arch::Fmnist, 3)] {
+        let m = Model::random(presets::build(arch, "uniform32").unwrap(), None, 3).unwrap();
+        let mut fm = FixedModel::from_model(&m, 13).unwrap();
+        relushare_mpc::fast::gate::fuse(&mut fm).unwrap();
+        fm.layers.truncate(layers);
+        fm.out_lens.truncate(layers);
+        fm.output_len = fm.out_lens[layers - 1];
+        let cfg = relushare_mpc::fast::config_for_model(&fm, &m).unwrap();
+        // One sharing of the weights for both runs.
+        let mut prg = relushare_mpc::prg::Prg::from_os().unwrap();
+        let mut weights: Vec<Vec<WeightShare>> = vec![Vec::new(); 3];
+        let mut gp: Vec<Vec<Option<GroupShares>>> = vec![Vec::new(); 3];
+        for l in &fm.layers {
+            let mut g = [None, None, None];
+            match l {
+                relushare_mpc::plain::FixedLayer::Conv { name, w, b, .. } => {
+                    let (w0, w1) = share_vec(&mut prg, w);
+                    let (b0, b1) = share_vec(&mut prg, b);
+                    for (p, (w, b)) in [(w0, b0), (w1, b1), (vec![], vec![])]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        weights[p].push(WeightShare {
+                            name: name.clone(),
+                            w,
+                            bias: b,
+                        });
+                    }
+                }
+                relushare_mpc::plain::FixedLayer::Shared { s, .. } => {
+                    let fg = s.fused.as_ref().unwrap();
+                    let (u0, u1) = share_vec(&mut prg, &fg.u);
+                    let (c0, c1) = share_vec(&mut prg, &fg.beta);
+                    g = [
+                        Some(GroupShares {
+                            u: u0,
+                            beta: c0,
+                            ..Default::default()
+                        }),
+                        Some(GroupShares {
+                            u: u1,
+                            beta: c1,
+                            ..Default::default()
+                        }),
+                        Some(GroupShares::default()),
+                    ];
+                }
+                _ => {}
+            }
+            for (p, gi) in g.into_iter().enumerate() {
+                gp[p].push(gi);
+            }
+        }
+        let run = |secret: f32| {
+            let img = fm.encode_input(&vec![secret; fm.input_len]).unwrap();
+            let (x0, x1) = share_vec(&mut relushare_mpc::prg::Prg::from_os().unwrap(), &img);
+            let xs = [x0, x1, Vec::new()];
+            let ts = MemTransport::trio();
+            let logs: Vec<Log> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+            std::thread::scope(|s| {
+                for (p, t) in ts.into_iter().enumerate() {
+                    let log = logs[p].clone();
+                    let (plan, ws, x) = (build_plan(&fm, 1, &gp[p]), &weights[p], xs[p].clone());
+                    let cfg = cfg.clone();
+                    s.spawn(move || {
+                        let rec = Recording {
+                            inner: t,
+                            log: log.clone(),
+                        };
+                        let mut sn =
+                            FastSuite::new(Comm::new(Box::new(rec)), 13, cfg, CmpMode::Tree);
+                        sn.comm().set_phase(Phase::Offline);
+                        sn.prepare(&plan, ws).unwrap();
+                        log.lock().unwrap().clear(); // seeds and the weight opening
+                        sn.offline(&plan, ws).unwrap();
+                        sn.comm().set_phase(Phase::Online);
+                        let mut x = x;
+                        for op in &plan.ops {
+                            x = exec_op(&mut sn, op, &x, 1, ws).unwrap();
+                        }
+                    });
+                }
+            });
+            logs.iter()
+                .map(|l| l.lock().unwrap().clone())
+                .collect::<Vec<_>>()
+        };
+        let (va, vb) = (run(1.5), run(-1.5));
+        let (z, at, tested) = max_z(&va, &vb);
+        assert!(
+            tested >= 2,
+            "{arch}: only {tested} messages large enough to test"
+        );
+        assert!(z < Z_LIMIT, "{arch}: view differs at {at} (z = {z:.1})");
+    }
 }

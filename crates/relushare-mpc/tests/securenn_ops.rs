@@ -315,6 +315,7 @@ fn shared_relu_noise_certain_flips_exactly() {
                         vec![]
                     },
                     noise,
+                    fused: None,
                 };
                 s.shared_relu(&sx[p], 1, &plan).unwrap()
             });

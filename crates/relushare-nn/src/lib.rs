@@ -5,14 +5,18 @@
 //! - [`batch`]: normalization and CIFAR-style augmentation of `u8` image batches.
 //! - [`train()`](train::train): SGD/Adam training with schedules, weight decay, checkpoints
 //!   and resume, per-epoch metrics; [`evaluate`](eval::evaluate): accuracy of a model file.
+//! - [`conv`]: a faster convolution (im2col + GEMM, hand-written backward) for training on flex.
+//! - [`pool`]: average pooling with a hand-written backward for training on flex.
 //! - [`backend`]: the Burn device (CPU `flex` by default; `wgpu`, `cuda`, `tch` behind features).
 //!
 //! The library has no CLI and prints nothing: progress goes through [`train::Progress`].
 
 pub mod backend;
 pub mod batch;
+pub mod conv;
 pub mod eval;
 pub mod net;
+pub mod pool;
 pub mod train;
 
 pub use backend::BackendKind;

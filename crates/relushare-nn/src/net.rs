@@ -22,8 +22,6 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation;
-use burn::tensor::module::{avg_pool2d, conv2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -379,17 +377,17 @@ pub fn forward(
                 Act::Img(x),
             ) => {
                 let c = &module.convs[*index];
-                Act::Img(conv2d(
+                Act::Img(crate::conv::conv2d(
                     x,
                     c.weight.val(),
-                    Some(c.bias.val()),
-                    ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
+                    c.bias.val(),
+                    *stride,
+                    *padding,
                 ))
             }
-            (Op::AvgPool { kernel, stride }, Act::Img(x)) => Act::Img(avg_pool2d(
-                x,
-                AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
-            )),
+            (Op::AvgPool { kernel, stride }, Act::Img(x)) => {
+                Act::Img(crate::pool::avg_pool2d(x, *kernel, *stride))
+            }
             (Op::Relu, Act::Img(x)) => Act::Img(activation::relu(x)),
             (Op::Relu, Act::Flat(x)) => Act::Flat(activation::relu(x)),
             (Op::Identity, a) => a,

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use relushare_data::ImageSet;
 use relushare_model::Model;
 use relushare_mpc::plain::{self, FixedModel};
-use relushare_mpc::protocol::{factory_for, Protocol};
+use relushare_mpc::protocol::{factory_for, prepare_model, Protocol};
 use relushare_mpc::runner::{run_session, RunOptions};
 use serde::Serialize;
 
@@ -106,7 +106,8 @@ pub fn run_secure(
     if count == 0 {
         bail!("no images to classify");
     }
-    let fm = FixedModel::from_model(model, frac_bits)?;
+    let mut fm = FixedModel::from_model(model, frac_bits)?;
+    prepare_model(protocol, &mut fm)?;
     let mut encoded = Vec::with_capacity(count);
     let mut plain_class = Vec::with_capacity(count);
     let mut buf = vec![0f32; d.len()];

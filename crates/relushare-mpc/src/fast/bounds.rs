@@ -7,7 +7,9 @@
 //!   conv bounds are kept per channel, linear per output);
 //! * avg pool: `(k^2 * B * round(2^f/k^2)) / 2^f + 1`; ReLU and sharing keep the bound;
 //! * a ReLU-sharing layer's Learned/Fc group value: `max_g sum_{i in g} |v_i| B_i + |b_g|`
-//!   (2f bits, compared without truncation).
+//!   (2f bits, compared without truncation);
+//! * a fused gate's decision value ([`crate::fast::gate`]): `max_c sum_q |U_cq| B_q + |beta_c|`
+//!   over the bounds `B_q` of the convolution's input (2f bits).
 //!
 //! A comparison of `y` with `|y| <= B` on `k` bits is exact when `B < 2^(k-1)`; we use
 //! `k = bitlen(B) + 2` (one sign bit and one spare bit), rounded up to an odd number (the
@@ -42,7 +44,9 @@ pub fn layer_bounds(fm: &FixedModel, input_abs_max: f64) -> Result<Vec<(String, 
     let scale = (1u64 << f) as f64;
     let mut b: Vec<f64> = vec![input_abs_max * scale + 1.0; fm.input_len];
     let mut out = Vec::new();
+    let mut prev_in = b.clone();
     for l in &fm.layers {
+        let layer_in = b.clone();
         b = match l {
             FixedLayer::Conv {
                 geom, w, b: bias, ..
@@ -125,6 +129,31 @@ pub fn layer_bounds(fm: &FixedModel, input_abs_max: f64) -> Result<Vec<(String, 
                 out.push((name.clone(), m, bits_for_bound(m)));
                 b
             }
+            FixedLayer::Shared { name, s } if s.fused.is_some() => {
+                let fg = s.fused.as_deref().expect("guarded");
+                if prev_in.len() != fg.in_len {
+                    return Err(MpcError::Shape(format!(
+                        "bounds: fused gate {name} input {} vs {}",
+                        prev_in.len(),
+                        fg.in_len
+                    )));
+                }
+                let m = fg
+                    .beta
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &bc)| {
+                        fg.u[c * fg.in_len..(c + 1) * fg.in_len]
+                            .iter()
+                            .zip(&prev_in)
+                            .map(|(&u, &bq)| sv(u) * bq)
+                            .sum::<f64>()
+                            + sv(bc)
+                    })
+                    .fold(0.0, f64::max);
+                out.push((name.clone(), m, bits_for_bound(m)));
+                b
+            }
             FixedLayer::Shared { name, s } => {
                 let m = match s.decider {
                     DeciderKind::OneHot => {
@@ -148,6 +177,7 @@ pub fn layer_bounds(fm: &FixedModel, input_abs_max: f64) -> Result<Vec<(String, 
             }
             FixedLayer::Identity { .. } => b,
         };
+        prev_in = layer_in;
     }
     Ok(out)
 }

@@ -11,7 +11,9 @@
 //! * **Online**: P0 and P1 only. Linear layers open `X - A` once; ReLUs open `y + r` once,
 //!   compare on a small ring `Z_2^k` with a log-depth tree of bit Beaver multiplications
 //!   ([`cmp`]) and select with one more opened bit; ReLU-sharing layers compare only the group
-//!   values ([`share`]). With [`CmpMode::Fss`] the comparisons are instead evaluated with
+//!   values ([`share`]); whole-channel gates right after a convolution are fused with it
+//!   ([`gate`]: decisions from the convolution's input, the gate folded into the convolution's
+//!   weights or applied after the following pooling). With [`CmpMode::Fss`] the comparisons are instead evaluated with
 //!   distributed comparison functions ([`crate::fss`]): one opening, no tree rounds.
 //!
 //! # Comparison ring
@@ -29,6 +31,9 @@ pub mod bits;
 pub mod bounds;
 pub mod cmp;
 pub mod deal;
+pub mod gate;
+#[cfg(test)]
+mod gate_tests;
 pub mod linear;
 pub mod share;
 #[cfg(test)]
@@ -37,8 +42,11 @@ mod tests;
 use crate::cost::{Comm, Phase};
 use crate::error::{MpcError, Result};
 use crate::kernels::{self, ConvGeom};
+use crate::plain::GateMode;
 use crate::prg::{self, Prg};
-use crate::suite::{DeciderKind, GroupPlan, LinearGeom, Plan, PlanOp, Shared, Suite, WeightShare};
+use crate::suite::{
+    DeciderKind, GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare,
+};
 use deal::Deal;
 use linear::{LinMat, LinOp, MaskedWeight};
 use std::collections::{BTreeMap, VecDeque};
@@ -88,6 +96,69 @@ enum Mat {
     Lin(LinMat),
     Relu(cmp::ReluMat),
     Group(Box<share::GroupMat>, Option<MaskedWeight>),
+    Gate(Box<GateRun>),
+}
+
+/// A fused block's material and the public/shared values its online steps need.
+struct GateRun {
+    mat: gate::GateMat,
+    /// The gate layer's name (its traffic is labelled with it).
+    act: String,
+    /// Weight keys: the convolution, the gate's `U`.
+    conv_key: String,
+    u_key: String,
+    /// This party's shares of `beta` and of the convolution bias.
+    beta: Shared,
+    conv_bias: Shared,
+}
+
+/// State carried between the layers of a fused Pool-mode block.
+enum Pending {
+    /// After the convolution: the ungated pooled values and the decision value shares.
+    Conv(Box<GateRun>, Vec<u64>, Vec<u64>),
+    /// After the gate: the gated pooled output (returned by the pooling layer).
+    Gated(Vec<u64>),
+}
+
+/// The fused block (gate index) whose convolution is `ops[i]`.
+fn fused_head(ops: &[PlanOp], i: usize) -> Option<(&ConvGeom, usize, &str, &GroupPlan)> {
+    match (ops.get(i), ops.get(i + 1)) {
+        (Some(PlanOp::Conv { geom, weight, .. }), Some(PlanOp::SharedRelu { name, plan }))
+            if plan.fused.is_some() =>
+        {
+            Some((geom, *weight, name.as_str(), plan))
+        }
+        _ => None,
+    }
+}
+
+/// The public geometry of the fused block at `ops[i]`.
+pub(crate) fn gate_geom(
+    ops: &[PlanOp],
+    i: usize,
+    cfg: &FastConfig,
+    mode: CmpMode,
+) -> Result<Option<gate::GateGeom>> {
+    let Some((geom, _, act, gp)) = fused_head(ops, i) else {
+        return Ok(None);
+    };
+    let fp = gp.fused.as_ref().expect("fused_head checks");
+    let pool: Option<PoolGeom> = match (fp.mode, ops.get(i + 2)) {
+        (GateMode::Pool, Some(PlanOp::AvgPool { geom, .. })) => Some(*geom),
+        (GateMode::Pool, _) => {
+            return Err(MpcError::Model(format!(
+                "{act}: a pooled gate must be followed by average pooling"
+            )))
+        }
+        (GateMode::Fold, _) => None,
+    };
+    Ok(Some(gate::GateGeom {
+        mode: fp.mode,
+        conv: *geom,
+        pool,
+        k: cfg.for_layer(act, true),
+        cmp_mode: mode,
+    }))
 }
 
 /// The `fast` (or `fss`) suite as run by one party.
@@ -100,6 +171,7 @@ pub struct FastSuite {
     weights: BTreeMap<String, MaskedWeight>,
     queue: VecDeque<Mat>,
     noise_rng: Option<Prg>,
+    pending: Option<Pending>,
 }
 
 impl FastSuite {
@@ -114,6 +186,7 @@ impl FastSuite {
             weights: BTreeMap::new(),
             queue: VecDeque::new(),
             noise_rng: None,
+            pending: None,
         }
     }
 
@@ -215,6 +288,83 @@ impl FastSuite {
         Ok(y)
     }
 
+    /// The convolution of a fused block: Fold returns the gated output; Pool opens the input,
+    /// keeps the pooled values for the gate and returns zeros (the layer is not materialized).
+    fn gate_conv(&mut self, run: GateRun, x: &Shared, g: &ConvGeom) -> Result<Shared> {
+        if self.me() == 2 {
+            return Ok(Vec::new());
+        }
+        let get = |k: &str| {
+            self.weights
+                .get(k)
+                .ok_or_else(|| MpcError::Model(format!("weight {k} was not prepared")))
+        };
+        let (mw, mu) = (get(&run.conv_key)?, get(&run.u_key)?);
+        match run.mat.geom.mode {
+            GateMode::Fold => {
+                let mb = get(&gate::bias_key(&run.conv_key))?;
+                let gw = gate::GateWeights {
+                    w: mw,
+                    bias: Some(mb),
+                    u: mu,
+                };
+                gate::fold_online(
+                    &mut self.comm,
+                    &run.mat,
+                    &gw,
+                    &run.beta,
+                    x,
+                    self.frac,
+                    &run.act,
+                )
+            }
+            GateMode::Pool => {
+                let gw = gate::GateWeights {
+                    w: mw,
+                    bias: None,
+                    u: mu,
+                };
+                let (q, z) = gate::pool_conv_online(
+                    &mut self.comm,
+                    &run.mat,
+                    &gw,
+                    &run.conv_bias,
+                    &run.beta,
+                    x,
+                    self.frac,
+                )?;
+                self.pending = Some(Pending::Conv(Box::new(run), q, z));
+                Ok(vec![0; g.out_len()])
+            }
+        }
+    }
+
+    /// The gate layer of a fused block.
+    fn gate_layer(
+        &mut self,
+        x: &Shared,
+        n: usize,
+        plan: &GroupPlan,
+        mode: GateMode,
+    ) -> Result<Shared> {
+        if self.me() == 2 {
+            return Ok(Vec::new());
+        }
+        match mode {
+            GateMode::Fold => Ok(x.clone()),
+            GateMode::Pool => match self.pending.take() {
+                Some(Pending::Conv(run, q, z)) => {
+                    let y = gate::pool_gate_online(&mut self.comm, &run.mat, &q, &z)?;
+                    self.pending = Some(Pending::Gated(y));
+                    Ok(vec![0; n * plan.len])
+                }
+                _ => Err(MpcError::Param(
+                    "fast suite: pooled gate without its convolution".into(),
+                )),
+            },
+        }
+    }
+
     fn deal_relu_op(&mut self, len: usize, k: u32) -> Result<Mat> {
         let mode = self.mode;
         let bytes = cmp::relu_offline_bytes(len, k, mode)?;
@@ -314,7 +464,19 @@ impl Suite for FastSuite {
         // Mask every weight tensor and decider once.
         let mut keys: Vec<(String, Vec<u64>)> = Vec::new(); // (key, this party's W share)
         let mut lens = Vec::new();
-        for op in &plan.ops {
+        for (i, op) in plan.ops.iter().enumerate() {
+            if let Some((geom, widx, act, gp)) = fused_head(&plan.ops, i) {
+                let fp = gp.fused.as_ref().expect("fused_head checks");
+                keys.push((gate::u_key(act), fp.u.clone()));
+                lens.push(gp.num_groups * fp.in_len);
+                if fp.mode == GateMode::Fold {
+                    let w = weights
+                        .get(widx)
+                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
+                    keys.push((gate::bias_key(&w.name), w.bias.clone()));
+                    lens.push(geom.o);
+                }
+            }
             match op {
                 PlanOp::Conv { weight, geom, .. } => {
                     let w = weights
@@ -330,7 +492,9 @@ impl Suite for FastSuite {
                     keys.push((w.name.clone(), w.w.clone()));
                     lens.push(geom.in_f * geom.out_f);
                 }
-                PlanOp::SharedRelu { name, plan: gp } if gp.decider != DeciderKind::OneHot => {
+                PlanOp::SharedRelu { name, plan: gp }
+                    if gp.decider != DeciderKind::OneHot && gp.fused.is_none() =>
+                {
                     keys.push((v_key(name), gp.v.clone()));
                     lens.push(gp.len);
                 }
@@ -391,9 +555,49 @@ impl Suite for FastSuite {
                 (MAX_OFFLINE_BYTES / (need / n.max(1)).max(1)).max(1)
             )));
         }
-        for op in &plan.ops {
+        self.pending = None;
+        for (i, op) in plan.ops.iter().enumerate() {
             self.comm.set_label(op.name());
+            if let Some(gg) = gate_geom(&plan.ops, i, &self.cfg, self.mode)? {
+                let (_, widx, act, gp) = fused_head(&plan.ops, i).expect("gate_geom checks");
+                let w = weights
+                    .get(widx)
+                    .ok_or_else(|| MpcError::Model("weight index".into()))?;
+                let (conv_key, u_key) = (w.name.clone(), gate::u_key(act));
+                let fp = gp.fused.as_ref().expect("fused_head checks");
+                let (beta, act) = (fp.beta.clone(), act.to_string());
+                let bytes = gg.offline_bytes()?;
+                // The masked weights are borrowed by the dealing closure, which needs `self`.
+                let ws = std::mem::take(&mut self.weights);
+                let get = |k: &str| {
+                    ws.get(k)
+                        .ok_or_else(|| MpcError::Model(format!("weight {k} was not prepared")))
+                };
+                let mat = (|| {
+                    let gw = gate::GateWeights {
+                        w: get(&conv_key)?,
+                        bias: match gg.mode {
+                            GateMode::Fold => Some(get(&gate::bias_key(&conv_key))?),
+                            GateMode::Pool => None,
+                        },
+                        u: get(&u_key)?,
+                    };
+                    self.dealt(bytes, |d, _| gate::deal_gate(d, &gg, &gw))
+                })();
+                self.weights = ws;
+                let mat = mat?;
+                self.queue.push_back(Mat::Gate(Box::new(GateRun {
+                    mat,
+                    act,
+                    conv_key,
+                    u_key,
+                    beta,
+                    conv_bias: w.bias.clone(),
+                })));
+                continue;
+            }
             match op {
+                PlanOp::SharedRelu { plan: gp, .. } if gp.fused.is_some() => {}
                 PlanOp::Conv { weight, .. } | PlanOp::Linear { weight, .. } => {
                     let lop = match op {
                         PlanOp::Conv { geom, .. } => LinOp::Conv(*geom),
@@ -454,7 +658,26 @@ impl Suite for FastSuite {
     }
 
     fn conv2d(&mut self, x: &Shared, w: &WeightShare, g: &ConvGeom) -> Result<Shared> {
+        if matches!(self.queue.front(), Some(Mat::Gate(_))) {
+            let Some(Mat::Gate(run)) = self.queue.pop_front() else {
+                unreachable!("checked above")
+            };
+            return self.gate_conv(*run, x, g);
+        }
         self.lin_online(x, &w.name, &w.bias, &LinOp::Conv(*g))
+    }
+
+    fn avg_pool(&mut self, x: &Shared, g: &PoolGeom) -> Result<Shared> {
+        match self.pending.take() {
+            Some(Pending::Gated(y)) => {
+                crate::ring::check_len("gated pooling output", &y, g.n * g.c * g.oh() * g.ow())?;
+                Ok(y)
+            }
+            Some(Pending::Conv(..)) => Err(MpcError::Param(
+                "fast suite: pooled gate skipped its gate layer".into(),
+            )),
+            None => crate::suite::default_avg_pool(self, x, g),
+        }
     }
 
     fn linear(&mut self, x: &Shared, w: &WeightShare, g: &LinearGeom) -> Result<Shared> {
@@ -484,6 +707,9 @@ impl Suite for FastSuite {
     }
 
     fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
+        if let Some(fp) = &plan.fused {
+            return self.gate_layer(x, n, plan, fp.mode);
+        }
         let (mat, mv) = match self.queue.pop_front() {
             Some(Mat::Group(m, mv)) => (m, mv),
             _ => {
@@ -601,8 +827,14 @@ pub const MAX_OFFLINE_BYTES: usize = 4_000_000_000;
 pub fn offline_bytes(plan: &Plan, cfg: &FastConfig, mode: CmpMode) -> Result<usize> {
     let n = plan.n;
     let mut total = 0;
-    for op in &plan.ops {
+    for (i, op) in plan.ops.iter().enumerate() {
+        if let Some(gg) = gate_geom(&plan.ops, i, cfg, mode)? {
+            let (a, b) = gg.offline_bytes()?;
+            total += a + b;
+            continue;
+        }
         total += match op {
+            PlanOp::SharedRelu { plan: gp, .. } if gp.fused.is_some() => 0,
             PlanOp::Conv { geom, .. } => linear::linear_offline_bytes(&LinOp::Conv(*geom)),
             PlanOp::Linear { geom, .. } => linear::linear_offline_bytes(&LinOp::Fc {
                 n: geom.n,

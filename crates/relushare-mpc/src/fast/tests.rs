@@ -331,6 +331,7 @@ fn group_case(
         v: Vec::new(),
         bias: Vec::new(),
         noise,
+        fused: None,
     };
     let (outs, rep) = run3(CmpMode::Tree, cfg, move |s| {
         let me = s.party();
@@ -422,6 +423,7 @@ fn shared_relu_all_deciders() {
             v: vec![],
             bias: vec![],
             noise: 0.0,
+            fused: None,
         };
         let l = rep.get("act").unwrap();
         assert_eq!(

@@ -23,7 +23,7 @@ use crate::fast::{CmpMode, FastConfig, FastSuite};
 use crate::fixed::FixedPoint;
 use crate::plain::{FixedLayer, FixedModel};
 use crate::prg::Prg;
-use crate::suite::{Shared, Suite, WeightShare};
+use crate::suite::{GroupShares, Shared, Suite, WeightShare};
 use crate::transport::Transport;
 use relushare_model::{Model, ModelSpec, Tensor};
 use serde::{Deserialize, Serialize};
@@ -266,11 +266,24 @@ fn secret_vectors(fm: &FixedModel) -> Vec<&Vec<u64>> {
             FixedLayer::Shared { s, .. } => {
                 v.push(&s.v);
                 v.push(&s.bias);
+                if let Some(fg) = &s.fused {
+                    v.push(&fg.u);
+                    v.push(&fg.beta);
+                }
             }
             _ => {}
         }
     }
     v
+}
+
+/// The model as `protocol` runs it (fused gates for the fast suites; see
+/// [`crate::protocol::prepare_model`]). All parties derive the same structure; only the owner's
+/// folded deciders are meaningful (the others receive shares).
+fn prepared(mut fm: FixedModel, protocol: &str) -> Result<FixedModel> {
+    let p: crate::protocol::Protocol = protocol.parse()?;
+    crate::protocol::prepare_model(p, &mut fm)?;
+    Ok(fm)
 }
 
 /// A model with the structure of `msg` and all parameters zero (for parties without weights).
@@ -296,7 +309,7 @@ fn assign_shares(
     fm: &FixedModel,
     me: usize,
     mut shares: Vec<Vec<u64>>,
-) -> (Vec<WeightShare>, Vec<Option<(Shared, Shared)>>) {
+) -> (Vec<WeightShare>, Vec<Option<GroupShares>>) {
     shares.reverse();
     let mut take = || {
         if me == 2 {
@@ -319,10 +332,15 @@ fn assign_shares(
                 });
                 gp.push(None);
             }
-            FixedLayer::Shared { .. } => {
+            FixedLayer::Shared { s, .. } => {
                 let v = take();
-                let b = take();
-                gp.push(Some((v, b)));
+                let bias = take();
+                let (u, beta) = if s.fused.is_some() {
+                    (take(), take())
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                gp.push(Some(GroupShares { v, bias, u, beta }));
             }
             _ => gp.push(None),
         }
@@ -468,7 +486,10 @@ fn run_inner(
     let fm = if me == owner {
         let model = model.expect("owner has the model");
         normalization = model.spec.normalization.clone();
-        fm_secret = FixedModel::from_model(model, opts.frac_bits)?;
+        fm_secret = prepared(
+            FixedModel::from_model(model, opts.frac_bits)?,
+            &opts.protocol,
+        )?;
         cmp_cfg = if opts.protocol == "securenn" {
             FastConfig::defaults(opts.frac_bits)
         } else {
@@ -511,7 +532,10 @@ fn run_inner(
             default_bits_2f: msg.default_bits_2f,
         };
         normalization = msg.spec.normalization.clone();
-        fm_secret = FixedModel::from_model(&skeleton(msg)?, opts.frac_bits)?;
+        fm_secret = prepared(
+            FixedModel::from_model(&skeleton(msg)?, opts.frac_bits)?,
+            &opts.protocol,
+        )?;
         &fm_secret
     };
     let lens: Vec<usize> = secret_vectors(fm).iter().map(|v| v.len()).collect();
