@@ -530,6 +530,7 @@ mod avx512 {
     /// # Safety
     /// As [`panel_product`]; `a` points to `R` rows of stride `lda`, `c` to `R` rows of stride
     /// `ldc` with the columns selected by the masks valid.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq")]
     unsafe fn tile<const R: usize>(
