@@ -296,12 +296,56 @@ fn conv_panel(x: &[u64], g: &ConvGeom, ow: usize, j0: usize, nc: usize, panel: &
                     let dst: &mut [u64; NR] = dst.try_into().expect("NR elements");
                     *dst = *src;
                 }
-            } else {
-                for ch in 0..g.c {
-                    let p = ch * kk + r0;
-                    let plane = &x[ch * hw..(ch + 1) * hw];
-                    for (d, &o) in panel[p * NR..(p + 1) * NR].iter_mut().zip(&off) {
-                        *d = if o == usize::MAX { 0 } else { plane[o] };
+                continue;
+            }
+            // The valid lanes at consecutive input addresses `base + t` (a panel row at the
+            // image border): masked vector loads, zeros elsewhere.
+            let first = off.iter().position(|&o| o != usize::MAX);
+            let shifted = first.and_then(|t0| {
+                let base = off[t0] as isize - t0 as isize;
+                let mut mask = 0u16;
+                for (t, &o) in off.iter().enumerate() {
+                    if o != usize::MAX {
+                        if o as isize != base + t as isize {
+                            return None;
+                        }
+                        mask |= 1 << t;
+                    }
+                }
+                Some((base, mask))
+            });
+            match (first, shifted) {
+                (None, _) => {
+                    for ch in 0..g.c {
+                        let p = ch * kk + r0;
+                        panel[p * NR..(p + 1) * NR].fill(0);
+                    }
+                }
+                (Some(_), Some((base, mask))) => {
+                    assert!(panel.len() >= g.c * kk * NR && x.len() >= g.c * hw);
+                    // SAFETY: features checked by the caller (the AVX-512 conv path); every
+                    // unmasked lane reads x[ch*hw + off[t]] (in bounds); the stores write row p
+                    // of the panel (in bounds by the assertion).
+                    unsafe {
+                        avx512::masked_rows(
+                            x.as_ptr(),
+                            base,
+                            hw,
+                            g.c,
+                            kk,
+                            r0,
+                            mask,
+                            panel.as_mut_ptr(),
+                        )
+                    }
+                }
+                (Some(_), None) => {
+                    for ch in 0..g.c {
+                        let p = ch * kk + r0;
+                        let plane = &x[ch * hw..(ch + 1) * hw];
+                        for (d, &o) in panel[p * NR..(p + 1) * NR].iter_mut().zip(&off) {
+                            *d = if o == usize::MAX { 0 } else { plane[o] };
+                        }
                     }
                 }
             }
@@ -467,6 +511,36 @@ mod avx512 {
                 .into_par_iter()
                 .with_min_len(min_len)
                 .for_each(run);
+        }
+    }
+
+    /// Panel rows `p = ch*kk + r0` (`ch < c`): the 16 values at `x + ch*hw + base + t` for the
+    /// lanes `t` in `mask`, zero elsewhere (masked-off lanes are not read, so they may point
+    /// outside `x`).
+    ///
+    /// # Safety
+    /// AVX-512F available; every unmasked lane's address lies in `x`; `panel` has room for row
+    /// `(c-1)*kk + r0`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn masked_rows(
+        x: *const u64,
+        base: isize,
+        hw: usize,
+        c: usize,
+        kk: usize,
+        r0: usize,
+        mask: u16,
+        panel: *mut u64,
+    ) {
+        let (m0, m1) = (mask as __mmask8, (mask >> 8) as __mmask8);
+        for ch in 0..c {
+            let src = x.wrapping_offset((ch * hw) as isize + base);
+            let dst = panel.add((ch * kk + r0) * NR);
+            let v0 = _mm512_maskz_loadu_epi64(m0, src as *const _);
+            let v1 = _mm512_maskz_loadu_epi64(m1, src.wrapping_add(8) as *const _);
+            _mm512_storeu_si512(dst as *mut _, v0);
+            _mm512_storeu_si512(dst.add(8) as *mut _, v1);
         }
     }
 

@@ -498,12 +498,13 @@ pub fn select_from_open(
         let word = d[wi];
         for (j, v) in o.iter_mut().enumerate() {
             let di = (word >> j) & 1;
-            let sign = 1u64.wrapping_sub(di.wrapping_mul(2)); // 1 - 2d
-            let ba = sign.wrapping_mul(taw[j]).wrapping_add(p0 & di);
+            // (1 - 2d) * x is x or -x: (x ^ neg) - neg with neg = -d (all ones when d = 1).
+            let neg = di.wrapping_neg();
+            let ba = (taw[j] ^ neg).wrapping_sub(neg).wrapping_add(p0 & di);
             *v = ba
                 .wrapping_mul(cw[j])
-                .wrapping_sub(di.wrapping_mul(rw[j]))
-                .wrapping_sub(sign.wrapping_mul(trw[j]));
+                .wrapping_sub(rw[j] & neg)
+                .wrapping_sub((trw[j] ^ neg).wrapping_sub(neg));
         }
     }
     out
