@@ -7,6 +7,7 @@
 use crate::cost::Comm;
 use crate::error::{MpcError, Result};
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use std::mem::MaybeUninit;
 
 /// A 128-bit PRG seed.
 pub type Seed = [u8; 16];
@@ -47,22 +48,42 @@ impl Prg {
 
     /// Write the next `out.len()` keystream bytes into `out`.
     fn keystream(&mut self, out: &mut [u8]) {
+        // SAFETY: initialised bytes viewed as possibly-uninitialised ones; `keystream_uninit`
+        // only writes initialised values into them.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut MaybeUninit<u8>, out.len())
+        };
+        self.keystream_uninit(out);
+    }
+
+    /// Write the next `out.len()` keystream bytes into `out` (which need not be initialised;
+    /// every byte is written): counter blocks are written in place, then encrypted in place.
+    fn keystream_uninit(&mut self, out: &mut [MaybeUninit<u8>]) {
         let mut o = 0;
         if self.used < 16 {
             let t = (16 - self.used).min(out.len());
-            out[..t].copy_from_slice(&self.buf[self.used..self.used + t]);
+            for (d, s) in out[..t].iter_mut().zip(&self.buf[self.used..]) {
+                d.write(*s);
+            }
             self.used += t;
             o = t;
         }
-        let (blocks, tail) =
-            Array::<u8, aes::cipher::consts::U16>::slice_as_chunks_mut(&mut out[o..]);
-        for chunk in blocks.chunks_mut(CHUNK_BLOCKS) {
-            for b in chunk.iter_mut() {
-                b[..8].copy_from_slice(&self.ctr.to_le_bytes());
-                b[8..].fill(0);
+        let rest = &mut out[o..];
+        let full = rest.len() / 16 * 16;
+        let (blocks, tail) = rest.split_at_mut(full);
+        for chunk in blocks.chunks_mut(16 * CHUNK_BLOCKS) {
+            for b in chunk.chunks_exact_mut(16) {
+                let mut block = [0u8; 16];
+                block[..8].copy_from_slice(&self.ctr.to_le_bytes());
+                for (d, s) in b.iter_mut().zip(&block) {
+                    d.write(*s);
+                }
                 self.ctr = self.ctr.wrapping_add(1);
             }
-            self.aes.encrypt_blocks(chunk);
+            // SAFETY: every byte of `chunk` was initialised just above.
+            let init = unsafe { &mut *(chunk as *mut [MaybeUninit<u8>] as *mut [u8]) };
+            let (blocks, _) = Array::<u8, aes::cipher::consts::U16>::slice_as_chunks_mut(init);
+            self.aes.encrypt_blocks(blocks);
         }
         if !tail.is_empty() {
             let mut b = Array::<u8, aes::cipher::consts::U16>::default();
@@ -70,7 +91,9 @@ impl Prg {
             self.ctr = self.ctr.wrapping_add(1);
             self.aes.encrypt_block(&mut b);
             self.buf.copy_from_slice(&b);
-            tail.copy_from_slice(&self.buf[..tail.len()]);
+            for (d, s) in tail.iter_mut().zip(&self.buf) {
+                d.write(*s);
+            }
             self.used = tail.len();
         }
     }
@@ -97,8 +120,15 @@ impl Prg {
 
     /// `n` uniform ring elements.
     pub fn gen_u64s(&mut self, n: usize) -> Vec<u64> {
-        let mut v = vec![0u64; n];
-        self.fill_u64(&mut v);
+        let mut v: Vec<u64> = Vec::with_capacity(n);
+        let spare = v.spare_capacity_mut();
+        // SAFETY: the byte view covers exactly the `n` spare elements (alignment 1).
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut MaybeUninit<u8>, 8 * n)
+        };
+        self.keystream_uninit(bytes); // no zeroing pass: every byte is written
+                                      // SAFETY: all 8n bytes were written, and any bytes are a valid u64.
+        unsafe { v.set_len(n) };
         v
     }
 
