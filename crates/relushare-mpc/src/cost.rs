@@ -18,7 +18,6 @@
 //! separately as `client_bytes`.
 
 use crate::error::{MpcError, Result};
-use crate::ring;
 use crate::transport::Transport;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -114,12 +113,13 @@ impl Comm {
     pub fn round(&mut self, out: Vec<(usize, Vec<u8>)>, from: &[usize]) -> Result<Vec<Vec<u8>>> {
         let me = self.party();
         let mut bytes = 0u64;
-        for (to, msg) in &out {
-            if *to == me || *to > 2 {
-                return Err(MpcError::BadParty(*to));
+        let n = out.len() as u64;
+        for (to, msg) in out {
+            if to == me || to > 2 {
+                return Err(MpcError::BadParty(to));
             }
-            self.t.send(*to, msg)?;
             bytes += msg.len() as u64;
+            self.t.send_owned(to, msg)?;
         }
         let mut got = Vec::with_capacity(from.len());
         for &f in from {
@@ -128,8 +128,7 @@ impl Comm {
             }
             got.push(self.t.recv(f)?);
         }
-        if !out.is_empty() || !from.is_empty() {
-            let n = out.len() as u64;
+        if n > 0 || !from.is_empty() {
             let c = self.counter();
             c.bytes += bytes;
             c.messages += n;
@@ -146,13 +145,13 @@ impl Comm {
     ) -> Result<Vec<Vec<u64>>> {
         let msgs = out
             .iter()
-            .map(|(to, v)| (*to, ring::u64s_to_bytes(v)))
+            .map(|(to, v)| (*to, u64s_to_le_bytes(v)))
             .collect();
         let parties: Vec<usize> = from.iter().map(|(p, _)| *p).collect();
         let got = self.round(msgs, &parties)?;
         got.iter()
             .zip(from)
-            .map(|(b, (p, n))| ring::bytes_to_u64s_n(b, *n, *p))
+            .map(|(b, (p, n))| le_bytes_to_u64s(b, *n, *p))
             .collect()
     }
 
@@ -193,6 +192,42 @@ impl Comm {
         self.client_bytes = 0;
         std::mem::take(&mut self.costs)
     }
+}
+
+/// Little-endian bytes of ring elements (one bulk copy on little-endian targets).
+fn u64s_to_le_bytes(v: &[u64]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: any u64 memory may be viewed as bytes; the view covers exactly `v`.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+            .to_vec()
+    } else {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+
+/// Exactly `n` ring elements from little-endian bytes; `from` names the sender.
+fn le_bytes_to_u64s(b: &[u8], n: usize, from: usize) -> Result<Vec<u64>> {
+    if b.len() != n * 8 {
+        return Err(MpcError::Malformed {
+            from,
+            reason: format!(
+                "expected {} bytes ({n} ring elements), got {}",
+                n * 8,
+                b.len()
+            ),
+        });
+    }
+    let mut out = vec![0u64; n];
+    if cfg!(target_endian = "little") {
+        // SAFETY: `out` has exactly `b.len()` bytes and every byte pattern is a valid u64.
+        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, b.len()) }
+            .copy_from_slice(b);
+    } else {
+        for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+            *o = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+    }
+    Ok(out)
 }
 
 /// Costs of one label (layer) aggregated over the three parties.
@@ -310,6 +345,21 @@ pub fn merge_into(acc: &mut PartyCosts, other: &PartyCosts) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn le_bytes_roundtrip() {
+        let v: Vec<u64> = (0..37u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let b = u64s_to_le_bytes(&v);
+        assert_eq!(
+            b,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()
+        );
+        assert_eq!(le_bytes_to_u64s(&b, 37, 1).unwrap(), v);
+        assert!(le_bytes_to_u64s(&b, 36, 1).is_err());
+        assert!(le_bytes_to_u64s(&b[1..], 37, 1).is_err());
+    }
     use crate::transport::MemTransport;
 
     #[test]

@@ -1,6 +1,7 @@
 //! Plain (non-interactive) kernels over Z_2^64 with wrapping arithmetic: matrix product,
 //! im2col convolution, average-pool window sums. Used on shares and on public values alike.
-//! Cache-blocked and parallel (rayon) over output rows; no per-element allocation.
+//! Register-tiled (AVX-512 `vpmullq` where available) and parallel (rayon) over column panels of
+//! the product; convolutions gather their im2col panels on the fly; no per-element allocation.
 
 use crate::error::{MpcError, Result};
 use rayon::prelude::*;
@@ -96,41 +97,17 @@ pub fn matmul_into(a: &[u64], b: &[u64], c: &mut [u64], m: usize, k: usize, n: u
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    // NOTE(mpc-fast): AVX-512 register-tiled path (8x16 tile of C in registers across the whole
-    // k loop) when the CPU has AVX-512F/DQ; the portable loop below otherwise.
+    // AVX-512 register-tiled path (8x16 tile of C in registers across the whole k loop,
+    // `vpmullq`) when the CPU has AVX-512F/DQ; the portable loop below otherwise.
     #[cfg(target_arch = "x86_64")]
-    if m >= avx512::MR && n >= avx512::NR && avx512::available() {
-        // Pack B into contiguous k x NR column panels (one pass over B) so the micro-kernel
-        // streams them instead of striding by n (which thrashes the cache sets).
-        let nfull = n / avx512::NR * avx512::NR;
-        let mut packed = vec![0u64; k * nfull];
-        let pack = |(s, dst): (usize, &mut [u64])| {
-            for p in 0..k {
-                let src = &b[p * n + s * avx512::NR..p * n + (s + 1) * avx512::NR];
-                dst[p * avx512::NR..(p + 1) * avx512::NR].copy_from_slice(src);
+    if avx512::available() {
+        let fill = |j0: usize, cols: usize, panel: &mut [u64]| {
+            for (p, dst) in panel.chunks_exact_mut(avx512::NR).enumerate() {
+                dst[..cols].copy_from_slice(&b[p * n + j0..p * n + j0 + cols]);
+                dst[cols..].fill(0);
             }
         };
-        if m * n * k < 1 << 16 {
-            packed.chunks_mut(k * avx512::NR).enumerate().for_each(pack);
-        } else {
-            packed
-                .par_chunks_mut(k * avx512::NR)
-                .enumerate()
-                .for_each(pack);
-        }
-        let packed = &packed;
-        let body = |(bi, cblk): (usize, &mut [u64])| {
-            let rows = cblk.len() / n;
-            let ablk = &a[bi * avx512::MR * k..(bi * avx512::MR + rows) * k];
-            // SAFETY: `available()` checked the CPU features; slices have the lengths
-            // `block` expects (rows*k, k*n, k*nfull, rows*n).
-            unsafe { avx512::block(ablk, b, packed, cblk, rows, k, n) }
-        };
-        if m * n * k < 1 << 16 {
-            c.chunks_mut(avx512::MR * n).enumerate().for_each(body);
-        } else {
-            c.par_chunks_mut(avx512::MR * n).enumerate().for_each(body);
-        }
+        avx512::gemm_panels(a, m, k, n, c, &fill);
         return;
     }
     let work = m * n * k;
@@ -237,10 +214,143 @@ pub fn conv_from_cols(cols: &[u64], w: &[u64], g: &ConvGeom) -> Vec<u64> {
 }
 
 /// Convolution of a batch `x[n, c, h, w]` with `w[o, c, k, k]` (no bias), wrapping.
+///
+/// With AVX-512 the im2col matrix is never materialised: every task gathers the `c*k*k x 16`
+/// column panel of 16 output pixels straight from the input into a reused per-thread buffer
+/// and multiplies it with the whole weight matrix (which stays in L2).
 pub fn conv2d(x: &[u64], w: &[u64], g: &ConvGeom) -> Vec<u64> {
     assert_eq!(x.len(), g.in_len(), "conv2d: input length");
     assert_eq!(w.len(), g.w_len(), "conv2d: weight length");
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        let (oh, ow) = (g.oh(), g.ow());
+        let cols = oh * ow;
+        if cols == 0 || g.n == 0 {
+            return vec![0u64; g.out_len()];
+        }
+        let mut out: Vec<u64> = Vec::with_capacity(g.out_len());
+        let base = out.spare_capacity_mut().as_mut_ptr() as *mut u64;
+        for (i, img) in x.chunks(g.in_len1()).enumerate() {
+            let fill =
+                |j0: usize, nc: usize, panel: &mut [u64]| conv_panel(img, g, ow, j0, nc, panel);
+            // SAFETY: image i's output is the o x cols block at offset i*o*cols of the
+            // allocation (capacity out_len = n*o*cols); the product overwrites all of it.
+            unsafe {
+                avx512::gemm_panels_raw(
+                    w,
+                    g.o,
+                    g.col_rows(),
+                    cols,
+                    base.add(i * g.o * cols),
+                    true,
+                    &fill,
+                )
+            };
+        }
+        // SAFETY: every element 0..out_len was written above (each image's block entirely).
+        unsafe { out.set_len(g.out_len()) };
+        return out;
+    }
     conv_from_cols(&im2col_batch(x, g), w, g)
+}
+
+/// Gather the im2col panel of output pixels `j0..j0+nc` (`nc <= 16`) of one image: row
+/// `p = (ch, ky, kx)` of the panel holds the 16 input values under those pixels (zero for
+/// padding and for the columns past `nc`), i.e. `panel[p*16 + t] = cols[p][j0 + t]`.
+#[cfg(target_arch = "x86_64")]
+fn conv_panel(x: &[u64], g: &ConvGeom, ow: usize, j0: usize, nc: usize, panel: &mut [u64]) {
+    const NR: usize = avx512::NR;
+    let kk = g.k * g.k;
+    let hw = g.h * g.w;
+    let mut off = [usize::MAX; NR];
+    for ky in 0..g.k {
+        for kx in 0..g.k {
+            let mut contiguous = nc == NR;
+            for (t, o) in off.iter_mut().enumerate() {
+                *o = usize::MAX;
+                if t >= nc {
+                    continue;
+                }
+                let (oy, ox) = ((j0 + t) / ow, (j0 + t) % ow);
+                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                    *o = iy as usize * g.w + ix as usize;
+                }
+            }
+            for t in 0..NR {
+                if off[t] == usize::MAX || (t > 0 && off[t] != off[t - 1] + 1) {
+                    contiguous = false;
+                    break;
+                }
+            }
+            let r0 = ky * g.k + kx;
+            if contiguous {
+                let o0 = off[0];
+                for ch in 0..g.c {
+                    let p = ch * kk + r0;
+                    let src = &x[ch * hw + o0..ch * hw + o0 + NR];
+                    let dst = &mut panel[p * NR..(p + 1) * NR];
+                    // A fixed-size copy (inlined as two vector moves, no library call).
+                    let src: &[u64; NR] = src.try_into().expect("NR elements");
+                    let dst: &mut [u64; NR] = dst.try_into().expect("NR elements");
+                    *dst = *src;
+                }
+                continue;
+            }
+            // The valid lanes at consecutive input addresses `base + t` (a panel row at the
+            // image border): masked vector loads, zeros elsewhere.
+            let first = off.iter().position(|&o| o != usize::MAX);
+            let shifted = first.and_then(|t0| {
+                let base = off[t0] as isize - t0 as isize;
+                let mut mask = 0u16;
+                for (t, &o) in off.iter().enumerate() {
+                    if o != usize::MAX {
+                        if o as isize != base + t as isize {
+                            return None;
+                        }
+                        mask |= 1 << t;
+                    }
+                }
+                Some((base, mask))
+            });
+            match (first, shifted) {
+                (None, _) => {
+                    for ch in 0..g.c {
+                        let p = ch * kk + r0;
+                        panel[p * NR..(p + 1) * NR].fill(0);
+                    }
+                }
+                (Some(_), Some((base, mask))) => {
+                    assert!(panel.len() >= g.c * kk * NR && x.len() >= g.c * hw);
+                    // SAFETY: features checked by the caller (the AVX-512 conv path); every
+                    // unmasked lane reads x[ch*hw + off[t]] (in bounds); the stores write row p
+                    // of the panel (in bounds by the assertion).
+                    unsafe {
+                        avx512::masked_rows(
+                            x.as_ptr(),
+                            base,
+                            hw,
+                            g.c,
+                            kk,
+                            r0,
+                            mask,
+                            panel.as_mut_ptr(),
+                        )
+                    }
+                }
+                (Some(_), None) => {
+                    for ch in 0..g.c {
+                        let p = ch * kk + r0;
+                        let plane = &x[ch * hw..(ch + 1) * hw];
+                        for (d, &o) in panel[p * NR..(p + 1) * NR].iter_mut().zip(&off) {
+                            *d = if o == usize::MAX { 0 } else { plane[o] };
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Add a per-channel bias to `[n, o, plane]` data.
@@ -305,69 +415,229 @@ mod avx512 {
         std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq")
     }
 
-    /// `C[rows x n] += A[rows x k] * B[k x n]` (wrapping), row-major slices of exactly those
-    /// lengths; `packed` holds B's first `n / NR * NR` columns as contiguous `k x NR` panels.
+    /// Work (multiply-adds) below which a product runs on the calling thread.
+    const PAR_WORK: usize = 1 << 18;
+
+    thread_local! {
+        /// Reused panel buffer of this thread (no allocation per panel or per call).
+        static PANEL: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// `C` as a raw pointer that tasks writing disjoint columns may share.
+    #[derive(Clone, Copy)]
+    struct CPtr(*mut u64);
+    // SAFETY: every task writes a disjoint set of columns of C (see `gemm_panels`).
+    unsafe impl Send for CPtr {}
+    unsafe impl Sync for CPtr {}
+
+    impl CPtr {
+        fn get(self) -> *mut u64 {
+            self.0
+        }
+    }
+
+    /// `C[m x n] += A[m x k] * B[k x n]` (wrapping, row-major `A` and `C`), where `B` is given
+    /// by `fill(j0, cols, panel)`: write B's columns `j0..j0+cols` (`cols <= NR`) as a `k x NR`
+    /// row-major panel, zero beyond `cols`. Parallel over column panels (rayon) when the product
+    /// is large; every panel is multiplied with the whole of `A`.
     ///
-    /// # Safety
-    /// The CPU must support AVX-512F and AVX-512DQ; `a.len() == rows*k`, `b.len() == k*n`,
-    /// `packed.len() == k*(n/NR*NR)`, `c.len() == rows*n`.
-    #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn block(
+    /// The caller must have checked [`available`].
+    pub fn gemm_panels(
         a: &[u64],
-        b: &[u64],
-        packed: &[u64],
-        c: &mut [u64],
-        rows: usize,
+        m: usize,
         k: usize,
         n: usize,
+        c: &mut [u64],
+        fill: &(dyn Fn(usize, usize, &mut [u64]) + Sync),
     ) {
-        debug_assert!(a.len() == rows * k && b.len() == k * n && c.len() == rows * n);
-        debug_assert!(packed.len() == k * (n / NR * NR));
-        let nfull = n / NR * NR;
+        assert_eq!(c.len(), m * n);
+        // SAFETY: `c` is an initialised m x n matrix that we borrow exclusively.
+        unsafe { gemm_panels_raw(a, m, k, n, c.as_mut_ptr(), false, fill) }
+    }
+
+    /// [`gemm_panels`] on a raw `m x n` matrix: `C += A * B`, or with `overwrite` `C = A * B`
+    /// (then `C` may be uninitialised memory; every element is written).
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and, without `overwrite`, reads) of `m * n` elements, and
+    /// not accessed by anyone else during the call.
+    pub unsafe fn gemm_panels_raw(
+        a: &[u64],
+        m: usize,
+        k: usize,
+        n: usize,
+        c: *mut u64,
+        overwrite: bool,
+        fill: &(dyn Fn(usize, usize, &mut [u64]) + Sync),
+    ) {
+        assert!(available(), "gemm_panels needs AVX-512F/DQ");
+        assert_eq!(a.len(), m * k);
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if overwrite {
+                std::ptr::write_bytes(c, 0, m * n);
+            }
+            return;
+        }
+        let panels = n.div_ceil(NR);
+        let cp = CPtr(c);
+        let run = |pi: usize| {
+            PANEL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < k * NR {
+                    buf.resize(k * NR, 0);
+                }
+                let panel = &mut buf[..k * NR];
+                let j0 = pi * NR;
+                let cols = NR.min(n - j0);
+                fill(j0, cols, panel);
+                // SAFETY: features checked; `panel` is k*NR, `a` is m*k, and this task writes
+                // only columns j0..j0+cols of the m x n matrix behind `cp`.
+                unsafe { panel_product(a, m, k, panel, cp.get(), n, j0, cols, overwrite) }
+            })
+        };
+        if m * n * k < PAR_WORK || panels == 1 {
+            (0..panels).for_each(run);
+        } else {
+            use rayon::prelude::*;
+            // About 4 tasks per thread for load balance, at least 2^16 multiply-adds each.
+            let per_panel = m * k * NR;
+            let min_len = (panels / (4 * rayon::current_num_threads().max(1)))
+                .max((1 << 16) / per_panel.max(1))
+                .max(1);
+            (0..panels)
+                .into_par_iter()
+                .with_min_len(min_len)
+                .for_each(run);
+        }
+    }
+
+    /// Panel rows `p = ch*kk + r0` (`ch < c`): the 16 values at `x + ch*hw + base + t` for the
+    /// lanes `t` in `mask`, zero elsewhere (masked-off lanes are not read, so they may point
+    /// outside `x`).
+    ///
+    /// # Safety
+    /// AVX-512F available; every unmasked lane's address lies in `x`; `panel` has room for row
+    /// `(c-1)*kk + r0`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn masked_rows(
+        x: *const u64,
+        base: isize,
+        hw: usize,
+        c: usize,
+        kk: usize,
+        r0: usize,
+        mask: u16,
+        panel: *mut u64,
+    ) {
+        let (m0, m1) = (mask as __mmask8, (mask >> 8) as __mmask8);
+        for ch in 0..c {
+            let src = x.wrapping_offset((ch * hw) as isize + base);
+            let dst = panel.add((ch * kk + r0) * NR);
+            let v0 = _mm512_maskz_loadu_epi64(m0, src as *const _);
+            let v1 = _mm512_maskz_loadu_epi64(m1, src.wrapping_add(8) as *const _);
+            _mm512_storeu_si512(dst as *mut _, v0);
+            _mm512_storeu_si512(dst.add(8) as *mut _, v1);
+        }
+    }
+
+    /// All row tiles of one column panel: `C[:, j0..j0+cols] += A * panel`.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ available; `a.len() == m*k`, `panel.len() == k*NR`, `c` points to an
+    /// `m x n` row-major matrix with `j0 + cols <= n`, `cols <= NR`, and nobody else touches
+    /// those columns meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn panel_product(
+        a: &[u64],
+        m: usize,
+        k: usize,
+        panel: &[u64],
+        c: *mut u64,
+        n: usize,
+        j0: usize,
+        cols: usize,
+        overwrite: bool,
+    ) {
+        let lo = (1u16 << cols.min(8)) - 1;
+        let hi = if cols > 8 {
+            (1u16 << (cols - 8)) - 1
+        } else {
+            0
+        };
+        let (m0, m1) = (lo as __mmask8, hi as __mmask8);
         let mut r0 = 0;
-        while r0 + MR <= rows {
-            let mut j = 0;
-            while j < nfull {
-                let mut acc = [[_mm512_setzero_si512(); 2]; MR];
-                let ap = a.as_ptr().add(r0 * k);
-                for p in 0..k {
-                    let bp = packed.as_ptr().add((j / NR) * k * NR + p * NR);
-                    let b0 = _mm512_loadu_si512(bp as *const _);
-                    let b1 = _mm512_loadu_si512(bp.add(8) as *const _);
-                    for (r, accr) in acc.iter_mut().enumerate() {
-                        let av = _mm512_set1_epi64(*ap.add(r * k + p) as i64);
-                        accr[0] = _mm512_add_epi64(accr[0], _mm512_mullo_epi64(av, b0));
-                        accr[1] = _mm512_add_epi64(accr[1], _mm512_mullo_epi64(av, b1));
-                    }
-                }
-                for (r, accr) in acc.iter().enumerate() {
-                    let cp = c.as_mut_ptr().add((r0 + r) * n + j);
-                    let c0 = _mm512_loadu_si512(cp as *const _);
-                    let c1 = _mm512_loadu_si512(cp.add(8) as *const _);
-                    _mm512_storeu_si512(cp as *mut _, _mm512_add_epi64(c0, accr[0]));
-                    _mm512_storeu_si512(cp.add(8) as *mut _, _mm512_add_epi64(c1, accr[1]));
-                }
-                j += NR;
-            }
-            for r in r0..r0 + MR {
-                for jj in nfull..n {
-                    let mut s = 0u64;
-                    for p in 0..k {
-                        s = s.wrapping_add(a[r * k + p].wrapping_mul(b[p * n + jj]));
-                    }
-                    c[r * n + jj] = c[r * n + jj].wrapping_add(s);
-                }
-            }
+        while r0 + MR <= m {
+            tile::<MR>(
+                a.as_ptr().add(r0 * k),
+                k,
+                panel.as_ptr(),
+                c.add(r0 * n + j0),
+                n,
+                m0,
+                m1,
+                overwrite,
+            );
             r0 += MR;
         }
-        for r in r0..rows {
-            let crow = &mut c[r * n..(r + 1) * n];
-            for p in 0..k {
-                let av = a[r * k + p];
-                for (cv, bv) in crow.iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                    *cv = cv.wrapping_add(av.wrapping_mul(*bv));
-                }
+        let ap = a.as_ptr().add(r0 * k);
+        let cp = c.add(r0 * n + j0);
+        match m - r0 {
+            0 => {}
+            1 => tile::<1>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            2 => tile::<2>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            3 => tile::<3>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            4 => tile::<4>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            5 => tile::<5>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            6 => tile::<6>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+            _ => tile::<7>(ap, k, panel.as_ptr(), cp, n, m0, m1, overwrite),
+        }
+    }
+
+    /// One `R x 16` tile: `C[R x 16] += A[R x k] * panel[k x 16]`, the accumulators in
+    /// registers across the whole `k` loop; masked loads/stores for partial panels.
+    ///
+    /// # Safety
+    /// As [`panel_product`]; `a` points to `R` rows of stride `lda`, `c` to `R` rows of stride
+    /// `ldc` with the columns selected by the masks valid.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn tile<const R: usize>(
+        a: *const u64,
+        lda: usize,
+        panel: *const u64,
+        c: *mut u64,
+        ldc: usize,
+        m0: __mmask8,
+        m1: __mmask8,
+        overwrite: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        let mut bp = panel;
+        for p in 0..lda {
+            let b0 = _mm512_loadu_si512(bp as *const _);
+            let b1 = _mm512_loadu_si512(bp.add(8) as *const _);
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi64(*a.add(r * lda + p) as i64);
+                accr[0] = _mm512_add_epi64(accr[0], _mm512_mullo_epi64(av, b0));
+                accr[1] = _mm512_add_epi64(accr[1], _mm512_mullo_epi64(av, b1));
             }
+            bp = bp.add(NR);
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            let cp = c.add(r * ldc);
+            let (mut v0, mut v1) = (accr[0], accr[1]);
+            if !overwrite {
+                v0 = _mm512_add_epi64(v0, _mm512_maskz_loadu_epi64(m0, cp as *const _));
+                v1 = _mm512_add_epi64(v1, _mm512_maskz_loadu_epi64(m1, cp.add(8) as *const _));
+            }
+            _mm512_mask_storeu_epi64(cp as *mut _, m0, v0);
+            _mm512_mask_storeu_epi64(cp.add(8) as *mut _, m1, v1);
         }
     }
 }
@@ -392,6 +662,8 @@ mod tests {
             (17, 33, 40),
             (64, 70, 130),
             (24, 600, 48),
+            (13, 577, 1037),
+            (64, 576, 1024),
         ] {
             let a: Vec<u64> = (0..m * k).map(|_| next()).collect();
             let b: Vec<u64> = (0..k * n).map(|_| next()).collect();
@@ -521,6 +793,30 @@ mod tests {
             let x = lcg(g.in_len(), 3);
             let w = lcg(g.w_len(), 4);
             assert_eq!(conv2d(&x, &w, &g), naive_conv(&x, &w, &g), "{g:?}");
+        }
+        // Wide images (whole 16-pixel panels inside a row: the contiguous gather), odd
+        // channel counts (partial row tiles), panels crossing rows and partial last panels.
+        for (n, c, h, w, o, k, stride, pad) in [
+            (2, 3, 20, 21, 9, 3, 1, 1),
+            (1, 4, 18, 33, 8, 5, 2, 2),
+            (1, 7, 32, 32, 13, 1, 1, 0),
+            (1, 64, 32, 32, 64, 3, 1, 1),
+            (3, 2, 5, 40, 17, 3, 1, 0),
+        ] {
+            let g = ConvGeom {
+                n,
+                c,
+                h,
+                w,
+                o,
+                k,
+                stride,
+                pad,
+            };
+            g.validate().unwrap();
+            let x = lcg(g.in_len(), 5);
+            let wt = lcg(g.w_len(), 6);
+            assert_eq!(conv2d(&x, &wt, &g), naive_conv(&x, &wt, &g), "{g:?}");
         }
         let bad = ConvGeom {
             n: 1,

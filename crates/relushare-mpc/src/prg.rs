@@ -6,9 +6,8 @@
 
 use crate::cost::Comm;
 use crate::error::{MpcError, Result};
-use ctr::cipher::{KeyIvInit, StreamCipher};
-
-type Aes128Ctr = ctr::Ctr64LE<aes::Aes128>;
+use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use std::mem::MaybeUninit;
 
 /// A 128-bit PRG seed.
 pub type Seed = [u8; 16];
@@ -20,16 +19,82 @@ pub fn os_seed() -> Result<Seed> {
     Ok(s)
 }
 
-/// AES-128-CTR keystream generator.
+/// Counter blocks encrypted per call of the block cipher (4 KiB, stays in L1).
+const CHUNK_BLOCKS: usize = 256;
+
+/// AES-128-CTR keystream generator: block `j` of the stream is `AES_seed(j as 64-bit
+/// little-endian || 0^64)` (the "64-bit little-endian counter" flavour with a zero nonce).
+/// Counter blocks are written straight into the output and encrypted in place, many blocks per
+/// call (the pipelined AES-NI/VAES path of the `aes` crate).
 pub struct Prg {
-    cipher: Aes128Ctr,
+    aes: aes::Aes128,
+    /// Index of the next counter block.
+    ctr: u64,
+    /// The current partially used keystream block and how many of its bytes were used.
+    buf: [u8; 16],
+    used: usize,
 }
 
 impl Prg {
     /// A PRG keyed by `seed` (deterministic).
     pub fn from_seed(seed: Seed) -> Prg {
         Prg {
-            cipher: Aes128Ctr::new(&seed.into(), &[0u8; 16].into()),
+            aes: aes::Aes128::new(&seed.into()),
+            ctr: 0,
+            buf: [0; 16],
+            used: 16,
+        }
+    }
+
+    /// Write the next `out.len()` keystream bytes into `out`.
+    fn keystream(&mut self, out: &mut [u8]) {
+        // SAFETY: initialised bytes viewed as possibly-uninitialised ones; `keystream_uninit`
+        // only writes initialised values into them.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut MaybeUninit<u8>, out.len())
+        };
+        self.keystream_uninit(out);
+    }
+
+    /// Write the next `out.len()` keystream bytes into `out` (which need not be initialised;
+    /// every byte is written): counter blocks are written in place, then encrypted in place.
+    fn keystream_uninit(&mut self, out: &mut [MaybeUninit<u8>]) {
+        let mut o = 0;
+        if self.used < 16 {
+            let t = (16 - self.used).min(out.len());
+            for (d, s) in out[..t].iter_mut().zip(&self.buf[self.used..]) {
+                d.write(*s);
+            }
+            self.used += t;
+            o = t;
+        }
+        let rest = &mut out[o..];
+        let full = rest.len() / 16 * 16;
+        let (blocks, tail) = rest.split_at_mut(full);
+        for chunk in blocks.chunks_mut(16 * CHUNK_BLOCKS) {
+            for b in chunk.chunks_exact_mut(16) {
+                let mut block = [0u8; 16];
+                block[..8].copy_from_slice(&self.ctr.to_le_bytes());
+                for (d, s) in b.iter_mut().zip(&block) {
+                    d.write(*s);
+                }
+                self.ctr = self.ctr.wrapping_add(1);
+            }
+            // SAFETY: every byte of `chunk` was initialised just above.
+            let init = unsafe { &mut *(chunk as *mut [MaybeUninit<u8>] as *mut [u8]) };
+            let (blocks, _) = Array::<u8, aes::cipher::consts::U16>::slice_as_chunks_mut(init);
+            self.aes.encrypt_blocks(blocks);
+        }
+        if !tail.is_empty() {
+            let mut b = Array::<u8, aes::cipher::consts::U16>::default();
+            b[..8].copy_from_slice(&self.ctr.to_le_bytes());
+            self.ctr = self.ctr.wrapping_add(1);
+            self.aes.encrypt_block(&mut b);
+            self.buf.copy_from_slice(&b);
+            for (d, s) in tail.iter_mut().zip(&self.buf) {
+                d.write(*s);
+            }
+            self.used = tail.len();
         }
     }
 
@@ -40,25 +105,30 @@ impl Prg {
 
     /// Fill a byte buffer with pseudo-random bytes.
     pub fn fill_bytes(&mut self, buf: &mut [u8]) {
-        buf.fill(0);
-        self.cipher.apply_keystream(buf);
+        self.keystream(buf);
     }
 
     /// Fill a `u64` slice with uniform ring elements (no per-element work beyond AES).
     pub fn fill_u64(&mut self, out: &mut [u64]) {
-        out.fill(0);
         // SAFETY: u8 has alignment 1 and every bit pattern is a valid u64; the byte view covers
         // exactly the memory of `out`.
         let bytes = unsafe {
             std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out))
         };
-        self.cipher.apply_keystream(bytes);
+        self.keystream(bytes);
     }
 
     /// `n` uniform ring elements.
     pub fn gen_u64s(&mut self, n: usize) -> Vec<u64> {
-        let mut v = vec![0u64; n];
-        self.fill_u64(&mut v);
+        let mut v: Vec<u64> = Vec::with_capacity(n);
+        let spare = v.spare_capacity_mut();
+        // SAFETY: the byte view covers exactly the `n` spare elements (alignment 1).
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut MaybeUninit<u8>, 8 * n)
+        };
+        self.keystream_uninit(bytes); // no zeroing pass: every byte is written
+                                      // SAFETY: all 8n bytes were written, and any bytes are a valid u64.
+        unsafe { v.set_len(n) };
         v
     }
 
@@ -185,6 +255,27 @@ mod tests {
         let mut c = Prg::from_os().unwrap();
         let mut d = Prg::from_os().unwrap();
         assert_ne!(c.gen_u64s(4), d.gen_u64s(4));
+    }
+
+    #[test]
+    fn same_stream_as_the_ctr_mode_of_the_cipher_crates() {
+        use ctr::cipher::{KeyIvInit, StreamCipher};
+        let seed = [9u8; 16];
+        let mut reference = ctr::Ctr64LE::<aes::Aes128>::new(&seed.into(), &[0u8; 16].into());
+        let mut p = Prg::from_seed(seed);
+        // Odd request sizes cross block boundaries and chunk boundaries.
+        for len in [0usize, 1, 5, 16, 17, 31, 4096, 4099, 10_000, 3] {
+            let mut want = vec![0u8; len];
+            reference.apply_keystream(&mut want);
+            let mut got = vec![0u8; len];
+            p.fill_bytes(&mut got);
+            assert_eq!(got, want, "len {len}");
+        }
+        let mut want = vec![0u8; 8 * 1001];
+        reference.apply_keystream(&mut want);
+        let got = p.gen_u64s(1001);
+        let got: Vec<u8> = got.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

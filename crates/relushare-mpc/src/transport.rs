@@ -14,6 +14,11 @@ pub trait Transport: Send {
     fn party(&self) -> usize;
     /// Send one whole message to party `to`; must not block on the peer reading it.
     fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), MpcError>;
+    /// Like [`Transport::send`] with an owned buffer, which an in-memory transport can pass on
+    /// without copying (the default just borrows it).
+    fn send_owned(&mut self, to: usize, msg: Vec<u8>) -> Result<(), MpcError> {
+        self.send(to, &msg)
+    }
     /// Receive the next whole message from party `from` (messages from one peer arrive in order).
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, MpcError>;
 }
@@ -24,6 +29,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), MpcError> {
         (**self).send(to, msg)
+    }
+    fn send_owned(&mut self, to: usize, msg: Vec<u8>) -> Result<(), MpcError> {
+        (**self).send_owned(to, msg)
     }
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, MpcError> {
         (**self).recv(from)
@@ -91,13 +99,16 @@ impl Transport for MemTransport {
     }
 
     fn send(&mut self, to: usize, msg: &[u8]) -> Result<()> {
+        self.send_owned(to, msg.to_vec())
+    }
+
+    fn send_owned(&mut self, to: usize, msg: Vec<u8>) -> Result<()> {
         let tx = self
             .tx
             .get(to)
             .and_then(|t| t.as_ref())
             .ok_or(MpcError::BadParty(to))?;
-        tx.send(msg.to_vec())
-            .map_err(|_| MpcError::Disconnected(to))
+        tx.send(msg).map_err(|_| MpcError::Disconnected(to))
     }
 
     fn recv(&mut self, from: usize) -> Result<Vec<u8>> {
@@ -127,6 +138,8 @@ mod tests {
         assert_eq!(b.recv(0).unwrap(), b"x");
         assert_eq!(b.recv(2).unwrap(), b"c");
         assert_eq!(b.recv(0).unwrap(), b"yz");
+        a.send_owned(1, b"owned".to_vec()).unwrap();
+        assert_eq!(b.recv(0).unwrap(), b"owned");
         assert!(matches!(a.send(0, b""), Err(MpcError::BadParty(0))));
         assert!(matches!(a.recv(5), Err(MpcError::BadParty(5))));
         drop(c);

@@ -138,8 +138,7 @@ pub struct CmpMat {
 pub fn deal_cmp(d: &mut Deal, n: usize, k: u32, r_secret: Option<&[u64]>) -> Result<CmpMat> {
     let sched = Schedule::new(k)?;
     let mut r = Vec::with_capacity(k as usize);
-    let sec_planes: Option<Vec<Plane>> =
-        r_secret.map(|rs| (0..k).map(|j| bits::bit_plane(rs, j)).collect());
+    let sec_planes: Option<Vec<Plane>> = r_secret.map(|rs| bits::bit_planes(rs, k));
     for j in 0..k as usize {
         r.push(d.corr_bits(n, sec_planes.as_ref().map(|p| p[j].as_slice()))?);
     }
@@ -250,16 +249,13 @@ pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
     let cu: Vec<u64> = c.iter().map(|x| x.wrapping_add(half)).collect();
     let wn = bits::words(n);
     // e_j = NOT c_j (public).
-    let e: Vec<Plane> = (0..k)
-        .map(|j| {
-            let mut p = bits::bit_plane(&cu, j);
-            for w in p.iter_mut() {
-                *w = !*w;
-            }
-            bits::mask_tail(&mut p, n);
-            p
-        })
-        .collect();
+    let mut e: Vec<Plane> = bits::bit_planes(&cu, k);
+    for p in e.iter_mut() {
+        for w in p.iter_mut() {
+            *w = !*w;
+        }
+        bits::mask_tail(p, n);
+    }
     // Leaves, high to low.
     let nl = mat.sched.leaves;
     let mut g: Vec<Plane> = Vec::with_capacity(nl);
@@ -425,6 +421,7 @@ pub struct ReluMat {
 /// Deal a ReLU: `r` free, bits of `r mod 2^k` and comparison triples, `t` free, `t` and `t r`
 /// arithmetic (16 bytes per element of P1 corrections plus [`Schedule::offline_bytes`]).
 pub fn deal_relu(d: &mut Deal, n: usize, k: u32, mode: CmpMode) -> Result<ReluMat> {
+    d.reserve_corrections(relu_offline_bytes(n, k, mode)?.0);
     let r = d.rand_u64(n);
     let cmp = deal_cmp_any(d, n, k, r.secret.as_deref(), mode)?;
     let t = d.rand_bits(n);
@@ -484,18 +481,33 @@ pub fn select_from_open(
     ta: &[u64],
     tr: &[u64],
 ) -> Vec<u64> {
-    (0..c.len())
-        .map(|i| {
-            let di = bits::get(d, i);
-            let sign = 1u64.wrapping_sub(di.wrapping_mul(2)); // 1 - 2d
-            let ba = sign
-                .wrapping_mul(ta[i])
-                .wrapping_add(if me == 0 { di } else { 0 });
-            ba.wrapping_mul(c[i])
-                .wrapping_sub(di.wrapping_mul(r[i]))
-                .wrapping_sub(sign.wrapping_mul(tr[i]))
-        })
-        .collect()
+    let n = c.len();
+    let mut out = vec![0u64; n];
+    let p0 = u64::from(me == 0);
+    // 64 elements per word of `d` (branch-free; the slices are cut to equal lengths so the
+    // inner loop has no bounds checks).
+    for (wi, o) in out.chunks_mut(64).enumerate() {
+        let base = wi * 64;
+        let len = o.len();
+        let (cw, rw, taw, trw) = (
+            &c[base..base + len],
+            &r[base..base + len],
+            &ta[base..base + len],
+            &tr[base..base + len],
+        );
+        let word = d[wi];
+        for (j, v) in o.iter_mut().enumerate() {
+            let di = (word >> j) & 1;
+            // (1 - 2d) * x is x or -x: (x ^ neg) - neg with neg = -d (all ones when d = 1).
+            let neg = di.wrapping_neg();
+            let ba = (taw[j] ^ neg).wrapping_sub(neg).wrapping_add(p0 & di);
+            *v = ba
+                .wrapping_mul(cw[j])
+                .wrapping_sub(rw[j] & neg)
+                .wrapping_sub((trw[j] ^ neg).wrapping_sub(neg));
+        }
+    }
+    out
 }
 
 /// Online bytes sent by one party for a ReLU on `n` elements.
@@ -512,4 +524,48 @@ pub fn relu_offline_bytes(n: usize, k: u32, mode: CmpMode) -> Result<(usize, usi
 /// Online rounds of a ReLU.
 pub fn relu_rounds(k: u32, mode: CmpMode) -> Result<usize> {
     Ok(2 + cmp_rounds(k, mode)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-wise select equals the per-element formula, for both parties and a length
+    /// that ends inside a word.
+    #[test]
+    fn select_matches_per_element_formula() {
+        let n = 130;
+        let mut s = 0x1234_5678u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s
+        };
+        let c: Vec<u64> = (0..n).map(|_| next()).collect();
+        let r: Vec<u64> = (0..n).map(|_| next()).collect();
+        let ta: Vec<u64> = (0..n).map(|_| next()).collect();
+        let tr: Vec<u64> = (0..n).map(|_| next()).collect();
+        let mut d = bits::from_fn(n, |i| i % 3 == 1 || i == 129);
+        bits::mask_tail(&mut d, n);
+        for me in 0..2 {
+            let want: Vec<u64> = (0..n)
+                .map(|i| {
+                    let di = bits::get(&d, i);
+                    let sign = 1u64.wrapping_sub(2 * di);
+                    let ba = sign
+                        .wrapping_mul(ta[i])
+                        .wrapping_add(if me == 0 { di } else { 0 });
+                    ba.wrapping_mul(c[i])
+                        .wrapping_sub(di.wrapping_mul(r[i]))
+                        .wrapping_sub(sign.wrapping_mul(tr[i]))
+                })
+                .collect();
+            assert_eq!(
+                select_from_open(me, &d, &c, &r, &ta, &tr),
+                want,
+                "party {me}"
+            );
+        }
+    }
 }

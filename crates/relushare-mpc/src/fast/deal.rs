@@ -103,6 +103,14 @@ impl Deal {
         self.role == Role::Dealer
     }
 
+    /// Dealer: make room for `bytes` more bytes of corrections (one allocation for a layer's
+    /// message instead of repeated growth); a no-op for P0 and P1.
+    pub fn reserve_corrections(&mut self, bytes: usize) {
+        if self.role == Role::Dealer {
+            self.corr.reserve(bytes);
+        }
+    }
+
     /// Dealer: take the corrections written so far (to be sent to P1).
     pub fn take_corrections(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.corr)
@@ -277,20 +285,31 @@ impl Deal {
                         s.len()
                     )));
                 }
-                let a = self.s0.as_mut().expect("dealer stream 0").gen_u64s(n);
-                self.corr.reserve(8 * n);
-                for (x, y) in s.iter().zip(&a) {
-                    self.corr
-                        .extend_from_slice(&x.wrapping_sub(*y).to_le_bytes());
+                let mut a = self.s0.as_mut().expect("dealer stream 0").gen_u64s(n);
+                for (y, x) in a.iter_mut().zip(s) {
+                    *y = x.wrapping_sub(*y).to_le();
                 }
+                // SAFETY: any u64 memory may be viewed as bytes; the values are little-endian.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        a.as_ptr() as *const u8,
+                        std::mem::size_of_val(&a[..]),
+                    )
+                };
+                self.corr.extend_from_slice(bytes);
                 Ok(Vec::new())
             }
             Role::P0 => Ok(self.s0.as_mut().expect("stream").gen_u64s(n)),
             Role::P1 => {
                 let b = self.take(8 * n)?;
-                Ok(b.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
-                    .collect())
+                let mut out = vec![0u64; n];
+                // SAFETY: `out` has exactly `8 n == b.len()` bytes; any bytes are a valid u64.
+                unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 8 * n) }
+                    .copy_from_slice(b);
+                for v in out.iter_mut() {
+                    *v = u64::from_le(*v);
+                }
+                Ok(out)
             }
         }
     }

@@ -94,23 +94,58 @@ pub struct LinMat {
     pub pre: Vec<u64>,
 }
 
-/// Deal the per-batch material of `op` whose weight was masked as `mw`.
+/// Deal the per-batch material of `op` whose weight was masked as `mw`
+/// ([`deal_linear_pre`] then [`deal_linear_finish`]).
 pub fn deal_linear(d: &mut Deal, op: &LinOp, mw: &MaskedWeight) -> Result<LinMat> {
+    let pre = deal_linear_pre(d, op, mw)?;
+    deal_linear_finish(d, op, pre)
+}
+
+/// The part of a linear layer's dealing that needs no dealer message: the mask `A` (from the
+/// seeds) and the layer's product, `B * A` for the dealer and `F * A_i` for P0/P1. P1 can run
+/// it before it waits for the dealer's corrections, so its product overlaps the dealer's.
+pub struct LinPre {
+    a: Vec<u64>,
+    prod: Vec<u64>,
+}
+
+/// First half of [`deal_linear`] (see [`LinPre`]); draws from the seed streams exactly as
+/// `deal_linear` does, so the halves may be split around the receipt of the corrections.
+pub fn deal_linear_pre(d: &mut Deal, op: &LinOp, mw: &MaskedWeight) -> Result<LinPre> {
     let a = d.rand_u64(op.in_len());
-    let c_sec = match &a.secret {
-        Some(asec) => Some(op.apply(asec, &mw.b)?),
-        None => None,
-    };
-    let c = d.corr_u64(op.out_len(), c_sec.as_deref())?;
+    Ok(match &a.secret {
+        Some(asec) => LinPre {
+            prod: op.apply(asec, &mw.b)?,
+            a: Vec::new(),
+        },
+        None => LinPre {
+            prod: op.apply(&a.mine, &mw.f)?,
+            a: a.mine,
+        },
+    })
+}
+
+/// Second half of [`deal_linear`]: the correction `C = B * A` (dealer: written for P1; P1:
+/// read; P0: from the seed) and `pre = F * A_i + C_i`.
+pub fn deal_linear_finish(d: &mut Deal, op: &LinOp, pre: LinPre) -> Result<LinMat> {
+    if pre.prod.len() != op.out_len() {
+        return Err(MpcError::Shape(format!(
+            "linear material of {} elements for {op:?}",
+            pre.prod.len()
+        )));
+    }
     if d.is_dealer() {
+        d.reserve_corrections(linear_offline_bytes(op));
+        d.corr_u64(op.out_len(), Some(&pre.prod))?;
         return Ok(LinMat {
             a: Vec::new(),
             pre: Vec::new(),
         });
     }
-    let mut pre = op.apply(&a.mine, &mw.f)?;
-    crate::ring::add_assign(&mut pre, &c);
-    Ok(LinMat { a: a.mine, pre })
+    let c = d.corr_u64(op.out_len(), None)?;
+    let mut y = pre.prod;
+    crate::ring::add_assign(&mut y, &c);
+    Ok(LinMat { a: pre.a, pre: y })
 }
 
 /// Online bytes one party sends for `op`: `8 * in_len`.

@@ -611,11 +611,18 @@ impl Suite for FastSuite {
                     let w = weights
                         .get(*weight)
                         .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    let mw = self.weights.get(&w.name).cloned().ok_or_else(|| {
+                    let mw = self.weights.get(&w.name).ok_or_else(|| {
                         MpcError::Model(format!("weight {} was not prepared", w.name))
                     })?;
+                    // The product first (P1 overlaps it with the dealer's), then the correction.
+                    let deal = self
+                        .deal
+                        .as_mut()
+                        .ok_or_else(|| MpcError::Param("fast suite used before prepare".into()))?;
+                    let pre = linear::deal_linear_pre(deal, &lop, mw)?;
                     let bytes = linear::linear_offline_bytes(&lop);
-                    let m = self.dealt((bytes, 0), |d, _| linear::deal_linear(d, &lop, &mw))?;
+                    let m =
+                        self.dealt((bytes, 0), |d, _| linear::deal_linear_finish(d, &lop, pre))?;
                     self.queue.push_back(Mat::Lin(m));
                 }
                 PlanOp::Relu { name, len } => {
