@@ -350,6 +350,12 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Forward pass: `y[n] = W · col(x[n]) + b`, `[n, o, ho, wo]` row-major.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    forward_act(g, x, weight, bias, false)
+}
+
+/// [`forward`], followed by a ReLU when `relu` is set (applied to each image's output while it
+/// is still in cache).
+fn forward_act(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32], relu: bool) -> Vec<f32> {
     let (rows, l) = (g.rows(), g.pixels());
     let in_len = g.c * g.h * g.w;
     let mut y = vec![0f32; g.n * g.o * l];
@@ -365,6 +371,10 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32
                 im2col(g, xi, col);
                 matmul(g.o, l, rows, yi, true, weight, (rows, 1), col, (l, 1));
             });
+        }
+        if relu {
+            yi.iter_mut()
+                .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
         }
     });
     y
@@ -488,19 +498,27 @@ fn flex_forward(
     bias: FlexTensor,
     stride: usize,
     padding: usize,
+    relu: bool,
 ) -> FlexTensor {
     let (xs, ws) = (x.shape(), weight.shape());
     let g = Geometry::new(xs.as_ref(), ws.as_ref(), stride, padding)
         .expect("conv2d shapes were checked by the caller");
     let (x, weight, bias) = (flex_values(x), flex_values(weight), flex_values(bias));
-    let y = forward(&g, flex_slice(&x), flex_slice(&weight), flex_slice(&bias));
+    let y = forward_act(
+        &g,
+        flex_slice(&x),
+        flex_slice(&weight),
+        flex_slice(&bias),
+        relu,
+    );
     flex_tensor(y, [g.n, g.o, g.ho, g.wo])
 }
 
-/// A convolution whose training backward pass is [`input_grad`] and [`weight_bias_grad`].
+/// A convolution (optionally followed by a ReLU) whose training backward pass is
+/// [`input_grad`] and [`weight_bias_grad`] (of `dy` masked by the ReLU).
 ///
 /// `x` `[n, c, h, w]`, `weight` `[o, c, k, k]`, `bias` `[o]`, all `f32`; the caller
-/// ([`conv2d`]) checks the shapes and the backend.
+/// ([`conv2d`], [`conv2d_relu`]) checks the shapes and the backend.
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvExt: Backend {
     fn relushare_conv2d(
@@ -509,6 +527,7 @@ pub trait ConvExt: Backend {
         bias: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -519,8 +538,9 @@ impl ConvExt for Flex {
         bias: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
-        flex_forward(x, weight, bias, stride, padding)
+        flex_forward(x, weight, bias, stride, padding, relu)
     }
 }
 
@@ -529,13 +549,29 @@ impl ConvExt for Flex {
 struct ConvBackward;
 
 impl Backward<Flex, 3> for ConvBackward {
-    /// Checkpointed input and weight, and the stride and padding.
-    type State = (NodeId, NodeId, usize, usize);
+    /// Checkpointed input and weight, the stride and padding, and the output when a ReLU
+    /// was fused in (its mask).
+    type State = (NodeId, NodeId, usize, usize, Option<FlexTensor>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = flex_values(grads.consume::<Flex>(&ops.node));
-        let (x_id, w_id, stride, padding) = ops.state;
+        let (x_id, w_id, stride, padding, relu_out) = ops.state;
+        let dy = match relu_out {
+            // The ReLU's gradient: dy where the output is positive, 0 elsewhere.
+            Some(y) => {
+                let y = flex_values(y);
+                let (yv, dyv) = (flex_slice(&y), flex_slice(&dy));
+                let masked: Vec<f32> = yv
+                    .par_iter()
+                    .zip(dyv.par_iter())
+                    .map(|(v, d)| if *v > 0.0 { *d } else { 0.0 })
+                    .collect();
+                let ys = y.shape();
+                FlexTensor::from_data(TensorData::new(masked, ys))
+            }
+            None => dy,
+        };
         let x = flex_values(ckpt.retrieve_node_output::<FlexTensor>(x_id));
         let w = flex_values(ckpt.retrieve_node_output::<FlexTensor>(w_id));
         let (xs, ws) = (x.shape(), w.shape());
@@ -564,6 +600,7 @@ impl<C: CheckpointStrategy> ConvExt for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         stride: usize,
         padding: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
         match ConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -579,8 +616,10 @@ impl<C: CheckpointStrategy> ConvExt for Autodiff<Flex, C> {
                     bias.into_primitive(),
                     stride,
                     padding,
+                    relu,
                 );
-                prep.finish((x_id, w_id, stride, padding), y)
+                let mask = relu.then(|| y.clone());
+                prep.finish((x_id, w_id, stride, padding, mask), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(flex_forward(
                 x.into_primitive(),
@@ -588,6 +627,7 @@ impl<C: CheckpointStrategy> ConvExt for Autodiff<Flex, C> {
                 bias.into_primitive(),
                 stride,
                 padding,
+                relu,
             )),
         }
     }
@@ -623,6 +663,29 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
+    conv2d_act(x, weight, bias, stride, padding, false)
+}
+
+/// `relu(conv2d(x, weight) + bias)`: [`conv2d`] with the ReLU fused into the same operation on
+/// flex (one pass less over the activations forward and backward).
+pub fn conv2d_relu(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    conv2d_act(x, weight, bias, stride, padding, true)
+}
+
+fn conv2d_act(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Tensor<4> {
     let fits = Geometry::new(&x.dims(), &weight.dims(), stride, padding)
         .is_some_and(|g| bias.dims() == [g.o]);
     let f32s = [x.dtype(), weight.dtype(), bias.dtype()]
@@ -635,14 +698,20 @@ pub fn conv2d(
             bias.into_dispatch(),
             stride,
             padding,
+            relu,
         ))
     } else {
-        burn::tensor::module::conv2d(
+        let y = burn::tensor::module::conv2d(
             x,
             weight,
             Some(bias),
             ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1),
-        )
+        );
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
     }
 }
 
@@ -689,46 +758,57 @@ mod tests {
         let bd = random(vec![o], &mut rng);
         let g = Geometry::new(&[n, c, h, w], &[o, c, k, k], s, p).unwrap();
         let rd = random(vec![n, o, g.ho, g.wo], &mut rng);
-        let run = |ours: bool| {
-            let x = Tensor::<4>::from_data(xd.clone(), &dev).require_grad();
-            let wt = Tensor::<4>::from_data(wd.clone(), &dev).require_grad();
-            let b = Tensor::<1>::from_data(bd.clone(), &dev).require_grad();
-            let y = if ours {
-                conv2d(x.clone(), wt.clone(), b.clone(), s, p)
-            } else {
-                burn::tensor::module::conv2d(
-                    x.clone(),
-                    wt.clone(),
-                    Some(b.clone()),
-                    ConvOptions::new([s; 2], [p; 2], [1, 1], 1),
+        for relu in [false, true] {
+            let case = format!("{case} relu={relu}");
+            let run = |ours: bool| {
+                let x = Tensor::<4>::from_data(xd.clone(), &dev).require_grad();
+                let wt = Tensor::<4>::from_data(wd.clone(), &dev).require_grad();
+                let b = Tensor::<1>::from_data(bd.clone(), &dev).require_grad();
+                let y = match (ours, relu) {
+                    (true, false) => conv2d(x.clone(), wt.clone(), b.clone(), s, p),
+                    (true, true) => conv2d_relu(x.clone(), wt.clone(), b.clone(), s, p),
+                    (false, _) => {
+                        let y = burn::tensor::module::conv2d(
+                            x.clone(),
+                            wt.clone(),
+                            Some(b.clone()),
+                            ConvOptions::new([s; 2], [p; 2], [1, 1], 1),
+                        );
+                        if relu {
+                            burn::tensor::activation::relu(y)
+                        } else {
+                            y
+                        }
+                    }
+                };
+                assert_eq!(y.dims(), [n, o, g.ho, g.wo], "{case}: output shape");
+                let r = Tensor::<4>::from_data(rd.clone(), &dev);
+                let grads = (y.clone() * r).sum().backward();
+                (
+                    values(y),
+                    values(x.grad(&grads).unwrap()),
+                    values(wt.grad(&grads).unwrap()),
+                    values(b.grad(&grads).unwrap()),
                 )
             };
-            assert_eq!(y.dims(), [n, o, g.ho, g.wo], "{case}: output shape");
-            let r = Tensor::<4>::from_data(rd.clone(), &dev);
-            let grads = (y.clone() * r).sum().backward();
-            (
-                values(y),
-                values(x.grad(&grads).unwrap()),
-                values(wt.grad(&grads).unwrap()),
-                values(b.grad(&grads).unwrap()),
-            )
-        };
-        let (y1, dx1, dw1, db1) = run(true);
-        let (y2, dx2, dw2, db2) = run(false);
-        assert_close(&format!("{case} y"), &y1, &y2);
-        assert_close(&format!("{case} dx"), &dx1, &dx2);
-        assert_close(&format!("{case} dw"), &dw1, &dw2);
-        assert_close(&format!("{case} db"), &db1, &db2);
-        // The plain (inference) device takes the same path.
-        let plain = Device::flex();
-        let y3 = conv2d(
-            Tensor::<4>::from_data(xd.clone(), &plain),
-            Tensor::<4>::from_data(wd.clone(), &plain),
-            Tensor::<1>::from_data(bd.clone(), &plain),
-            s,
-            p,
-        );
-        assert_close(&format!("{case} inference y"), &values(y3), &y2);
+            let (y1, dx1, dw1, db1) = run(true);
+            let (y2, dx2, dw2, db2) = run(false);
+            assert_close(&format!("{case} y"), &y1, &y2);
+            assert_close(&format!("{case} dx"), &dx1, &dx2);
+            assert_close(&format!("{case} dw"), &dw1, &dw2);
+            assert_close(&format!("{case} db"), &db1, &db2);
+            // The plain (inference) device takes the same path.
+            let plain = Device::flex();
+            let f = if relu { conv2d_relu } else { conv2d };
+            let y3 = f(
+                Tensor::<4>::from_data(xd.clone(), &plain),
+                Tensor::<4>::from_data(wd.clone(), &plain),
+                Tensor::<1>::from_data(bd.clone(), &plain),
+                s,
+                p,
+            );
+            assert_close(&format!("{case} inference y"), &values(y3), &y2);
+        }
     }
 
     #[test]

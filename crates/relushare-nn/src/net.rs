@@ -366,7 +366,13 @@ pub fn forward(
     }
     let device = &plan.device;
     let mut cur = Act::Img(x);
-    for op in &plan.ops {
+    // A convolution directly followed by a plain ReLU runs as one fused operation.
+    let mut relu_done = false;
+    for (i, op) in plan.ops.iter().enumerate() {
+        if std::mem::take(&mut relu_done) {
+            debug_assert!(matches!(op, Op::Relu));
+            continue;
+        }
         cur = match (op, cur) {
             (
                 Op::Conv {
@@ -377,13 +383,13 @@ pub fn forward(
                 Act::Img(x),
             ) => {
                 let c = &module.convs[*index];
-                Act::Img(crate::conv::conv2d(
-                    x,
-                    c.weight.val(),
-                    c.bias.val(),
-                    *stride,
-                    *padding,
-                ))
+                let (w, b) = (c.weight.val(), c.bias.val());
+                if matches!(plan.ops.get(i + 1), Some(Op::Relu)) {
+                    relu_done = true;
+                    Act::Img(crate::conv::conv2d_relu(x, w, b, *stride, *padding))
+                } else {
+                    Act::Img(crate::conv::conv2d(x, w, b, *stride, *padding))
+                }
             }
             (Op::AvgPool { kernel, stride }, Act::Img(x)) => {
                 Act::Img(crate::pool::avg_pool2d(x, *kernel, *stride))
