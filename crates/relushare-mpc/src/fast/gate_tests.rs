@@ -1,5 +1,6 @@
 //! Tests of the fused whole-channel gates ([`crate::fast::gate`]).
 
+use super::tests::e2e::image;
 use super::*;
 use crate::cost::CostReport;
 use crate::plain::{self, FixedLayer, FixedModel, GateMode};
@@ -27,13 +28,6 @@ fn modes(fm: &FixedModel) -> Vec<(String, GateMode)> {
             FixedLayer::Shared { name, s } => s.fused.as_ref().map(|g| (name.clone(), g.mode)),
             _ => None,
         })
-        .collect()
-}
-
-fn image(len: usize, seed: u64, lim: f64) -> Vec<f32> {
-    let mut r = Prg::from_seed([seed as u8; 16]);
-    (0..len)
-        .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
         .collect()
 }
 
