@@ -462,18 +462,18 @@ impl Suite for FastSuite {
         };
         self.deal = Some(deal);
         // Mask every weight tensor and decider once.
-        let mut keys: Vec<(String, Vec<u64>)> = Vec::new(); // (key, this party's W share)
+        let mut keys: Vec<(String, &[u64])> = Vec::new(); // (key, this party's W share)
         let mut lens = Vec::new();
         for (i, op) in plan.ops.iter().enumerate() {
             if let Some((geom, widx, act, gp)) = fused_head(&plan.ops, i) {
                 let fp = gp.fused.as_ref().expect("fused_head checks");
-                keys.push((gate::u_key(act), fp.u.clone()));
+                keys.push((gate::u_key(act), &fp.u));
                 lens.push(gp.num_groups * fp.in_len);
                 if fp.mode == GateMode::Fold {
                     let w = weights
                         .get(widx)
                         .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    keys.push((gate::bias_key(&w.name), w.bias.clone()));
+                    keys.push((gate::bias_key(&w.name), &w.bias));
                     lens.push(geom.o);
                 }
             }
@@ -482,20 +482,20 @@ impl Suite for FastSuite {
                     let w = weights
                         .get(*weight)
                         .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    keys.push((w.name.clone(), w.w.clone()));
+                    keys.push((w.name.clone(), &w.w));
                     lens.push(geom.w_len());
                 }
                 PlanOp::Linear { weight, geom, .. } => {
                     let w = weights
                         .get(*weight)
                         .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    keys.push((w.name.clone(), w.w.clone()));
+                    keys.push((w.name.clone(), &w.w));
                     lens.push(geom.in_f * geom.out_f);
                 }
                 PlanOp::SharedRelu { name, plan: gp }
                     if gp.decider != DeciderKind::OneHot && gp.fused.is_none() =>
                 {
-                    keys.push((v_key(name), gp.v.clone()));
+                    keys.push((v_key(name), &gp.v));
                     lens.push(gp.len);
                 }
                 _ => {}
