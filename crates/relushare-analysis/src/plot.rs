@@ -230,6 +230,72 @@ pub fn tv_figure(rows: &[TvRow], title: &str, path: &Path) -> Result<(), Analysi
     })
 }
 
+/// Training curves: test accuracy (%) per epoch, one line per series (e.g. per preset and
+/// seed); series of the same label share a colour.
+pub fn curves_figure(
+    series: &[(String, Vec<(usize, f64)>)],
+    title: &str,
+    path: &Path,
+) -> Result<(), AnalysisError> {
+    let pts: Vec<&(usize, f64)> = series.iter().flat_map(|(_, p)| p).collect();
+    if pts.is_empty() {
+        return Err(AnalysisError::Invalid("no training curves to plot".into()));
+    }
+    let epochs = pts.iter().map(|p| p.0).max().unwrap_or(1).max(1);
+    let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.08).max(0.2);
+    let mut labels: Vec<&str> = Vec::new();
+    for (l, _) in series {
+        if !labels.contains(&l.as_str()) {
+            labels.push(l);
+        }
+    }
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(230, 140, 0)];
+    render(path, (900, 560), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 20))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.8f64..epochs as f64 + 0.2, (lo - pad)..(hi + pad))
+            .map_err(perr(path))?;
+        chart
+            .configure_mesh()
+            .x_labels(epochs.min(20))
+            .x_desc("epoch")
+            .y_desc("test accuracy (%)")
+            .draw()
+            .map_err(perr(path))?;
+        for (li, label) in labels.iter().enumerate() {
+            let color = palette[li % palette.len()];
+            let mut first = true;
+            for (_, p) in series.iter().filter(|(l, _)| l == label) {
+                let line: Vec<(f64, f64)> = p.iter().map(|&(e, a)| (e as f64, a)).collect();
+                let drawn = chart
+                    .draw_series(LineSeries::new(line, color.stroke_width(2)))
+                    .map_err(perr(path))?;
+                if first {
+                    let label = label.to_string();
+                    drawn.label(label).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                    first = false;
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .draw()
+            .map_err(perr(path))?;
+        Ok(())
+    })
+}
+
 /// Figure 4: the cluster map of every channel of a layer, one tile per channel.
 pub fn cluster_grid(
     ids: &[u32],

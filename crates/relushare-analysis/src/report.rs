@@ -143,6 +143,137 @@ pub struct TrainedRow {
     pub model_path: String,
     /// Reused from an earlier run rather than trained now.
     pub reused: bool,
+    /// Training seed (initialisation and batch order).
+    #[serde(default = "first_seed")]
+    pub seed: u64,
+    /// Per-epoch curve (empty for rows recorded before curves were kept).
+    #[serde(default)]
+    pub history: Vec<EpochPoint>,
+}
+
+fn first_seed() -> u64 {
+    1
+}
+
+/// One epoch of a training curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochPoint {
+    pub epoch: usize,
+    pub train_loss: f64,
+    /// Training accuracy in percent (on the augmented batches).
+    pub train_accuracy: f64,
+    /// Test accuracy in percent after the epoch.
+    pub test_accuracy: Option<f64>,
+}
+
+/// A table row over its seeds: what `results/<dataset>-full.json` records per preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedSummary {
+    pub dataset: String,
+    pub preset: String,
+    /// Mean test accuracy over the seeds, in percent.
+    pub accuracy_mean: f64,
+    /// Sample standard deviation over the seeds (0 for one seed), in points.
+    pub accuracy_std: f64,
+    /// Test accuracy of each seed, in percent.
+    pub accuracies: Vec<f64>,
+    pub seeds: Vec<u64>,
+    pub epochs: usize,
+    pub train_images: usize,
+    pub test_images: usize,
+    /// Secure comparisons of the whole network per image.
+    pub relus: usize,
+    /// Comparisons per channel of the shared layers, as in the paper's #ReLU column.
+    pub relus_per_channel: Vec<usize>,
+    /// The paper's accuracy for this row (theirs), when it has one.
+    pub paper_accuracy: Option<f64>,
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// A markdown table of [`SeedSummary`] rows: ours (mean ± std over seeds, each seed) beside the
+/// paper's accuracy.
+pub fn render_seed_table(rows: &[SeedSummary]) -> String {
+    let mut out = String::from(
+        "| preset | comparisons / image | epochs | seeds | test accuracy % (ours, mean ± std) | each seed | paper % | Δ points |\n|---|---:|---:|---:|---:|---|---:|---:|\n",
+    );
+    for r in rows {
+        let each = r
+            .accuracies
+            .iter()
+            .map(|a| format!("{a:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {:.2} ± {:.2} | {} | {} | {} |",
+            r.preset,
+            r.relus,
+            r.epochs,
+            r.seeds.len(),
+            r.accuracy_mean,
+            r.accuracy_std,
+            each,
+            f2(r.paper_accuracy),
+            diff(Some(r.accuracy_mean), r.paper_accuracy),
+        );
+    }
+    out
+}
+
+/// The trained rows grouped by `(dataset, preset)` in first-seen order, with mean and standard
+/// deviation over their seeds; the paper's accuracy is quoted from the first of `tables` that
+/// has the row.
+pub fn summarize_seeds(res: &Results, paper: &PaperNumbers, tables: &[String]) -> Vec<SeedSummary> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &res.trained {
+        let k = (r.dataset.clone(), r.preset.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(d, p)| {
+            let mut rows: Vec<&TrainedRow> = res
+                .trained
+                .iter()
+                .filter(|r| r.dataset == d && r.preset == p)
+                .collect();
+            rows.sort_by_key(|r| r.seed);
+            let acc: Vec<f64> = rows.iter().map(|r| r.test_accuracy).collect();
+            let (accuracy_mean, accuracy_std) = mean_std(&acc);
+            let first = rows[0];
+            SeedSummary {
+                accuracy_mean,
+                accuracy_std,
+                accuracies: acc,
+                seeds: rows.iter().map(|r| r.seed).collect(),
+                epochs: first.epochs,
+                train_images: first.train_images,
+                test_images: first.test_images,
+                relus: first.total_relus,
+                relus_per_channel: first.relus_per_channel.clone(),
+                paper_accuracy: tables
+                    .iter()
+                    .find_map(|t| paper.find(t, &d, &p))
+                    .map(|r| r.accuracy),
+                dataset: d,
+                preset: p,
+            }
+        })
+        .collect()
 }
 
 /// Cost of one secure layer (all three parties).
@@ -236,10 +367,26 @@ pub struct SearchSummary {
 pub const SEARCH_PREFIX: &str = "search:";
 
 impl Results {
+    /// The first seed's row of `dataset`/`preset`.
     pub fn trained(&self, dataset: &str, preset: &str) -> Option<&TrainedRow> {
         self.trained
             .iter()
             .find(|r| r.dataset == dataset && r.preset == preset)
+    }
+
+    /// Test accuracy of `dataset`/`preset`: the mean over its seeds, with the number of seeds.
+    pub fn accuracy(&self, dataset: &str, preset: &str) -> Option<(f64, f64, usize)> {
+        let acc: Vec<f64> = self
+            .trained
+            .iter()
+            .filter(|r| r.dataset == dataset && r.preset == preset)
+            .map(|r| r.test_accuracy)
+            .collect();
+        if acc.is_empty() {
+            return None;
+        }
+        let (m, s) = mean_std(&acc);
+        Some((m, s, acc.len()))
     }
 
     pub fn secure(&self, dataset: &str, preset: &str, suite: &str) -> Option<&SecureRow> {
@@ -301,7 +448,12 @@ fn accuracy_table(out: &mut String, res: &Results, rows: &[&PaperRow], with_laye
                 }
             })
             .unwrap_or_else(|| "not run".into());
-        let acc = ours.map(|o| o.test_accuracy);
+        let stats = res.accuracy(&r.dataset, preset);
+        let acc = stats.map(|(m, _, _)| m);
+        let acc_text = match stats {
+            Some((m, s, n)) if n > 1 => format!("{m:.2} ± {s:.2} ({n} seeds)"),
+            _ => f2(acc),
+        };
         let mid = if with_layers {
             format!(
                 "{} | {}",
@@ -327,7 +479,7 @@ fn accuracy_table(out: &mut String, res: &Results, rows: &[&PaperRow], with_laye
             r.relus_label.as_deref().unwrap_or(""),
             ours_relus,
             f2(Some(r.accuracy)),
-            f2(acc),
+            acc_text,
             diff(acc, Some(r.accuracy)),
         );
     }
@@ -800,6 +952,8 @@ mod tests {
             total_relus: 5,
             model_path: "m".into(),
             reused: false,
+            seed: 1,
+            history: Vec::new(),
         });
         res.secure.push(SecureRow {
             dataset: "cifar10".into(),
@@ -833,5 +987,41 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| SVHN | Original | securenn |"));
+    }
+
+    #[test]
+    fn seeds_are_summarised_as_mean_and_sample_std() {
+        let p = paper();
+        let mut res = Results {
+            tables: vec!["6".into()],
+            ..Default::default()
+        };
+        for (seed, acc) in [(1, 90.0), (2, 92.0), (3, 91.0)] {
+            res.trained.push(TrainedRow {
+                dataset: "fmnist".into(),
+                preset: "uniform3".into(),
+                test_accuracy: acc,
+                train_accuracy: 95.0,
+                epochs: 10,
+                train_images: 60_000,
+                test_images: 10_000,
+                seconds: 1.0,
+                relus_per_channel: vec![81],
+                total_relus: 15_264,
+                model_path: "m".into(),
+                reused: false,
+                seed,
+                history: Vec::new(),
+            });
+        }
+        let s = summarize_seeds(&res, &p, &["6".to_string()]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].seeds, vec![1, 2, 3]);
+        assert!((s[0].accuracy_mean - 91.0).abs() < 1e-12);
+        assert!((s[0].accuracy_std - 1.0).abs() < 1e-12);
+        assert_eq!(s[0].paper_accuracy, Some(91.11));
+        let md = render_markdown(&res, &p);
+        assert!(md.contains("91.00 ± 1.00 (3 seeds)"), "{md}");
+        assert_eq!(mean_std(&[2.0]), (2.0, 0.0));
     }
 }

@@ -67,7 +67,7 @@ pub enum DataError {
     #[error("download of {url} failed: {message}")]
     Download { url: String, message: String },
     /// A downloaded or existing file does not have the published checksum.
-    #[error("{path}: checksum mismatch: expected md5 {expected}, got {actual}")]
+    #[error("{path}: checksum mismatch: expected {expected}, got {actual}")]
     Checksum {
         path: PathBuf,
         expected: String,

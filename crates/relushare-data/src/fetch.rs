@@ -6,6 +6,13 @@
 //! are still recognised and nothing is downloaded.
 //!
 //! Without network access the error says which URL failed and where to put the file by hand.
+//!
+//! **Offline copies.** Fashion-MNIST's files also carry the SHA-256 of their *decompressed*
+//! bytes. A copy whose gzip header was rewritten (Debian's `dataset-fashion-mnist` package drops
+//! the stored name and sets a new timestamp, so the `.gz` MD5 differs) is accepted when its
+//! content matches, and a corrupt one is refused by name. [`fetch_local`] takes the files from
+//! a folder (`relushare data fetch --from DIR`), and [`fetch_or_local`] falls back to a known
+//! local copy ([`local_copies`]: the Debian package's folder) when the download fails.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
@@ -14,6 +21,7 @@ use std::time::Duration;
 
 use flate2::read::GzDecoder;
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 use crate::error::{DataError, FormatProblem};
 use crate::DatasetName;
@@ -28,6 +36,9 @@ pub struct Resource {
     pub file: PathBuf,
     /// What to do with it after it verifies.
     pub unpack: Unpack,
+    /// For a `.gz` file: SHA-256 (lower-case hex) and size of its decompressed bytes. A file
+    /// whose content matches is accepted even when its own MD5 differs (a repacked gzip header).
+    pub content: Option<(String, u64)>,
 }
 
 /// Post-download step.
@@ -55,6 +66,8 @@ pub enum FileAction {
     Unpacked,
     /// Extracted earlier (present with the expected size).
     AlreadyUnpacked,
+    /// Copied from a local folder (`--from`, or a known local copy after a failed download).
+    Copied,
 }
 
 /// One file of a fetch.
@@ -75,6 +88,10 @@ pub struct FetchReport {
     pub files: Vec<FetchedFile>,
     /// Bytes downloaded in this run.
     pub downloaded_bytes: u64,
+    /// How the files were obtained when not from the official URLs (e.g. a failed download
+    /// answered by a local copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 const CIFAR_BATCH_BYTES: u64 = 10_000 * 3073;
@@ -86,6 +103,7 @@ pub fn resources(name: DatasetName) -> Vec<Resource> {
         md5: md5.to_string(),
         file: PathBuf::from(file),
         unpack,
+        content: None,
     };
     match name {
         DatasetName::Cifar10 => {
@@ -106,27 +124,37 @@ pub fn resources(name: DatasetName) -> Vec<Resource> {
         }
         DatasetName::Fmnist => {
             let base = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";
+            // (file, MD5 of the .gz, SHA-256 and size of the decompressed bytes)
             [
                 (
                     "train-images-idx3-ubyte.gz",
                     "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                    47_040_016,
                 ),
                 (
                     "train-labels-idx1-ubyte.gz",
                     "25c81989df183df01b3e8a0aad5dffbe",
+                    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                    60_008,
                 ),
                 (
                     "t10k-images-idx3-ubyte.gz",
                     "bef4ecab320f06d8554ea6380940ec79",
+                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                    7_840_016,
                 ),
                 (
                     "t10k-labels-idx1-ubyte.gz",
                     "bb300cfdad3c16e7a12a480ee83cd310",
+                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                    10_008,
                 ),
             ]
             .iter()
-            .map(|(f, m)| {
-                r(
+            .map(|(f, m, sha, n)| Resource {
+                content: Some((sha.to_string(), *n)),
+                ..r(
                     &format!("{base}{f}"),
                     m,
                     &format!("fashion-mnist/{f}"),
@@ -185,7 +213,197 @@ pub fn fetch_from(
         data_dir: data_dir.to_path_buf(),
         files,
         downloaded_bytes,
+        note: None,
     })
+}
+
+/// Folders known to hold an offline copy of a dataset's files, if present on this machine:
+/// for Fashion-MNIST the folder of Debian's `dataset-fashion-mnist` package.
+pub fn local_copies(name: DatasetName) -> Vec<PathBuf> {
+    match name {
+        DatasetName::Fmnist => vec![PathBuf::from("/usr/share/datasets/fashion-mnist")],
+        _ => Vec::new(),
+    }
+}
+
+/// [`fetch_from`]; when the download fails and one of `fallbacks` holds the dataset's files,
+/// they are taken from there instead ([`fetch_local`]) and the report's `note` says so.
+pub fn fetch_or_local(
+    name: DatasetName,
+    data_dir: &Path,
+    mirror: Option<&str>,
+    fallbacks: &[PathBuf],
+    progress: bool,
+) -> Result<FetchReport, DataError> {
+    match fetch_from(name, data_dir, mirror, progress) {
+        Ok(r) => Ok(r),
+        Err(e @ DataError::Download { .. }) => {
+            let Some(src) = fallbacks.iter().find(|d| d.is_dir()) else {
+                return Err(e);
+            };
+            let mut report = fetch_local(name, data_dir, src)?;
+            report.note = Some(format!(
+                "download failed ({e}); took the files from the local copy in {}",
+                src.display()
+            ));
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies dataset `name`'s files from the folder `src` into `data_dir`, verifying each (by its
+/// decompressed SHA-256 where the dataset has one, else its MD5). A file may be in `src`
+/// compressed (`x.gz`) or not (`x`). Files already in `data_dir` that verify are kept.
+pub fn fetch_local(name: DatasetName, data_dir: &Path, src: &Path) -> Result<FetchReport, DataError> {
+    if !src.is_dir() {
+        return Err(DataError::io(
+            src,
+            io::Error::new(io::ErrorKind::NotFound, "no such folder"),
+        ));
+    }
+    let mut files = Vec::new();
+    for r in resources(name) {
+        if !matches!(r.unpack, Unpack::None) {
+            return Err(DataError::Download {
+                url: src.display().to_string(),
+                message: format!(
+                    "{name}'s files come as one archive ({}); unpack it into {} by hand",
+                    r.file.display(),
+                    data_dir.display()
+                ),
+            });
+        }
+        let dest = data_dir.join(&r.file);
+        if dest.is_file() && verify_file(&r, &dest)?.is_ok() {
+            files.push(FetchedFile {
+                bytes: fs::metadata(&dest).map_err(|e| DataError::io(&dest, e))?.len(),
+                path: dest,
+                url: r.url.clone(),
+                action: FileAction::AlreadyPresent,
+            });
+            continue;
+        }
+        let base = r.file.file_name().expect("a file name").to_os_string();
+        let plain = Path::new(&base).with_extension("");
+        let candidates = [src.join(&base), src.join(&plain)];
+        let Some(found) = candidates.iter().find(|p| p.is_file()) else {
+            return Err(DataError::io(
+                &candidates[0],
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{} has no {} (nor {})",
+                        src.display(),
+                        base.to_string_lossy(),
+                        plain.display()
+                    ),
+                ),
+            ));
+        };
+        let compressed = found.extension().is_some_and(|e| e == "gz");
+        let check = match (&r.content, compressed) {
+            (Some((sha, n)), false) => {
+                let (got, len) = sha256_of(found, false)?;
+                if got == *sha && len == *n {
+                    Ok(())
+                } else {
+                    Err(format!("{got} ({len} bytes)"))
+                }
+            }
+            _ => verify_file(&r, found)?,
+        };
+        if let Err(actual) = check {
+            return Err(DataError::Checksum {
+                path: found.clone(),
+                expected: expected_text(&r),
+                actual: format!("{actual}; not copied"),
+            });
+        }
+        let dest = data_dir.join(r.file.with_file_name(found.file_name().expect("a file")));
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        }
+        let part = part_path(&dest);
+        fs::copy(found, &part).map_err(|e| DataError::io(&part, e))?;
+        fs::rename(&part, &dest).map_err(|e| DataError::io(&dest, e))?;
+        files.push(FetchedFile {
+            bytes: fs::metadata(&dest).map_err(|e| DataError::io(&dest, e))?.len(),
+            path: dest,
+            url: found.display().to_string(),
+            action: FileAction::Copied,
+        });
+    }
+    Ok(FetchReport {
+        dataset: name,
+        data_dir: data_dir.to_path_buf(),
+        files,
+        downloaded_bytes: 0,
+        note: Some(format!("copied from {}", src.display())),
+    })
+}
+
+fn expected_text(r: &Resource) -> String {
+    match &r.content {
+        Some((sha, n)) => format!("decompressed SHA-256 {sha} ({n} bytes)"),
+        None => format!("MD5 {}", r.md5),
+    }
+}
+
+/// Whether `path` is resource `r`'s file: its decompressed SHA-256 and size where `r` has
+/// them (whatever its gzip header), else its MD5. `Err` carries what was found instead.
+fn verify_file(r: &Resource, path: &Path) -> Result<Result<(), String>, DataError> {
+    match &r.content {
+        Some((sha, n)) => {
+            let (got, len) = sha256_of(path, true)?;
+            Ok(if got == *sha && len == *n {
+                Ok(())
+            } else {
+                Err(format!("decompressed SHA-256 {got} ({len} bytes)"))
+            })
+        }
+        None => {
+            let got = md5_file(path)?;
+            Ok(if got == r.md5 {
+                Ok(())
+            } else {
+                Err(format!("MD5 {got}"))
+            })
+        }
+    }
+}
+
+/// SHA-256 (hex) and length of a file's bytes, gunzipped first when `gunzip`; a corrupt gzip
+/// stream is a format error naming the file.
+pub fn sha256_of(path: &Path, gunzip: bool) -> Result<(String, u64), DataError> {
+    let f = BufReader::new(File::open(path).map_err(|e| DataError::io(path, e))?);
+    let mut reader: Box<dyn Read> = if gunzip {
+        Box::new(GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DataError::format(
+                    path,
+                    FormatProblem::Corrupt,
+                    format!("decompressing: {e}"),
+                ))
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hex(&h.finalize()), len))
 }
 
 /// Fetches an explicit list of resources into `data_dir` (what [`fetch`] does for a dataset).
@@ -212,7 +430,7 @@ pub fn fetch_resources(
                 }
             }
         }
-        let action = if dest.is_file() && md5_file(&dest)? == r.md5 {
+        let action = if dest.is_file() && verify_file(r, &dest)?.is_ok() {
             FileAction::AlreadyPresent
         } else {
             download(&agent, r, &dest, progress)?;
@@ -355,12 +573,12 @@ fn download(
             return Err(e);
         }
     };
-    if md5 != r.md5 {
+    if md5 != r.md5 && verify_file(r, &part)?.is_err() {
         let _ = fs::remove_file(&part);
         return Err(DataError::Checksum {
             path: dest.to_path_buf(),
-            expected: r.md5.clone(),
-            actual: format!("{md5} (downloaded from {}; not kept)", r.url),
+            expected: expected_text(r),
+            actual: format!("MD5 {md5} (downloaded from {}; not kept)", r.url),
         });
     }
     fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))

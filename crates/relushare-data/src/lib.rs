@@ -26,7 +26,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use error::{DataError, FormatProblem};
-pub use fetch::{fetch, fetch_from, FetchReport, FetchedFile, FileAction};
+pub use fetch::{
+    fetch, fetch_from, fetch_local, fetch_or_local, local_copies, FetchReport, FetchedFile,
+    FileAction,
+};
 pub use synthetic::synthetic;
 
 /// Seed of the synthetic set that [`load`] returns.

@@ -85,6 +85,7 @@ fn res(url: String, body: &[u8], file: &str) -> Resource {
         md5: md5(body),
         file: PathBuf::from(file),
         unpack: Unpack::None,
+        content: None,
     }
 }
 
@@ -249,6 +250,7 @@ fn archive_unpack_is_safe_and_idempotent() {
             prefix: "batches".into(),
             members: members.clone(),
         },
+        content: None,
     };
     let got = fetch_resources(std::slice::from_ref(&r), &dir, false).unwrap();
     let actions: Vec<_> = got.iter().map(|f| f.action).collect();
@@ -324,4 +326,130 @@ fn archive_unpack_is_safe_and_idempotent() {
     };
     let e = fetch_resources(&[missing], &work.path().join("d3"), false).unwrap_err();
     assert!(e.to_string().contains("no member batches/zzz.bin"), "{e}");
+}
+
+fn gz(bytes: &[u8], name_in_header: Option<&str>) -> Vec<u8> {
+    let mut b = flate2::GzBuilder::new();
+    if let Some(n) = name_in_header {
+        b = b.filename(n);
+    }
+    let mut e = b.write(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn repacked_gzip_is_accepted_by_its_decompressed_content() {
+    let body = b"the official decompressed bytes".to_vec();
+    let official = gz(&body, Some("x.bin"));
+    let repacked = gz(&body, None);
+    assert_ne!(md5(&official), md5(&repacked), "the headers differ");
+    let (base, _) = serve(HashMap::from([("x.bin.gz".to_string(), Reply::Ok(repacked.clone()))]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = res(format!("{base}/x.bin.gz"), &official, "x.bin.gz");
+    // by MD5 alone the repacked file is refused ...
+    assert!(matches!(
+        fetch_resources(std::slice::from_ref(&r), dir.path(), false),
+        Err(DataError::Checksum { .. })
+    ));
+    // ... by the content's SHA-256 it is the same data
+    r.content = Some((sha256(&body), body.len() as u64));
+    let got = fetch_resources(std::slice::from_ref(&r), dir.path(), false).unwrap();
+    assert_eq!(got[0].action, FileAction::Downloaded);
+    let got = fetch_resources(std::slice::from_ref(&r), dir.path(), false).unwrap();
+    assert_eq!(got[0].action, FileAction::AlreadyPresent);
+    // other content under the same name is refused, naming the file
+    std::fs::write(dir.path().join("x.bin.gz"), gz(b"other bytes", None)).unwrap();
+    let (base2, _) = serve(HashMap::from([(
+        "x.bin.gz".to_string(),
+        Reply::Ok(gz(b"other bytes", None)),
+    )]));
+    r.url = format!("{base2}/x.bin.gz");
+    let e = fetch_resources(std::slice::from_ref(&r), dir.path(), false).unwrap_err();
+    assert!(matches!(e, DataError::Checksum { .. }), "{e}");
+    assert!(e.to_string().contains("x.bin.gz"), "{e}");
+}
+
+/// Fashion-MNIST's files by name in a folder, with arbitrary (wrong) contents.
+fn fake_fmnist(dir: &std::path::Path, corrupt: &str) {
+    for f in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        let bytes = if f == corrupt {
+            b"not a gzip stream at all".to_vec()
+        } else {
+            gz(b"wrong contents", None)
+        };
+        std::fs::write(dir.join(f), bytes).unwrap();
+    }
+}
+
+#[test]
+fn local_copy_refuses_wrong_and_corrupt_files_by_name() {
+    let src = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    fake_fmnist(src.path(), "");
+    let e = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), src.path()).unwrap_err();
+    assert!(matches!(e, DataError::Checksum { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("train-images-idx3-ubyte.gz"), "{msg}");
+    assert!(msg.contains("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"), "{msg}");
+    fake_fmnist(src.path(), "train-images-idx3-ubyte.gz");
+    let e = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), src.path()).unwrap_err();
+    assert!(matches!(e, DataError::Format { .. }), "{e}");
+    assert!(e.to_string().contains("train-images-idx3-ubyte.gz"), "{e}");
+    // nothing half-copied is left behind
+    assert!(!data.path().join("fashion-mnist/train-images-idx3-ubyte.gz").exists());
+    let e = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), &src.path().join("nope"))
+        .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+}
+
+/// The Debian package's copy (installed by CI where apt exists): repacked headers, official
+/// decompressed bytes.
+#[test]
+fn debian_copy_verifies_and_a_failed_download_falls_back_to_it() {
+    let debian = relushare_data::local_copies(DatasetName::Fmnist).remove(0);
+    if !debian.is_dir() {
+        println!("note: {} is absent (apt-get install dataset-fashion-mnist); skipped", debian.display());
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    // an address where nothing listens: the download fails at once
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mirror = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let e = relushare_data::fetch_or_local(DatasetName::Fmnist, data.path(), Some(&mirror), &[], false)
+        .unwrap_err();
+    assert!(matches!(e, DataError::Download { .. }), "{e}");
+    let r = relushare_data::fetch_or_local(
+        DatasetName::Fmnist,
+        data.path(),
+        Some(&mirror),
+        std::slice::from_ref(&debian),
+        false,
+    )
+    .unwrap();
+    assert!(r.note.as_deref().unwrap().contains("download failed"), "{:?}", r.note);
+    assert_eq!(r.files.len(), 4);
+    assert!(r.files.iter().all(|f| f.action == FileAction::Copied));
+    let again = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), &debian).unwrap();
+    assert!(again.files.iter().all(|f| f.action == FileAction::AlreadyPresent));
+    let train = relushare_data::load(
+        DatasetName::Fmnist,
+        relushare_data::Split::Train,
+        Some(data.path()),
+        None,
+        (1, 28, 28),
+    )
+    .unwrap();
+    assert_eq!(train.set.len(), 60_000);
 }

@@ -38,6 +38,10 @@ pub struct ReluCount {
     pub total_mults: usize,
 }
 
+fn relus_of(per_channel: &[usize]) -> usize {
+    per_channel.iter().sum()
+}
+
 /// Count comparisons and multiplications per activation layer.
 pub fn count(spec: &ModelSpec) -> Result<ReluCount, ModelError> {
     let dims = spec.dims()?;
@@ -59,27 +63,36 @@ pub fn count(spec: &ModelSpec) -> Result<ReluCount, ModelError> {
             }
             ActKind::Shared(s) => {
                 let per = match &s.grouping {
-                    Grouping::Patch { k, edge } => {
+                    Grouping::Patch { k, edge } | Grouping::CrossChannel { k, edge, .. } => {
                         patches_per_side(d.h, *k, *edge) * patches_per_side(d.w, *k, *edge)
                     }
                     Grouping::Channel => 1,
                     Grouping::Cluster { window, k } => cluster_groups(d.h, d.w, *window, *k),
                 };
+                // across channels: the first channel of each block carries the block's groups
+                let span = match &s.grouping {
+                    Grouping::CrossChannel { channels, .. } => (*channels).max(1),
+                    _ => 1,
+                };
+                let per_channel = (0..d.c)
+                    .map(|c| if c % span == 0 { per } else { 0 })
+                    .collect();
                 let dot = match s.decider {
                     Decider::Learned | Decider::Fc => n,
                     Decider::OneHot => 0,
                 };
                 let noise = if s.noise > 0.0 { n } else { 0 };
-                (vec![per; d.c], n, dot, noise)
+                (per_channel, n, dot, noise)
             }
         };
-        let relus = per_channel_relus.iter().sum();
+        let relus = relus_of(&per_channel_relus);
         layers.push(LayerCount {
             name: name.clone(),
             kind: kind.describe(),
             activations: n,
             relus,
-            relus_per_channel: per_channel_relus.first().copied().unwrap_or(0),
+            // comparisons per channel, rounded up where groups span several channels
+            relus_per_channel: relus_of(&per_channel_relus).div_ceil(d.c.max(1)),
             selects,
             dot_mults: dot,
             noise_mults: noise,

@@ -1,10 +1,14 @@
-//! Group maps: which activations of a channel plane share one ReLU decision.
+//! Group maps: which activations of a channel plane (or, for cross-channel sharing, of a block
+//! of channels) share one ReLU decision.
 
 use crate::spec::{ActKind, Decider, Dims, EdgePolicy, Grouping, SharedAct};
 use crate::ModelError;
 
 /// The partition of a `[C, H, W]` activation tensor into groups. Group ids are local to a
-/// channel; [`GroupMap::offset`] turns them into global ids (channel-major).
+/// channel; [`GroupMap::offset`] turns them into global ids (channel-major). Under
+/// cross-channel sharing (`span > 1`) the groups belong to blocks of `span` consecutive
+/// channels: every channel of a block holds the block's local ids, and the block's first
+/// channel carries its group count and leaders (the other channels have none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMap {
     pub c: usize,
@@ -15,15 +19,23 @@ pub struct GroupMap {
     /// Number of groups in each channel.
     pub groups: Vec<usize>,
     /// For each channel and group, the plane index (`y*w + x`) of the member that decides
-    /// under the one-hot decider: the middle member of the group.
+    /// under the one-hot decider: the middle member of the group (across channels: in the
+    /// block's middle channel).
     pub leaders: Vec<Vec<u32>>,
+    /// Channels per block of shared groups (1 unless the grouping is cross-channel).
+    pub span: usize,
     offsets: Vec<usize>,
 }
 
 impl GroupMap {
-    /// Global id of channel `c`'s group 0.
+    /// Global id of channel `c`'s group 0 (of its block's group 0 under cross-channel sharing).
     pub fn offset(&self, c: usize) -> usize {
-        self.offsets[c]
+        self.offsets[c - c % self.span]
+    }
+
+    /// Channels of the block that starts at channel `first`.
+    fn block_len(&self, first: usize) -> usize {
+        self.span.min(self.c - first)
     }
 
     /// Total number of groups (= secure comparisons for this layer).
@@ -37,7 +49,7 @@ impl GroupMap {
         self.group_of
             .iter()
             .enumerate()
-            .map(|(i, &g)| self.offsets[i / plane] + g as usize)
+            .map(|(i, &g)| self.offset(i / plane) + g as usize)
             .collect()
     }
 
@@ -46,7 +58,13 @@ impl GroupMap {
         let plane = self.h * self.w;
         let mut out = Vec::with_capacity(self.total());
         for (c, ls) in self.leaders.iter().enumerate() {
-            out.extend(ls.iter().map(|&l| c * plane + l as usize));
+            // a block's leaders (held by its first channel) sit in its middle channel
+            let mid = if ls.is_empty() {
+                continue;
+            } else {
+                c + self.block_len(c) / 2
+            };
+            out.extend(ls.iter().map(|&l| mid * plane + l as usize));
         }
         out
     }
@@ -55,10 +73,19 @@ impl GroupMap {
     /// map (required for `Grouping::Cluster`, ignored otherwise).
     pub fn build(act: &SharedAct, d: Dims, explicit: Option<&[u32]>) -> Result<Self, ModelError> {
         let plane = d.plane();
+        let span = match &act.grouping {
+            Grouping::CrossChannel { channels, .. } => (*channels).max(1),
+            _ => 1,
+        };
         let (group_of, groups): (Vec<u32>, Vec<usize>) = match &act.grouping {
             Grouping::Patch { k, edge } => {
                 let (one, n) = patch_plane(d.h, d.w, *k, *edge);
                 (repeat(&one, d.c), vec![n; d.c])
+            }
+            Grouping::CrossChannel { k, edge, .. } => {
+                let (one, n) = patch_plane(d.h, d.w, *k, *edge);
+                let groups = (0..d.c).map(|c| if c % span == 0 { n } else { 0 }).collect();
+                (repeat(&one, d.c), groups)
             }
             Grouping::Channel => (vec![0; d.len()], vec![1; d.c]),
             Grouping::Cluster { window, k } => {
@@ -111,6 +138,9 @@ impl GroupMap {
         offsets.push(acc);
         let leaders = (0..d.c)
             .map(|c| {
+                if groups[c] == 0 {
+                    return Vec::new();
+                }
                 leaders_of(
                     &group_of[c * plane..(c + 1) * plane],
                     groups[c],
@@ -126,6 +156,7 @@ impl GroupMap {
             group_of,
             groups,
             leaders,
+            span,
             offsets,
         })
     }
@@ -218,7 +249,7 @@ fn check_windows(
 fn leaders_of(plane: &[u32], n: usize, w: usize, grouping: &Grouping) -> Vec<u32> {
     match grouping {
         // Middle of the bounding box: centre pixel of a patch / of the channel.
-        Grouping::Patch { .. } | Grouping::Channel => {
+        Grouping::Patch { .. } | Grouping::Channel | Grouping::CrossChannel { .. } => {
             let mut lo = vec![(usize::MAX, usize::MAX); n];
             let mut hi = vec![(0usize, 0usize); n];
             for (i, &g) in plane.iter().enumerate() {
@@ -261,7 +292,12 @@ pub fn validate_act(name: &str, kind: &ActKind, d: Dims) -> Result<(), ModelErro
                 return err(format!("noise must be in [0, 1), got {}", s.noise));
             }
             match &s.grouping {
-                Grouping::Patch { k: 0, .. } => return err("patch size 0".into()),
+                Grouping::Patch { k: 0, .. } | Grouping::CrossChannel { k: 0, .. } => {
+                    return err("patch size 0".into())
+                }
+                Grouping::CrossChannel { channels: 0, .. } => {
+                    return err("cross-channel groups need at least one channel".into())
+                }
                 Grouping::Cluster { k: 0, .. }
                 | Grouping::Cluster {
                     window: Some(0), ..
@@ -363,5 +399,47 @@ mod tests {
         bad[5] = 0;
         assert!(GroupMap::build(&g, d, Some(&bad)).is_err());
         assert!(GroupMap::build(&g, d, Some(&map[..15])).is_err());
+    }
+
+    #[test]
+    fn cross_channel_groups_span_blocks_of_channels() {
+        // 5 channels of 4x4 in blocks of 2 (the last block has 1 channel), 2x2 patches
+        let g = act(Grouping::CrossChannel {
+            k: 2,
+            edge: EdgePolicy::Partial,
+            channels: 2,
+        });
+        let m = GroupMap::build(&g, Dims::new(5, 4, 4), None).unwrap();
+        assert_eq!(m.total(), 3 * 4);
+        let ids = m.global_ids();
+        // same patch, channels 0 and 1: one group; channel 2 starts the next block
+        assert_eq!(ids[0], ids[16]);
+        assert_eq!(ids[16 + 5], ids[5]);
+        assert_eq!(ids[32], 4);
+        assert_eq!(ids[4 * 16 + 15], 11);
+        // every group has members in every channel of its block, and ids are dense
+        let mut count = vec![0; m.total()];
+        for &i in &ids {
+            count[i] += 1;
+        }
+        assert_eq!(count, [8, 8, 8, 8, 8, 8, 8, 8, 4, 4, 4, 4]);
+        // leaders: the patch centre in the block's middle channel, one per group, in order
+        let leaders = m.global_leaders();
+        assert_eq!(leaders.len(), 12);
+        assert_eq!(leaders[0], 16 + 5);
+        assert_eq!(leaders[8], 4 * 16 + 5);
+        for (gid, &l) in leaders.iter().enumerate() {
+            assert_eq!(ids[l], gid, "leader of group {gid} is a member");
+        }
+        assert!(validate_act(
+            "a",
+            &ActKind::Shared(act(Grouping::CrossChannel {
+                k: 2,
+                edge: EdgePolicy::Partial,
+                channels: 0
+            })),
+            Dims::new(1, 4, 4)
+        )
+        .is_err());
     }
 }

@@ -175,7 +175,8 @@ pub fn build(arch: Arch, preset: &str) -> Result<ModelSpec, ModelError> {
 ///
 /// Grammar: comma-separated `LAYER=KIND[:OPTION]...`, where KIND is `relu`, `identity`,
 /// `partialF` (fraction of channels with ReLU, e.g. `partial0.5`), `patchK` (partial edges),
-/// `patchK-merge`, `channel`, `clusterK` (K clusters per channel) or `clusterK/wM`
+/// `patchK-merge`, `patchK/cM` or `patchK-merge/cM` (each KxK patch shares one decision across
+/// M consecutive channels), `channel`, `clusterK` (K clusters per channel) or `clusterK/wM`
 /// (K clusters per MxM window); OPTION is `learned` (default), `onehot`, `fc` or
 /// `noiseP` (e.g. `noise0.2`). Example: `act1=patch3,act2=channel:fc:noise0.2`.
 pub fn apply_freeform(spec: &mut ModelSpec, text: &str) -> Result<(), ModelError> {
@@ -225,11 +226,23 @@ pub fn apply_freeform(spec: &mut ModelSpec, text: &str) -> Result<(), ModelError
         } else if kind_s == "channel" {
             shared(Grouping::Channel, decider, noise)
         } else if let Some(k) = kind_s.strip_prefix("patch") {
+            // patchK[-merge][/cM]: M > 1 shares each patch's decision across M channels
+            let (k, channels) = match k.split_once("/c") {
+                Some((k, m)) => (k, Some(num(m)?)),
+                None => (k, None),
+            };
             let (k, edge) = match k.strip_suffix("-merge") {
                 Some(k) => (num(k)?, EdgePolicy::Merge),
                 None => (num(k)?, EdgePolicy::Partial),
             };
-            shared(Grouping::Patch { k, edge }, decider, noise)
+            match channels {
+                Some(channels) if channels != 1 => shared(
+                    Grouping::CrossChannel { k, edge, channels },
+                    decider,
+                    noise,
+                ),
+                _ => shared(Grouping::Patch { k, edge }, decider, noise),
+            }
         } else if let Some(k) = kind_s.strip_prefix("cluster") {
             let (k, window) = match k.split_once("/w") {
                 Some((k, m)) => (num(k)?, Some(num(m)?)),
@@ -238,7 +251,7 @@ pub fn apply_freeform(spec: &mut ModelSpec, text: &str) -> Result<(), ModelError
             shared(Grouping::Cluster { window, k }, decider, noise)
         } else {
             return Err(ModelError::Spec(format!(
-                "'{item}': unknown kind '{kind_s}' (relu, identity, partialF, patchK, patchK-merge, channel, clusterK, clusterK/wM)"
+                "'{item}': unknown kind '{kind_s}' (relu, identity, partialF, patchK, patchK-merge, patchK/cM, channel, clusterK, clusterK/wM)"
             )));
         };
         *spec.act_mut(layer).ok_or_else(|| {

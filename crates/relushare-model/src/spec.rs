@@ -396,6 +396,14 @@ pub enum Grouping {
     /// Data-driven clusters: `k` clusters for the whole channel, or for every non-overlapping
     /// `window x window` window. The map itself comes from a cluster-map file.
     Cluster { window: Option<usize>, k: usize },
+    /// Cross-channel sharing: one decision for a `k x k` patch in each block of `channels`
+    /// consecutive channels (the last block may be smaller), so a group has up to
+    /// `channels * k * k` members. `channels = 1` is [`Grouping::Patch`].
+    CrossChannel {
+        k: usize,
+        edge: EdgePolicy,
+        channels: usize,
+    },
 }
 
 /// What happens when the patch size does not divide the plane.
@@ -432,6 +440,13 @@ impl SharedAct {
                 }
             ),
             Grouping::Channel => "whole channel".to_string(),
+            Grouping::CrossChannel { k, edge, channels } => format!(
+                "{k}x{k} patches ({}) across {channels} channels",
+                match edge {
+                    EdgePolicy::Partial => "partial edges",
+                    EdgePolicy::Merge => "merged edges",
+                }
+            ),
             Grouping::Cluster { window: None, k } => format!("{k} clusters per channel"),
             Grouping::Cluster { window: Some(m), k } => format!("{k} clusters per {m}x{m} window"),
         };

@@ -188,6 +188,27 @@ fn every_layer_kind_small_net() {
             shared(patch(2, EdgePolicy::Merge), Decider::OneHot, 0.0),
             shared(patch(4, EdgePolicy::Partial), Decider::Learned, 0.0),
         ),
+        // cross-channel groups: learned, and one-hot with blocks that do not divide C
+        (
+            shared(
+                Grouping::CrossChannel {
+                    k: 2,
+                    edge: EdgePolicy::Partial,
+                    channels: 2,
+                },
+                Decider::Learned,
+                0.0,
+            ),
+            shared(
+                Grouping::CrossChannel {
+                    k: 3,
+                    edge: EdgePolicy::Merge,
+                    channels: 4,
+                },
+                Decider::OneHot,
+                0.0,
+            ),
+        ),
     ];
     for (i, (a1, a2)) in kinds.into_iter().enumerate() {
         let spec = small_spec(a1, a2);

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod batch;
 pub mod conv;
 pub mod eval;
+pub mod gate;
 pub mod net;
 pub mod pool;
 pub mod train;

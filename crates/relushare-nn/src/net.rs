@@ -71,6 +71,9 @@ pub struct SharedOp {
     pub groups: usize,
     /// Global group id of every activation, `[N]`.
     pub group_id: Tensor<1, Int>,
+    /// The same ids on the host, and as runs, for the fused gate.
+    pub group_of: std::sync::Arc<Vec<u32>>,
+    pub runs: std::sync::Arc<Vec<crate::gate::Run>>,
     /// One-hot: flat index of every group's leader, `[G]`.
     pub leaders: Option<Tensor<1, Int>>,
     /// FC: channel of every group, `[G]`.
@@ -205,7 +208,10 @@ impl Plan {
                         };
                         let map = GroupMap::build(s, *d, explicit.map(|m| m.as_slice()))?;
                         shared += 1;
-                        let group_id = map.global_ids().into_iter().map(|g| g as i64).collect();
+                        let ids = map.global_ids();
+                        let group_of =
+                            std::sync::Arc::new(ids.iter().map(|&g| g as u32).collect::<Vec<_>>());
+                        let group_id = ids.into_iter().map(|g| g as i64).collect();
                         let leaders = (s.decider == Decider::OneHot).then(|| {
                             int_tensor(
                                 map.global_leaders().into_iter().map(|g| g as i64).collect(),
@@ -227,6 +233,8 @@ impl Plan {
                             n: d.len(),
                             groups: map.total(),
                             group_id: int_tensor(group_id, device),
+                            runs: std::sync::Arc::new(crate::gate::runs_of(&group_of)),
+                            group_of,
                             leaders,
                             channel_of_group,
                         })
@@ -499,43 +507,39 @@ fn shared_forward(
 ) -> Tensor<2> {
     let b = x.dims()[0];
     let p = &module.shared[s.index];
-    let z: Tensor<2> = match s.decider {
-        Decider::OneHot => x
-            .clone()
-            .select(1, s.leaders.clone().expect("one-hot layer has leaders")),
-        Decider::Learned | Decider::Fc => {
-            let v =
-                p.v.as_ref()
-                    .expect("learned layer has v")
-                    .val()
-                    .reshape([1, s.n]);
-            let z = Tensor::<2>::zeros([b, s.groups], device).select_assign(
-                1,
-                s.group_id.clone(),
-                x.clone() * v,
+    // z_g = Σ v_i x_i + c_g; one-hot is v = the leaders' indicator
+    let v = match s.decider {
+        Decider::OneHot => {
+            let leaders = s.leaders.clone().expect("one-hot layer has leaders");
+            Tensor::<1>::zeros([s.n], device).select_assign(
+                0,
+                leaders,
+                Tensor::<1>::ones([s.groups], device),
                 IndexingUpdateOp::Add,
-            );
-            match (&p.fc_bias, &s.channel_of_group) {
-                (Some(bias), Some(cog)) => z + bias.val().select(0, cog.clone()).unsqueeze_dim(0),
-                _ => z,
-            }
+            )
         }
+        Decider::Learned | Decider::Fc => p.v.as_ref().expect("learned layer has v").val().reshape([s.n]),
     };
-    let hard = z.clone().greater_equal_elem(0.0).float();
-    let gate = if mode.train {
-        let soft = activation::sigmoid(z.div_scalar(mode.temperature));
-        hard + (soft.clone() - soft.detach())
-    } else {
-        hard
+    let c = match (&p.fc_bias, &s.channel_of_group) {
+        (Some(bias), Some(cog)) => bias.val().select(0, cog.clone()),
+        _ => Tensor::<1>::zeros([s.groups], device),
     };
-    let mut keep = gate.select(1, s.group_id.clone());
-    if mode.noise && s.noise > 0.0 {
-        let f = bernoulli(mode.rng, b * s.n, s.noise);
-        let f = Tensor::<2>::from_data(TensorData::new(f, [b, s.n]), device);
-        // keep XOR flip = keep * (1 - 2 flip) + flip
-        keep = keep * f.clone().mul_scalar(-2.0).add_scalar(1.0) + f;
-    }
-    x * keep
+    let flips = (mode.noise && s.noise > 0.0).then(|| {
+        std::sync::Arc::new(
+            bernoulli(mode.rng, b * s.n, s.noise)
+                .into_iter()
+                .map(|f| f as u8)
+                .collect::<Vec<u8>>(),
+        )
+    });
+    let args = crate::gate::GateArgs {
+        group_of: s.group_of.clone(),
+        runs: s.runs.clone(),
+        groups: s.groups,
+        flips,
+        temperature: mode.temperature,
+    };
+    crate::gate::shared_gate(x, v, c, &s.group_id, args, mode.train)
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Result<relushare_model::Tensor, NnError> {

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use relushare_data::{fetch_from, load, normalization, DatasetName, FileAction, Split};
+use relushare_data::{
+    fetch_local, fetch_or_local, load, local_copies, normalization, DatasetName, FileAction, Split,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,6 +35,12 @@ pub struct FetchArgs {
     /// Base URL of a mirror holding the same files (the checksums are still the official ones).
     #[arg(long)]
     pub mirror: Option<String>,
+    /// Take the files from this local folder instead of downloading (verified by checksum;
+    /// Fashion-MNIST by the SHA-256 of its decompressed bytes, so repacked .gz files pass).
+    /// Without it, a failed Fashion-MNIST download falls back to Debian's
+    /// dataset-fashion-mnist folder when it is installed.
+    #[arg(long, conflicts_with = "mirror")]
+    pub from: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -85,8 +93,17 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn run_fetch(a: FetchArgs) -> Result<()> {
-    let report = fetch_from(a.dataset, &a.data_dir, a.mirror.as_deref(), !a.no_progress)
-        .with_context(|| {
+    let report = match &a.from {
+        Some(src) => fetch_local(a.dataset, &a.data_dir, src),
+        None => fetch_or_local(
+            a.dataset,
+            &a.data_dir,
+            a.mirror.as_deref(),
+            &local_copies(a.dataset),
+            !a.no_progress,
+        ),
+    }
+    .with_context(|| {
             format!(
                 "fetching {} into {} failed",
                 a.dataset,
@@ -110,8 +127,12 @@ fn run_fetch(a: FetchArgs) -> Result<()> {
             FileAction::AlreadyPresent => "verified (already present)",
             FileAction::Unpacked => "unpacked",
             FileAction::AlreadyUnpacked => "present (unpacked earlier)",
+            FileAction::Copied => "copied and verified",
         };
         println!("{what:<28} {:>12} bytes  {}", f.bytes, f.path.display());
+    }
+    if let Some(n) = &report.note {
+        println!("note: {n}");
     }
     println!(
         "{}: ready in {} ({:.1} MB downloaded now)",

@@ -71,6 +71,18 @@ pub struct Args {
     /// Print results.json to stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// Train every row with seeds 1..=N; tables then show the mean ± standard deviation.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: u64,
+    /// Also write the per-row summary over seeds (preset, accuracy mean/std, seeds, epochs,
+    /// comparisons, the paper's accuracy, the `relushare train` command of seed 1) into this
+    /// JSON file; its other top-level keys (e.g. `pytorch_reference`, `pareto`) are kept.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+    /// With --summary: also write that summary as a markdown page (a table per dataset) and its
+    /// per-epoch test-accuracy curves as `<page stem>-curves-<dataset>.png` beside it.
+    #[arg(long, requires = "summary")]
+    pub summary_doc: Option<PathBuf>,
     /// Beyond the paper: also search per-layer group sizes of the shared layers whose
     /// network-wide comparison count is at most N, train them and report the Pareto front.
     #[arg(long)]
@@ -109,6 +121,13 @@ struct TrainSettings {
     /// Hash of the distillation teacher, when the row was distilled.
     #[serde(default)]
     teacher_hash: Option<String>,
+    /// Training seed.
+    #[serde(default = "first_seed")]
+    seed: u64,
+}
+
+fn first_seed() -> u64 {
+    1
 }
 
 #[derive(Serialize, Deserialize)]
@@ -294,7 +313,8 @@ impl Ctx {
         Ok(&self.sets[dataset])
     }
 
-    fn model_path(&self, j: &Job) -> PathBuf {
+    /// Model file of a row; seeds after the first get a `-s<seed>` suffix.
+    fn model_path(&self, j: &Job, seed: u64) -> PathBuf {
         // search candidates carry a free-form spec: keep file names portable
         let preset: String = j
             .preset
@@ -307,9 +327,14 @@ impl Ctx {
                 }
             })
             .collect();
+        let seed = if seed == 1 {
+            String::new()
+        } else {
+            format!("-s{seed}")
+        };
         self.out
             .join("models")
-            .join(format!("{}-{preset}.safetensors", j.dataset))
+            .join(format!("{}-{preset}{seed}.safetensors", j.dataset))
     }
 
     fn maps_path(&self, dataset: &str, preset: &str) -> PathBuf {
@@ -512,10 +537,23 @@ pub fn run(a: Args) -> Result<()> {
         }
     );
 
-    for (i, j) in jobs.iter().enumerate() {
-        eprintln!("[{}/{}] {}/{}", i + 1, jobs.len(), j.dataset, j.preset);
-        let row = train_row(&mut ctx, j)?;
-        ctx.results.trained.push(row);
+    // every row's first seed before any row's second: a partial run already covers the table
+    let seeds = ctx.a.seeds;
+    for seed in 1..=seeds {
+        for (i, j) in jobs.iter().enumerate() {
+            let of = if seeds > 1 {
+                format!(" (seed {seed}/{seeds})")
+            } else {
+                String::new()
+            };
+            eprintln!("[{}/{}] {}/{}{of}", i + 1, jobs.len(), j.dataset, j.preset);
+            let row = train_row(&mut ctx, j, seed)?;
+            ctx.results.trained.push(row);
+            // the summary grows row by row, so a long run's partial results can be kept
+            if let Some(path) = &ctx.a.summary {
+                write_summary(&ctx, &paper, path)?;
+            }
+        }
     }
     for d in &datasets {
         if ctx.results.trained(d, "original").is_some() {
@@ -542,6 +580,10 @@ pub fn run(a: Args) -> Result<()> {
     let md = report::render_markdown(&ctx.results, &paper);
     relushare_model::io::write_atomic(&ctx.out.join("report.md"), md.as_bytes())?;
     write_json(&ctx.out.join("results.json"), &ctx.results)?;
+    if let Some(path) = &ctx.a.summary {
+        write_summary(&ctx, &paper, path)?;
+        eprintln!("summary over seeds: {}", path.display());
+    }
     if ctx.a.json {
         println!("{}", serde_json::to_string_pretty(&ctx.results)?);
     } else {
@@ -560,7 +602,172 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
+/// The `relushare train` command that trains row `j` with `seed` exactly as this run does.
+fn train_command(ctx: &Ctx, j: &Job, seed: u64) -> String {
+    let mut cmd = format!("relushare train --arch {}", j.dataset);
+    match j.preset.strip_prefix(report::SEARCH_PREFIX) {
+        Some(text) => cmd += &format!(" --spec \"{text}\""),
+        None => cmd += &format!(" --preset {}", j.preset),
+    }
+    if report::needs_clusters(&j.preset) {
+        cmd += &format!(
+            " --cluster-map {}",
+            ctx.maps_path(&j.dataset, &j.preset).display()
+        );
+    }
+    if ctx.quick {
+        cmd += " --dataset synthetic";
+    } else {
+        cmd += &format!(" --dataset {}", j.dataset);
+        if let Some(d) = &ctx.a.data_dir {
+            cmd += &format!(" --data-dir {}", d.display());
+        }
+    }
+    if let Some(n) = ctx.train_limit() {
+        cmd += &format!(" --limit {n}");
+    }
+    if let Some(n) = ctx.test_limit() {
+        cmd += &format!(" --test-limit {n}");
+    }
+    cmd += &format!(
+        " --epochs {} --batch-size {} --seed {seed}",
+        ctx.epochs(&j.dataset),
+        ctx.batch_size()
+    );
+    if ctx.quick {
+        cmd += " --augment none";
+    }
+    if let Some(lr) = ctx.a.lr {
+        cmd += &format!(" --lr {lr}");
+    }
+    if let Some(t) = &ctx.a.teacher {
+        if j.preset != "original" {
+            cmd += &format!(
+                " --teacher {} --distill-alpha {} --distill-temperature {}",
+                t.display(),
+                ctx.a.distill_alpha,
+                ctx.a.distill_temperature
+            );
+        }
+    }
+    cmd += &format!(" --out {}", ctx.model_path(j, seed).display());
+    cmd
+}
+
+/// Writes the per-row summary over seeds into `path`, keeping the file's other top-level keys.
+fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
+    let rows = report::summarize_seeds(&ctx.results, paper, &ctx.results.tables);
+    let mut doc = match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .with_context(|| format!("{} is not valid JSON; not overwriting it", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let Some(obj) = doc.as_object_mut() else {
+        bail!("{} holds no JSON object; not overwriting it", path.display());
+    };
+    let values: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let j = Job {
+                dataset: r.dataset.clone(),
+                preset: r.preset.clone(),
+            };
+            let mut v = serde_json::to_value(r).expect("plain data");
+            v["command"] = serde_json::Value::String(train_command(ctx, &j, r.seeds[0]));
+            v
+        })
+        .collect();
+    obj.insert("rows".into(), serde_json::Value::Array(values));
+    obj.insert("data_source".into(), ctx.results.data_source.clone().into());
+    obj.insert(
+        "reproduce_command".into(),
+        std::iter::once("relushare".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .into(),
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    relushare_model::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    if let Some(page) = &ctx.a.summary_doc {
+        write_summary_doc(ctx, &rows, path, page)?;
+    }
+    Ok(())
+}
+
+/// The summary as markdown, with one curves figure per dataset.
+fn write_summary_doc(
+    ctx: &Ctx,
+    rows: &[report::SeedSummary],
+    json: &Path,
+    page: &Path,
+) -> Result<()> {
+    let dir = page.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let stem = page
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "summary".into());
+    let mut md = format!(
+        "# Test accuracy over seeds\n\nWritten by `{}` (the rows so far; it is rewritten as rows finish). Data: {}. Numbers: {}.\n\n",
+        std::iter::once("relushare".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ctx.results.data_source,
+        json.display()
+    );
+    let mut datasets: Vec<&str> = Vec::new();
+    for r in rows {
+        if !datasets.contains(&r.dataset.as_str()) {
+            datasets.push(&r.dataset);
+        }
+    }
+    for d in datasets {
+        let ds: Vec<report::SeedSummary> = rows.iter().filter(|r| r.dataset == d).cloned().collect();
+        let first = &ds[0];
+        md += &format!(
+            "## {d}: {} training / {} test images\n\n{}\n",
+            first.train_images,
+            first.test_images,
+            report::render_seed_table(&ds)
+        );
+        let series: Vec<(String, Vec<(usize, f64)>)> = ctx
+            .results
+            .trained
+            .iter()
+            .filter(|t| t.dataset == d && !t.history.is_empty())
+            .map(|t| {
+                (
+                    t.preset.clone(),
+                    t.history
+                        .iter()
+                        .filter_map(|h| h.test_accuracy.map(|a| (h.epoch, a)))
+                        .collect(),
+                )
+            })
+            .collect();
+        let png = format!("{stem}-curves-{d}.png");
+        let png_path = dir.map(|x| x.join(&png)).unwrap_or_else(|| PathBuf::from(&png));
+        match plot::curves_figure(
+            &series,
+            &format!("{d}: test accuracy per epoch (each seed)"),
+            &png_path,
+        ) {
+            Ok(()) => md += &format!("![{d} curves]({png})\n\n"),
+            Err(e) => eprintln!("warning: curves of {d} not drawn: {e}"),
+        }
+    }
+    relushare_model::io::write_atomic(page, md.as_bytes())?;
+    Ok(())
+}
+
+fn train_row(ctx: &mut Ctx, j: &Job, seed: u64) -> Result<TrainedRow> {
     let arch = Ctx::arch(&j.dataset)?;
     let maps = if report::needs_clusters(&j.preset) {
         let p = ensure_maps(ctx, &j.dataset, &j.preset)?;
@@ -600,8 +807,9 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
             .unwrap_or(relushare_nn::OptimizerKind::Adam.default_lr()),
         maps_hash: maps.as_ref().map(|(_, h)| h.clone()),
         teacher_hash: teacher.as_ref().map(|(_, h)| h.clone()),
+        seed,
     };
-    let model_path = ctx.model_path(j);
+    let model_path = ctx.model_path(j, seed);
     let record_path = model_path.with_extension("json");
     if !ctx.a.force && model_path.exists() {
         if let Some(rec) = read_json::<TrainRecord>(&record_path) {
@@ -637,7 +845,7 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
     let ckpt = ctx
         .out
         .join("checkpoints")
-        .join(format!("{}-{}.ckpt", j.dataset, j.preset));
+        .join(model_path.with_extension("ckpt").file_name().expect("a file name"));
     let mut cfg = TrainConfig {
         epochs: settings.epochs,
         batch_size: settings.batch_size,
@@ -651,7 +859,9 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
                 _ => Augmentation::None,
             }
         },
-        eval_each_epoch: false,
+        // per-epoch test accuracy: the curves of the report
+        eval_each_epoch: true,
+        seed,
         checkpoint: Some(ckpt.clone()),
         resume: false,
         distill: teacher.map(|(t, _)| relushare_nn::Distill {
@@ -714,6 +924,17 @@ fn train_row(ctx: &mut Ctx, j: &Job) -> Result<TrainedRow> {
         total_relus: c.total_relus,
         model_path: model_path.display().to_string(),
         reused: false,
+        seed,
+        history: outcome
+            .history
+            .iter()
+            .map(|m| report::EpochPoint {
+                epoch: m.epoch,
+                train_loss: m.train_loss as f64,
+                train_accuracy: m.train_accuracy as f64 * 100.0,
+                test_accuracy: m.test_accuracy.map(|a| a as f64 * 100.0),
+            })
+            .collect(),
     };
     write_json(
         &record_path,
@@ -739,7 +960,7 @@ fn ensure_maps(ctx: &mut Ctx, dataset: &str, preset: &str) -> Result<PathBuf> {
         dataset: dataset.into(),
         preset: "original".into(),
     };
-    let orig_path = ctx.model_path(&orig);
+    let orig_path = ctx.model_path(&orig, 1);
     if ctx.results.trained(dataset, "original").is_none() {
         bail!("{dataset}/{preset} needs the trained original model first");
     }
@@ -906,10 +1127,13 @@ fn ensure_maps(ctx: &mut Ctx, dataset: &str, preset: &str) -> Result<PathBuf> {
 }
 
 fn total_variation(ctx: &mut Ctx, dataset: &str) -> Result<()> {
-    let path = ctx.model_path(&Job {
-        dataset: dataset.into(),
-        preset: "original".into(),
-    });
+    let path = ctx.model_path(
+        &Job {
+            dataset: dataset.into(),
+            preset: "original".into(),
+        },
+        1,
+    );
     let model = Model::load(&path)?;
     let n = if ctx.quick { 64 } else { 1000 };
     let (_, te) = ctx.sets(dataset)?;
@@ -947,7 +1171,7 @@ fn total_variation(ctx: &mut Ctx, dataset: &str) -> Result<()> {
 fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
     use relushare_mpc::fixed;
     use relushare_mpc::protocol::Protocol;
-    let model_path = ctx.model_path(j);
+    let model_path = ctx.model_path(j, 1);
     let model_hash = file_hash(&model_path)?;
     let record_path = ctx
         .out

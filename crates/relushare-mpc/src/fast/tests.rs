@@ -486,7 +486,16 @@ pub(super) mod e2e {
     /// that layer: exact for comparisons and selects, within one ulp after truncation), and
     /// the logits end to end within a small tolerance.
     fn check(arch: Arch, preset: &str, mode: CmpMode, batch: usize) {
-        let spec = presets::build(arch, preset).unwrap();
+        check_spec(arch, preset, None, mode, batch)
+    }
+
+    /// [`check`] on a preset with a free-form spec applied on top.
+    fn check_spec(arch: Arch, preset: &str, free: Option<&str>, mode: CmpMode, batch: usize) {
+        let mut spec = presets::build(arch, preset).unwrap();
+        if let Some(f) = free {
+            presets::apply_freeform(&mut spec, f).unwrap();
+        }
+        let preset = free.unwrap_or(preset);
         let model = Model::random(spec, None, 11).unwrap();
         let fm = FixedModel::from_model(&model, 13).unwrap();
         let cfg = config_for_model(&fm, &model).unwrap();
@@ -584,6 +593,15 @@ pub(super) mod e2e {
         }
         check(Arch::Fmnist, "original", CmpMode::Tree, 2);
         check(Arch::Fmnist, "uniform4", CmpMode::Tree, 1);
+    }
+
+    /// Groups spanning several channels (cross-channel sharing), with every decider and noise,
+    /// on both comparison modes.
+    #[test]
+    fn cross_channel_groups() {
+        check_spec(Arch::Fmnist, "original", Some("act1=patch2/c4,act2=patch3-merge/c2:onehot"), CmpMode::Tree, 2);
+        check_spec(Arch::Svhn, "original", Some("act1=patch4/c3:noise0.2"), CmpMode::Tree, 1);
+        check_spec(Arch::Fmnist, "original", Some("act1=patch2/c4,act2=patch7/c8"), CmpMode::Fss, 1);
     }
 
     #[test]
