@@ -502,3 +502,37 @@ pub fn run_session(
         batches: res,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relushare_model::{presets, Arch, Model};
+
+    /// The parties' skeleton holds no parameter, and a party's plan from it equals the plan
+    /// from the full model (nothing a party runs depends on the plaintext parameters).
+    #[test]
+    fn parties_get_the_skeleton_only() {
+        for (arch, preset) in [(Arch::Fmnist, "uniform32"), (Arch::Svhn, "fc-noise")] {
+            let m = Model::random(presets::build(arch, preset).unwrap(), None, 2).unwrap();
+            let mut fm = FixedModel::from_model(&m, 13).unwrap();
+            let fused = crate::fast::gate::fuse(&mut fm).unwrap();
+            assert_eq!(fused.is_empty(), preset == "fc-noise");
+            assert!(!fm.is_skeleton());
+            let sk = fm.skeleton();
+            assert!(sk.is_skeleton());
+            assert_eq!(sk.out_lens, fm.out_lens);
+            let gp = party_inputs(&fm, &[vec![vec![0; fm.input_len]]]).unwrap();
+            for p in &gp {
+                let a = build_plan(&fm, 2, &p.group_params);
+                let b = build_plan(&sk, 2, &p.group_params);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{arch} {preset}");
+            }
+            // A party thread refuses the full model.
+            let [t, ..] = MemTransport::trio();
+            let [inp, ..] = gp;
+            let f = crate::securenn::factory;
+            let e = run_party(Box::new(t), &fm, &f, inp, &[1], &RunOptions::default());
+            assert!(matches!(e, Err(MpcError::Param(_))));
+        }
+    }
+}

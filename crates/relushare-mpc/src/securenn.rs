@@ -589,7 +589,6 @@ impl Suite for SecureNn {
         }
         Ok(ring::add(&u, &t))
     }
-
 }
 
 impl Primitives for SecureNn {

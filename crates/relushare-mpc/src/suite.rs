@@ -349,7 +349,11 @@ pub trait Primitives: Suite {
 }
 
 /// The generic ReLU of a [`Primitives`] suite: `x * DReLU(x)` (drelu, then select).
-pub fn default_relu<S: Primitives + ?Sized>(this: &mut S, x: &Shared, len: usize) -> Result<Shared> {
+pub fn default_relu<S: Primitives + ?Sized>(
+    this: &mut S,
+    x: &Shared,
+    len: usize,
+) -> Result<Shared> {
     let d = this.drelu(x, len)?;
     let map: Vec<u32> = (0..len as u32).collect();
     this.select(x, &d, &map)

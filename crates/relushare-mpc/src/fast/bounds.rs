@@ -369,7 +369,9 @@ fn propagate(fm: &FixedModel, input_abs_max: f64, signs: bool) -> Result<Bounds>
                 let n = geom.c * plane;
                 nonneg = (0..geom.c)
                     .flat_map(|ch| {
-                        let all = nonneg[ch * plane_in..(ch + 1) * plane_in].iter().all(|&x| x);
+                        let all = nonneg[ch * plane_in..(ch + 1) * plane_in]
+                            .iter()
+                            .all(|&x| x);
                         std::iter::repeat_n(all, plane)
                     })
                     .collect();
@@ -514,7 +516,9 @@ mod tests {
             .filter(|(l, _)| {
                 matches!(
                     l,
-                    FixedLayer::Conv { .. } | FixedLayer::Linear { .. } | FixedLayer::AvgPool { .. }
+                    FixedLayer::Conv { .. }
+                        | FixedLayer::Linear { .. }
+                        | FixedLayer::AvgPool { .. }
                 )
             })
             .map(|(_, n)| n)
@@ -525,7 +529,9 @@ mod tests {
             .truncations
             .iter()
             .map(|t| {
-                assert!(t.bound < 2f64.powi(t.bits as i32) && t.bound >= 2f64.powi(t.bits as i32 - 1));
+                assert!(
+                    t.bound < 2f64.powi(t.bits as i32) && t.bound >= 2f64.powi(t.bits as i32 - 1)
+                );
                 t.elements as f64 * 2f64.powi(t.bits as i32 - 63)
             })
             .sum();
@@ -538,7 +544,11 @@ mod tests {
         let lim = input_bound(crate::fast::input_abs_max(&m.spec.normalization), 13);
         let first = (0..64)
             .map(|o| {
-                w[o * 27..(o + 1) * 27].iter().map(|&v| sv(v) * lim).sum::<f64>() + sv(bias[o])
+                w[o * 27..(o + 1) * 27]
+                    .iter()
+                    .map(|&v| sv(v) * lim)
+                    .sum::<f64>()
+                    + sv(bias[o])
             })
             .fold(0.0, f64::max);
         assert_eq!(b.truncations[0].bound, first);
@@ -555,7 +565,9 @@ mod tests {
             *v *= (1u32 << 20) as f32;
         }
         let fm = FixedModel::from_model(&m, 13).unwrap();
-        let e = crate::fast::config_for_model(&fm, &m).unwrap_err().to_string();
+        let e = crate::fast::config_for_model(&fm, &m)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fc2") && e.contains("--frac-bits"), "{e}");
         let g: u32 = e
             .rsplit("--frac-bits ")

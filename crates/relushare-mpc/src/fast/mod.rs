@@ -480,9 +480,10 @@ pub fn config_for_model(
     let lim = input_abs_max(&model.spec.normalization);
     bounds::comparison_bits(fm, lim).map_err(|e| {
         let f = fm.fp.frac_bits;
-        let fused = fm.layers.iter().any(
-            |l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()),
-        );
+        let fused = fm
+            .layers
+            .iter()
+            .any(|l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()));
         let meets = |g: u32| -> bool {
             let Ok(mut fg) = crate::plain::FixedModel::from_model(model, g) else {
                 return false;

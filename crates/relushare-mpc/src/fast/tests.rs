@@ -548,6 +548,12 @@ pub(super) mod e2e {
             "{arch} {preset}: {flips} of {members} members flipped"
         );
         let br = &res.batches[0];
+        // Output shares to the client: P0 and P1 each send the batch's logits.
+        assert_eq!(
+            br.report.client_bytes as usize,
+            2 * 8 * batch * fm.output_len,
+            "{arch} {preset}"
+        );
         let tr = br.trace.as_ref().unwrap();
         for (li, l) in fm.layers.iter().enumerate() {
             let per_in = if li == 0 {
@@ -622,9 +628,19 @@ pub(super) mod e2e {
     #[test]
     fn noisy_layers_with_a_fixed_noise_source() {
         for (arch, text, mode, batch) in [
-            (Arch::Fmnist, "act1=patch4:learned:noise0.3", CmpMode::Tree, 2),
+            (
+                Arch::Fmnist,
+                "act1=patch4:learned:noise0.3",
+                CmpMode::Tree,
+                2,
+            ),
             (Arch::Svhn, "act1=channel:fc:noise0.2", CmpMode::Fss, 1),
-            (Arch::Fmnist, "act1=patch3:onehot:noise0.5", CmpMode::Tree, 1),
+            (
+                Arch::Fmnist,
+                "act1=patch3:onehot:noise0.5",
+                CmpMode::Tree,
+                1,
+            ),
         ] {
             let mut spec = presets::build(arch, "original").unwrap();
             presets::apply_freeform(&mut spec, text).unwrap();

@@ -93,7 +93,13 @@ impl Splitter {
 type Build<'a> = dyn Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync + 'a;
 
 /// One run: prepare, offline and every op of the plan online; returns what each party received.
-fn run_once(mode: CmpMode, cfg: &FastConfig, ins: [PartyIn; 3], hooks: TestHooks, plant: bool) -> Views {
+fn run_once(
+    mode: CmpMode,
+    cfg: &FastConfig,
+    ins: [PartyIn; 3],
+    hooks: TestHooks,
+    plant: bool,
+) -> Views {
     let ts = MemTransport::trio();
     let logs: Vec<Log> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     std::thread::scope(|s| {
@@ -236,7 +242,12 @@ fn check(mode: CmpMode, cfg: &FastConfig, build: &Build<'_>, plant: bool) -> Wor
 }
 
 fn assert_private(what: &str, w: &Worst) {
-    assert!(w.z < Z_LIMIT, "{what}: view differs at {} (z = {:.1})", w.at, w.z);
+    assert!(
+        w.z < Z_LIMIT,
+        "{what}: view differs at {} (z = {:.1})",
+        w.at,
+        w.z
+    );
 }
 
 /// A ReLU layer of `n` elements on the constant secret `secrets[s]`.
@@ -334,8 +345,16 @@ fn shared_case(
     });
     move |s, sp| {
         let none: &[u64] = &[];
-        let vs = sp.split(if decider == DeciderKind::OneHot { none } else { &v });
-        let bs = sp.split(if decider == DeciderKind::Fc { &bias } else { none });
+        let vs = sp.split(if decider == DeciderKind::OneHot {
+            none
+        } else {
+            &v
+        });
+        let bs = sp.split(if decider == DeciderKind::Fc {
+            &bias
+        } else {
+            none
+        });
         let xs = sp.split(&inputs[s]);
         std::array::from_fn(|p| {
             let gp = GroupPlan {
@@ -386,7 +405,10 @@ fn network_case(
     arch: Arch,
     preset: &str,
     layers: Option<usize>,
-) -> (FastConfig, impl Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync) {
+) -> (
+    FastConfig,
+    impl Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync,
+) {
     let m = Model::random(presets::build(arch, preset).unwrap(), None, 3).unwrap();
     let mut fm = FixedModel::from_model(&m, 13).unwrap();
     crate::fast::gate::fuse(&mut fm).unwrap();
@@ -460,6 +482,3 @@ fn network_views_do_not_depend_on_the_secret() {
         assert_private(&format!("{arch} {preset} {mode:?}"), &w);
     }
 }
-
-
-

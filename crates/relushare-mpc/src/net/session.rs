@@ -618,7 +618,12 @@ fn run_inner(
         for img in imgs {
             enc.extend(fm.encode_input(img)?);
         }
-        crate::protocol::check_input(opts.protocol.parse()?, &normalization, fm.fp.frac_bits, &enc)?;
+        crate::protocol::check_input(
+            opts.protocol.parse()?,
+            &normalization,
+            fm.fp.frac_bits,
+            &enc,
+        )?;
         let r = prg.gen_u64s(enc.len());
         let s1 = crate::ring::sub(&enc, &r);
         let mut keep = Vec::new();
