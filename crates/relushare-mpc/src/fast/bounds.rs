@@ -55,7 +55,7 @@ pub fn bits_for_bound(b: f64) -> Result<u32> {
         )));
     }
     let k = (bitlen_bound(b) + 2).max(3);
-    let k = if k % 2 == 0 { k + 1 } else { k };
+    let k = if k.is_multiple_of(2) { k + 1 } else { k };
     if k > 63 {
         return Err(MpcError::Model(format!(
             "comparison inputs bounded by {b:.3e} (2^{:.1}) need a {k}-bit ring; at most 63 bits \

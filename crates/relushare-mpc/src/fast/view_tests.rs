@@ -208,8 +208,8 @@ fn compare(va: &[Views], vb: &[Views], parties: &[usize]) -> Worst {
                 }
             }
             // An empty message is compared by its length alone.
-            for o in 0..len.min(8) {
-                let z = chi_z(&h[0][o], &h[1][o]);
+            for (o, (ha, hb)) in h[0].iter().zip(&h[1]).enumerate().take(len.min(8)) {
+                let z = chi_z(ha, hb);
                 if z > w.z {
                     w.z = z;
                     w.at = format!("party {p} message {k} ({len} bytes) offset {o}");

@@ -501,7 +501,7 @@ fn networked_client_refuses_out_of_range_input() {
         workers.push(thread::spawn(move || {
             let t = h.join().unwrap().unwrap();
             let m = (role == 1).then_some(&model);
-            let i = (role == 0).then(|| ImageSource::Given(images));
+            let i = (role == 0).then_some(ImageSource::Given(images));
             session::run(t, m, i.as_ref(), &opts).map(|_| ())
         }));
     }
