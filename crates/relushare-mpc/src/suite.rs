@@ -203,8 +203,10 @@ pub struct Plan {
     pub ops: Vec<PlanOp>,
 }
 
-/// A protocol suite as run by one party. Implement the required methods; the provided ones
-/// compose them (override them to fuse steps or save rounds).
+/// A protocol suite as run by one party: one method per layer kind (the provided ones compose
+/// the required ones; override them to fuse steps or save rounds). A suite built from generic
+/// secure operations implements [`Primitives`] too and gets its ReLU layers from
+/// [`default_relu`] and [`default_shared_relu`].
 pub trait Suite: Send {
     /// Short name ("securenn", "fast", "fss").
     fn name(&self) -> &'static str;
