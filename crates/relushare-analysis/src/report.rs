@@ -302,8 +302,13 @@ pub struct SecureRow {
     pub online_seconds: f64,
     pub offline_seconds: f64,
     pub setup_seconds: f64,
-    /// Secure classes equal to the plaintext fixed-point network's.
+    /// Secure classes equal to the plaintext fixed-point network's (as the suite runs it: with
+    /// fused gates for the fast suites).
     pub agree_with_plaintext: usize,
+    /// Secure classes equal to the trained model's plaintext fixed-point network's, gates
+    /// unfused.
+    #[serde(default)]
+    pub agree_with_unfused: usize,
     pub layers: Vec<SecureLayer>,
     pub reused: bool,
 }
@@ -969,6 +974,7 @@ mod tests {
             offline_seconds: 0.5,
             setup_seconds: 0.1,
             agree_with_plaintext: 1,
+            agree_with_unfused: 1,
             layers: vec![],
             reused: false,
         });

@@ -182,12 +182,18 @@ impl Comm {
         self.client_bytes
     }
 
+    /// Take the bytes sent to the client so far, leaving zero.
+    pub fn take_client_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.client_bytes)
+    }
+
     /// This party's counters so far.
     pub fn costs(&self) -> &PartyCosts {
         &self.costs
     }
 
-    /// Take this party's counters, leaving them empty.
+    /// Take this party's counters, leaving them empty (the client bytes are reset too; take
+    /// them first with [`Comm::take_client_bytes`] to report them).
     pub fn take_costs(&mut self) -> PartyCosts {
         self.client_bytes = 0;
         std::mem::take(&mut self.costs)
@@ -254,6 +260,10 @@ pub struct LabelCost {
 pub struct CostReport {
     /// Per label, in first-seen order of `order` then any remaining labels alphabetically.
     pub layers: Vec<LabelCost>,
+    /// Bytes of output shares sent to the client (outside the three-party transport, so not in
+    /// any layer or total above); set by whoever knows them (the runner, a party).
+    #[serde(default)]
+    pub client_bytes: u64,
 }
 
 impl CostReport {
@@ -299,7 +309,10 @@ impl CostReport {
                 layers.push(lc);
             }
         }
-        CostReport { layers }
+        CostReport {
+            layers,
+            client_bytes: 0,
+        }
     }
 
     /// Total online bytes.
@@ -331,6 +344,7 @@ impl CostReport {
                 .filter(|l| !labels.contains(&l.label.as_str()))
                 .cloned()
                 .collect(),
+            client_bytes: self.client_bytes,
         }
     }
 }

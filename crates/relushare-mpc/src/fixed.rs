@@ -12,9 +12,9 @@
 //! divisions). If the signed secret satisfies `|x| < 2^e`, then with probability at least
 //! `1 - 2^(e + 1 - 64)` the reconstructed result is `floor(x / 2^f)` or `floor(x / 2^f) + 1`,
 //! i.e. it differs from [`trunc_plain`] by at most one unit in the last place (2^-f). With the
-//! remaining probability (the shares wrapped around 2^64) the result is garbage. For activations
-//! below 2^10 in magnitude, products carry at most 10 + 2f = 36 integer+fraction bits, so the
-//! failure probability per truncated element is below 2^-27.
+//! remaining probability (the shares wrapped around 2^64) the result is garbage. Nothing here
+//! checks `e`: the fast suites prove a bound on every truncated value from the model and refuse
+//! a model whose per-inference failure bound is too large ([`crate::fast::bounds`]).
 //!
 //! # Average pooling
 //! `avgpool_k(x) = trunc( (sum of the k*k window) * c_k , f)` with the public constant

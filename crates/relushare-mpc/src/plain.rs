@@ -321,6 +321,77 @@ impl FixedModel {
         })
     }
 
+    /// The model's public structure: every secret parameter (weights, biases, deciders `v`,
+    /// decider biases, fused gates' `U` and `beta`) emptied, everything else kept. This is
+    /// what a party other than the model owner may know; the runner's party threads get only
+    /// this (as networked parties rebuild it from the owner's structure message).
+    pub fn skeleton(&self) -> FixedModel {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                FixedLayer::Conv { name, geom, .. } => FixedLayer::Conv {
+                    name: name.clone(),
+                    geom: *geom,
+                    w: Vec::new(),
+                    b: Vec::new(),
+                },
+                FixedLayer::Linear { name, geom, .. } => FixedLayer::Linear {
+                    name: name.clone(),
+                    geom: *geom,
+                    w: Vec::new(),
+                    b: Vec::new(),
+                },
+                FixedLayer::Shared { name, s } => FixedLayer::Shared {
+                    name: name.clone(),
+                    s: Box::new(FixedShared {
+                        len: s.len,
+                        group_of: s.group_of.clone(),
+                        num_groups: s.num_groups,
+                        leaders: s.leaders.clone(),
+                        decider: s.decider,
+                        v: Vec::new(),
+                        bias: Vec::new(),
+                        noise: s.noise,
+                        fused: s.fused.as_ref().map(|fg| {
+                            Box::new(FusedGate {
+                                mode: fg.mode,
+                                u: Vec::new(),
+                                beta: Vec::new(),
+                                in_len: fg.in_len,
+                            })
+                        }),
+                    }),
+                },
+                other => other.clone(),
+            })
+            .collect();
+        FixedModel {
+            fp: self.fp,
+            input_len: self.input_len,
+            output_len: self.output_len,
+            layers,
+            out_lens: self.out_lens.clone(),
+        }
+    }
+
+    /// Does this model hold no secret parameter (see [`FixedModel::skeleton`])?
+    pub fn is_skeleton(&self) -> bool {
+        self.layers.iter().all(|l| match l {
+            FixedLayer::Conv { w, b, .. } | FixedLayer::Linear { w, b, .. } => {
+                w.is_empty() && b.is_empty()
+            }
+            FixedLayer::Shared { s, .. } => {
+                s.v.is_empty()
+                    && s.bias.is_empty()
+                    && s.fused
+                        .as_ref()
+                        .is_none_or(|fg| fg.u.is_empty() && fg.beta.is_empty())
+            }
+            _ => true,
+        })
+    }
+
     /// Encode a normalized image (f bits).
     pub fn encode_input(&self, image: &[f32]) -> Result<Vec<u64>> {
         if image.len() != self.input_len {

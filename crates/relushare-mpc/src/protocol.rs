@@ -85,3 +85,22 @@ pub fn factory_for(
         }
     })
 }
+
+/// Refuses an encoded (normalized, `frac_bits`) input outside the range `protocol` was proven
+/// for. The fast suites' comparison rings and truncation bounds ([`crate::fast::bounds`]) are
+/// derived for normalized values of magnitude at most [`crate::fast::input_abs_max`] of the
+/// model's normalization (pixels in `[0, 1]`): a larger value is refused with an error naming
+/// it, never clamped or run. SecureNN has no per-model range (its DReLU is exact below 2^62).
+pub fn check_input(
+    protocol: Protocol,
+    norm: &relushare_model::Normalization,
+    frac_bits: u32,
+    x: &[u64],
+) -> Result<()> {
+    match protocol {
+        Protocol::Securenn => Ok(()),
+        Protocol::Fast | Protocol::Fss => {
+            crate::fast::bounds::check_input(x, crate::fast::input_abs_max(norm), frac_bits)
+        }
+    }
+}

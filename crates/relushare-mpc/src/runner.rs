@@ -4,7 +4,9 @@
 //! The client (image owner) and the model owner are simulated by the runner: it splits the
 //! encoded image and weights into two additive shares with an OS-seeded PRG and hands them to P0
 //! and P1 (P2 gets nothing); at the end P0 and P1 send their output shares to the client, which
-//! adds them. Sequence per session: suite construction (label "setup"), [`Suite::prepare`]
+//! adds them (their bytes are reported as [`CostReport::client_bytes`]). The three party
+//! threads receive only the model's public structure ([`FixedModel::skeleton`]) besides their
+//! shares, never the plaintext parameters, as in the networked path. Sequence per session: suite construction (label "setup"), [`Suite::prepare`]
 //! (label "model-setup", offline), then for every batch: [`Suite::offline`] (phase offline) and
 //! the layers online, each under its layer name. Setup costs are reported once per session; the
 //! batch reports hold only offline + online costs of that batch.
@@ -268,6 +270,7 @@ struct PartyOutput {
 
 struct PartyBatch {
     costs: crate::cost::PartyCosts,
+    client_bytes: u64,
     layer_seconds: Vec<f64>,
     offline_seconds: f64,
     online_seconds: f64,
@@ -275,6 +278,8 @@ struct PartyBatch {
     trace: Vec<Shared>,
 }
 
+/// One party's thread. `fm` is the model's [`FixedModel::skeleton`]: a party never sees the
+/// plaintext parameters, only its shares in `input`.
 fn run_party(
     t: Box<dyn Transport>,
     fm: &FixedModel,
@@ -283,6 +288,11 @@ fn run_party(
     batch_sizes: &[usize],
     opts: &RunOptions,
 ) -> Result<PartyOutput> {
+    if !fm.is_skeleton() {
+        return Err(MpcError::Param(
+            "internal: a party was handed the model's parameters".into(),
+        ));
+    }
     let t0 = Instant::now();
     let mut comm = Comm::new(t);
     comm.set_label("setup");
@@ -342,8 +352,10 @@ fn run_party(
         suite.comm().set_label("output");
         let output = suite.reveal_to_client(&x)?;
         let online_seconds = t2.elapsed().as_secs_f64();
+        let client_bytes = suite.comm().take_client_bytes();
         batches.push(PartyBatch {
             costs: suite.comm().take_costs(),
+            client_bytes,
             layer_seconds,
             offline_seconds,
             online_seconds,
@@ -370,7 +382,10 @@ pub fn run_session(
         return Err(MpcError::Param("empty batch".into()));
     }
     let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+    // The simulated model owner and client share the parameters and images; the three
+    // parties get only the model's structure (least privilege, as in the networked path).
     let inputs = party_inputs(fm, batches)?;
+    let skeleton = fm.skeleton();
     let transports = MemTransport::trio_with_timeout(opts.timeout);
     let results: Vec<Result<PartyOutput>> = std::thread::scope(|s| {
         let handles: Vec<_> = transports
@@ -378,7 +393,8 @@ pub fn run_session(
             .zip(inputs)
             .map(|(t, inp)| {
                 let sizes = &sizes;
-                s.spawn(move || run_party(Box::new(t), fm, factory, inp, sizes, opts))
+                let skeleton = &skeleton;
+                s.spawn(move || run_party(Box::new(t), skeleton, factory, inp, sizes, opts))
             })
             .collect();
         handles
@@ -431,6 +447,7 @@ pub fn run_session(
         let pb: Vec<&PartyBatch> = outs.iter().map(|o| &o.batches[bi]).collect();
         let costs: Vec<_> = pb.iter().map(|b| b.costs.clone()).collect();
         let mut report = CostReport::from_parties(&costs, &order);
+        report.client_bytes = pb.iter().map(|b| b.client_bytes).sum();
         report
             .layers
             .retain(|l| l.label != "output" || l.online_bytes + l.offline_bytes > 0);
@@ -484,4 +501,38 @@ pub fn run_session(
         setup_seconds,
         batches: res,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relushare_model::{presets, Arch, Model};
+
+    /// The parties' skeleton holds no parameter, and a party's plan from it equals the plan
+    /// from the full model (nothing a party runs depends on the plaintext parameters).
+    #[test]
+    fn parties_get_the_skeleton_only() {
+        for (arch, preset) in [(Arch::Fmnist, "uniform32"), (Arch::Svhn, "fc-noise")] {
+            let m = Model::random(presets::build(arch, preset).unwrap(), None, 2).unwrap();
+            let mut fm = FixedModel::from_model(&m, 13).unwrap();
+            let fused = crate::fast::gate::fuse(&mut fm).unwrap();
+            assert_eq!(fused.is_empty(), preset == "fc-noise");
+            assert!(!fm.is_skeleton());
+            let sk = fm.skeleton();
+            assert!(sk.is_skeleton());
+            assert_eq!(sk.out_lens, fm.out_lens);
+            let gp = party_inputs(&fm, &[vec![vec![0; fm.input_len]]]).unwrap();
+            for p in &gp {
+                let a = build_plan(&fm, 2, &p.group_params);
+                let b = build_plan(&sk, 2, &p.group_params);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{arch} {preset}");
+            }
+            // A party thread refuses the full model.
+            let [t, ..] = MemTransport::trio();
+            let [inp, ..] = gp;
+            let f = crate::securenn::factory;
+            let e = run_party(Box::new(t), &fm, &f, inp, &[1], &RunOptions::default());
+            assert!(matches!(e, Err(MpcError::Param(_))));
+        }
+    }
 }

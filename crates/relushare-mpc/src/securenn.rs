@@ -27,7 +27,7 @@ use crate::fixed::FixedPoint;
 use crate::kernels::{self, ConvGeom};
 use crate::prg::{PartyPrgs, Prg};
 use crate::ring::{self, Zp};
-use crate::suite::{DeciderKind, GroupPlan, LinearGeom, Shared, Suite, WeightShare};
+use crate::suite::{DeciderKind, GroupPlan, LinearGeom, Primitives, Shared, Suite, WeightShare};
 use rayon::prelude::*;
 
 /// The prime of PrivateCompare.
@@ -420,6 +420,178 @@ impl Suite for SecureNn {
         Ok(z)
     }
 
+    fn relu(&mut self, x: &Shared, len: usize) -> Result<Shared> {
+        crate::suite::default_relu(self, x, len)
+    }
+
+    /// ReLU sharing. Without noise: the generic layer ([`crate::suite::default_shared_relu`]:
+    /// dot product Mul, DReLU per group, SelectShare). With noise the flips are fused: in the
+    /// dot product's two rounds P2 also deals the secret Bernoulli bits `nb` and P0/P1 compute
+    /// `u = x * nb` next to `x * v` (one opening of `x - a` serves both products); after the
+    /// DReLU, `y = u + (x - 2u) * d_g` (one SelectShare), which equals `x * (d_g XOR nb)`.
+    /// Rounds: 2 + 8 + 2, like the noise-free layer with a dot product.
+    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
+        if plan.fused.is_some() {
+            return Err(MpcError::Param(
+                "securenn runs the unfused model; fused gates are for the fast suites".into(),
+            ));
+        }
+        if plan.noise <= 0.0 {
+            return crate::suite::default_shared_relu(self, x, n, plan);
+        }
+        if !(0.0..=1.0).contains(&plan.noise) {
+            return Err(MpcError::Param(format!(
+                "noise probability {} not in [0, 1]",
+                plan.noise
+            )));
+        }
+        let me = self.me;
+        let total = n * plan.len;
+        let groups = n * plan.num_groups;
+        let dot = plan.decider != DeciderKind::OneHot;
+        if me != 2 {
+            ring::check_len("shared ReLU input", x, total)?;
+            if dot {
+                ring::check_len("decider v", &plan.v, plan.len)?;
+            }
+        }
+        // R1: P2 deals triples (a, bv, a*bv) and (a, bn, a*bn) sharing the mask a of x, and nb.
+        let (a, bv, cv, bn, cn, nb) = match me {
+            2 => {
+                let p0 = self.prg(0)?;
+                let a0 = p0.gen_u64s(total);
+                let (bv0, cv0) = if dot {
+                    (p0.gen_u64s(total), p0.gen_u64s(total))
+                } else {
+                    (vec![], vec![])
+                };
+                let (bn0, cn0) = (p0.gen_u64s(total), p0.gen_u64s(total));
+                let nb0 = p0.gen_u64s(total);
+                let p1 = self.prg(1)?;
+                let a1 = p1.gen_u64s(total);
+                let bv1 = if dot { p1.gen_u64s(total) } else { vec![] };
+                let bn1 = p1.gen_u64s(total);
+                let bits = self.prgs.own.bernoulli(total, plan.noise as f64);
+                let a = ring::add(&a0, &a1);
+                let mut msg = Vec::with_capacity(3 * total);
+                if dot {
+                    let bv = ring::add(&bv0, &bv1);
+                    msg.extend((0..total).map(|i| a[i].wrapping_mul(bv[i]).wrapping_sub(cv0[i])));
+                }
+                let bn = ring::add(&bn0, &bn1);
+                msg.extend((0..total).map(|i| a[i].wrapping_mul(bn[i]).wrapping_sub(cn0[i])));
+                msg.extend((0..total).map(|i| (bits[i] as u64).wrapping_sub(nb0[i])));
+                self.comm.send_u64(1, &msg)?;
+                Default::default()
+            }
+            0 => {
+                let p = self.prg(2)?;
+                let a = p.gen_u64s(total);
+                let (bv, cv) = if dot {
+                    (p.gen_u64s(total), p.gen_u64s(total))
+                } else {
+                    (vec![], vec![])
+                };
+                let (bn, cn) = (p.gen_u64s(total), p.gen_u64s(total));
+                let nb = p.gen_u64s(total);
+                (a, bv, cv, bn, cn, nb)
+            }
+            _ => {
+                let p = self.prg(2)?;
+                let a = p.gen_u64s(total);
+                let bv = if dot { p.gen_u64s(total) } else { vec![] };
+                let bn = p.gen_u64s(total);
+                let k = if dot { 3 } else { 2 };
+                let msg = self.comm.recv_u64(2, k * total)?;
+                let (cv, rest) = if dot {
+                    msg.split_at(total)
+                } else {
+                    msg.split_at(0)
+                };
+                let (cn, nb) = rest.split_at(total);
+                (a, bv, cv.to_vec(), bn, cn.to_vec(), nb.to_vec())
+            }
+        };
+        // R2: open e = x - a, fv = v - bv, fn = nb - bn.
+        let (prod_v, u) = if me == 2 {
+            (Vec::new(), Vec::new())
+        } else {
+            let mut msg = Vec::with_capacity(3 * total);
+            msg.extend(x.iter().zip(&a).map(|(x, a)| x.wrapping_sub(*a)));
+            if dot {
+                for img in 0..n {
+                    let bvi = &bv[img * plan.len..(img + 1) * plan.len];
+                    msg.extend(plan.v.iter().zip(bvi).map(|(v, b)| v.wrapping_sub(*b)));
+                }
+            }
+            msg.extend(nb.iter().zip(&bn).map(|(v, b)| v.wrapping_sub(*b)));
+            let other = self.comm.exchange_u64(1 - me, &msg)?;
+            ring::add_assign(&mut msg, &other);
+            let e = &msg[..total];
+            let j0 = me == 0;
+            let prod = |f: &[u64], b: &[u64], c: &[u64]| -> Vec<u64> {
+                (0..total)
+                    .map(|i| {
+                        let mut z = e[i]
+                            .wrapping_mul(b[i])
+                            .wrapping_add(a[i].wrapping_mul(f[i]))
+                            .wrapping_add(c[i]);
+                        if j0 {
+                            z = z.wrapping_add(e[i].wrapping_mul(f[i]));
+                        }
+                        z
+                    })
+                    .collect()
+            };
+            let (pv, fnb) = if dot {
+                (prod(&msg[total..2 * total], &bv, &cv), &msg[2 * total..])
+            } else {
+                (Vec::new(), &msg[total..])
+            };
+            (pv, prod(fnb, &bn, &cn))
+        };
+        // group values
+        let z: Shared = if me == 2 {
+            Vec::new()
+        } else if dot {
+            let mut z = vec![0u64; groups];
+            for img in 0..n {
+                let zi = &mut z[img * plan.num_groups..(img + 1) * plan.num_groups];
+                for (i, &g) in plan.group_of.iter().enumerate() {
+                    zi[g as usize] = zi[g as usize].wrapping_add(prod_v[img * plan.len + i]);
+                }
+                if plan.decider == DeciderKind::Fc {
+                    ring::add_assign(zi, &plan.bias);
+                }
+            }
+            z
+        } else {
+            let mut z = Vec::with_capacity(groups);
+            for img in 0..n {
+                z.extend(plan.leaders.iter().map(|&l| x[img * plan.len + l as usize]));
+            }
+            z
+        };
+        let d = self.drelu(&z, groups)?;
+        // y = u + (x - 2u) * d_g
+        let w: Shared = if me == 2 {
+            Vec::new()
+        } else {
+            x.iter()
+                .zip(&u)
+                .map(|(x, u)| x.wrapping_sub(u.wrapping_mul(2)))
+                .collect()
+        };
+        let map = plan.batch_map(n);
+        let t = self.select(&w, &d, &map)?;
+        if me == 2 {
+            return Ok(Vec::new());
+        }
+        Ok(ring::add(&u, &t))
+    }
+}
+
+impl Primitives for SecureNn {
     fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared> {
         if self.me != 2 {
             ring::check_len("mul operand", a, len)?;
@@ -592,172 +764,6 @@ impl Suite for SecureNn {
                 j0.wrapping_sub(msb)
             })
             .collect())
-    }
-
-    /// ReLU sharing. Without noise: the generic layer ([`crate::suite::default_shared_relu`]:
-    /// dot product Mul, DReLU per group, SelectShare). With noise the flips are fused: in the
-    /// dot product's two rounds P2 also deals the secret Bernoulli bits `nb` and P0/P1 compute
-    /// `u = x * nb` next to `x * v` (one opening of `x - a` serves both products); after the
-    /// DReLU, `y = u + (x - 2u) * d_g` (one SelectShare), which equals `x * (d_g XOR nb)`.
-    /// Rounds: 2 + 8 + 2, like the noise-free layer with a dot product.
-    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
-        if plan.fused.is_some() {
-            return Err(MpcError::Param(
-                "securenn runs the unfused model; fused gates are for the fast suites".into(),
-            ));
-        }
-        if plan.noise <= 0.0 {
-            return crate::suite::default_shared_relu(self, x, n, plan);
-        }
-        if !(0.0..=1.0).contains(&plan.noise) {
-            return Err(MpcError::Param(format!(
-                "noise probability {} not in [0, 1]",
-                plan.noise
-            )));
-        }
-        let me = self.me;
-        let total = n * plan.len;
-        let groups = n * plan.num_groups;
-        let dot = plan.decider != DeciderKind::OneHot;
-        if me != 2 {
-            ring::check_len("shared ReLU input", x, total)?;
-            if dot {
-                ring::check_len("decider v", &plan.v, plan.len)?;
-            }
-        }
-        // R1: P2 deals triples (a, bv, a*bv) and (a, bn, a*bn) sharing the mask a of x, and nb.
-        let (a, bv, cv, bn, cn, nb) = match me {
-            2 => {
-                let p0 = self.prg(0)?;
-                let a0 = p0.gen_u64s(total);
-                let (bv0, cv0) = if dot {
-                    (p0.gen_u64s(total), p0.gen_u64s(total))
-                } else {
-                    (vec![], vec![])
-                };
-                let (bn0, cn0) = (p0.gen_u64s(total), p0.gen_u64s(total));
-                let nb0 = p0.gen_u64s(total);
-                let p1 = self.prg(1)?;
-                let a1 = p1.gen_u64s(total);
-                let bv1 = if dot { p1.gen_u64s(total) } else { vec![] };
-                let bn1 = p1.gen_u64s(total);
-                let bits = self.prgs.own.bernoulli(total, plan.noise as f64);
-                let a = ring::add(&a0, &a1);
-                let mut msg = Vec::with_capacity(3 * total);
-                if dot {
-                    let bv = ring::add(&bv0, &bv1);
-                    msg.extend((0..total).map(|i| a[i].wrapping_mul(bv[i]).wrapping_sub(cv0[i])));
-                }
-                let bn = ring::add(&bn0, &bn1);
-                msg.extend((0..total).map(|i| a[i].wrapping_mul(bn[i]).wrapping_sub(cn0[i])));
-                msg.extend((0..total).map(|i| (bits[i] as u64).wrapping_sub(nb0[i])));
-                self.comm.send_u64(1, &msg)?;
-                Default::default()
-            }
-            0 => {
-                let p = self.prg(2)?;
-                let a = p.gen_u64s(total);
-                let (bv, cv) = if dot {
-                    (p.gen_u64s(total), p.gen_u64s(total))
-                } else {
-                    (vec![], vec![])
-                };
-                let (bn, cn) = (p.gen_u64s(total), p.gen_u64s(total));
-                let nb = p.gen_u64s(total);
-                (a, bv, cv, bn, cn, nb)
-            }
-            _ => {
-                let p = self.prg(2)?;
-                let a = p.gen_u64s(total);
-                let bv = if dot { p.gen_u64s(total) } else { vec![] };
-                let bn = p.gen_u64s(total);
-                let k = if dot { 3 } else { 2 };
-                let msg = self.comm.recv_u64(2, k * total)?;
-                let (cv, rest) = if dot {
-                    msg.split_at(total)
-                } else {
-                    msg.split_at(0)
-                };
-                let (cn, nb) = rest.split_at(total);
-                (a, bv, cv.to_vec(), bn, cn.to_vec(), nb.to_vec())
-            }
-        };
-        // R2: open e = x - a, fv = v - bv, fn = nb - bn.
-        let (prod_v, u) = if me == 2 {
-            (Vec::new(), Vec::new())
-        } else {
-            let mut msg = Vec::with_capacity(3 * total);
-            msg.extend(x.iter().zip(&a).map(|(x, a)| x.wrapping_sub(*a)));
-            if dot {
-                for img in 0..n {
-                    let bvi = &bv[img * plan.len..(img + 1) * plan.len];
-                    msg.extend(plan.v.iter().zip(bvi).map(|(v, b)| v.wrapping_sub(*b)));
-                }
-            }
-            msg.extend(nb.iter().zip(&bn).map(|(v, b)| v.wrapping_sub(*b)));
-            let other = self.comm.exchange_u64(1 - me, &msg)?;
-            ring::add_assign(&mut msg, &other);
-            let e = &msg[..total];
-            let j0 = me == 0;
-            let prod = |f: &[u64], b: &[u64], c: &[u64]| -> Vec<u64> {
-                (0..total)
-                    .map(|i| {
-                        let mut z = e[i]
-                            .wrapping_mul(b[i])
-                            .wrapping_add(a[i].wrapping_mul(f[i]))
-                            .wrapping_add(c[i]);
-                        if j0 {
-                            z = z.wrapping_add(e[i].wrapping_mul(f[i]));
-                        }
-                        z
-                    })
-                    .collect()
-            };
-            let (pv, fnb) = if dot {
-                (prod(&msg[total..2 * total], &bv, &cv), &msg[2 * total..])
-            } else {
-                (Vec::new(), &msg[total..])
-            };
-            (pv, prod(fnb, &bn, &cn))
-        };
-        // group values
-        let z: Shared = if me == 2 {
-            Vec::new()
-        } else if dot {
-            let mut z = vec![0u64; groups];
-            for img in 0..n {
-                let zi = &mut z[img * plan.num_groups..(img + 1) * plan.num_groups];
-                for (i, &g) in plan.group_of.iter().enumerate() {
-                    zi[g as usize] = zi[g as usize].wrapping_add(prod_v[img * plan.len + i]);
-                }
-                if plan.decider == DeciderKind::Fc {
-                    ring::add_assign(zi, &plan.bias);
-                }
-            }
-            z
-        } else {
-            let mut z = Vec::with_capacity(groups);
-            for img in 0..n {
-                z.extend(plan.leaders.iter().map(|&l| x[img * plan.len + l as usize]));
-            }
-            z
-        };
-        let d = self.drelu(&z, groups)?;
-        // y = u + (x - 2u) * d_g
-        let w: Shared = if me == 2 {
-            Vec::new()
-        } else {
-            x.iter()
-                .zip(&u)
-                .map(|(x, u)| x.wrapping_sub(u.wrapping_mul(2)))
-                .collect()
-        };
-        let map = plan.batch_map(n);
-        let t = self.select(&w, &d, &map)?;
-        if me == 2 {
-            return Ok(Vec::new());
-        }
-        Ok(ring::add(&u, &t))
     }
 
     fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared> {

@@ -203,8 +203,10 @@ pub struct Plan {
     pub ops: Vec<PlanOp>,
 }
 
-/// A protocol suite as run by one party. Implement the required methods; the provided ones
-/// compose them (override them to fuse steps or save rounds).
+/// A protocol suite as run by one party: one method per layer kind (the provided ones compose
+/// the required ones; override them to fuse steps or save rounds). A suite built from generic
+/// secure operations implements [`Primitives`] too and gets its ReLU layers from
+/// [`default_relu`] and [`default_shared_relu`].
 pub trait Suite: Send {
     /// Short name ("securenn", "fast", "fss").
     fn name(&self) -> &'static str;
@@ -244,27 +246,6 @@ pub trait Suite: Send {
     /// Fully connected layer: shares of `trunc_f(x * w^T + bias)` for `x[n, in]`, `w[out, in]`.
     fn linear(&mut self, x: &Shared, w: &WeightShare, g: &LinearGeom) -> Result<Shared>;
 
-    /// Elementwise product of two shared vectors of equal length (no truncation).
-    fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared>;
-
-    /// Shares of the bit `[x_i >= 0]` (x signed, two's complement), one per element of `len`.
-    fn drelu(&mut self, x: &Shared, len: usize) -> Result<Shared>;
-
-    /// Shares of `x_i * b_{map[i]}` where `b` holds shared bits (SelectShare / member times its
-    /// group's decision); `map.len()` = length of `x`.
-    fn select(&mut self, x: &Shared, b: &Shared, map: &[u32]) -> Result<Shared> {
-        let me = self.party();
-        let bb: Shared = if me == 2 {
-            Vec::new()
-        } else {
-            map.iter().map(|&g| b[g as usize]).collect()
-        };
-        self.mul_elem(x, &bb, map.len())
-    }
-
-    /// P2 (the dealer) samples `len` secret Bernoulli(`p`) bits and P0/P1 get shares of them.
-    fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared>;
-
     /// Truncate shares by `bits` (default: SecureNN local truncation, no communication).
     fn truncate(&mut self, x: &mut Shared, bits: u32) -> Result<()> {
         let me = self.party();
@@ -279,12 +260,9 @@ pub trait Suite: Send {
         default_avg_pool(self, x, g)
     }
 
-    /// ReLU on `len` elements: `x * DReLU(x)` (default: drelu then select).
-    fn relu(&mut self, x: &Shared, len: usize) -> Result<Shared> {
-        let d = self.drelu(x, len)?;
-        let map: Vec<u32> = (0..len as u32).collect();
-        self.select(x, &d, &map)
-    }
+    /// ReLU on `len` elements: shares of `max(x_i, 0)` (for a suite built from [`Primitives`]:
+    /// [`default_relu`]).
+    fn relu(&mut self, x: &Shared, len: usize) -> Result<Shared>;
 
     /// Partial ReLU on a batch of `[c, plane]` images: ReLU on channels `[0, relu_channels)`,
     /// identity elsewhere (default: gather, relu, scatter).
@@ -324,10 +302,9 @@ pub trait Suite: Send {
 
     /// ReLU sharing on a batch of `n` images: group values `z_g` (dot product / leader), one
     /// DReLU per group, optional noise flips (`keep_i = keep_g XOR Ber(p)`, the dealer's secret
-    /// bits), then `y_i = x_i * keep_i`.
-    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
-        default_shared_relu(self, x, n, plan)
-    }
+    /// bits), then `y_i = x_i * keep_i` (for a suite built from [`Primitives`]:
+    /// [`default_shared_relu`]).
+    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared>;
 
     /// The shares P0/P1 send to the client at the end (P2 returns None). Local; the runner
     /// reconstructs and records the bytes as client bytes.
@@ -344,6 +321,44 @@ pub trait Suite: Send {
     fn set_phase(&mut self, p: Phase) {
         self.comm().set_phase(p);
     }
+}
+
+/// The generic secure operations a suite may be built from (SecureNN is): the generic ReLU
+/// ([`default_relu`]) and ReLU-sharing layer ([`default_shared_relu`]) are composed from them.
+/// Suites with their own fused layers (`fast`, `fss`) implement [`Suite::relu`] and
+/// [`Suite::shared_relu`] directly and do not provide these.
+pub trait Primitives: Suite {
+    /// Elementwise product of two shared vectors of equal length (no truncation).
+    fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared>;
+
+    /// Shares of the bit `[x_i >= 0]` (x signed, two's complement), one per element of `len`.
+    fn drelu(&mut self, x: &Shared, len: usize) -> Result<Shared>;
+
+    /// Shares of `x_i * b_{map[i]}` where `b` holds shared bits (SelectShare / member times its
+    /// group's decision); `map.len()` = length of `x`.
+    fn select(&mut self, x: &Shared, b: &Shared, map: &[u32]) -> Result<Shared> {
+        let me = self.party();
+        let bb: Shared = if me == 2 {
+            Vec::new()
+        } else {
+            map.iter().map(|&g| b[g as usize]).collect()
+        };
+        self.mul_elem(x, &bb, map.len())
+    }
+
+    /// P2 (the dealer) samples `len` secret Bernoulli(`p`) bits and P0/P1 get shares of them.
+    fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared>;
+}
+
+/// The generic ReLU of a [`Primitives`] suite: `x * DReLU(x)` (drelu, then select).
+pub fn default_relu<S: Primitives + ?Sized>(
+    this: &mut S,
+    x: &Shared,
+    len: usize,
+) -> Result<Shared> {
+    let d = this.drelu(x, len)?;
+    let map: Vec<u32> = (0..len as u32).collect();
+    this.select(x, &d, &map)
 }
 
 /// The average pooling of [`Suite::avg_pool`]: local window sums, the public constant, then
@@ -367,12 +382,13 @@ pub fn default_avg_pool<S: Suite + ?Sized>(
     Ok(s)
 }
 
-/// The generic ReLU-sharing layer of [`Suite::shared_relu`], built from the suite's primitives
-/// (a suite that overrides `shared_relu` can still call this for the cases it does not fuse):
+/// The generic ReLU-sharing layer of [`Suite::shared_relu`], built from a suite's
+/// [`Primitives`] (a suite with its own `shared_relu` can still call this for the cases it does
+/// not fuse):
 /// group values (`mul_elem` with `v` then local group sums, or the leaders), one `drelu` per
 /// group, then either `select` (no noise) or, with noise, `keep_i = nb_i + (1 - 2 nb_i) d_g`
 /// (`dealer_bernoulli` + `select`) and `y = mul_elem(x, keep)`.
-pub fn default_shared_relu<S: Suite + ?Sized>(
+pub fn default_shared_relu<S: Primitives + ?Sized>(
     this: &mut S,
     x: &Shared,
     n: usize,

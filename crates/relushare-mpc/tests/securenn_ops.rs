@@ -8,7 +8,7 @@ use relushare_mpc::kernels::{self, ConvGeom};
 use relushare_mpc::prg::Prg;
 use relushare_mpc::runner::share_vec;
 use relushare_mpc::securenn::SecureNn;
-use relushare_mpc::suite::{DeciderKind, GroupPlan, LinearGeom, Suite, WeightShare};
+use relushare_mpc::suite::{DeciderKind, GroupPlan, LinearGeom, Primitives, Suite, WeightShare};
 use relushare_mpc::transport::MemTransport;
 
 const L: u64 = 64;

@@ -80,7 +80,12 @@ struct SecureRow {
     offline_rounds: u64,
     setup_seconds: f64,
     setup_bytes: u64,
+    /// Output shares sent to the client per image (not in the totals).
+    client_bytes: f64,
+    /// Agreement with the plaintext network as the suite runs it (fused gates for `fast`).
     agree_with_plaintext: f64,
+    /// Agreement with the trained model's plaintext network, gates unfused.
+    agree_with_unfused: f64,
 }
 
 #[derive(Serialize)]
@@ -382,7 +387,9 @@ pub fn run(a: Args) -> Result<()> {
                     offline_rounds: s.offline_rounds,
                     setup_seconds: s.setup_seconds,
                     setup_bytes: s.setup_bytes,
+                    client_bytes: s.client_bytes,
                     agree_with_plaintext: s.agree_with_plaintext,
+                    agree_with_unfused: s.agree_with_unfused,
                 });
                 bar.inc(1);
             }
@@ -519,7 +526,7 @@ fn print_report(r: &Report) {
         r.machine.cpus, r.machine.cpu_model, r.machine.os
     );
     println!(
-        "{:<8} {:<10} {:<9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7} {:>6}",
+        "{:<8} {:<10} {:<9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7} {:>6} {:>8}",
         "arch",
         "preset",
         "protocol",
@@ -530,11 +537,12 @@ fn print_report(r: &Report) {
         "online MB",
         "offline MB",
         "rounds",
-        "agree"
+        "agree",
+        "unfused"
     );
     for s in &r.secure {
         println!(
-            "{:<8} {:<10} {:<9} {:>7} {:>9.4} {:>9.4} {:>9.4} {:>11.3} {:>11.3} {:>7} {:>5.0}%",
+            "{:<8} {:<10} {:<9} {:>7} {:>9.4} {:>9.4} {:>9.4} {:>11.3} {:>11.3} {:>7} {:>5.0}% {:>7.0}%",
             s.arch,
             s.preset,
             s.protocol,
@@ -545,7 +553,8 @@ fn print_report(r: &Report) {
             s.online_bytes / 1e6,
             s.offline_bytes / 1e6,
             s.rounds,
-            s.agree_with_plaintext * 100.0
+            s.agree_with_plaintext * 100.0,
+            s.agree_with_unfused * 100.0
         );
     }
     if !r.throughput.is_empty() {
@@ -605,10 +614,10 @@ fn markdown(r: &Report) -> Result<String> {
         "### Secure inference, one image (median of {} runs; min-max)\n",
         r.secure.first().map(|s| s.repeats).unwrap_or(0)
     )?;
-    writeln!(m, "| arch | preset | ReLUs | suite | seconds | online MB | offline MB | total MB | online rounds | agree | paper s | paper rounds | paper MB |")?;
+    writeln!(m, "| arch | preset | ReLUs | suite | seconds | online MB | offline MB | total MB | online rounds | agree | agree (unfused) | paper s | paper rounds | paper MB |")?;
     writeln!(
         m,
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for s in &r.secure {
         let p = paper.find("8", &s.arch, &s.preset);
@@ -617,7 +626,7 @@ fn markdown(r: &Report) -> Result<String> {
         let show_paper = s.protocol == "securenn";
         writeln!(
             m,
-            "| {} | {} | {} | {} | {:.3} ({:.3}-{:.3}) | {:.2} | {:.2} | {:.2} | {} | {:.0}% | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3} ({:.3}-{:.3}) | {:.2} | {:.2} | {:.2} | {} | {:.0}% | {:.0}% | {} | {} | {} |",
             s.arch,
             s.preset,
             s.relus,
@@ -630,6 +639,7 @@ fn markdown(r: &Report) -> Result<String> {
             s.total_bytes / 1e6,
             s.rounds,
             s.agree_with_plaintext * 100.0,
+            s.agree_with_unfused * 100.0,
             if show_paper { opt(p.and_then(|p| p.runtime_s), 2) } else { String::new() },
             if show_paper { opt(p.and_then(|p| p.rounds.map(|x| x as f64)), 0) } else { String::new() },
             if show_paper { opt(p.and_then(|p| p.comm_mb), 2) } else { String::new() },

@@ -115,8 +115,10 @@ pub fn run(a: Args) -> Result<()> {
     );
     s.print_table();
     println!(
-        "agreement with plaintext fixed point: {:.1}%; accuracy vs labels: {:.1}%; one-time setup {:.3} s, {} bytes",
+        "agreement with plaintext fixed point: {:.1}% (the network as {} runs it), {:.1}% (the trained model, gates unfused); accuracy vs labels: {:.1}%; one-time setup {:.3} s, {} bytes",
         s.agree_with_plaintext * 100.0,
+        s.protocol,
+        s.agree_with_unfused * 100.0,
         s.accuracy * 100.0,
         s.setup_seconds,
         s.setup_bytes

@@ -229,10 +229,11 @@ pub fn run(a: Args) -> Result<()> {
         report.protocol
     );
     println!(
-        "  sent {:.3} MB online, {:.3} MB offline, {:.3} MB shares; {} online rounds; {:.3} s online, {:.3} s total",
+        "  sent {:.3} MB online, {:.3} MB offline, {:.3} MB shares, {:.6} MB output shares to the client; {} online rounds; {:.3} s online, {:.3} s total",
         report.online_bytes as f64 / 1e6,
         report.offline_bytes as f64 / 1e6,
         report.setup_bytes as f64 / 1e6,
+        report.client_bytes as f64 / 1e6,
         report.online_rounds,
         report.online_seconds,
         report.seconds

@@ -1203,6 +1203,7 @@ fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
         .with_context(|| format!("secure inference of {}/{} on {suite}", j.dataset, j.preset))?;
     spinner.finish_and_clear();
     let agree = s.per_image.iter().filter(|r| r.agree).count();
+    let agree_unfused = s.per_image.iter().filter(|r| r.agree_unfused).count();
     let row = SecureRow {
         dataset: j.dataset.clone(),
         preset: j.preset.clone(),
@@ -1217,6 +1218,7 @@ fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
         offline_seconds: s.offline_seconds,
         setup_seconds: s.setup_seconds,
         agree_with_plaintext: agree,
+        agree_with_unfused: agree_unfused,
         layers: s
             .layers
             .iter()
@@ -1231,7 +1233,7 @@ fn secure_row(ctx: &mut Ctx, j: &Job, suite: &str) -> Result<SecureRow> {
         reused: false,
     };
     eprintln!(
-        "  {:.2} MB online + {:.2} MB offline, {:.0} rounds, {:.2} s online; {agree}/{n} secure classes equal the plaintext fixed-point network's",
+        "  {:.2} MB online + {:.2} MB offline, {:.0} rounds, {:.2} s online; {agree}/{n} secure classes equal the plaintext fixed-point network's ({agree_unfused}/{n} the unfused one's)",
         row.online_bytes / 1e6,
         row.offline_bytes / 1e6,
         row.online_rounds,

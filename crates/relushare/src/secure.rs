@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use relushare_data::ImageSet;
 use relushare_model::Model;
 use relushare_mpc::plain::{self, FixedModel};
-use relushare_mpc::protocol::{factory_for, prepare_model, Protocol};
+use relushare_mpc::protocol::{check_input, factory_for, prepare_model, Protocol};
 use relushare_mpc::runner::{run_session, RunOptions};
 use serde::Serialize;
 
@@ -17,13 +17,20 @@ pub struct ImageResult {
     pub index: usize,
     pub label: u8,
     pub class: usize,
+    /// Class of the plaintext fixed-point network as the protocol runs it (fused gates for the
+    /// fast suites).
     pub plaintext_class: usize,
     pub agree: bool,
+    /// Class of the trained model's plaintext fixed-point network without gate fusion.
+    pub unfused_class: usize,
+    pub agree_unfused: bool,
     pub seconds: f64,
     pub online_seconds: f64,
     pub offline_seconds: f64,
     pub online_bytes: f64,
     pub offline_bytes: f64,
+    /// Output shares sent to the client (not in the online/offline bytes).
+    pub client_bytes: f64,
     pub rounds: u64,
     pub offline_rounds: u64,
 }
@@ -55,11 +62,19 @@ pub struct SecureSummary {
     pub online_bytes: f64,
     pub offline_bytes: f64,
     pub total_bytes: f64,
+    /// Output shares sent to the client per image (outside the three-party transport, so not
+    /// in the totals above).
+    pub client_bytes: f64,
     /// Online rounds per run.
     pub rounds: u64,
     pub offline_rounds: u64,
-    /// Fraction of images whose secure class equals the plaintext fixed-point class.
+    /// Fraction of images whose secure class equals the class of the plaintext fixed-point
+    /// network the protocol evaluates (for the fast suites: with fused gates).
     pub agree_with_plaintext: f64,
+    /// Fraction of images whose secure class equals the class of the trained model's plaintext
+    /// fixed-point network without gate fusion (equal to `agree_with_plaintext` where nothing
+    /// is fused).
+    pub agree_with_unfused: f64,
     /// Fraction of images classified as their label.
     pub accuracy: f64,
     pub layers: Vec<LayerRow>,
@@ -106,18 +121,28 @@ pub fn run_secure(
     if count == 0 {
         bail!("no images to classify");
     }
-    let mut fm = FixedModel::from_model(model, frac_bits)?;
-    prepare_model(protocol, &mut fm)?;
+    let unfused = FixedModel::from_model(model, frac_bits)?;
+    let mut fm = unfused.clone();
+    let fused = !prepare_model(protocol, &mut fm)?.is_empty();
     let mut encoded = Vec::with_capacity(count);
     let mut plain_class = Vec::with_capacity(count);
+    let mut unfused_class = Vec::with_capacity(count);
     let mut buf = vec![0f32; d.len()];
+    let class = |fm: &FixedModel, x: &[u64]| -> Result<usize> {
+        let trace = plain::forward_fixed_trace(fm, x, &mut |_| false)?;
+        Ok(plain::argmax_fixed(trace.last().expect("output layer")))
+    };
     for i in 0..count {
         model.spec.normalization.apply(set.image(i), &mut buf);
         let x = fm.encode_input(&buf)?;
-        let trace = plain::forward_fixed_trace(&fm, &x, &mut |_| false)?;
-        plain_class.push(plain::argmax_fixed(trace.last().expect("output layer")));
+        check_input(protocol, &model.spec.normalization, frac_bits, &x)
+            .with_context(|| format!("image {i}"))?;
+        let c = class(&fm, &x)?;
+        plain_class.push(c);
+        unfused_class.push(if fused { class(&unfused, &x)? } else { c });
         encoded.push(x);
     }
+    drop(unfused);
     let batches: Vec<Vec<Vec<u64>>> = encoded.chunks(batch).map(|c| c.to_vec()).collect();
     let factory = factory_for(protocol, &fm, model)?;
     let t0 = Instant::now();
@@ -154,11 +179,14 @@ pub fn run_secure(
                 class,
                 plaintext_class: plain_class[idx],
                 agree: class == plain_class[idx],
+                unfused_class: unfused_class[idx],
+                agree_unfused: class == unfused_class[idx],
                 seconds: (b.online_seconds + b.offline_seconds) / n,
                 online_seconds: b.online_seconds / n,
                 offline_seconds: b.offline_seconds / n,
                 online_bytes: rep.online_bytes() as f64 / n,
                 offline_bytes: rep.offline_bytes() as f64 / n,
+                client_bytes: rep.client_bytes as f64 / n,
                 rounds: rep.online_rounds(),
                 offline_rounds: rep.offline_rounds(),
             });
@@ -193,9 +221,12 @@ pub fn run_secure(
         online_bytes,
         offline_bytes,
         total_bytes: online_bytes + offline_bytes,
+        client_bytes: med(&|r| r.client_bytes),
         rounds: med(&|r| r.rounds as f64) as u64,
         offline_rounds: med(&|r| r.offline_rounds as f64) as u64,
         agree_with_plaintext: per_image.iter().filter(|r| r.agree).count() as f64 / count as f64,
+        agree_with_unfused: per_image.iter().filter(|r| r.agree_unfused).count() as f64
+            / count as f64,
         accuracy: per_image
             .iter()
             .filter(|r| r.class == r.label as usize)
@@ -235,6 +266,12 @@ impl SecureSummary {
             self.offline_bytes / 1e6,
             self.rounds,
             self.offline_rounds
+        );
+        println!(
+            "{:<12} {:>10} {:>12.4} (output shares to the client, not in the totals)",
+            "to client",
+            "",
+            self.client_bytes / 1e6
         );
     }
 }

@@ -83,6 +83,24 @@ fn every_protocol_agrees_with_plaintext() {
         assert_eq!(j["agree_with_plaintext"].as_f64().unwrap(), 1.0, "{p}");
         assert_eq!(j["protocol"], p);
         assert!(j["online_bytes"].as_f64().unwrap() > 0.0, "{p}");
+        // Output shares to the client: P0 and P1 each send 10 logits of 8 bytes per image.
+        assert_eq!(j["client_bytes"].as_f64().unwrap(), 2.0 * 8.0 * 10.0, "{p}");
+        // Agreement with the unfused trained model: securenn runs it unfused, so both
+        // figures coincide; the fast suites run fused gates (uniform32's first block).
+        let images = j["per_image"].as_array().unwrap();
+        let unfused = images
+            .iter()
+            .filter(|r| r["class"] == r["unfused_class"])
+            .count() as f64
+            / images.len() as f64;
+        assert_eq!(j["agree_with_unfused"].as_f64().unwrap(), unfused, "{p}");
+        for r in images {
+            assert_eq!(r["client_bytes"].as_f64().unwrap(), 160.0, "{p}");
+            assert_eq!(r["agree_unfused"], r["class"] == r["unfused_class"], "{p}");
+            if p == "securenn" {
+                assert_eq!(r["unfused_class"], r["plaintext_class"]);
+            }
+        }
     }
 }
 

@@ -73,6 +73,13 @@ fn bench_quick_writes_measured_json() {
     assert_eq!(rows.len(), 4);
     for r in rows {
         assert_eq!(r["agree_with_plaintext"], 1.0);
+        let unfused = r["agree_with_unfused"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&unfused));
+        if r["protocol"] == "securenn" {
+            assert_eq!(unfused, 1.0, "securenn runs the unfused model");
+        }
+        // Two output shares of 10 logits, 8 bytes each, per image.
+        assert_eq!(r["client_bytes"], 160.0);
         assert!(r["seconds_median"].as_f64().unwrap() > 0.0);
     }
     let bytes = |preset: &str, proto: &str| {

@@ -445,6 +445,13 @@ pub fn deal_relu(d: &mut Deal, n: usize, k: u32, mode: CmpMode) -> Result<ReluMa
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test only: plant the raw-share bug in [`relu_online`] on this thread's party (it opens
+    /// its share of `y` instead of `y + r`), for the view tests' control.
+    pub(crate) static PLANT_RAW_SHARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Online ReLU on shares `y` (`|y| < 2^(k-1)` required): opens `y + r` (8 bytes per element),
 /// the comparison tree, then `b ^ t` (one bit); the output `b * y = b * (c - r)` is local.
 /// Rounds: `2 + ceil(log2((k-1)/2))`.
@@ -462,6 +469,12 @@ pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>
         .zip(&mat.r)
         .map(|(a, b)| a.wrapping_add(*b))
         .collect();
+    #[cfg(test)]
+    let masked = if PLANT_RAW_SHARE.with(|p| p.get()) {
+        y.to_vec()
+    } else {
+        masked
+    };
     let c = open_u64(comm, &masked)?;
     let b = drelu_any(comm, &mat.cmp, &c)?;
     let d = open_planes(comm, &[&bits::xor(&b, &mat.t)], n)?

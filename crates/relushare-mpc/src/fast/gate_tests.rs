@@ -160,12 +160,17 @@ fn check(m: &Model, mode: CmpMode, batch: usize) -> CostReport {
                 gated_off += keep.iter().filter(|k| !**k).count();
                 let tol = if fg.mode == GateMode::Pool { 2 } else { 1 };
                 for (j, w) in want.iter().enumerate() {
+                    // A pooled block materializes only its pooled output (j = 2); the
+                    // convolution and the gate layer hand on placeholders, checked nowhere.
+                    if fg.mode == GateMode::Pool && j < 2 {
+                        continue;
+                    }
                     let l = li + j;
                     let got = &tr[l + 1][img * fm.out_lens[l]..(img + 1) * fm.out_lens[l]];
                     let plane = w.len() / keep.len();
                     for (i, (a, b)) in got.iter().zip(w).enumerate() {
                         let name = fm.layers[l].name();
-                        if !keep[i / plane] || (fg.mode == GateMode::Pool && j < 2) {
+                        if !keep[i / plane] {
                             assert_eq!(*a, 0, "{name} [{i}] must be zero");
                             assert_eq!(*b, 0, "{name} [{i}] reference");
                         } else {

@@ -20,11 +20,18 @@
 //! A comparison on `k` bits is correct when `|y| < 2^(k-1)`. [`FastConfig`] holds `k` per
 //! layer; `bounds::comparison_bits` derives a provable `k` for every layer from the plaintext
 //! model (interval arithmetic on the fixed-point weights, done by the model owner; `k` is then
-//! public, which reveals a power-of-two bound on the layer's activations).
+//! public, which reveals a power-of-two bound on the layer's activations; see the threat model
+//! in the workspace README). A bound that would need more than 63 bits is an error.
 //!
 //! # Truncation
 //! Local share truncation after each product (see [`crate::fixed`]): at most one unit in the
-//! last place of error, except with probability about `|y| 2^(2f) / 2^63` per element.
+//! last place of error, except with probability at most `2^(e+1-64)` per element for values
+//! below `2^e`. [`config_for_model`] proves `e` for every truncating layer and refuses a model
+//! whose per-inference failure bound exceeds [`bounds::MAX_TRUNC_FAILURE`] (see [`bounds`]).
+//!
+//! # Inputs
+//! The rings and truncation bounds hold for normalized inputs of pixels in `[0, 1]`
+//! ([`input_abs_max`]); the client refuses any other input ([`crate::protocol::check_input`]).
 
 pub mod bits;
 
@@ -38,8 +45,10 @@ pub mod linear;
 pub mod share;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod view_tests;
 
-use crate::cost::{Comm, Phase};
+use crate::cost::Comm;
 use crate::error::{MpcError, Result};
 use crate::kernels::{self, ConvGeom};
 use crate::plain::GateMode;
@@ -172,6 +181,18 @@ pub struct FastSuite {
     queue: VecDeque<Mat>,
     noise_rng: Option<Prg>,
     pending: Option<Pending>,
+    #[cfg(test)]
+    test: TestHooks,
+}
+
+/// Test-only control of the dealer's randomness (compiled only into the crate's tests).
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TestHooks {
+    /// The seed the dealer shares with P0 / P1 (instead of a fresh one from the OS).
+    pub seeds: [Option<prg::Seed>; 2],
+    /// The dealer's private noise source (instead of a fresh one from the OS).
+    pub noise_seed: Option<prg::Seed>,
 }
 
 impl FastSuite {
@@ -187,7 +208,34 @@ impl FastSuite {
             queue: VecDeque::new(),
             noise_rng: None,
             pending: None,
+            #[cfg(test)]
+            test: TestHooks::default(),
         }
+    }
+
+    /// Test only: fix the dealer's seeds / noise source of this (dealer's) suite.
+    #[cfg(test)]
+    pub(crate) fn set_test_hooks(&mut self, hooks: TestHooks) {
+        self.test = hooks;
+    }
+
+    /// The seed the dealer shares with `party` (fresh from the OS).
+    fn dealer_seed(&self, party: usize) -> Result<prg::Seed> {
+        #[cfg(test)]
+        if let Some(s) = self.test.seeds[party] {
+            return Ok(s);
+        }
+        let _ = party;
+        prg::os_seed()
+    }
+
+    /// The dealer's private noise source (fresh from the OS).
+    fn noise_source(&self) -> Result<Prg> {
+        #[cfg(test)]
+        if let Some(s) = self.test.noise_seed {
+            return Ok(Prg::from_seed(s));
+        }
+        Prg::from_os()
     }
 
     /// Take back the metered connection.
@@ -385,6 +433,20 @@ impl FastSuite {
     }
 }
 
+/// [`factory`] with test hooks on the dealer (fixed seeds / noise source).
+#[cfg(test)]
+pub(crate) fn test_factory(
+    cfg: FastConfig,
+    mode: CmpMode,
+    hooks: TestHooks,
+) -> impl Fn(Comm, crate::fixed::FixedPoint) -> Result<Box<dyn Suite>> + Sync {
+    move |comm, fp| {
+        let mut s = FastSuite::new(comm, fp.frac_bits, cfg.clone(), mode);
+        s.set_test_hooks(hooks.clone());
+        Ok(Box::new(s) as Box<dyn Suite>)
+    }
+}
+
 /// A runner factory ([`crate::runner::SuiteFactory`]) for the `fast` (`CmpMode::Tree`) or `fss`
 /// suite with the comparison sizes of `cfg` (see [`config_for_model`]).
 pub fn factory(
@@ -407,11 +469,35 @@ pub fn input_abs_max(norm: &relushare_model::Normalization) -> f64 {
 
 /// The provable comparison sizes of a model (computed by the model owner from the plaintext
 /// weights; see [`bounds`]).
+///
+/// Refuses a model whose proven truncation failure bound per inference exceeds
+/// [`bounds::MAX_TRUNC_FAILURE`]; the error names the largest number of fractional bits (the
+/// rescaling) with which the model meets it, if any.
 pub fn config_for_model(
     fm: &crate::plain::FixedModel,
     model: &relushare_model::Model,
 ) -> Result<FastConfig> {
-    bounds::comparison_bits(fm, input_abs_max(&model.spec.normalization))
+    let lim = input_abs_max(&model.spec.normalization);
+    bounds::comparison_bits(fm, lim).map_err(|e| {
+        let f = fm.fp.frac_bits;
+        let fused = fm
+            .layers
+            .iter()
+            .any(|l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()));
+        let meets = |g: u32| -> bool {
+            let Ok(mut fg) = crate::plain::FixedModel::from_model(model, g) else {
+                return false;
+            };
+            if fused && gate::fuse(&mut fg).is_err() {
+                return false;
+            }
+            bounds::analyse(&fg, lim).is_ok_and(|b| b.check_truncation().is_ok())
+        };
+        match (1..f).rev().find(|&g| meets(g)) {
+            Some(g) => MpcError::Model(format!("{e}; rescale with --frac-bits {g} (or less)")),
+            None => e,
+        }
+    })
 }
 
 /// The weight key of a decider `v` of ReLU-sharing layer `name`.
@@ -440,11 +526,11 @@ impl Suite for FastSuite {
         // Seeds: the dealer draws one per partner.
         let deal = match me {
             2 => {
-                let s0 = prg::os_seed()?;
-                let s1 = prg::os_seed()?;
+                let s0 = self.dealer_seed(0)?;
+                let s1 = self.dealer_seed(1)?;
                 self.comm
                     .round(vec![(0, s0.to_vec()), (1, s1.to_vec())], &[])?;
-                self.noise_rng = Some(Prg::from_os()?);
+                self.noise_rng = Some(self.noise_source()?);
                 Deal::dealer(Prg::from_seed(s0), Prg::from_seed(s1))
             }
             _ => {
@@ -723,100 +809,6 @@ impl Suite for FastSuite {
             return Ok(Vec::new());
         }
         share::group_online(&mut self.comm, &mat, plan, mv.as_ref(), x)
-    }
-
-    fn mul_elem(&mut self, a: &Shared, b: &Shared, len: usize) -> Result<Shared> {
-        // Beaver product with a triple dealt on demand (counted as offline).
-        let phase = self.comm.phase();
-        self.comm.set_phase(Phase::Offline);
-        let me = self.me();
-        let tri = self.dealt((8 * len, 0), |d, _| {
-            let x = d.rand_u64(len);
-            let y = d.rand_u64(len);
-            let z = match (&x.secret, &y.secret) {
-                (Some(xs), Some(ys)) => Some(crate::ring::mul(xs, ys)),
-                _ => None,
-            };
-            let z = d.corr_u64(len, z.as_deref())?;
-            Ok((x.mine, y.mine, z))
-        });
-        self.comm.set_phase(phase);
-        let (x, y, z) = tri?;
-        if me == 2 {
-            return Ok(Vec::new());
-        }
-        crate::ring::check_len("mul_elem a", a, len)?;
-        crate::ring::check_len("mul_elem b", b, len)?;
-        let mut m = crate::ring::sub(a, &x);
-        m.extend(crate::ring::sub(b, &y));
-        let o = cmp::open_u64(&mut self.comm, &m)?;
-        let (ea, eb) = o.split_at(len);
-        Ok((0..len)
-            .map(|i| {
-                let mut v = z[i]
-                    .wrapping_add(ea[i].wrapping_mul(y[i]))
-                    .wrapping_add(eb[i].wrapping_mul(x[i]));
-                if me == 0 {
-                    v = v.wrapping_add(ea[i].wrapping_mul(eb[i]));
-                }
-                v
-            })
-            .collect())
-    }
-
-    fn drelu(&mut self, x: &Shared, len: usize) -> Result<Shared> {
-        // On demand: a ReLU's material gives [x >= 0] as the select of 1... use the comparison
-        // directly and convert the bit to arithmetic with the select mask.
-        let phase = self.comm.phase();
-        self.comm.set_phase(Phase::Offline);
-        let k = self.cfg.default_bits;
-        let mode = self.mode;
-        let mat = self.dealt(cmp::relu_offline_bytes(len, k, mode)?, |d, _| {
-            cmp::deal_relu(d, len, k, mode)
-        });
-        self.comm.set_phase(phase);
-        let mat = mat?;
-        if self.me() == 2 {
-            return Ok(Vec::new());
-        }
-        let me = self.me();
-        let masked: Vec<u64> = x
-            .iter()
-            .zip(&mat.r)
-            .map(|(a, b)| a.wrapping_add(*b))
-            .collect();
-        let c = cmp::open_u64(&mut self.comm, &masked)?;
-        let b = cmp::drelu_any(&mut self.comm, &mat.cmp, &c)?;
-        let d = cmp::open_planes(&mut self.comm, &[&bits::xor(&b, &mat.t)], len)?
-            .pop()
-            .unwrap_or_default();
-        Ok((0..len)
-            .map(|i| {
-                let di = bits::get(&d, i);
-                let sign = 1u64.wrapping_sub(2 * di);
-                sign.wrapping_mul(mat.ta[i])
-                    .wrapping_add(if me == 0 { di } else { 0 })
-            })
-            .collect())
-    }
-
-    fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared> {
-        let phase = self.comm.phase();
-        self.comm.set_phase(Phase::Offline);
-        let r = self.dealt((8 * len, 0), |d, rng| {
-            let sec = match rng {
-                Some(g) if d.is_dealer() => Some(
-                    g.bernoulli(len, p as f64)
-                        .into_iter()
-                        .map(u64::from)
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            };
-            d.corr_u64(len, sec.as_deref())
-        });
-        self.comm.set_phase(phase);
-        r
     }
 }
 

@@ -1,7 +1,7 @@
 //! Tests of the fast suite against plaintext fixed-point evaluation, and of its cost formulas.
 
 use super::*;
-use crate::cost::{CostReport, PartyCosts};
+use crate::cost::{CostReport, PartyCosts, Phase};
 use crate::fixed;
 use crate::suite::{GroupPlan, Plan, PlanOp, Shared, Suite, WeightShare};
 use crate::transport::MemTransport;
@@ -482,9 +482,33 @@ pub(super) mod e2e {
             .collect()
     }
 
+    /// The dealer's noise source in these tests.
+    pub(in crate::fast) const NOISE_SEED: crate::prg::Seed = [0x6e; 16];
+
+    /// The noise bits the dealer draws for a batch of `n` with its noise source seeded by
+    /// `seed`: per noisy layer (by index), `n * len` bits, image-major, layers in order.
+    pub(in crate::fast) fn dealer_noise(
+        fm: &FixedModel,
+        n: usize,
+        seed: crate::prg::Seed,
+    ) -> std::collections::BTreeMap<usize, Vec<u8>> {
+        let mut rng = Prg::from_seed(seed);
+        let mut out = std::collections::BTreeMap::new();
+        for (li, l) in fm.layers.iter().enumerate() {
+            if let FixedLayer::Shared { s, .. } = l {
+                if s.noise > 0.0 && s.fused.is_none() {
+                    out.insert(li, rng.bernoulli(n * s.len, s.noise as f64));
+                }
+            }
+        }
+        out
+    }
+
     /// Secure == plaintext per layer (each layer re-evaluated in plaintext on the secure input of
     /// that layer: exact for comparisons and selects, within one ulp after truncation), and
-    /// the logits end to end within a small tolerance.
+    /// the logits end to end within a small tolerance. The dealer's noise source is fixed
+    /// ([`NOISE_SEED`]) and the plaintext reference flips exactly the members the dealer
+    /// flipped, so noisy layers are compared exactly too.
     fn check(arch: Arch, preset: &str, mode: CmpMode, batch: usize) {
         check_spec(arch, preset, None, mode, batch)
     }
@@ -494,11 +518,15 @@ pub(super) mod e2e {
         let mut spec = presets::build(arch, preset).unwrap();
         if let Some(f) = free {
             presets::apply_freeform(&mut spec, f).unwrap();
+            spec.preset = f.to_string();
         }
-        let preset = free.unwrap_or(preset);
-        let model = Model::random(spec, None, 11).unwrap();
-        let fm = FixedModel::from_model(&model, 13).unwrap();
-        let cfg = config_for_model(&fm, &model).unwrap();
+        check_model(&Model::random(spec, None, 11).unwrap(), mode, batch);
+    }
+
+    pub(in crate::fast) fn check_model(model: &Model, mode: CmpMode, batch: usize) {
+        let (arch, preset) = (model.spec.arch, model.spec.preset.clone());
+        let fm = FixedModel::from_model(model, 13).unwrap();
+        let cfg = config_for_model(&fm, model).unwrap();
         let lim = input_abs_max(&model.spec.normalization);
         let imgs: Vec<Vec<u64>> = (0..batch)
             .map(|b| {
@@ -506,7 +534,11 @@ pub(super) mod e2e {
                     .unwrap()
             })
             .collect();
-        let f = factory(cfg, mode);
+        let hooks = TestHooks {
+            noise_seed: Some(NOISE_SEED),
+            ..Default::default()
+        };
+        let f = test_factory(cfg, mode, hooks);
         let res = run_session(
             &fm,
             std::slice::from_ref(&imgs),
@@ -517,7 +549,20 @@ pub(super) mod e2e {
             },
         )
         .unwrap();
+        let noise = dealer_noise(&fm, batch, NOISE_SEED);
+        let flips: usize = noise.values().flatten().map(|&b| b as usize).sum();
+        let members: usize = noise.values().map(|v| v.len()).sum();
+        assert!(
+            members == 0 || (flips > 0 && flips < members),
+            "{arch} {preset}: {flips} of {members} members flipped"
+        );
         let br = &res.batches[0];
+        // Output shares to the client: P0 and P1 each send the batch's logits.
+        assert_eq!(
+            br.report.client_bytes as usize,
+            2 * 8 * batch * fm.output_len,
+            "{arch} {preset}"
+        );
         let tr = br.trace.as_ref().unwrap();
         for (li, l) in fm.layers.iter().enumerate() {
             let per_in = if li == 0 {
@@ -529,8 +574,15 @@ pub(super) mod e2e {
             for img in 0..batch {
                 let xin = &tr[li][img * per_in..(img + 1) * per_in];
                 let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
-                let noisy = matches!(l, FixedLayer::Shared { s, .. } if s.noise > 0.0);
-                let want = plain::eval_layer(fm.fp, l, xin, &mut |_| false).unwrap();
+                let mut bits = noise
+                    .get(&li)
+                    .map(|b| b[img * per_out..(img + 1) * per_out].iter())
+                    .into_iter()
+                    .flatten();
+                let want = plain::eval_layer(fm.fp, l, xin, &mut |_| {
+                    *bits.next().expect("a noise bit per member") == 1
+                })
+                .unwrap();
                 let truncates = matches!(
                     l,
                     FixedLayer::Conv { .. }
@@ -538,13 +590,7 @@ pub(super) mod e2e {
                         | FixedLayer::AvgPool { .. }
                 );
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    if noisy {
-                        assert!(
-                            *a == 0 || *a == xin[i],
-                            "{arch} {preset} {}: member {i}",
-                            l.name()
-                        );
-                    } else if truncates {
+                    if truncates {
                         let d = (*a as i64).wrapping_sub(*b as i64);
                         assert!(
                             d == 0 || d == 1,
@@ -559,23 +605,56 @@ pub(super) mod e2e {
                 }
             }
         }
-        // End to end vs the plaintext fixed-point forward pass (noise-free presets).
-        let noisy = fm
-            .layers
-            .iter()
-            .any(|l| matches!(l, FixedLayer::Shared { s, .. } if s.noise > 0.0));
-        if !noisy {
-            for (img, out) in imgs.iter().zip(&br.outputs) {
-                let t = plain::forward_fixed_trace(&fm, img, &mut |_| false).unwrap();
-                let want = fm.fp.decode_vec(t.last().unwrap());
-                let got = fm.fp.decode_vec(out);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 0.01 + 0.01 * b.abs(),
-                        "{arch} {preset}: logit {a} vs {b}"
-                    );
-                }
+        // End to end vs the plaintext fixed-point forward pass, with the dealer's flips.
+        for (img, (x, out)) in imgs.iter().zip(&br.outputs).enumerate() {
+            let mut bits = noise
+                .iter()
+                .flat_map(|(li, b)| {
+                    let len = fm.out_lens[*li];
+                    b[img * len..(img + 1) * len].iter()
+                })
+                .collect::<Vec<_>>()
+                .into_iter();
+            let t = plain::forward_fixed_trace(&fm, x, &mut |_| {
+                *bits.next().expect("a noise bit per member") == 1
+            })
+            .unwrap();
+            assert!(bits.next().is_none(), "unused noise bits");
+            let want = fm.fp.decode_vec(t.last().unwrap());
+            let got = fm.fp.decode_vec(out);
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() < 0.01 + 0.01 * b.abs(),
+                    "{arch} {preset}: logit {a} vs {b}"
+                );
             }
+        }
+    }
+
+    /// Noisy ReLU-sharing layers with learned, FC and one-hot deciders (patches and channels,
+    /// batches of two), their exact outputs and the logits against the reference with the
+    /// dealer's flips; a wrong flip anywhere fails the layer comparison.
+    #[test]
+    fn noisy_layers_with_a_fixed_noise_source() {
+        for (arch, text, mode, batch) in [
+            (
+                Arch::Fmnist,
+                "act1=patch4:learned:noise0.3",
+                CmpMode::Tree,
+                2,
+            ),
+            (Arch::Svhn, "act1=channel:fc:noise0.2", CmpMode::Fss, 1),
+            (
+                Arch::Fmnist,
+                "act1=patch3:onehot:noise0.5",
+                CmpMode::Tree,
+                1,
+            ),
+        ] {
+            let mut spec = presets::build(arch, "original").unwrap();
+            presets::apply_freeform(&mut spec, text).unwrap();
+            spec.preset = text.to_string();
+            check_model(&Model::random(spec, None, 5).unwrap(), mode, batch);
         }
     }
 

@@ -130,6 +130,9 @@ pub struct PartyReport {
     pub offline_rounds: u64,
     /// Bytes of the pre-protocol messages this party sent (structure, weight and input shares).
     pub setup_bytes: u64,
+    /// Bytes of output shares this party sent to the client (0 for the client and the helper;
+    /// not in `setup_bytes` nor in the protocol's bytes).
+    pub client_bytes: u64,
     /// Seconds: connection to result, and the online phase.
     pub seconds: f64,
     pub online_seconds: f64,
@@ -615,6 +618,12 @@ fn run_inner(
         for img in imgs {
             enc.extend(fm.encode_input(img)?);
         }
+        crate::protocol::check_input(
+            opts.protocol.parse()?,
+            &normalization,
+            fm.fp.frac_bits,
+            &enc,
+        )?;
         let r = prg.gen_u64s(enc.len());
         let s1 = crate::ring::sub(&enc, &r);
         let mut keep = Vec::new();
@@ -670,11 +679,15 @@ fn run_inner(
     let out_len = n * fm.output_len;
     let mut logits = None;
     let mut classes = None;
+    let (mut client_bytes, mut output_frame) = (0u64, 0u64);
     if me < 2 && me != client {
         let s = out_share
             .as_ref()
             .ok_or_else(|| MpcError::Shape("no output share".into()))?;
+        let before = io.sent;
         io.send(client, TAG_OUTPUT, &crate::ring::u64s_to_bytes(s))?;
+        output_frame = io.sent - before;
+        client_bytes = 8 * s.len() as u64;
     }
     if me == client {
         let mut y = vec![0u64; out_len];
@@ -718,7 +731,8 @@ fn run_inner(
         online_bytes: report.online_bytes(),
         online_rounds: report.online_rounds(),
         offline_rounds: report.offline_rounds(),
-        setup_bytes: io.sent,
+        setup_bytes: io.sent - output_frame,
+        client_bytes,
         seconds: start.elapsed().as_secs_f64(),
         online_seconds,
         layers,

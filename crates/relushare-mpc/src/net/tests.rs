@@ -451,6 +451,10 @@ fn networked_session_matches_plaintext_for_every_layer_kind() {
             .map(|w| w.join().unwrap().unwrap())
             .collect();
         assert!(reports[1].logits.is_none() && reports[2].logits.is_none());
+        // Output shares to the client (P0): P1 sends its share of the logits.
+        let out = 8 * images.len() as u64 * model.spec.num_classes as u64;
+        let cb: Vec<u64> = reports.iter().map(|r| r.client_bytes).collect();
+        assert_eq!(cb, [0, out, 0], "case {ci}");
         let logits = reports[0].logits.clone().unwrap();
         for (i, img) in images.iter().enumerate() {
             let plain = crate::plain::forward_fixed(&model, img, 13, &mut |_| false).unwrap();
@@ -474,4 +478,40 @@ fn networked_session_matches_plaintext_for_every_layer_kind() {
     }
     // Weights and images are fixed: most classes are well separated.
     assert!(compared >= 5, "only {compared} of 10 classes were compared");
+}
+
+/// A client with an input outside the range the fast suites' rings were proven for refuses it
+/// with a clear error (no clamping) before sharing it, and the model owner's session ends.
+#[test]
+fn networked_client_refuses_out_of_range_input() {
+    use crate::net::session::{self, ImageSource, SessionOptions};
+    use relushare_model::{presets, Arch, Model};
+    let model = Model::random(presets::build(Arch::Svhn, "original").unwrap(), None, 7).unwrap();
+    let mut images = session::random_images(1, 1, model.spec.input.len());
+    images[0][5] = 1000.0;
+    let dir = session("range", "r");
+    let handles = mesh(&dir, 20_000);
+    let opts = SessionOptions {
+        protocol: "fast".into(),
+        frac_bits: 13,
+    };
+    let mut workers = Vec::new();
+    for (role, h) in handles.into_iter().enumerate() {
+        let (opts, model, images) = (opts.clone(), model.clone(), images.clone());
+        workers.push(thread::spawn(move || {
+            let t = h.join().unwrap().unwrap();
+            let m = (role == 1).then_some(&model);
+            let i = (role == 0).then_some(ImageSource::Given(images));
+            session::run(t, m, i.as_ref(), &opts).map(|_| ())
+        }));
+    }
+    let res: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let e = res[0].as_ref().unwrap_err().to_string();
+    assert!(
+        e.contains("input element 5") && e.contains("refused"),
+        "{e}"
+    );
+    // The model owner waits for its input share and fails; the dealer sends but never
+    // receives in the fast suite, so it may finish its (input-independent) part.
+    assert!(res[1].is_err());
 }
