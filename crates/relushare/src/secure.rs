@@ -26,6 +26,8 @@ pub struct ImageResult {
     pub offline_bytes: f64,
     pub rounds: u64,
     pub offline_rounds: u64,
+    /// The decoded secure logits.
+    pub logits: Vec<f32>,
 }
 
 /// One layer's costs per image (medians over the batches).
@@ -161,6 +163,7 @@ pub fn run_secure(
                 offline_bytes: rep.offline_bytes() as f64 / n,
                 rounds: rep.online_rounds(),
                 offline_rounds: rep.offline_rounds(),
+                logits: fm.fp.decode_vec(out),
             });
         }
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod frame;
 mod link;
 pub mod pki;
+pub mod serve;
 pub mod session;
 #[cfg(test)]
 mod tests;
