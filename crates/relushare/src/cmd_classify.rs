@@ -85,7 +85,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.frac_bits = a.frac_bits;
     cfg.timeout = secs("timeout", a.timeout)?;
     cfg.admission_wait = secs("wait", a.wait)?;
-    let report = serve::classify(&cfg, &images).context("private classification failed")?;
+    let report = serve::classify(&cfg, &images).context("private classification with the model owner (party 1) and the helper (party 2) failed")?;
     let (classes, logits) = match (&report.classes, &report.logits) {
         (Some(c), Some(l)) => (c.clone(), l.clone()),
         _ => bail!("the session ended without a result"),

@@ -336,8 +336,16 @@ fn a_client_that_disconnects_mid_session_ends_only_its_session() {
     o.drop_connection();
     h.drop_connection();
     let log = d.owner.wait_log("client client-2: failed", 30.0);
-    assert!(log.contains("peer P0"), "{log}");
-    d.helper.wait_log("client client-2: failed", 30.0);
+    assert!(log.contains("party 0 disconnected"), "{log}");
+    // The helper's part (dealing) may have finished before the client left: either outcome
+    // is logged, and the helper keeps serving.
+    let t = Instant::now();
+    while !d.helper.log().contains("client client-2: failed")
+        && !d.helper.log().contains("client client-2: ok")
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", d.helper.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     d.check_serving("client-1");
     d.assert_alive();
 }
@@ -349,7 +357,7 @@ fn a_stalling_client_times_out_while_others_are_served() {
     // Served while the stalled session is open.
     d.check_serving("client-1");
     let log = d.owner.wait_log("client client-2: failed", 30.0);
-    assert!(log.contains("stalled"), "{log}");
+    assert!(log.contains("timed out waiting for a message from party 0"), "{log}");
     drop((o, h));
     d.check_serving("client-3");
     d.assert_alive();
@@ -429,10 +437,18 @@ fn a_hundred_idle_connections_do_not_block_service() {
     // The idle connections are dropped after the handshake timeout.
     let mut s = idle.into_iter().next().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut b = [0u8; 16];
+    let mut b = [0u8; 256];
     let t = Instant::now();
-    let n = s.read(&mut b).unwrap_or(0);
-    assert_eq!(n, 0, "an idle connection got data");
+    // At most a TLS alert, then the end of the stream.
+    let mut got = 0;
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("the idle connection was not closed: {e}"),
+        }
+    }
+    assert!(got < 256, "an idle connection got {got} bytes");
     assert!(t.elapsed() < Duration::from_secs(25), "idle connection held too long");
     d.owner.wait_log("refused the connection", 10.0);
     d.assert_alive();
@@ -450,7 +466,10 @@ fn a_helper_restart_fails_in_flight_sessions_cleanly_and_new_ones_succeed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the in-flight session must fail");
     // The client's link to the helper breaks, or the owner's does and the owner closes.
-    assert!(err.contains("P2") || err.contains("P1"), "{err}");
+    assert!(
+        err.contains("disconnected") && (err.contains("P1") || err.contains("P2") || err.contains("party")),
+        "{err}"
+    );
     d.owner.wait_log("client client-1: failed", 30.0);
     assert!(d.owner.alive(), "owner died:\n{}", d.owner.log());
     // While the helper is down new sessions fail with a clear error.

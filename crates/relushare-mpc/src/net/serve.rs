@@ -200,7 +200,7 @@ pub struct ServeConfig {
     pub helper: Option<String>,
     /// Sessions running at once.
     pub max_sessions: usize,
-    /// Sessions waiting for a slot (owner); more get a "busy" verdict.
+    /// Sessions waiting for a slot; more get a "busy" verdict.
     pub queue: usize,
     /// How long a queued session waits for a slot before it is told the server is busy.
     pub queue_wait: Duration,
@@ -837,8 +837,8 @@ fn dial_helper(sh: &Shared, req: &Request) -> Result<Half, NetError> {
     let mut r = req.clone();
     r.kind = "owner".into();
     h.send_json(&r)?;
-    // The helper answers once the client's connection arrived too.
-    let v: Verdict = h.recv_json("verdict", sh.cfg.timeout + sh.cfg.queue_wait)?;
+    // The helper answers once the client's connection arrived too and it has a free slot.
+    let v: Verdict = h.recv_json("verdict", sh.cfg.timeout + 2 * sh.cfg.queue_wait)?;
     if !v.ok {
         return Err(NetError::Refused {
             peer: "the helper".into(),
@@ -892,7 +892,7 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
         },
     );
     drop(w);
-    let wait = sh.cfg.timeout + sh.cfg.queue_wait;
+    let wait = sh.cfg.timeout + 2 * sh.cfg.queue_wait;
     if rx.recv_timeout(wait).is_ok() {
         return; // the partner's thread runs the session
     }
@@ -922,7 +922,9 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
 
 fn helper_session(sh: &Arc<Shared>, mut client: Half, mut owner: Half, req: Request) {
     let started = Instant::now();
-    let slot = match sh.admission.acquire(Duration::ZERO) {
+    // The owner admitted the session already; the helper's slots are freed a little later
+    // than the owner's (a failed session ends at each server on its own), so wait as well.
+    let slot = match sh.admission.acquire(sh.cfg.queue_wait) {
         Ok(s) => s,
         Err(reason) => {
             (sh.log)(&format!(
