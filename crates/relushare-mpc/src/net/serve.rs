@@ -16,10 +16,12 @@
 //!    is not in the deny list `K/revoked` (one name per line, re-read whenever the file changes,
 //!    see [`DenyList`]), and the request's values. A refusal is sent as a verdict with the reason
 //!    and the connection closed: **no share has moved** at that point.
-//! 3. The owner admits the session (at most `max_sessions` run at once, at most `queue` wait for a
-//!    slot, the rest are told the server is busy), dials the helper with the same session id,
-//!    and the helper pairs the owner's connection with the client's. Only when the helper
-//!    accepted both does the owner answer the client "ok".
+//! 3. The owner admits the session (at most `max_sessions` run at once, at most `queue` wait up
+//!    to `queue_wait` for a slot, the rest are told the server is busy), dials the helper with
+//!    the same session id, and the helper pairs the owner's connection with the client's and
+//!    admits the session the same way. Only when the helper accepted both does the owner answer
+//!    the client "ok". A half that waits longer than `timeout + 2 queue_wait` for its partner is
+//!    refused with that reason.
 //! 4. The three connections form the same mesh as `relushare party` ([`super::TlsTransport`]),
 //!    and [`super::session::run`] runs the inference: announce, model structure, fresh weight and
 //!    input shares, the suite's one-time setup, offline and online phases, output shares to the
