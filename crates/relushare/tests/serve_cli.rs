@@ -410,7 +410,8 @@ fn foreign_and_revoked_certificates_are_refused_before_any_share() {
         err.contains("TLS") || err.contains("certificate") || err.contains("refused"),
         "{err}"
     );
-    d.owner.wait_log("refused the connection", 10.0);
+    // The client dials the helper first; the helper refuses the handshake.
+    d.helper.wait_log("refused the connection", 10.0);
     // Revoked: refused with the reason; the deny list is re-read without a restart.
     std::fs::write(d.keys.join("revoked"), "client-2\n").unwrap();
     let out = wait(d.classify("client-2", &d.images[..1], &[]), 60.0);
@@ -490,4 +491,40 @@ fn a_helper_restart_fails_in_flight_sessions_cleanly_and_new_ones_succeed() {
     d.check_serving("client-2");
     let _ = &d.model_path;
     d.assert_alive();
+}
+
+#[test]
+fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
+    let mut d = Deployment::new(Arch::Fmnist, "20", &["--max-sessions", "1", "--queue", "0"]);
+    let (_o, _h) = d.fault_client("client-2");
+    let t = Instant::now();
+    let out = wait(d.classify("client-1", &d.images[..1], &[]), 60.0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("server busy"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(15), "busy took {:?}", t.elapsed());
+    d.owner.wait_log("server busy", 10.0);
+    d.assert_alive();
+    // Bad arguments: clear errors, no server started.
+    let k = d.keys.to_str().unwrap().to_string();
+    for (args, want) in [
+        (vec!["serve", "--role", "owner", "--keys", &k, "--listen", "127.0.0.1:0"], "needs a model"),
+        (vec!["serve", "--role", "boss", "--keys", &k, "--listen", "127.0.0.1:0"], "owner or helper"),
+        (
+            vec!["classify", "--keys", &k, "--client", "client-9", "--owner", "127.0.0.1:1", "--helper", "127.0.0.1:1", "--random-image", "1"],
+            "client-9.crt",
+        ),
+    ] {
+        let o = Command::new(BIN).args(&args).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(want), "{args:?}: {e}");
+    }
+    // Keys of a deployment: owner-only private keys.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for n in ["owner", "helper", "client-1", "client-3"] {
+            let m = std::fs::metadata(d.keys.join(format!("{n}.key"))).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{n}");
+        }
+    }
 }

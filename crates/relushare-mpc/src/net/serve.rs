@@ -1079,32 +1079,50 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
     pki::validate_client_name(&cfg.name)?;
     let n = images.count();
     let req = new_request(&cfg.name, &cfg.protocol, cfg.frac_bits, n)?;
-    // Both servers at once: the owner answers only after the helper has paired us.
-    let mut threads = Vec::new();
-    for (peer, addr) in [(1usize, cfg.owner.clone()), (2, cfg.helper.clone())] {
-        let (keys, req, cfg) = (keys.clone(), req.clone(), cfg.clone());
-        threads.push(std::thread::spawn(move || -> Result<Half, NetError> {
-            let mut c = ClientConn::open(&keys, peer, &addr, &req, cfg.timeout)?;
-            c.verdict(cfg.admission_wait)?;
-            Ok(c.half)
-        }));
+    // Both requests first (the owner answers only after the helper has paired us), then both
+    // verdicts at once; the first refusal closes the other connection so that, e.g., a "busy"
+    // from the owner is reported at once rather than after the helper's pairing timeout.
+    let helper = ClientConn::open(&keys, 2, &cfg.helper, &req, cfg.timeout)?;
+    let owner = ClientConn::open(&keys, 1, &cfg.owner, &req, cfg.timeout)?;
+    let socks: Vec<TcpStream> = [&helper, &owner]
+        .iter()
+        .filter_map(|c| c.half.sock.try_clone().ok())
+        .collect();
+    let (tx, rx) = mpsc::channel::<(usize, Result<Half, NetError>)>();
+    for (i, mut c) in [owner, helper].into_iter().enumerate() {
+        let (tx, wait) = (tx.clone(), cfg.admission_wait);
+        std::thread::spawn(move || {
+            let r = c.verdict(wait).map(|_| c.half);
+            let _ = tx.send((i, r));
+        });
     }
+    drop(tx);
     let mut halves = Vec::new();
-    let mut errors = Vec::new();
-    for t in threads {
-        match t.join() {
-            Ok(Ok(h)) => halves.push(h),
-            Ok(Err(e)) => errors.push(e),
-            Err(_) => errors.push(NetError::Config("connection thread panicked".into())),
+    let mut errors: Vec<(usize, NetError)> = Vec::new();
+    for (i, r) in rx.iter() {
+        match r {
+            Ok(h) => halves.push(h),
+            Err(e) => {
+                if errors.is_empty() {
+                    for s in &socks {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                }
+                errors.push((i, e));
+            }
         }
     }
     if !errors.is_empty() {
-        // A refusal says more than the disconnect it causes on the other connection.
-        errors.sort_by_key(|e| !matches!(e, NetError::Refused { .. }));
+        // A refusal says more than the disconnect it causes on the other connection; the
+        // first error came first.
+        let pick = errors
+            .iter()
+            .position(|(_, e)| matches!(e, NetError::Refused { .. }))
+            .unwrap_or(0);
         for h in halves {
             let _ = h.sock.shutdown(Shutdown::Both);
         }
-        return Err(errors.remove(0).into());
+        return Err(errors.swap_remove(pick).1.into());
     }
     let (mesh, _) = mesh(0, halves, cfg.timeout, cfg.max_frame)?;
     session::run(
