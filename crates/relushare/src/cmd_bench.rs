@@ -62,7 +62,8 @@ pub struct Args {
     /// Load test of private inference as a service: start `relushare serve` (owner and helper)
     /// as processes on loopback for each architecture (--archs, default fmnist,cifar10; random
     /// weights of --presets' first preset, default original) and run --clients concurrent
-    /// clients x --per-client images, twice; report failures, agreement with plaintext,
+    /// clients x --per-client images, three times (a warm-up and two equal rounds); report
+    /// failures, agreement with plaintext,
     /// p50/p99 latency, throughput and the servers' resident memory after each round.
     #[arg(long)]
     pub serve: bool,

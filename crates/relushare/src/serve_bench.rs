@@ -167,13 +167,18 @@ pub fn run(
             })
             .collect();
         let mut rounds = Vec::new();
-        for round in 1..=2 {
+        // Round 1 warms up (allocator arenas of the session threads, lazy statics); rounds 2
+        // and 3 are the two equal rounds whose resident memory is compared.
+        for round in 1..=3 {
             eprintln!(
                 "bench --serve: {} {preset} {}: round {round}, {clients} clients x {per_client} images",
                 arch.name(),
                 protocol.name()
             );
             let r = serve::run_load(&cfgs, &pixels, &expected, per_client);
+            // The servers' session threads close their connections after the client has its
+            // result; read the memory once they are gone.
+            std::thread::sleep(Duration::from_secs(3));
             let row = Round {
                 sessions: r.sessions,
                 failures: r.failures.clone(),
