@@ -476,7 +476,7 @@ fn a_helper_restart_fails_in_flight_sessions_cleanly_and_new_ones_succeed() {
     // While the helper is down new sessions fail with a clear error.
     let out = wait(d.classify("client-2", &d.images[..1], &[]), 60.0);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("helper"), "{err}");
+    assert!(!out.status.success() && err.contains("peer P2"), "{err}");
     // Back on the same address: served again.
     let k = d.keys.to_str().unwrap().to_string();
     let addr = d.helper.addr.clone();
