@@ -17,6 +17,7 @@ pub mod cifar;
 mod error;
 pub mod fetch;
 pub mod idx;
+pub mod image;
 pub mod mat;
 pub mod synthetic;
 mod util;

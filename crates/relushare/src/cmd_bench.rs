@@ -59,6 +59,23 @@ pub struct Args {
     /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
     #[arg(long, hide = true)]
     pub memory_probe: Option<String>,
+    /// Load test of private inference as a service: start `relushare serve` (owner and helper)
+    /// as processes on loopback for each architecture (--archs, default fmnist,cifar10; random
+    /// weights of --presets' first preset, default original) and run --clients concurrent
+    /// clients x --per-client images, three times (a warm-up and two equal rounds); report
+    /// failures, agreement with plaintext,
+    /// p50/p99 latency, throughput and the servers' resident memory after each round.
+    #[arg(long)]
+    pub serve: bool,
+    /// --serve: concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// --serve: images per client (one session each).
+    #[arg(long, default_value_t = 25)]
+    pub per_client: usize,
+    /// --serve: sessions the servers run at once (default: their number of cores).
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -318,6 +335,23 @@ fn soak(n: usize) -> Result<SoakReport> {
 pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &a.memory_probe {
         return memory_probe(p);
+    }
+    if a.serve {
+        return crate::serve_bench::run(
+            a.archs.clone().unwrap_or_else(|| vec![Arch::Fmnist, Arch::Cifar10]),
+            a.presets
+                .as_ref()
+                .and_then(|p| p.first().cloned())
+                .unwrap_or_else(|| "original".into()),
+            a.protocols
+                .as_ref()
+                .and_then(|p| p.first().copied())
+                .unwrap_or(Protocol::Fast),
+            a.clients,
+            a.per_client,
+            a.max_sessions,
+            a.json.as_deref(),
+        );
     }
     let archs = a.archs.clone().unwrap_or_else(|| Arch::ALL.to_vec());
     let default_presets: &[&str] = if a.quick {

@@ -8,6 +8,7 @@ use relushare_data::{load, DatasetName, Split};
 use relushare_model::Model;
 use relushare_mpc::protocol::Protocol;
 
+use crate::image_args::{self, ImageArgs};
 use crate::model_args::ModelArgs;
 use crate::secure::run_secure;
 
@@ -18,6 +19,9 @@ pub struct Args {
     /// Protocol suite: securenn (the paper's baseline), fast, fss.
     #[arg(long, default_value = "fast")]
     pub protocol: Protocol,
+    /// Image files to classify instead of dataset images.
+    #[command(flatten)]
+    pub files: ImageArgs,
     /// Dataset the images come from: synthetic (default), cifar10, svhn, fmnist.
     #[arg(long, default_value = "synthetic")]
     pub dataset: DatasetName,
@@ -63,6 +67,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if !a.files.image.is_empty() {
+        let model = a
+            .source
+            .load_normalized()?
+            .context("give --model FILE, or --arch A --preset P --random-weights")?;
+        return run_files(&a, &model);
     }
     let model = load_model(&a)?;
     let d = model.spec.input;
@@ -123,5 +134,45 @@ pub fn run(a: Args) -> Result<()> {
         s.setup_seconds,
         s.setup_bytes
     );
+    Ok(())
+}
+
+/// `infer --image FILE ...`: the files' classes with their names.
+fn run_files(a: &Args, model: &Model) -> Result<()> {
+    let d = model.spec.input;
+    let pixels = a.files.pixels((d.c, d.h, d.w))?;
+    let n = pixels.len();
+    let set = relushare_data::ImageSet::new(
+        (d.c, d.h, d.w),
+        pixels.concat(),
+        vec![0; n],
+        model.spec.num_classes.max(1),
+    )?;
+    let s = run_secure(model, &set, n, a.protocol, a.batch, a.frac_bits)?;
+    let classes: Vec<usize> = s.per_image.iter().map(|r| r.class).collect();
+    let logits: Vec<Vec<f32>> = s.per_image.iter().map(|r| r.logits.clone()).collect();
+    let rows = image_args::classified(&s.arch, &a.files.image, &classes, &logits);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "images": rows,
+                "agree_with_plaintext": s.agree_with_plaintext,
+                "summary": s,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{} / {} with {}: {} image file(s), {:.4} s and {:.3} MB per image; agreement with plaintext fixed point {:.1}%",
+        s.arch,
+        s.preset,
+        s.protocol,
+        n,
+        s.seconds,
+        s.total_bytes / 1e6,
+        s.agree_with_plaintext * 100.0
+    );
+    image_args::print_classified(&rows);
     Ok(())
 }

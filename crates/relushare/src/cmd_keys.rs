@@ -1,8 +1,10 @@
-//! `relushare keys`: a fresh session CA and certificates/keys for parties 0, 1 and 2.
+//! `relushare keys`: a fresh session CA and certificates/keys for parties 0, 1 and 2, or with
+//! `--clients N` the keys of a serving deployment (CA, `owner`, `helper`, `client-1` ...
+//! `client-N`; see `relushare serve`).
 //!
 //! The CA key is discarded after signing; private keys are written with mode 0600 through a
 //! temporary file and a rename. Give each party `ca.crt`, `session-id` and its own
-//! `party-R.crt`/`party-R.key`.
+//! `NAME.crt`/`NAME.key`.
 
 use std::path::PathBuf;
 
@@ -17,6 +19,10 @@ pub struct Args {
     /// Session id (letters, digits, '.', '_', '-'; at most 64). Default: 128 random bits.
     #[arg(long)]
     pub session_id: Option<String>,
+    /// Keys for a serving deployment with this many clients (`client-1` ... `client-N`), plus
+    /// `owner` and `helper`, instead of one session's `party-0..2`.
+    #[arg(long)]
+    pub clients: Option<usize>,
     /// Replace the keys of an earlier session in the same directory.
     #[arg(long)]
     pub force: bool,
@@ -26,7 +32,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let g = pki::generate(&a.out, a.session_id.as_deref(), a.force)?;
+    let g = match a.clients {
+        Some(n) => pki::generate_deployment(&a.out, n, a.session_id.as_deref(), a.force)?,
+        None => pki::generate(&a.out, a.session_id.as_deref(), a.force)?,
+    };
     if a.json {
         let files: Vec<String> = g.files.iter().map(|f| f.display().to_string()).collect();
         println!(
@@ -42,9 +51,16 @@ pub fn run(a: Args) -> Result<()> {
         for f in &g.files {
             println!("  {}", f.display());
         }
-        println!(
-            "give party R: ca.crt, session-id, party-R.crt and party-R.key (keep the .key files private)"
-        );
+        if a.clients.is_some() {
+            println!(
+                "give each server and client: ca.crt, session-id and its own NAME.crt and NAME.key (keep the .key files private); revoke a client by adding its name to {}",
+                g.dir.join("revoked").display()
+            );
+        } else {
+            println!(
+                "give party R: ca.crt, session-id, party-R.crt and party-R.key (keep the .key files private)"
+            );
+        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::image_args::{self, ImageArgs};
 use crate::model_args::ModelArgs;
 use anyhow::{bail, Context, Result};
 use relushare_mpc::net::session::{self, ImageSource, SessionOptions};
@@ -56,11 +57,12 @@ pub struct Args {
     /// Model owner: a model file (--model) or --arch/--preset/--random-weights.
     #[command(flatten)]
     pub source: ModelArgs,
-    /// Client: a JSON file with one normalized image (CHW floats) or a list of them.
-    #[arg(long, conflicts_with = "random_image")]
-    pub image: Option<PathBuf>,
+    /// Client: image files (PNG, JPEG, PPM/PGM; repeat --image), or one JSON file (`.json`)
+    /// with one normalized image (CHW floats) or a list of them.
+    #[command(flatten)]
+    pub files: ImageArgs,
     /// Client: use pseudo-random images from this seed (benchmarks).
-    #[arg(long, conflicts_with = "dataset")]
+    #[arg(long, conflicts_with_all = ["dataset", "image"])]
     pub random_image: Option<u64>,
     /// Client: classify dataset images (cifar10, svhn or fmnist), normalized with the model's
     /// normalization.
@@ -159,8 +161,19 @@ pub fn run(a: Args) -> Result<()> {
     // Everything local is checked before touching the network.
     let model = a.source.load()?;
     let mut labels = None;
-    let images = match (&a.image, a.random_image, a.dataset) {
-        (Some(p), _, _) => Some(ImageSource::Given(load_images(p)?)),
+    let json_file = match a.files.image.as_slice() {
+        [p] if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) => Some(p.clone()),
+        _ => None,
+    };
+    let image_files = (!a.files.image.is_empty()).then_some(());
+    let images = match (image_files, a.random_image, a.dataset) {
+        (Some(_), _, _) => match &json_file {
+            Some(p) => Some(ImageSource::Given(load_images(p)?)),
+            None => Some(ImageSource::Deferred {
+                count: a.files.image.len(),
+                load: a.files.loader()?,
+            }),
+        },
         (None, Some(seed), _) => Some(ImageSource::Random {
             seed,
             count: a.images,
@@ -208,7 +221,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     let report = session::run(mesh, model.as_ref(), images.as_ref(), &opts)
         .with_context(|| format!("party {} failed", a.role))?;
-    let json = serde_json::to_string_pretty(&report)?;
+    let mut value = serde_json::to_value(&report)?;
+    if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
+        if !a.files.image.is_empty() {
+            let rows = image_args::classified(&report.arch, &a.files.image, classes, logits);
+            value["classified"] = serde_json::to_value(&rows)?;
+        }
+    }
+    let json = serde_json::to_string_pretty(&value)?;
     if let Some(p) = &a.out {
         relushare_model::io::write_atomic(p, json.as_bytes())?;
     }
@@ -238,6 +258,13 @@ pub fn run(a: Args) -> Result<()> {
         report.online_seconds,
         report.seconds
     );
+    if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
+        if !a.files.image.is_empty() {
+            let rows = image_args::classified(&report.arch, &a.files.image, classes, logits);
+            image_args::print_classified(&rows);
+            return Ok(());
+        }
+    }
     if let (Some(classes), Some(logits)) = (&report.classes, &report.logits) {
         for (i, (c, l)) in classes.iter().zip(logits).enumerate() {
             let l: Vec<String> = l.iter().map(|x| format!("{x:.3}")).collect();

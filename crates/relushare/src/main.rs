@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd_bench;
+mod cmd_classify;
 mod cmd_cluster;
 mod cmd_count;
 mod cmd_data;
@@ -15,9 +16,12 @@ mod cmd_infer;
 mod cmd_keys;
 mod cmd_party;
 mod cmd_reproduce;
+mod cmd_serve;
 mod cmd_train;
+mod image_args;
 mod model_args;
 mod secure;
+mod serve_bench;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +47,10 @@ enum Command {
     Keys(cmd_keys::Args),
     /// Run one party of a secure inference over TLS (separate processes or machines).
     Party(cmd_party::Args),
+    /// Serve private inference: the long-running model owner or helper (clients use `classify`).
+    Serve(cmd_serve::Args),
+    /// Classify images privately with a served model (this client alone learns the result).
+    Classify(cmd_classify::Args),
     /// Datasets: download the official files (`data fetch`) or inspect a split (`data info`).
     Data(cmd_data::Args),
     /// Train an architecture/preset on a dataset (Burn) and write the model file.
@@ -65,6 +73,8 @@ fn main() {
         Command::Demo(a) => cmd_demo::run(a),
         Command::Keys(a) => cmd_keys::run(a),
         Command::Party(a) => cmd_party::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
+        Command::Classify(a) => cmd_classify::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Cluster(a) => cmd_cluster::run(a),
         Command::Reproduce(a) => cmd_reproduce::run(a),

@@ -50,4 +50,22 @@ impl ModelArgs {
         };
         Ok(Some(Model::random(spec, maps.as_ref(), self.seed)?))
     }
+
+    /// As [`ModelArgs::load`]; a model with random weights gets the normalization of its
+    /// architecture's dataset (a trained model file carries its own).
+    pub fn load_normalized(&self) -> Result<Option<Model>> {
+        let Some(mut m) = self.load()? else {
+            return Ok(None);
+        };
+        if self.random_weights {
+            if let Ok(d) = m.spec.arch.name().parse::<relushare_data::DatasetName>() {
+                let n = relushare_data::normalization(d, m.spec.input.c);
+                m.spec.normalization = relushare_model::Normalization {
+                    mean: n.mean,
+                    std: n.std,
+                };
+            }
+        }
+        Ok(Some(m))
+    }
 }

@@ -33,6 +33,8 @@ pub struct ImageResult {
     pub client_bytes: f64,
     pub rounds: u64,
     pub offline_rounds: u64,
+    /// The decoded secure logits.
+    pub logits: Vec<f32>,
 }
 
 /// One layer's costs per image (medians over the batches).
@@ -189,6 +191,7 @@ pub fn run_secure(
                 client_bytes: rep.client_bytes as f64 / n,
                 rounds: rep.online_rounds(),
                 offline_rounds: rep.offline_rounds(),
+                logits: fm.fp.decode_vec(out),
             });
         }
     }

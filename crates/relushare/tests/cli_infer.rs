@@ -153,3 +153,68 @@ fn model_file_and_real_images() {
     let bits: u64 = table1_cost(&fm, 1).iter().map(|c| c.bits).sum();
     assert_eq!(j["online_bytes"].as_f64().unwrap() * 8.0, bits as f64);
 }
+
+/// `infer --image`: PNG and PPM files of another size and colour model are resized and
+/// converted; the JSON names each class, and its index equals the plaintext class of the same
+/// pixels; a corrupt file fails naming it.
+#[test]
+fn image_files_are_classified_with_class_names() {
+    use relushare_data::image::{class_name, load_image, Fit};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let mut model =
+        Model::random(presets::build(Arch::Fmnist, "original").unwrap(), None, 6).unwrap();
+    model.spec.normalization = relushare_model::Normalization {
+        mean: vec![0.286],
+        std: vec![0.353],
+    };
+    for p in ["fc2.weight", "fc2.bias"] {
+        for v in &mut model.params.get_mut(p).unwrap().data {
+            *v *= 40.0;
+        }
+    }
+    model.save(&path).unwrap();
+    // A 40x30 colour PPM and a 28x28 grey PGM.
+    let ppm = dir.path().join("a.ppm");
+    let mut b = b"P6\n40 30\n255\n".to_vec();
+    b.extend((0..40 * 30 * 3).map(|i| ((i * 31) % 251) as u8));
+    std::fs::write(&ppm, b).unwrap();
+    let pgm = dir.path().join("b.pgm");
+    let mut b = b"P5\n28 28\n255\n".to_vec();
+    b.extend((0..28 * 28).map(|i| ((i * 7 + i / 28 * 13) % 256) as u8));
+    std::fs::write(&pgm, b).unwrap();
+    for crop in [false, true] {
+        let mut args = vec![
+            "--model",
+            path.to_str().unwrap(),
+            "--image",
+            ppm.to_str().unwrap(),
+            "--image",
+            pgm.to_str().unwrap(),
+        ];
+        if crop {
+            args.push("--center-crop");
+        }
+        let j = infer_json(&args);
+        let rows = j["images"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        let fit = if crop { Fit::CenterCrop } else { Fit::Stretch };
+        let px: Vec<Vec<u8>> = [&ppm, &pgm]
+            .iter()
+            .map(|p| load_image(p, (1, 28, 28), fit).unwrap())
+            .collect();
+        let want =
+            relushare_mpc::net::serve::plaintext_classes(&model, &px, "fast", 13).unwrap();
+        for (r, w) in rows.iter().zip(want) {
+            assert_eq!(r["index"].as_u64().unwrap() as usize, w);
+            assert_eq!(r["name"].as_str().unwrap(), class_name("fmnist", w));
+            assert_eq!(r["logits"].as_array().unwrap().len(), 10);
+        }
+        assert_eq!(j["agree_with_plaintext"].as_f64().unwrap(), 1.0);
+    }
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let out = infer(&["--model", path.to_str().unwrap(), "--image", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("broken.png"), "{err}");
+}

@@ -572,3 +572,75 @@ fn keys_are_private_atomic_and_not_silently_replaced() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("session id"));
 }
+
+/// The client party classifies image files (`--image a.ppm --image b.pgm`): converted and
+/// resized to the model's input, classes named, equal to the plaintext classes of the same
+/// pixels.
+#[test]
+fn the_client_party_classifies_image_files() {
+    use relushare_data::image::{class_name, load_image, Fit};
+    let d = tmp();
+    let k = keys(d.path(), "image-files");
+    let (model, mpath) = svhn_model(d.path());
+    let a = d.path().join("a.ppm");
+    let mut b = b"P6\n48 40\n255\n".to_vec();
+    b.extend((0..48 * 40 * 3).map(|i| ((i * 29 + i / 48) % 253) as u8));
+    std::fs::write(&a, b).unwrap();
+    let g = d.path().join("b.pgm");
+    let mut b = b"P5\n32 32\n255\n".to_vec();
+    b.extend((0..32 * 32).map(|i| ((i * 11) % 256) as u8));
+    std::fs::write(&g, b).unwrap();
+    let (a0, a1) = (free_port(), free_port());
+    let p0 = spawn(
+        0,
+        &k,
+        &[
+            "--listen",
+            &a0,
+            "--image",
+            a.to_str().unwrap(),
+            "--image",
+            g.to_str().unwrap(),
+            "--json",
+            "--timeout",
+            "60",
+        ],
+    );
+    let p1 = spawn(
+        1,
+        &k,
+        &[
+            "--listen",
+            &a1,
+            "--peers",
+            &format!("0={a0}"),
+            "--model",
+            mpath.to_str().unwrap(),
+            "--timeout",
+            "60",
+        ],
+    );
+    let p2 = spawn(2, &k, &["--peers", &format!("0={a0},1={a1}"), "--timeout", "60"]);
+    let (r0, r1, r2) = (p0.wait(120.0), p1.wait(120.0), p2.wait(120.0));
+    assert!(r0.ok && r1.ok && r2.ok, "{} {} {}", r0.stderr, r1.stderr, r2.stderr);
+    let rep: serde_json::Value = serde_json::from_str(&r0.stdout).unwrap();
+    let rows = rep["classified"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let px: Vec<Vec<u8>> = [&a, &g]
+        .iter()
+        .map(|p| load_image(p, (3, 32, 32), Fit::Stretch).unwrap())
+        .collect();
+    for (r, img) in rows.iter().zip(&px) {
+        let mut x = vec![0f32; img.len()];
+        model.spec.normalization.apply(img, &mut x);
+        let plain = relushare_mpc::plain::forward_fixed(&model, &x, 13, &mut |_| false).unwrap();
+        let logits: Vec<f32> = serde_json::from_value(r["logits"].clone()).unwrap();
+        for (p, s) in plain.iter().zip(&logits) {
+            assert!((p - s).abs() < 0.05, "logits differ: {plain:?} vs {logits:?}");
+        }
+        let idx = r["index"].as_u64().unwrap() as usize;
+        let top = (0..logits.len()).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
+        assert_eq!(idx, top);
+        assert_eq!(r["name"].as_str().unwrap(), class_name("svhn", idx));
+    }
+}

@@ -6,6 +6,9 @@
 //!   session CA, the peer's role taken from its certificate and checked against the expected one,
 //!   and a session hello (session id + role) checked by both ends before anything else is sent.
 //! - [`frame`]: length-prefixed frames with a maximum size checked before allocating.
+//! - [`serve`]: private inference as a service: long-running owner and helper servers, clients
+//!   that come and go, deployment keys with client identities, a deny list, admission control,
+//!   per-session limits, and the load driver of `relushare bench --serve`.
 //! - [`TlsTransport`]: the established mesh. Topology is deterministic: party `i` listens for
 //!   every higher role and connects to every lower one (P0 listens, P1 listens and connects to P0,
 //!   P2 connects to both). Connection attempts are retried until the deadline (`timeout` after
@@ -16,6 +19,7 @@ pub mod error;
 pub mod frame;
 mod link;
 pub mod pki;
+pub mod serve;
 pub mod session;
 #[cfg(test)]
 mod tests;

@@ -65,9 +65,11 @@ pub struct GeneratedKeys {
     pub files: Vec<PathBuf>,
 }
 
+#[cfg(test)]
 fn cert_path(dir: &Path, role: usize) -> PathBuf {
     dir.join(format!("party-{role}.crt"))
 }
+#[cfg(test)]
 fn key_path(dir: &Path, role: usize) -> PathBuf {
     dir.join(format!("party-{role}.key"))
 }
@@ -158,6 +160,94 @@ pub fn generate(
     session_id: Option<&str>,
     force: bool,
 ) -> Result<GeneratedKeys, NetError> {
+    let entries: Vec<KeyEntry> = (0..PARTIES)
+        .map(|role| KeyEntry {
+            role,
+            stem: format!("party-{role}"),
+            client: None,
+        })
+        .collect();
+    generate_entries(dir, session_id, force, &entries)
+}
+
+/// The file stem of a deployment's model owner (role 1) credentials.
+pub const OWNER_STEM: &str = "owner";
+/// The file stem of a deployment's helper (role 2) credentials.
+pub const HELPER_STEM: &str = "helper";
+/// Most client certificates one `generate_deployment` call writes.
+pub const MAX_CLIENTS: usize = 10_000;
+
+/// The DNS name (second SAN) that certifies a client's identity, e.g. `client-1.client.relushare`.
+pub fn client_dns_name(name: &str) -> String {
+    format!("{name}.client.relushare")
+}
+
+/// Checks a client name: 1 to 40 characters of `[a-z0-9-]`, starting with a letter or digit.
+pub fn validate_client_name(name: &str) -> Result<(), NetError> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0] != b'-';
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::Config(format!(
+            "client name {name:?} must be 1 to 40 characters of a-z, 0-9 and '-' (not starting with '-')"
+        )))
+    }
+}
+
+/// Keys for a serving deployment: one CA, the model owner (`owner.crt/.key`, role 1), the helper
+/// (`helper.crt/.key`, role 2) and `clients` clients `client-1` ... `client-N`
+/// (`client-i.crt/.key`, role 0, with the second SAN [`client_dns_name`] naming the client).
+/// The `session-id` file holds the deployment id that every connection's hello must carry.
+pub fn generate_deployment(
+    dir: &Path,
+    clients: usize,
+    deployment_id: Option<&str>,
+    force: bool,
+) -> Result<GeneratedKeys, NetError> {
+    if clients == 0 || clients > MAX_CLIENTS {
+        return Err(NetError::Config(format!(
+            "--clients must be between 1 and {MAX_CLIENTS} (got {clients})"
+        )));
+    }
+    let mut entries = vec![
+        KeyEntry {
+            role: 1,
+            stem: OWNER_STEM.into(),
+            client: None,
+        },
+        KeyEntry {
+            role: 2,
+            stem: HELPER_STEM.into(),
+            client: None,
+        },
+    ];
+    for i in 1..=clients {
+        let name = format!("client-{i}");
+        entries.push(KeyEntry {
+            role: 0,
+            stem: name.clone(),
+            client: Some(name),
+        });
+    }
+    generate_entries(dir, deployment_id, force, &entries)
+}
+
+/// One certificate to issue: its role, file stem and (clients) the client name.
+struct KeyEntry {
+    role: usize,
+    stem: String,
+    client: Option<String>,
+}
+
+fn generate_entries(
+    dir: &Path,
+    session_id: Option<&str>,
+    force: bool,
+    entries: &[KeyEntry],
+) -> Result<GeneratedKeys, NetError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
@@ -210,13 +300,22 @@ pub fn generate(
     let issuer = Issuer::new(ca_params, ca_key);
 
     let mut files = Vec::new();
-    for role in 0..PARTIES {
+    for e in entries {
+        let role = e.role;
         let key = KeyPair::generate().map_err(rc)?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc)?;
         p.subject_alt_names = vec![SanType::DnsName(role_name(role).try_into().map_err(rc)?)];
+        if let Some(name) = &e.client {
+            validate_client_name(name)?;
+            p.subject_alt_names.push(SanType::DnsName(
+                client_dns_name(name).try_into().map_err(rc)?,
+            ));
+        }
         p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::CommonName, role_name(role));
+        p.distinguished_name.push(
+            DnType::CommonName,
+            e.client.clone().unwrap_or_else(|| role_name(role)),
+        );
         p.distinguished_name.push(
             DnType::OrganizationalUnitName,
             format!("session {session_id}"),
@@ -230,9 +329,9 @@ pub fn generate(
         p.use_authority_key_identifier_extension = true;
         set_validity(&mut p, VALIDITY_DAYS);
         let cert = p.signed_by(&key, &issuer).map_err(rc)?;
-        let kp = key_path(dir, role);
+        let kp = dir.join(format!("{}.key", e.stem));
         write_atomic_mode(&kp, key.serialize_pem().as_bytes(), 0o600)?;
-        let cp = cert_path(dir, role);
+        let cp = dir.join(format!("{}.crt", e.stem));
         write_atomic_mode(&cp, cert.pem().as_bytes(), 0o644)?;
         files.push(cp);
         files.push(kp);
@@ -302,15 +401,27 @@ fn load_cert(path: &Path) -> Result<CertificateDer<'static>, NetError> {
 impl PartyKeys {
     /// Loads the credentials of `role` from a keys directory written by [`generate`].
     pub fn load(dir: &Path, role: usize) -> Result<PartyKeys, NetError> {
+        Self::load_stem(dir, role, &format!("party-{role}"))
+    }
+
+    /// Loads the credentials `STEM.crt`/`STEM.key` of `role` (e.g. a deployment's `owner`,
+    /// `helper` or `client-3`, see [`generate_deployment`]).
+    pub fn load_stem(dir: &Path, role: usize, stem: &str) -> Result<PartyKeys, NetError> {
         if role >= PARTIES {
             return Err(NetError::Config(format!(
                 "role must be 0, 1 or 2 (got {role})"
             )));
         }
+        if stem.is_empty() || stem.contains(['/', '\\']) || stem.starts_with('.') {
+            return Err(NetError::Config(format!("bad key name {stem:?}")));
+        }
         let ca = load_cert(&dir.join("ca.crt"))?;
-        let cp = cert_path(dir, role);
+        let cp = dir.join(format!("{stem}.crt"));
+        if !cp.exists() {
+            return Err(keys_err(&cp, "not found (wrong --keys directory or name?)"));
+        }
         let cert = load_cert(&cp)?;
-        let kp = key_path(dir, role);
+        let kp = dir.join(format!("{stem}.key"));
         let meta = fs::metadata(&kp).map_err(|e| keys_err(&kp, format!("cannot read: {e}")))?;
         #[cfg(unix)]
         {

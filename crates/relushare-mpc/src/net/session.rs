@@ -76,14 +76,33 @@ pub enum ImageSource {
     Random { seed: u64, count: usize },
     /// Raw CHW pixels (e.g. dataset images), normalized with the model's public normalization.
     Pixels(Vec<Vec<u8>>),
+    /// `count` images whose pixels are produced once the model's input size is known (e.g.
+    /// image files resized to the input of a model the client has never seen), then normalized
+    /// like [`ImageSource::Pixels`].
+    Deferred { count: usize, load: PixelLoader },
+}
+
+/// Makes `c x h x w` CHW `u8` pixels for each image, given the model's input dims `(c, h, w)`;
+/// `Err` explains why the images do not fit the model.
+#[derive(Clone)]
+pub struct PixelLoader(
+    pub Arc<dyn Fn((usize, usize, usize)) -> std::result::Result<Vec<Vec<u8>>, String> + Send + Sync>,
+);
+
+impl std::fmt::Debug for PixelLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PixelLoader")
+    }
 }
 
 impl ImageSource {
-    fn count(&self) -> usize {
+    /// Number of images.
+    pub fn count(&self) -> usize {
         match self {
             ImageSource::Given(v) => v.len(),
             ImageSource::Random { count, .. } => *count,
             ImageSource::Pixels(v) => v.len(),
+            ImageSource::Deferred { count, .. } => *count,
         }
     }
 }
@@ -119,6 +138,8 @@ pub struct PartyReport {
     pub client_role: usize,
     /// Images classified.
     pub images: usize,
+    /// The model's architecture (public: part of the structure every party receives).
+    pub arch: String,
     /// Client only: decoded logits per image.
     pub logits: Option<Vec<Vec<f32>>>,
     /// Client only: class per image.
@@ -278,6 +299,33 @@ fn secret_vectors(fm: &FixedModel) -> Vec<&Vec<u64>> {
         }
     }
     v
+}
+
+/// Lengths of the secret vectors of a (prepared) model, in the order they are shared.
+pub(crate) fn secret_lens(fm: &FixedModel) -> Vec<usize> {
+    secret_vectors(fm).iter().map(|v| v.len()).collect()
+}
+
+/// Normalizes raw CHW pixels with the model's public normalization.
+fn pixels_to_inputs(
+    v: &[Vec<u8>],
+    input_len: usize,
+    normalization: &relushare_model::Normalization,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(v.len());
+    for img in v {
+        if img.len() != input_len {
+            return Err(MpcError::Shape(format!(
+                "the images have {} pixels, the model expects {}",
+                img.len(),
+                input_len
+            )));
+        }
+        let mut buf = vec![0f32; input_len];
+        normalization.apply(img, &mut buf);
+        out.push(buf);
+    }
+    Ok(out)
 }
 
 /// The model as `protocol` runs it (fused gates for the fast suites; see
@@ -486,9 +534,13 @@ fn run_inner(
     let fm_secret;
     let cmp_cfg;
     let normalization;
+    let input_dims;
+    let arch;
     let fm = if me == owner {
         let model = model.expect("owner has the model");
         normalization = model.spec.normalization.clone();
+        input_dims = model.spec.input;
+        arch = model.spec.arch.name().to_string();
         fm_secret = prepared(
             FixedModel::from_model(model, opts.frac_bits)?,
             &opts.protocol,
@@ -535,6 +587,8 @@ fn run_inner(
             default_bits_2f: msg.default_bits_2f,
         };
         normalization = msg.spec.normalization.clone();
+        input_dims = msg.spec.input;
+        arch = msg.spec.arch.name().to_string();
         fm_secret = prepared(
             FixedModel::from_model(&skeleton(msg)?, opts.frac_bits)?,
             &opts.protocol,
@@ -556,22 +610,23 @@ fn run_inner(
         Some(ImageSource::Random { seed, count }) => {
             Some(random_images(*seed, *count, fm.input_len))
         }
-        Some(ImageSource::Pixels(v)) => {
-            let mut out = Vec::with_capacity(v.len());
-            for img in v {
-                if img.len() != fm.input_len {
-                    return Err(MpcError::Shape(format!(
-                        "the images have {} pixels, the model expects {}",
-                        img.len(),
-                        fm.input_len
-                    )));
-                }
-                let mut buf = vec![0f32; fm.input_len];
-                normalization.apply(img, &mut buf);
-                out.push(buf);
+        Some(ImageSource::Deferred { count, load }) => {
+            let v = (load.0)((input_dims.c, input_dims.h, input_dims.w)).map_err(|e| {
+                MpcError::Shape(format!(
+                    "the images do not fit the model's {}x{}x{} input: {e}",
+                    input_dims.c, input_dims.h, input_dims.w
+                ))
+            })?;
+            if v.len() != *count {
+                return Err(MpcError::Shape(format!(
+                    "{} images announced, {} made",
+                    count,
+                    v.len()
+                )));
             }
-            Some(out)
+            Some(pixels_to_inputs(&v, fm.input_len, &normalization)?)
         }
+        Some(ImageSource::Pixels(v)) => Some(pixels_to_inputs(v, fm.input_len, &normalization)?),
         None => None,
     };
 
@@ -725,6 +780,7 @@ fn run_inner(
         owner_role: owner,
         client_role: client,
         images: n,
+        arch,
         logits,
         classes,
         offline_bytes: report.offline_bytes(),
