@@ -105,7 +105,7 @@ pub fn random_images(seed: u64, count: usize, len: usize) -> Vec<Vec<f32>> {
 }
 
 /// What one party learned and spent.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PartyReport {
     /// This party's role.
     pub role: usize,
@@ -133,6 +133,21 @@ pub struct PartyReport {
     /// Seconds: connection to result, and the online phase.
     pub seconds: f64,
     pub online_seconds: f64,
+    /// Seconds of the offline phase (dealer material of these images) and of the one-time
+    /// model setup.
+    #[serde(default)]
+    pub offline_seconds: f64,
+    #[serde(default)]
+    pub setup_seconds: f64,
+    /// When (Unix time, seconds) this party started its offline phase, started its online
+    /// phase and finished it: parties on one host share the clock, so a launcher can take the
+    /// phases' spans over all three.
+    #[serde(default)]
+    pub offline_start_unix: f64,
+    #[serde(default)]
+    pub online_start_unix: f64,
+    #[serde(default)]
+    pub online_end_unix: f64,
     /// This party's per-layer costs.
     pub layers: Vec<crate::cost::LabelCost>,
 }
@@ -640,12 +655,18 @@ fn run_inner(
     let mut costs: PartyCosts = BTreeMap::new();
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("model-setup");
+    let t_setup = Instant::now();
     suite.prepare(&plan, &weights)?;
+    let setup_seconds = t_setup.elapsed().as_secs_f64();
     crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("offline");
+    let offline_start_unix = unix_now();
+    let t_offline = Instant::now();
     suite.offline(&plan, &weights)?;
+    let offline_seconds = t_offline.elapsed().as_secs_f64();
     suite.comm().set_phase(Phase::Online);
+    let online_start_unix = unix_now();
     let t_online = Instant::now();
     let mut x = x;
     for (li, op) in plan.ops.iter().enumerate() {
@@ -663,6 +684,7 @@ fn run_inner(
     suite.comm().set_label("output");
     let out_share = suite.reveal_to_client(&x)?;
     let online_seconds = t_online.elapsed().as_secs_f64();
+    let online_end_unix = unix_now();
     crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
     drop(suite);
 
@@ -721,6 +743,18 @@ fn run_inner(
         setup_bytes: io.sent,
         seconds: start.elapsed().as_secs_f64(),
         online_seconds,
+        offline_seconds,
+        setup_seconds,
+        offline_start_unix,
+        online_start_unix,
+        online_end_unix,
         layers,
     })
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
