@@ -38,6 +38,9 @@ pub struct NetRow {
     pub modelled_online_seconds: f64,
     pub modelled_offline_seconds: f64,
     pub modelled_seconds: f64,
+    /// The same with a one-way delay (RTT / 2) per round instead of a full round trip: what a
+    /// round costs when both ends send at once or the step only sends (dealer material).
+    pub modelled_one_way_seconds: f64,
     /// Bytes per image of all parties and rounds, as measured over the network.
     pub online_bytes: f64,
     pub offline_bytes: f64,
@@ -128,6 +131,10 @@ pub fn run(
                         modelled_online_seconds: m_on,
                         modelled_offline_seconds: m_off,
                         modelled_seconds: m_on + m_off,
+                        modelled_one_way_seconds: local.online_seconds
+                            + local.offline_seconds
+                            + net.modelled_seconds(s.rounds + s.offline_rounds, 0.0) / 2.0
+                            + net.modelled_seconds(0, s.online_bytes + s.offline_bytes),
                         online_bytes: s.online_bytes,
                         offline_bytes: s.offline_bytes,
                         rounds: s.rounds,
@@ -222,10 +229,10 @@ pub fn markdown(r: &NetReport, networks: &[NetProfile]) -> Result<String> {
             "\n### {} ({net}), one image per row\n",
             name.to_uppercase()
         )?;
-        writeln!(m, "| arch | preset | suite | online s | model | offline s | model | total s | model | compute s | online MB | offline MB | online rounds | offline rounds | agree | paper: s, rounds, MB | paper modelled s |")?;
+        writeln!(m, "| arch | preset | suite | online s | model | offline s | model | total s | model | model, RTT/2 per round | compute s | online MB | offline MB | online rounds | offline rounds | agree | paper: s, rounds, MB | paper modelled s |")?;
         writeln!(
             m,
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
         )?;
         for x in rows {
             let p = (x.protocol == "securenn")
@@ -243,7 +250,7 @@ pub fn markdown(r: &NetReport, networks: &[NetProfile]) -> Result<String> {
             };
             writeln!(
                 m,
-                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {} | {} | {:.0}% | {} | {} |",
+                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {} | {} | {:.0}% | {} | {} |",
                 x.arch,
                 x.preset,
                 x.protocol,
@@ -253,6 +260,7 @@ pub fn markdown(r: &NetReport, networks: &[NetProfile]) -> Result<String> {
                 x.modelled_offline_seconds,
                 x.seconds,
                 x.modelled_seconds,
+                x.modelled_one_way_seconds,
                 x.compute_online_seconds + x.compute_offline_seconds,
                 x.online_bytes / 1e6,
                 x.offline_bytes / 1e6,

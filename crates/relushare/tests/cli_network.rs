@@ -92,7 +92,7 @@ fn bad_network_options_are_refused_before_anything_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown network"), "{err}");
     let mut args = MODEL.to_vec();
-    args.extend(["--network", "wan", "--mbit", "-3"]);
+    args.extend(["--network", "wan", "--mbit", "0"]);
     let out = infer(&args);
     assert!(!out.status.success());
     assert!(
