@@ -464,3 +464,75 @@ fn summarise(
         parties,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(role: usize, client: bool, layers: Vec<LabelCost>) -> PartyReport {
+        PartyReport {
+            role,
+            protocol: "fast".into(),
+            model_owner: role == 1,
+            client,
+            owner_role: 1,
+            client_role: 0,
+            images: 2,
+            logits: client.then(|| vec![vec![0.0, 1.0], vec![1.0, 0.0]]),
+            classes: client.then(|| vec![1, 0]),
+            offline_bytes: 0,
+            online_bytes: 0,
+            online_rounds: 0,
+            offline_rounds: 0,
+            setup_bytes: 100,
+            seconds: 1.0,
+            online_seconds: 0.5,
+            offline_seconds: 0.2,
+            setup_seconds: 0.1 * role as f64,
+            offline_start_unix: 1000.0 + 0.1 * role as f64,
+            online_start_unix: 1001.0 + 0.1 * role as f64,
+            online_end_unix: 1003.0 - 0.5 * role as f64,
+            layers,
+        }
+    }
+
+    fn cost(label: &str, on: u64, off: u64, rounds: u64, off_rounds: u64) -> LabelCost {
+        LabelCost {
+            label: label.into(),
+            online_bytes: on,
+            offline_bytes: off,
+            online_rounds: rounds,
+            offline_rounds: off_rounds,
+            ..Default::default()
+        }
+    }
+
+    /// Bytes add up over the parties, rounds are the maximum, one-time costs stay apart, and
+    /// the phase spans come from the parties' clocks.
+    #[test]
+    fn reports_are_summed_like_the_in_process_runner() {
+        let parties = vec![
+            report(
+                0,
+                true,
+                vec![cost("model-setup", 0, 50, 0, 1), cost("conv1", 10, 0, 1, 0)],
+            ),
+            report(1, false, vec![cost("conv1", 30, 0, 2, 0), cost("act1", 4, 0, 6, 0)]),
+            report(2, false, vec![cost("conv1", 0, 200, 0, 1), cost("act1", 0, 8, 0, 1)]),
+        ];
+        let opts = LaunchOptions::new("relushare".into(), Protocol::Fast, Some(NetProfile::WAN));
+        let run = summarise(parties, vec![1, 1], &opts, 0, 2.0).unwrap();
+        assert_eq!(run.layers.len(), 2);
+        assert_eq!(run.online_bytes, (10.0 + 30.0 + 4.0) / 2.0);
+        assert_eq!(run.offline_bytes, (200.0 + 8.0) / 2.0);
+        assert_eq!((run.rounds, run.offline_rounds), (2 + 6, 1 + 1));
+        assert_eq!(run.setup_bytes, 50 + 3 * 100);
+        assert_eq!(run.layers[0].bytes_per_party, [10, 30, 200]);
+        // offline: 1000.0 (P0 starts) to 1001.2 (P2 starts online); online: to 1003.0; per image.
+        assert!((run.offline_seconds - 1.2 / 2.0).abs() < 1e-9);
+        assert!((run.online_seconds - 1.8 / 2.0).abs() < 1e-9);
+        assert_eq!(run.classes, vec![1, 0]);
+        assert_eq!(run.agreement(), 0.5);
+        assert!((run.setup_seconds - 0.2).abs() < 1e-12);
+    }
+}

@@ -12,6 +12,10 @@
 //!    weights and biases, decider `v` and Fc biases), in layer order; lengths are checked.
 //! 4. `INPUT` (client to P0 and P1): an additive share of the encoded images.
 //!
+//! 5. `READY` (everyone to everyone, empty) after the suite's one-time model setup: a barrier,
+//!    so that all three start the offline phase together and its time is that of the images'
+//!    dealer material, not of a slower party's model setup.
+//!
 //! Then every party runs the suite layer by layer (P2 gets no shares, only geometry), and P0 and
 //! P1 send their output shares to the client in an `OUTPUT` message. Shares come from an
 //! OS-seeded PRG. The costs reported are those of the suite (as in the in-process runner).
@@ -36,7 +40,8 @@ const TAG_MODEL: u8 = 2;
 const TAG_WEIGHTS: u8 = 3;
 const TAG_INPUT: u8 = 4;
 const TAG_OUTPUT: u8 = 5;
-const SESSION_VERSION: u32 = 1;
+const TAG_READY: u8 = 6;
+const SESSION_VERSION: u32 = 2;
 /// Largest accepted announce message.
 const MAX_ANNOUNCE: usize = 4096;
 /// Largest accepted model-structure message.
@@ -51,6 +56,7 @@ fn tag_name(t: u8) -> String {
         TAG_WEIGHTS => "weights".into(),
         TAG_INPUT => "input".into(),
         TAG_OUTPUT => "output".into(),
+        TAG_READY => "ready".into(),
         t => format!("unknown type {t}"),
     }
 }
@@ -659,6 +665,12 @@ fn run_inner(
     suite.prepare(&plan, &weights)?;
     let setup_seconds = t_setup.elapsed().as_secs_f64();
     crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
+    for &j in &others {
+        io.send(j, TAG_READY, &[])?;
+    }
+    for &j in &others {
+        io.recv(j, TAG_READY, 0)?;
+    }
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("offline");
     let offline_start_unix = unix_now();
