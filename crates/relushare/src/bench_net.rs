@@ -112,8 +112,8 @@ pub fn run(
                         std::time::Duration::from_secs(120),
                     )
                     .with_context(|| format!("{arch} {preset} {protocol} over {name}"))?;
-                    let m_on = local.online_seconds
-                        + net.modelled_seconds(s.rounds, s.online_bytes);
+                    let m_on =
+                        local.online_seconds + net.modelled_seconds(s.rounds, s.online_bytes);
                     let m_off = local.offline_seconds
                         + net.modelled_seconds(s.offline_rounds, s.offline_bytes);
                     rep.rows.push(NetRow {
@@ -275,7 +275,10 @@ pub fn markdown(r: &NetReport, networks: &[NetProfile]) -> Result<String> {
             m,
             "\nReference points over {name} (modelled from their published bytes and rounds, CIFAR-10 `original`; not measured by us):\n"
         )?;
-        writeln!(m, "| framework | MB | rounds | modelled s (rounds x RTT + bytes / bandwidth) |")?;
+        writeln!(
+            m,
+            "| framework | MB | rounds | modelled s (rounds x RTT + bytes / bandwidth) |"
+        )?;
         writeln!(m, "|---|---:|---:|---:|")?;
         for p in r.peers.iter().filter(|p| p.network == name) {
             writeln!(

@@ -8,10 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use relushare_data::ImageSet;
 use relushare_model::Model;
-use relushare_mpc::plain::{self, FixedModel};
-use relushare_mpc::protocol::{factory_for, prepare_model, Protocol};
 use relushare_mpc::net::emu::NetProfile;
 use relushare_mpc::net::launch::{run_networked, LaunchOptions};
+use relushare_mpc::plain::{self, FixedModel};
+use relushare_mpc::protocol::{factory_for, prepare_model, Protocol};
 use relushare_mpc::runner::{run_session, RunOptions};
 use serde::Serialize;
 

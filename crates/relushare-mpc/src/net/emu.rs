@@ -446,9 +446,13 @@ mod tests {
         assert!((s - (2.88 + 2.14)).abs() < 1e-9, "{s}");
         assert_eq!(NetProfile::WAN.name(), Some("wan"));
         assert_eq!(NetProfile::from_args("none", None, None).unwrap(), None);
-        let w = NetProfile::from_args("wan", Some(10.0), None).unwrap().unwrap();
+        let w = NetProfile::from_args("wan", Some(10.0), None)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.rtt_ms, w.mbit), (10.0, Some(400.0)));
-        let c = NetProfile::from_args("none", None, Some(100.0)).unwrap().unwrap();
+        let c = NetProfile::from_args("none", None, Some(100.0))
+            .unwrap()
+            .unwrap();
         assert_eq!((c.rtt_ms, c.mbit), (0.0, Some(100.0)));
         assert!(NetProfile::from_args("lan", Some(-2.0), None).is_err());
         assert_eq!(NetProfile::new(5.0, None).unwrap().name(), None);
@@ -536,7 +540,10 @@ mod tests {
         let secs = (t1 - t0).as_secs_f64();
         assert!(got == data, "data changed in transit");
         let floor = (len as f64 - BURST_BYTES) / (mbit * 1e6 / 8.0);
-        assert!(secs >= floor, "{len} bytes in {secs} s, the cap allows {floor} s at best");
+        assert!(
+            secs >= floor,
+            "{len} bytes in {secs} s, the cap allows {floor} s at best"
+        );
         assert!(secs < 10.0 * floor + 2.0, "{secs}");
     }
 

@@ -226,10 +226,7 @@ fn attempt(
             "--model".into(),
             model_file.display().to_string(),
         ],
-        vec![
-            "--peers".into(),
-            format!("0={to0_from2},1={to1_from2}"),
-        ],
+        vec!["--peers".into(), format!("0={to0_from2},1={to1_from2}")],
     ];
     let t0 = Instant::now();
     let mut parties = Parties(Vec::new());
@@ -368,7 +365,13 @@ pub fn run_networked(
     }
     let (parties, relayed_bytes, wall_seconds) =
         got.ok_or_else(|| launch_err("no free loopback ports for the parties"))?;
-    summarise(parties, plaintext_classes, opts, relayed_bytes, wall_seconds)
+    summarise(
+        parties,
+        plaintext_classes,
+        opts,
+        relayed_bytes,
+        wall_seconds,
+    )
 }
 
 /// Per-label costs of the three parties' reports (bytes summed, rounds max), in P0's order.
@@ -517,8 +520,16 @@ mod tests {
                 true,
                 vec![cost("model-setup", 0, 50, 0, 1), cost("conv1", 10, 0, 1, 0)],
             ),
-            report(1, false, vec![cost("conv1", 30, 0, 2, 0), cost("act1", 4, 0, 6, 0)]),
-            report(2, false, vec![cost("conv1", 0, 200, 0, 1), cost("act1", 0, 8, 0, 1)]),
+            report(
+                1,
+                false,
+                vec![cost("conv1", 30, 0, 2, 0), cost("act1", 4, 0, 6, 0)],
+            ),
+            report(
+                2,
+                false,
+                vec![cost("conv1", 0, 200, 0, 1), cost("act1", 0, 8, 0, 1)],
+            ),
         ];
         let opts = LaunchOptions::new("relushare".into(), Protocol::Fast, Some(NetProfile::WAN));
         let run = summarise(parties, vec![1, 1], &opts, 0, 2.0).unwrap();
