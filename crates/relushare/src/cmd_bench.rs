@@ -5,6 +5,10 @@
 //! plaintext inference time of the same model (f32 reference, fixed point, Burn); training
 //! throughput on the Burn backend; peak resident memory of a secure inference (measured in a
 //! child process so that each figure is that run's own).
+//!
+//! `--network lan,wan` runs only the emulated-network rows instead (`bench_net`): the parties
+//! as separate processes over TLS through shaping relays, each row beside the in-process compute
+//! time and the model compute + rounds x RTT + bytes / bandwidth.
 
 use std::path::PathBuf;
 use std::process::Command;

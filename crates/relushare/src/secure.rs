@@ -395,10 +395,16 @@ impl SecureSummary {
             "layer", "seconds", "online MB", "offline MB", "rounds", "off.rnd"
         );
         for l in &self.layers {
+            // Over a network the layers' times are not measured (only the phases').
+            let secs = if self.network.processes {
+                "-".to_string()
+            } else {
+                format!("{:.4}", l.seconds)
+            };
             println!(
-                "{:<12} {:>10.4} {:>12.4} {:>12.4} {:>7} {:>8}",
+                "{:<12} {:>10} {:>12.4} {:>12.4} {:>7} {:>8}",
                 l.name,
-                l.seconds,
+                secs,
                 l.online_bytes / 1e6,
                 l.offline_bytes / 1e6,
                 l.rounds,
