@@ -53,6 +53,30 @@ pub struct PaperRow {
     pub total_mb: Option<f64>,
 }
 
+/// A reference point of another framework (not the paper's): its bytes and rounds for one
+/// CIFAR-10 image of the `original` network, measured on this kind of machine without latency
+/// (from the project's shared notes; their numbers, not our measurement).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PeerPoint {
+    pub name: &'static str,
+    pub mb: f64,
+    pub rounds: u64,
+}
+
+/// The reference points that BENCHMARKS.md models over LAN and WAN beside our measurements.
+pub const PEER_POINTS: &[PeerPoint] = &[
+    PeerPoint {
+        name: "replicated-ring 3PC framework",
+        mb: 27.6,
+        rounds: 2864,
+    },
+    PeerPoint {
+        name: "2PC framework with a dealer",
+        mb: 107.0,
+        rounds: 72,
+    },
+];
+
 /// A per-layer cost statement from the paper's text around Table 8.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextClaim {

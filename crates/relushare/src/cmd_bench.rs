@@ -5,6 +5,10 @@
 //! plaintext inference time of the same model (f32 reference, fixed point, Burn); training
 //! throughput on the Burn backend; peak resident memory of a secure inference (measured in a
 //! child process so that each figure is that run's own).
+//!
+//! `--network lan,wan` runs only the emulated-network rows instead (`bench_net`): the parties
+//! as separate processes over TLS through shaping relays, each row beside the in-process compute
+//! time and the model compute + rounds x RTT + bytes / bandwidth.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use relushare_data::{load, DatasetName, ImageSet, Split};
 use relushare_model::{count, presets, reference, Arch, Model, Normalization};
+use relushare_mpc::net::emu::NetProfile;
 use relushare_mpc::plain::{self, FixedModel};
 use relushare_mpc::protocol::Protocol;
 use relushare_nn::{evaluate, train, EvalConfig, TrainConfig};
@@ -56,6 +61,15 @@ pub struct Args {
     /// Also write the results as Markdown tables (with the paper's Table 8 beside ours).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Measure over emulated networks instead (comma-separated: lan, wan): the parties as
+    /// separate processes over TLS through shaping relays, beside the in-process compute time
+    /// and the model compute + rounds x RTT + bytes / bandwidth. Only these rows are run; the
+    /// defaults become presets original,uniform32 and protocols fast,fss,securenn.
+    #[arg(long, value_delimiter = ',')]
+    pub network: Option<Vec<String>>,
+    /// With --network: images per row over the network (one launch each).
+    #[arg(long, default_value_t = 1)]
+    pub network_images: usize,
     /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
     #[arg(long, hide = true)]
     pub memory_probe: Option<String>,
@@ -354,6 +368,9 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let archs = a.archs.clone().unwrap_or_else(|| Arch::ALL.to_vec());
+    if let Some(names) = &a.network {
+        return run_network(&a, &archs, names);
+    }
     let default_presets: &[&str] = if a.quick {
         &["original", "uniform32"]
     } else {
@@ -533,6 +550,67 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(p) = &a.json {
         let bytes = serde_json::to_vec_pretty(&report)?;
+        relushare_model::io::write_atomic(p, &bytes)?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// `--network`: only the emulated-network rows.
+fn run_network(a: &Args, archs: &[Arch], names: &[String]) -> Result<()> {
+    let mut nets = Vec::new();
+    for n in names {
+        match NetProfile::by_name(n)? {
+            Some(p) => nets.push(p),
+            None => bail!("--network takes lan and/or wan (got {n:?})"),
+        }
+    }
+    if a.network_images == 0 {
+        bail!("--network-images must be at least 1");
+    }
+    let presets: Vec<String> = a
+        .presets
+        .clone()
+        .unwrap_or_else(|| vec!["original".into(), "uniform32".into()]);
+    let protocols = a
+        .protocols
+        .clone()
+        .unwrap_or_else(|| vec![Protocol::Fast, Protocol::Fss, Protocol::Securenn]);
+    let repeats = a.repeats.unwrap_or(if a.quick { 1 } else { 3 }).max(1);
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let r = crate::bench_net::run(
+        archs,
+        &presets,
+        &protocols,
+        &nets,
+        a.network_images,
+        repeats,
+        &model_for,
+        &|arch, n| images(arch, n, Split::Test),
+        &|msg| bar.set_message(msg.to_string()),
+    );
+    bar.finish_and_clear();
+    let r = r?;
+    crate::bench_net::print(&r);
+    if let Some(p) = &a.markdown {
+        let m = machine();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let text = format!(
+            "Measured by `relushare {}` on {} CPUs ({}): the three parties as separate processes over TLS 1.3 on loopback, each link through a shaping relay.\n{}",
+            args.join(" "),
+            m.cpus,
+            m.cpu_model,
+            crate::bench_net::markdown(&r, &nets)?
+        );
+        relushare_model::io::write_atomic(p, text.as_bytes())?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.json {
+        let bytes = serde_json::to_vec_pretty(&serde_json::json!({
+            "machine": machine(),
+            "network": r,
+        }))?;
         relushare_model::io::write_atomic(p, &bytes)?;
         eprintln!("wrote {}", p.display());
     }

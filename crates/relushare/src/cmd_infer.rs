@@ -1,5 +1,8 @@
-//! `relushare infer`: secure three-party inference in one process (three parties on threads,
-//! in-memory transport), per-image cost and agreement with the plaintext fixed-point network.
+//! `relushare infer`: secure three-party inference, per-image cost and agreement with the
+//! plaintext fixed-point network. `--network none` (default): three parties in this process
+//! (threads, in-memory transport). `--network lan|wan` (or `--rtt-ms`/`--mbit`): the three
+//! parties as separate `relushare party` processes over TLS on loopback, every link through an
+//! emulated network (`relushare_mpc::net::launch`, `relushare_mpc::net::emu`).
 
 use std::path::PathBuf;
 
@@ -10,7 +13,8 @@ use relushare_mpc::protocol::Protocol;
 
 use crate::image_args::{self, ImageArgs};
 use crate::model_args::ModelArgs;
-use crate::secure::run_secure;
+use crate::secure::{run_secure, run_secure_networked};
+use relushare_mpc::net::emu::NetProfile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,6 +47,20 @@ pub struct Args {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Network: none (parties on threads in this process), lan (3 Gbit/s, 0.3 ms RTT) or wan
+    /// (400 Mbit/s, 40 ms RTT): parties as separate processes over TLS through an emulated
+    /// network.
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// Round-trip time of the emulated network in ms (overrides the profile's).
+    #[arg(long)]
+    pub rtt_ms: Option<f64>,
+    /// Bandwidth of each direction of the emulated network in Mbit/s (overrides the profile's).
+    #[arg(long)]
+    pub mbit: Option<f64>,
+    /// With a network: each party's timeout (seconds) for connecting and for any read or write.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
 }
 
 fn load_model(a: &Args) -> Result<Model> {
@@ -68,7 +86,14 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    let network = NetProfile::from_args(&a.network, a.rtt_ms, a.mbit)?;
+    if !(a.timeout > 0.0 && a.timeout <= 86_400.0) {
+        bail!("--timeout must be between 0 and 86400 seconds");
+    }
     if !a.files.image.is_empty() {
+        if network.is_some() {
+            bail!("--image runs in process; --network measures dataset images (use --dataset) or `relushare classify` against servers");
+        }
         let model = a
             .source
             .load_normalized()?
@@ -100,14 +125,26 @@ pub fn run(a: Args) -> Result<()> {
         pb.enable_steady_tick(std::time::Duration::from_millis(200));
         pb
     };
-    let s = run_secure(
-        &model,
-        &data.set,
-        a.images,
-        a.protocol,
-        a.batch,
-        a.frac_bits,
-    );
+    let s = match network {
+        None => run_secure(
+            &model,
+            &data.set,
+            a.images,
+            a.protocol,
+            a.batch,
+            a.frac_bits,
+        ),
+        Some(net) => run_secure_networked(
+            &model,
+            &data.set,
+            a.images,
+            a.protocol,
+            a.batch,
+            a.frac_bits,
+            net,
+            std::time::Duration::from_secs_f64(a.timeout),
+        ),
+    };
     spinner.finish_and_clear();
     let s = s?;
     if a.json {
@@ -115,16 +152,23 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} / {} with {} on {} ({} image{}, batch {}), medians per image:",
+        "{} / {} with {} on {} ({} image{}, batch {}, {}), medians per image:",
         s.arch,
         s.preset,
         s.protocol,
         a.dataset,
         s.images,
         if s.images == 1 { "" } else { "s" },
-        s.batch
+        s.batch,
+        s.network.describe()
     );
     s.print_table();
+    if network.is_some() {
+        println!(
+            "per image: {:.3} s offline + {:.3} s online = {:.3} s",
+            s.offline_seconds, s.online_seconds, s.seconds
+        );
+    }
     println!(
         "agreement with plaintext fixed point: {:.1}% (the network as {} runs it), {:.1}% (the trained model, gates unfused); accuracy vs labels: {:.1}%; one-time setup {:.3} s, {} bytes",
         s.agree_with_plaintext * 100.0,

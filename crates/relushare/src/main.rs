@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_net;
 mod cmd_bench;
 mod cmd_classify;
 mod cmd_cluster;

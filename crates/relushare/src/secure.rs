@@ -1,11 +1,15 @@
-//! Secure inference of a model on a set of images, three parties in this process, summarised
-//! per image (medians) and per layer. Shared by `infer`, `demo`, `bench` and `reproduce`.
+//! Secure inference of a model on a set of images, summarised per image (medians) and per
+//! layer: three parties in this process ([`run_secure`]), or as separate processes over an
+//! emulated network ([`run_secure_networked`], which calls `relushare_mpc::net::launch`).
+//! Shared by `infer`, `demo`, `bench` and `reproduce`.
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use relushare_data::ImageSet;
 use relushare_model::Model;
+use relushare_mpc::net::emu::NetProfile;
+use relushare_mpc::net::launch::{run_networked, LaunchOptions};
 use relushare_mpc::plain::{self, FixedModel};
 use relushare_mpc::protocol::{check_input, factory_for, prepare_model, Protocol};
 use relushare_mpc::runner::{run_session, RunOptions};
@@ -48,10 +52,60 @@ pub struct LayerRow {
     pub offline_rounds: u64,
 }
 
+/// The network a run used.
+#[derive(Serialize, Clone, Debug)]
+pub struct NetworkInfo {
+    /// `none` (in-process), `lan`, `wan` or `custom`.
+    pub name: String,
+    /// Round-trip time (ms) and bandwidth per direction (Mbit/s; null = unlimited) of the
+    /// emulated network; 0 and null in-process.
+    pub rtt_ms: f64,
+    pub mbit: Option<f64>,
+    /// Whether the parties ran as separate processes over TLS.
+    pub processes: bool,
+}
+
+impl NetworkInfo {
+    pub fn in_process() -> Self {
+        NetworkInfo {
+            name: "none".into(),
+            rtt_ms: 0.0,
+            mbit: None,
+            processes: false,
+        }
+    }
+
+    pub fn emulated(p: &NetProfile) -> Self {
+        NetworkInfo {
+            name: p.name().unwrap_or("custom").into(),
+            rtt_ms: p.rtt_ms,
+            mbit: p.mbit,
+            processes: true,
+        }
+    }
+
+    /// In words, for the text output.
+    pub fn describe(&self) -> String {
+        if self.processes {
+            format!(
+                "network {}: {} ms RTT, {}, parties as processes over TLS",
+                self.name,
+                self.rtt_ms,
+                self.mbit
+                    .map_or("unlimited bandwidth".to_string(), |m| format!("{m} Mbit/s"))
+            )
+        } else {
+            "parties in this process".into()
+        }
+    }
+}
+
 /// Summary of a secure run: per-image medians, per-layer rows, agreement with plaintext.
 #[derive(Serialize, Clone, Debug)]
 pub struct SecureSummary {
     pub protocol: String,
+    /// The network the parties talked over.
+    pub network: NetworkInfo,
     pub arch: String,
     pub preset: String,
     pub images: usize,
@@ -213,6 +267,7 @@ pub fn run_secure(
     let offline_bytes = med(&|r| r.offline_bytes);
     Ok(SecureSummary {
         protocol: protocol.name().to_string(),
+        network: NetworkInfo::in_process(),
         arch: model.spec.arch.name().to_string(),
         preset: model.spec.preset.clone(),
         images: count,
@@ -243,6 +298,151 @@ pub fn run_secure(
     })
 }
 
+/// As [`run_secure`], with the three parties as separate `relushare party` processes over TLS
+/// on loopback and every link through the emulated network `net`; one launch per batch.
+/// Per-layer seconds are not measured this way (0); phase seconds are.
+#[allow(clippy::too_many_arguments)]
+pub fn run_secure_networked(
+    model: &Model,
+    set: &ImageSet,
+    count: usize,
+    protocol: Protocol,
+    batch: usize,
+    frac_bits: u32,
+    net: NetProfile,
+    timeout: std::time::Duration,
+) -> Result<SecureSummary> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let d = model.spec.input;
+    if set.dims() != (d.c, d.h, d.w) {
+        let (c, h, w) = set.dims();
+        bail!("the images are {c}x{h}x{w}, the model expects {d}");
+    }
+    let count = set.len().min(count);
+    if count == 0 {
+        bail!("no images to classify");
+    }
+    let images: Vec<Vec<f32>> = (0..count)
+        .map(|i| {
+            let mut buf = vec![0f32; d.len()];
+            model.spec.normalization.apply(set.image(i), &mut buf);
+            buf
+        })
+        .collect();
+    // the trained model's fixed-point classes without gate fusion (the second agreement figure)
+    let unfused = FixedModel::from_model(model, frac_bits)?;
+    let unfused_class = images
+        .iter()
+        .map(|x| -> Result<usize> {
+            let trace = plain::forward_fixed_trace(&unfused, &unfused.encode_input(x)?, &mut |_| false)?;
+            Ok(plain::argmax_fixed(trace.last().expect("output layer")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    drop(unfused);
+    let mut opts = LaunchOptions::new(std::env::current_exe()?, protocol, Some(net));
+    opts.frac_bits = frac_bits;
+    opts.timeout = timeout;
+    let t0 = Instant::now();
+    let mut per_image = Vec::with_capacity(count);
+    let mut names: Vec<String> = Vec::new();
+    let mut samples: Vec<Vec<[f64; 4]>> = Vec::new();
+    let (mut setup_seconds, mut setup_bytes) = (0.0, 0);
+    for chunk in images.chunks(batch) {
+        let run = run_networked(model, chunk, &opts)?;
+        let n = run.images as f64;
+        if names.is_empty() {
+            names = run.layers.iter().map(|l| l.label.clone()).collect();
+            samples = vec![Vec::new(); names.len()];
+            (setup_seconds, setup_bytes) = (run.setup_seconds, run.setup_bytes);
+        }
+        for (li, name) in names.iter().enumerate() {
+            if let Some(l) = run.layers.iter().find(|l| &l.label == name) {
+                samples[li].push([
+                    l.online_bytes as f64 / n,
+                    l.offline_bytes as f64 / n,
+                    l.online_rounds as f64,
+                    l.offline_rounds as f64,
+                ]);
+            }
+        }
+        for ((class, plain_class), logits) in run
+            .classes
+            .iter()
+            .zip(&run.plaintext_classes)
+            .zip(&run.logits)
+        {
+            let idx = per_image.len();
+            per_image.push(ImageResult {
+                index: idx,
+                label: set.label(idx),
+                class: *class,
+                plaintext_class: *plain_class,
+                agree: class == plain_class,
+                unfused_class: unfused_class[idx],
+                agree_unfused: *class == unfused_class[idx],
+                client_bytes: run.client_bytes,
+                logits: logits.clone(),
+                seconds: run.seconds,
+                online_seconds: run.online_seconds,
+                offline_seconds: run.offline_seconds,
+                online_bytes: run.online_bytes,
+                offline_bytes: run.offline_bytes,
+                rounds: run.rounds,
+                offline_rounds: run.offline_rounds,
+            });
+        }
+    }
+    let col = |s: &Vec<[f64; 4]>, k: usize| median(s.iter().map(|x| x[k]).collect());
+    let layers = names
+        .iter()
+        .zip(&samples)
+        .map(|(name, s)| LayerRow {
+            name: name.clone(),
+            seconds: 0.0,
+            online_bytes: col(s, 0),
+            offline_bytes: col(s, 1),
+            rounds: col(s, 2) as u64,
+            offline_rounds: col(s, 3) as u64,
+        })
+        .collect();
+    let med = |f: &dyn Fn(&ImageResult) -> f64| median(per_image.iter().map(f).collect());
+    let online_bytes = med(&|r| r.online_bytes);
+    let offline_bytes = med(&|r| r.offline_bytes);
+    Ok(SecureSummary {
+        protocol: protocol.name().to_string(),
+        network: NetworkInfo::emulated(&net),
+        arch: model.spec.arch.name().to_string(),
+        preset: model.spec.preset.clone(),
+        images: count,
+        batch,
+        frac_bits,
+        seconds: med(&|r| r.seconds),
+        online_seconds: med(&|r| r.online_seconds),
+        offline_seconds: med(&|r| r.offline_seconds),
+        online_bytes,
+        offline_bytes,
+        total_bytes: online_bytes + offline_bytes,
+        rounds: med(&|r| r.rounds as f64) as u64,
+        offline_rounds: med(&|r| r.offline_rounds as f64) as u64,
+        agree_with_plaintext: per_image.iter().filter(|r| r.agree).count() as f64 / count as f64,
+        agree_with_unfused: per_image.iter().filter(|r| r.agree_unfused).count() as f64
+            / count as f64,
+        client_bytes: med(&|r| r.client_bytes),
+        accuracy: per_image
+            .iter()
+            .filter(|r| r.class == r.label as usize)
+            .count() as f64
+            / count as f64,
+        layers,
+        setup_seconds,
+        setup_bytes,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        per_image,
+    })
+}
+
 impl SecureSummary {
     /// The human-readable per-layer table.
     pub fn print_table(&self) {
@@ -251,10 +451,16 @@ impl SecureSummary {
             "layer", "seconds", "online MB", "offline MB", "rounds", "off.rnd"
         );
         for l in &self.layers {
+            // Over a network the layers' times are not measured (only the phases').
+            let secs = if self.network.processes {
+                "-".to_string()
+            } else {
+                format!("{:.4}", l.seconds)
+            };
             println!(
-                "{:<12} {:>10.4} {:>12.4} {:>12.4} {:>7} {:>8}",
+                "{:<12} {:>10} {:>12.4} {:>12.4} {:>7} {:>8}",
                 l.name,
-                l.seconds,
+                secs,
                 l.online_bytes / 1e6,
                 l.offline_bytes / 1e6,
                 l.rounds,

@@ -14,9 +14,18 @@
 //!   P2 connects to both). Connection attempts are retried until the deadline (`timeout` after
 //!   start); afterwards every receive waits at most `timeout`, and writes that cannot make
 //!   progress for `timeout` fail. Errors name the peer.
+//! - [`emu`]: user-space network emulation (no `tc netem` needed): a shaping TCP relay with a
+//!   per-direction one-way delay and token-bucket bandwidth cap, and the `lan`/`wan` profiles.
+//! - [`launch`]: runs the three parties as separate `relushare party` processes on loopback,
+//!   directly or through relays (an emulated network), and sums their reports.
+//!
+//! The protocols never see any of this: they run over a metered [`crate::transport::Transport`];
+//! the in-process, TLS and emulated-network transports differ only below that line.
 
+pub mod emu;
 pub mod error;
 pub mod frame;
+pub mod launch;
 mod link;
 pub mod pki;
 pub mod serve;

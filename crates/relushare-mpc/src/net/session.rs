@@ -12,6 +12,10 @@
 //!    weights and biases, decider `v` and Fc biases), in layer order; lengths are checked.
 //! 4. `INPUT` (client to P0 and P1): an additive share of the encoded images.
 //!
+//! 5. `READY` (everyone to everyone, empty) after the suite's one-time model setup: a barrier,
+//!    so that all three start the offline phase together and its time is that of the images'
+//!    dealer material, not of a slower party's model setup.
+//!
 //! Then every party runs the suite layer by layer (P2 gets no shares, only geometry), and P0 and
 //! P1 send their output shares to the client in an `OUTPUT` message. Shares come from an
 //! OS-seeded PRG. The costs reported are those of the suite (as in the in-process runner).
@@ -36,7 +40,8 @@ const TAG_MODEL: u8 = 2;
 const TAG_WEIGHTS: u8 = 3;
 const TAG_INPUT: u8 = 4;
 const TAG_OUTPUT: u8 = 5;
-const SESSION_VERSION: u32 = 1;
+const TAG_READY: u8 = 6;
+const SESSION_VERSION: u32 = 2;
 /// Largest accepted announce message.
 const MAX_ANNOUNCE: usize = 4096;
 /// Largest accepted model-structure message.
@@ -51,6 +56,7 @@ fn tag_name(t: u8) -> String {
         TAG_WEIGHTS => "weights".into(),
         TAG_INPUT => "input".into(),
         TAG_OUTPUT => "output".into(),
+        TAG_READY => "ready".into(),
         t => format!("unknown type {t}"),
     }
 }
@@ -124,7 +130,7 @@ pub fn random_images(seed: u64, count: usize, len: usize) -> Vec<Vec<f32>> {
 }
 
 /// What one party learned and spent.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PartyReport {
     /// This party's role.
     pub role: usize,
@@ -157,6 +163,21 @@ pub struct PartyReport {
     /// Seconds: connection to result, and the online phase.
     pub seconds: f64,
     pub online_seconds: f64,
+    /// Seconds of the offline phase (dealer material of these images) and of the one-time
+    /// model setup.
+    #[serde(default)]
+    pub offline_seconds: f64,
+    #[serde(default)]
+    pub setup_seconds: f64,
+    /// When (Unix time, seconds) this party started its offline phase, started its online
+    /// phase and finished it: parties on one host share the clock, so a launcher can take the
+    /// phases' spans over all three.
+    #[serde(default)]
+    pub offline_start_unix: f64,
+    #[serde(default)]
+    pub online_start_unix: f64,
+    #[serde(default)]
+    pub online_end_unix: f64,
     /// This party's per-layer costs.
     pub layers: Vec<crate::cost::LabelCost>,
 }
@@ -704,12 +725,24 @@ fn run_inner(
     let mut costs: PartyCosts = BTreeMap::new();
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("model-setup");
+    let t_setup = Instant::now();
     suite.prepare(&plan, &weights)?;
+    let setup_seconds = t_setup.elapsed().as_secs_f64();
     crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
+    for &j in &others {
+        io.send(j, TAG_READY, &[])?;
+    }
+    for &j in &others {
+        io.recv(j, TAG_READY, 0)?;
+    }
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("offline");
+    let offline_start_unix = unix_now();
+    let t_offline = Instant::now();
     suite.offline(&plan, &weights)?;
+    let offline_seconds = t_offline.elapsed().as_secs_f64();
     suite.comm().set_phase(Phase::Online);
+    let online_start_unix = unix_now();
     let t_online = Instant::now();
     let mut x = x;
     for (li, op) in plan.ops.iter().enumerate() {
@@ -727,6 +760,7 @@ fn run_inner(
     suite.comm().set_label("output");
     let out_share = suite.reveal_to_client(&x)?;
     let online_seconds = t_online.elapsed().as_secs_f64();
+    let online_end_unix = unix_now();
     crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
     drop(suite);
 
@@ -791,6 +825,18 @@ fn run_inner(
         client_bytes,
         seconds: start.elapsed().as_secs_f64(),
         online_seconds,
+        offline_seconds,
+        setup_seconds,
+        offline_start_unix,
+        online_start_unix,
+        online_end_unix,
         layers,
     })
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
