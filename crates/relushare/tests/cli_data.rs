@@ -88,23 +88,40 @@ fn fetch_errors_are_clear() {
         .unwrap()
         .port();
     let mirror = format!("http://127.0.0.1:{port}/");
-    let out = relushare(&[
-        "data",
-        "fetch",
-        "--dataset",
-        "fmnist",
-        "--data-dir",
-        d,
-        "--mirror",
-        &mirror,
-        "--no-progress",
-    ]);
+    let fetch = |dataset: &str| {
+        relushare(&[
+            "data",
+            "fetch",
+            "--dataset",
+            dataset,
+            "--data-dir",
+            d,
+            "--mirror",
+            &mirror,
+            "--no-progress",
+        ])
+    };
+    let out = fetch("svhn");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("train-images-idx3-ubyte.gz") && err.contains("no network access"),
+        err.contains("train_32x32.mat") && err.contains("no network access"),
         "{err}"
     );
+    // Fashion-MNIST falls back to Debian's copy when it is installed, else fails the same way.
+    let out = fetch("fmnist");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if relushare_data::local_copies(relushare_data::DatasetName::Fmnist)[0].is_dir() {
+        assert!(out.status.success(), "{err}");
+        assert!(text.contains("download failed") && text.contains("copied and verified"), "{text}");
+    } else {
+        assert!(!out.status.success());
+        assert!(
+            err.contains("train-images-idx3-ubyte.gz") && err.contains("no network access"),
+            "{err}"
+        );
+    }
     // Missing data: says how to get it.
     let out = relushare(&["data", "info", "--dataset", "svhn", "--data-dir", d]);
     assert!(!out.status.success());

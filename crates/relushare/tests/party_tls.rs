@@ -182,8 +182,12 @@ fn three_processes_over_tls_match_the_in_process_result() {
     for (i, out) in res.batches[0].outputs.iter().enumerate() {
         let local = fm.fp.decode_vec(out);
         for (a, b) in local.iter().zip(&logits[i]) {
+            // 0.2, not less: the two runs draw independent truncation errors (0 or +1 unit per
+            // truncated element), and a unit at a shared decision that sits at zero flips a
+            // whole 4x4 group; with fc1 scaled by 40 such a flip moves logits by up to ~0.06
+            // (seen under load), while a protocol error moves them by whole units
             assert!(
-                (a - b).abs() < 0.05,
+                (a - b).abs() < 0.2,
                 "logits differ: {local:?} vs {:?}",
                 logits[i]
             );

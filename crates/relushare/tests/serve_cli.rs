@@ -257,7 +257,7 @@ fn wait(mut c: Child, secs: f64) -> Output {
 fn announce() -> Vec<u8> {
     let mut m = vec![1u8];
     m.extend_from_slice(
-        br#"{"version":1,"protocol":"fast","frac_bits":13,"model":false,"input":true,"images":1}"#,
+        br#"{"version":2,"protocol":"fast","frac_bits":13,"model":false,"input":true,"images":1}"#,
     );
     m
 }
