@@ -52,6 +52,10 @@ pub struct Args {
     /// Print JSON: per image the class index, name and logits, and the session's costs.
     #[arg(long)]
     pub json: bool,
+    /// An emulated network on this client's links to both servers (benchmarks; the owner's
+    /// link to the helper takes `serve --network`).
+    #[command(flatten)]
+    pub net: crate::net_args::NetworkArgs,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration> {
@@ -85,6 +89,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.frac_bits = a.frac_bits;
     cfg.timeout = secs("timeout", a.timeout)?;
     cfg.admission_wait = secs("wait", a.wait)?;
+    cfg.network = a.net.profile()?;
     let report = serve::classify(&cfg, &images).context("private classification with the model owner (party 1) and the helper (party 2) failed")?;
     let (classes, logits) = match (&report.classes, &report.logits) {
         (Some(c), Some(l)) => (c.clone(), l.clone()),
@@ -102,8 +107,11 @@ pub fn run(a: Args) -> Result<()> {
                 "seconds": report.seconds,
                 "online_seconds": report.online_seconds,
                 "online_bytes": report.online_bytes,
+                "online_rounds": report.online_rounds,
+                "offline_seconds": report.offline_seconds,
                 "offline_bytes": report.offline_bytes,
                 "setup_bytes": report.setup_bytes,
+                "network": cfg.network.map(|p| serde_json::json!({"rtt_ms": p.rtt_ms, "mbit": p.mbit})),
             }))?
         );
         return Ok(());

@@ -14,7 +14,6 @@ use relushare_mpc::protocol::Protocol;
 use crate::image_args::{self, ImageArgs};
 use crate::model_args::ModelArgs;
 use crate::secure::{run_secure, run_secure_networked};
-use relushare_mpc::net::emu::NetProfile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -47,17 +46,8 @@ pub struct Args {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Network: none (parties on threads in this process), lan (3 Gbit/s, 0.3 ms RTT) or wan
-    /// (400 Mbit/s, 40 ms RTT): parties as separate processes over TLS through an emulated
-    /// network.
-    #[arg(long, default_value = "none")]
-    pub network: String,
-    /// Round-trip time of the emulated network in ms (overrides the profile's).
-    #[arg(long)]
-    pub rtt_ms: Option<f64>,
-    /// Bandwidth of each direction of the emulated network in Mbit/s (overrides the profile's).
-    #[arg(long)]
-    pub mbit: Option<f64>,
+    #[command(flatten)]
+    pub net: crate::net_args::NetworkArgs,
     /// With a network: each party's timeout (seconds) for connecting and for any read or write.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
@@ -86,7 +76,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let network = NetProfile::from_args(&a.network, a.rtt_ms, a.mbit)?;
+    let network = a.net.profile()?;
     if !(a.timeout > 0.0 && a.timeout <= 86_400.0) {
         bail!("--timeout must be between 0 and 86400 seconds");
     }

@@ -57,6 +57,10 @@ pub struct Args {
     /// Most connections in their TLS handshake or request at once (more are closed at once).
     #[arg(long, default_value_t = serve::DEFAULT_MAX_PENDING)]
     pub max_pending: usize,
+    /// Owner: an emulated network on its link to the helper (benchmarks; clients shape their
+    /// own links with `classify --network`).
+    #[command(flatten)]
+    pub net: crate::net_args::NetworkArgs,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration> {
@@ -90,6 +94,10 @@ pub fn run(a: Args) -> Result<()> {
     cfg.session_timeout = secs("session-timeout", a.session_timeout)?;
     cfg.max_images = a.max_images;
     cfg.max_pending = a.max_pending;
+    cfg.network = a.net.profile()?;
+    if cfg.network.is_some() && a.role == ServeRole::Helper {
+        bail!("--network is for the owner's link to the helper (and for classify); the helper dials no one");
+    }
     if cfg.max_sessions == 0 || cfg.max_images == 0 || cfg.max_pending == 0 {
         bail!("--max-sessions, --max-images and --max-pending must be at least 1");
     }

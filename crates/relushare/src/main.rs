@@ -21,6 +21,7 @@ mod cmd_serve;
 mod cmd_train;
 mod image_args;
 mod model_args;
+mod net_args;
 mod secure;
 mod serve_bench;
 

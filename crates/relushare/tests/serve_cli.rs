@@ -528,3 +528,33 @@ fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
         }
     }
 }
+
+/// `serve --network` (the owner's link to the helper) and `classify --network` (the client's
+/// links) put every link of the session through a shaping relay: the classes stay the
+/// plaintext ones, and the online phase takes at least one one-way delay per round.
+#[test]
+fn classify_over_an_emulated_network_is_delayed_and_correct() {
+    let rtt_ms = 30.0;
+    let rtt = format!("{rtt_ms}");
+    let d = Deployment::new(Arch::Fmnist, "20", &["--rtt-ms", &rtt]);
+    let imgs = &d.images[..1];
+    let out = wait(d.classify("client-1", imgs, &["--rtt-ms", &rtt, "--mbit", "400"]), 180.0);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["images"][0]["index"].as_u64().unwrap() as usize, d.plaintext("fast", imgs)[0]);
+    assert_eq!(v["network"]["rtt_ms"].as_f64().unwrap(), rtt_ms);
+    let rounds = v["online_rounds"].as_u64().unwrap() as f64;
+    let online = v["online_seconds"].as_f64().unwrap();
+    assert!(rounds >= 10.0, "{v}");
+    assert!(
+        online >= rounds * rtt_ms / 2000.0,
+        "online {online} s for {rounds} rounds at {rtt_ms} ms RTT"
+    );
+    // the helper has no link of its own to shape
+    let o = Command::new(BIN)
+        .args(["serve", "--role", "helper", "--keys", d.keys.to_str().unwrap(), "--listen", &free_addr(), "--network", "wan"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("owner's link"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -217,6 +217,9 @@ pub struct ServeConfig {
     /// Helper: largest frame accepted on a session's connections (the owner derives its limit
     /// from the model, see [`frame_limit`]).
     pub max_frame: u64,
+    /// Owner: an emulated network ([`super::emu`]) on its link to the helper (benchmarks);
+    /// `None` = the real network.
+    pub network: Option<super::emu::NetProfile>,
 }
 
 impl ServeConfig {
@@ -238,6 +241,7 @@ impl ServeConfig {
             max_images: DEFAULT_MAX_IMAGES,
             max_pending: DEFAULT_MAX_PENDING,
             max_frame: 256 << 20,
+            network: None,
         }
     }
 }
@@ -518,6 +522,8 @@ pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The shaping relay on the owner's link to the helper, when emulating a network.
+    _relay: Option<super::emu::Relay>,
 }
 
 impl Server {
@@ -546,7 +552,7 @@ impl Server {
 /// Starts a server on `listener`. The owner needs `model`; the helper none. Returns once the
 /// keys are loaded and the listener accepts.
 pub fn serve(
-    cfg: ServeConfig,
+    mut cfg: ServeConfig,
     listener: TcpListener,
     model: Option<Model>,
     log: Logger,
@@ -582,6 +588,15 @@ pub fn serve(
             "max sessions, timeout and max images must be positive".into(),
         ));
     }
+    // the owner dials the helper through a shaping relay when a network is emulated
+    let relay = match (&cfg.network, &cfg.helper, cfg.role) {
+        (Some(p), Some(h), ServeRole::Owner) => {
+            let r = super::emu::Relay::start(h, *p, cfg.timeout)?;
+            cfg.helper = Some(r.addr().to_string());
+            Some(r)
+        }
+        _ => None,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| NetError::Config(format!("listener: {e}")))?;
@@ -611,6 +626,7 @@ pub fn serve(
         shared,
         addr,
         thread: Some(thread),
+        _relay: relay,
     })
 }
 
@@ -973,6 +989,9 @@ pub struct ClientConfig {
     pub admission_wait: Duration,
     /// Largest frame accepted from the servers.
     pub max_frame: u64,
+    /// An emulated network ([`super::emu`]) on the client's links to both servers
+    /// (benchmarks); `None` = the real network.
+    pub network: Option<super::emu::NetProfile>,
 }
 
 impl ClientConfig {
@@ -988,6 +1007,7 @@ impl ClientConfig {
             timeout: super::DEFAULT_TIMEOUT,
             admission_wait: Duration::from_secs(90),
             max_frame: 256 << 20,
+            network: None,
         }
     }
 }
@@ -1079,11 +1099,20 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
     pki::validate_client_name(&cfg.name)?;
     let n = images.count();
     let req = new_request(&cfg.name, &cfg.protocol, cfg.frac_bits, n)?;
+    // with an emulated network, both links go through shaping relays that live for the session
+    let (owner_addr, helper_addr, _relays) = match &cfg.network {
+        Some(p) => {
+            let o = super::emu::Relay::start(&cfg.owner, *p, cfg.timeout)?;
+            let h = super::emu::Relay::start(&cfg.helper, *p, cfg.timeout)?;
+            (o.addr().to_string(), h.addr().to_string(), vec![o, h])
+        }
+        None => (cfg.owner.clone(), cfg.helper.clone(), Vec::new()),
+    };
     // Both requests first (the owner answers only after the helper has paired us), then both
     // verdicts at once; the first refusal closes the other connection so that, e.g., a "busy"
     // from the owner is reported at once rather than after the helper's pairing timeout.
-    let helper = ClientConn::open(&keys, 2, &cfg.helper, &req, cfg.timeout)?;
-    let owner = ClientConn::open(&keys, 1, &cfg.owner, &req, cfg.timeout)?;
+    let helper = ClientConn::open(&keys, 2, &helper_addr, &req, cfg.timeout)?;
+    let owner = ClientConn::open(&keys, 1, &owner_addr, &req, cfg.timeout)?;
     let socks: Vec<TcpStream> = [&helper, &owner]
         .iter()
         .filter_map(|c| c.half.sock.try_clone().ok())
