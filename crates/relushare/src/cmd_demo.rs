@@ -10,7 +10,7 @@ use relushare_mpc::protocol::Protocol;
 use relushare_nn::{train, TrainConfig};
 
 use crate::cmd_train::{build_spec, Bars};
-use crate::secure::run_secure;
+use relushare_experiments::secure::run_secure;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -13,7 +13,7 @@ use relushare_mpc::protocol::Protocol;
 
 use crate::image_args::{self, ImageArgs};
 use crate::model_args::ModelArgs;
-use crate::secure::{run_secure, run_secure_networked};
+use relushare_experiments::secure::{run_secure, run_secure_networked};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -5,7 +5,6 @@
 
 use clap::{Parser, Subcommand};
 
-mod bench_net;
 mod cmd_bench;
 mod cmd_classify;
 mod cmd_cluster;
@@ -22,7 +21,6 @@ mod cmd_train;
 mod image_args;
 mod model_args;
 mod net_args;
-mod secure;
 mod serve_bench;
 
 #[derive(Parser)]

@@ -1,0 +1,17 @@
+//! relushare's pipelines, as a library the CLI calls and tests can reach without the binary:
+//!
+//! - [`secure`]: one secure-inference run (in process, or as three party processes over an
+//!   emulated network) with its costs, timings and agreement figures;
+//! - [`reproduce`]: the paper's tables (training jobs over seeds, clustering, secure runs,
+//!   reuse of finished artefacts and resumption, the report, figures and the summary over
+//!   seeds);
+//! - [`bench`] and [`bench_net`]: the benchmarks behind `BENCHMARKS.md` (throughput, costs,
+//!   training speed, LAN/WAN tables).
+//!
+//! Each `run` takes the clap arguments of its command; the `relushare` binary only parses them.
+//! `relushare bench --serve` (servers as processes) stays in the binary.
+
+pub mod bench;
+pub mod bench_net;
+pub mod reproduce;
+pub mod secure;
