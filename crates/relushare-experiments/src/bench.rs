@@ -147,7 +147,12 @@ struct TrainRow {
     batch_size: usize,
     images: usize,
     images_per_second: f64,
+    /// Images/s relative to `original` of the same architecture, trained just before.
+    vs_original: f64,
 }
+
+/// The presets whose training speed is compared with `original`'s, back to back.
+const TRAIN_PRESETS: [&str; 5] = ["original", "uniform3", "uniform32", "noise", "fc-noise"];
 
 #[derive(Serialize)]
 struct MemoryRow {
@@ -483,10 +488,8 @@ pub fn run(a: Args) -> Result<()> {
             bar.inc(1);
         }
         if !a.no_train {
-            bar.set_message(format!("{arch} training"));
+            // every sharing preset back to back with `original`, on the same images
             let n = if a.quick { 128 } else { 1024 };
-            let mut spec = presets::build(arch, "original")?;
-            spec.normalization = model_for(arch, "original")?.spec.normalization;
             let train_set = images(arch, n, Split::Train)?;
             let test_set = images(arch, 32, Split::Test)?;
             let cfg = TrainConfig {
@@ -494,22 +497,33 @@ pub fn run(a: Args) -> Result<()> {
                 eval_each_epoch: false,
                 ..TrainConfig::default()
             };
-            let o = train(
-                &cfg,
-                &spec,
-                None,
-                &train_set,
-                &test_set,
-                &mut relushare_nn::train::NoProgress,
-            )?;
-            report.training.push(TrainRow {
-                arch: arch.to_string(),
-                preset: "original".into(),
-                backend: format!("{:?}", cfg.backend),
-                batch_size: cfg.batch_size,
-                images: n,
-                images_per_second: o.images_per_second,
-            });
+            let mut original = f64::NAN;
+            let train_presets: &[&str] = if a.quick { &TRAIN_PRESETS[..3] } else { &TRAIN_PRESETS };
+            for preset in train_presets {
+                bar.set_message(format!("{arch} training {preset}"));
+                let mut spec = presets::build(arch, preset)?;
+                spec.normalization = model_for(arch, "original")?.spec.normalization;
+                let o = train(
+                    &cfg,
+                    &spec,
+                    None,
+                    &train_set,
+                    &test_set,
+                    &mut relushare_nn::train::NoProgress,
+                )?;
+                if *preset == "original" {
+                    original = o.images_per_second;
+                }
+                report.training.push(TrainRow {
+                    arch: arch.to_string(),
+                    preset: preset.to_string(),
+                    backend: format!("{:?}", cfg.backend),
+                    batch_size: cfg.batch_size,
+                    images: n,
+                    images_per_second: o.images_per_second,
+                    vs_original: o.images_per_second / original,
+                });
+            }
         }
     }
     bar.finish_and_clear();
@@ -677,8 +691,8 @@ fn print_report(r: &Report) {
     }
     for t in &r.training {
         println!(
-            "training {:<8} {} backend {}, batch {}: {:.0} images/s",
-            t.arch, t.preset, t.backend, t.batch_size, t.images_per_second
+            "training {:<8} {:<10} backend {}, batch {}: {:.0} images/s ({:.2}x original)",
+            t.arch, t.preset, t.backend, t.batch_size, t.images_per_second, t.vs_original
         );
     }
     for m in &r.memory {
@@ -788,13 +802,17 @@ fn markdown(r: &Report) -> Result<String> {
     }
     if !r.training.is_empty() {
         writeln!(m, "\n### Training throughput (forward + backward + step)\n")?;
-        writeln!(m, "| arch | backend | batch | images/s |")?;
-        writeln!(m, "|---|---|---:|---:|")?;
+        writeln!(
+            m,
+            "Each sharing preset trains right after `original` on the same images (one epoch).\n"
+        )?;
+        writeln!(m, "| arch | preset | backend | batch | images/s | vs `original` |")?;
+        writeln!(m, "|---|---|---|---:|---:|---:|")?;
         for t in &r.training {
             writeln!(
                 m,
-                "| {} | {} | {} | {:.0} |",
-                t.arch, t.backend, t.batch_size, t.images_per_second
+                "| {} | `{}` | {} | {} | {:.0} | {:.2}x |",
+                t.arch, t.preset, t.backend, t.batch_size, t.images_per_second, t.vs_original
             )?;
         }
     }

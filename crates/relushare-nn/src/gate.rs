@@ -61,6 +61,12 @@ pub fn runs_of(group_of: &[u32]) -> Vec<Run> {
     out
 }
 
+/// Whether the runs are too short (under 8 members on average, e.g. 3x3 patches) for the
+/// run-wise loops to pay; the kernels then go element by element.
+fn short_runs(a: &GateArgs) -> bool {
+    a.runs.len() * 8 > a.group_of.len()
+}
+
 /// `Σ a_i b_i` with independent partial sums (vectorised by the compiler).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -115,11 +121,26 @@ fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, V
         .for_each(|(row, (yr, zr))| {
             let xr = &x[row * n..(row + 1) * n];
             zr.copy_from_slice(c);
-            for r in a.runs.iter() {
-                let s = r.start as usize..(r.start + r.len) as usize;
-                zr[r.group as usize] += dot(&v[s.clone()], &xr[s]);
+            if short_runs(a) {
+                for ((&gi, &xi), &vi) in a.group_of.iter().zip(xr).zip(v) {
+                    zr[gi as usize] += vi * xi;
+                }
+            } else {
+                for r in a.runs.iter() {
+                    let s = r.start as usize..(r.start + r.len) as usize;
+                    zr[r.group as usize] += dot(&v[s.clone()], &xr[s]);
+                }
             }
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
+            if short_runs(a) {
+                for i in 0..n {
+                    let keep = (zr[a.group_of[i] as usize] >= 0.0) ^ flips.is_some_and(|f| f[i] != 0);
+                    if keep {
+                        yr[i] = xr[i];
+                    }
+                }
+                return;
+            }
             for r in a.runs.iter() {
                 let s = r.start as usize..(r.start + r.len) as usize;
                 let keep = zr[r.group as usize] >= 0.0;
@@ -162,7 +183,18 @@ fn backward_values(
             let zr = &z[row * g..(row + 1) * g];
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
             // Σ_{i∈g} dy·x·(1 − 2f) into dr, the direct path into dx (zero-initialised)
-            for r in a.runs.iter() {
+            if short_runs(a) {
+                for i in 0..n {
+                    let gi = a.group_of[i] as usize;
+                    let flip = flips.is_some_and(|f| f[i] != 0);
+                    if (zr[gi] >= 0.0) ^ flip {
+                        dxr[i] = dyr[i];
+                    }
+                    let t = dyr[i] * xr[i];
+                    dr[gi] += if flip { -t } else { t };
+                }
+            }
+            for r in a.runs.iter().filter(|_| !short_runs(a)) {
                 let s = r.start as usize..(r.start + r.len) as usize;
                 let gi = r.group as usize;
                 let keep = zr[gi] >= 0.0;

@@ -348,16 +348,18 @@ impl Net {
 
 /// Bernoulli(p) mask as 0/1 floats, drawn on the host from `rng`.
 fn bernoulli(rng: &mut ChaCha8Rng, n: usize, p: f32) -> Vec<f32> {
-    // Compare 32-bit uniforms against p * 2^32.
+    bernoulli_bits(rng, n, p)
+        .into_iter()
+        .map(|b| b as f32)
+        .collect()
+}
+
+/// Bernoulli(p) draws as 0/1 bytes: 32-bit uniforms from `rng` compared with `p * 2^32` (the
+/// same stream and outcomes as [`bernoulli`]).
+fn bernoulli_bits(rng: &mut ChaCha8Rng, n: usize, p: f32) -> Vec<u8> {
     let threshold = (p as f64 * 4294967296.0) as u64;
     (0..n)
-        .map(|_| {
-            if (rng.next_u32() as u64) < threshold {
-                1.0
-            } else {
-                0.0
-            }
-        })
+        .map(|_| ((rng.next_u32() as u64) < threshold) as u8)
         .collect()
 }
 
@@ -525,12 +527,7 @@ fn shared_forward(
         _ => Tensor::<1>::zeros([s.groups], device),
     };
     let flips = (mode.noise && s.noise > 0.0).then(|| {
-        std::sync::Arc::new(
-            bernoulli(mode.rng, b * s.n, s.noise)
-                .into_iter()
-                .map(|f| f as u8)
-                .collect::<Vec<u8>>(),
-        )
+        std::sync::Arc::new(bernoulli_bits(mode.rng, b * s.n, s.noise))
     });
     let args = crate::gate::GateArgs {
         group_of: s.group_of.clone(),
