@@ -132,28 +132,18 @@ fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, V
                 }
             }
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
-            if short_runs(a) {
+            // y is zero-initialised: only kept members are written
+            if short_runs(a) || flips.is_some() {
                 for i in 0..n {
                     let keep = (zr[a.group_of[i] as usize] >= 0.0) ^ flips.is_some_and(|f| f[i] != 0);
                     if keep {
                         yr[i] = xr[i];
                     }
                 }
-                return;
-            }
-            for r in a.runs.iter() {
-                let s = r.start as usize..(r.start + r.len) as usize;
-                let keep = zr[r.group as usize] >= 0.0;
-                match flips {
-                    None if keep => yr[s.clone()].copy_from_slice(&xr[s]),
-                    None => {} // y is zero-initialised
-                    Some(f) => {
-                        for i in s {
-                            if keep ^ (f[i] != 0) {
-                                yr[i] = xr[i];
-                            }
-                        }
-                    }
+            } else {
+                for r in a.runs.iter().filter(|r| zr[r.group as usize] >= 0.0) {
+                    let s = r.start as usize..(r.start + r.len) as usize;
+                    yr[s.clone()].copy_from_slice(&xr[s]);
                 }
             }
         });
@@ -182,8 +172,9 @@ fn backward_values(
             let dyr = &dy[row * n..(row + 1) * n];
             let zr = &z[row * g..(row + 1) * g];
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
-            // Σ_{i∈g} dy·x·(1 − 2f) into dr, the direct path into dx (zero-initialised)
-            if short_runs(a) {
+            // Σ_{i∈g} dy·x·(1 − 2f) into dr, the direct path into dx (zero-initialised):
+            // element by element for short runs and noisy layers, else run by run
+            if short_runs(a) || flips.is_some() {
                 for i in 0..n {
                     let gi = a.group_of[i] as usize;
                     let flip = flips.is_some_and(|f| f[i] != 0);
@@ -193,27 +184,13 @@ fn backward_values(
                     let t = dyr[i] * xr[i];
                     dr[gi] += if flip { -t } else { t };
                 }
-            }
-            for r in a.runs.iter().filter(|_| !short_runs(a)) {
-                let s = r.start as usize..(r.start + r.len) as usize;
-                let gi = r.group as usize;
-                let keep = zr[gi] >= 0.0;
-                match flips {
-                    None => {
-                        dr[gi] += dot(&dyr[s.clone()], &xr[s.clone()]);
-                        if keep {
-                            dxr[s.clone()].copy_from_slice(&dyr[s]);
-                        }
-                    }
-                    Some(f) => {
-                        for i in s {
-                            let flip = f[i] != 0;
-                            if keep ^ flip {
-                                dxr[i] = dyr[i];
-                            }
-                            let t = dyr[i] * xr[i];
-                            dr[gi] += if flip { -t } else { t };
-                        }
+            } else {
+                for r in a.runs.iter() {
+                    let s = r.start as usize..(r.start + r.len) as usize;
+                    let gi = r.group as usize;
+                    dr[gi] += dot(&dyr[s.clone()], &xr[s.clone()]);
+                    if zr[gi] >= 0.0 {
+                        dxr[s.clone()].copy_from_slice(&dyr[s]);
                     }
                 }
             }
