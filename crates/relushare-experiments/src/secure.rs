@@ -157,14 +157,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Classify the first `count` images of `set` securely with `protocol`, `batch` images per
 /// protocol run, and compare every class with the plaintext fixed-point network.
-pub fn run_secure(
-    model: &Model,
-    set: &ImageSet,
-    count: usize,
-    protocol: Protocol,
-    batch: usize,
-    frac_bits: u32,
-) -> Result<SecureSummary> {
+/// The number of images a run classifies (`count`, at most the set's), after checking the
+/// batch size and that the images fit the model.
+fn checked_count(model: &Model, set: &ImageSet, count: usize, batch: usize) -> Result<usize> {
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -177,6 +172,19 @@ pub fn run_secure(
     if count == 0 {
         bail!("no images to classify");
     }
+    Ok(count)
+}
+
+pub fn run_secure(
+    model: &Model,
+    set: &ImageSet,
+    count: usize,
+    protocol: Protocol,
+    batch: usize,
+    frac_bits: u32,
+) -> Result<SecureSummary> {
+    let count = checked_count(model, set, count, batch)?;
+    let d = model.spec.input;
     let unfused = FixedModel::from_model(model, frac_bits)?;
     let mut fm = unfused.clone();
     let fused = !prepare_model(protocol, &mut fm)?.is_empty();
@@ -312,18 +320,8 @@ pub fn run_secure_networked(
     net: NetProfile,
     timeout: std::time::Duration,
 ) -> Result<SecureSummary> {
-    if batch == 0 {
-        bail!("--batch must be at least 1");
-    }
+    let count = checked_count(model, set, count, batch)?;
     let d = model.spec.input;
-    if set.dims() != (d.c, d.h, d.w) {
-        let (c, h, w) = set.dims();
-        bail!("the images are {c}x{h}x{w}, the model expects {d}");
-    }
-    let count = set.len().min(count);
-    if count == 0 {
-        bail!("no images to classify");
-    }
     let images: Vec<Vec<f32>> = (0..count)
         .map(|i| {
             let mut buf = vec![0f32; d.len()];
