@@ -251,7 +251,15 @@ pub fn curves_figure(
             labels.push(l);
         }
     }
-    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(230, 140, 0)];
+    let palette = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(230, 140, 0),
+    ];
     render(path, (900, 560), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 20))

@@ -255,7 +255,11 @@ pub fn fetch_or_local(
 /// Copies dataset `name`'s files from the folder `src` into `data_dir`, verifying each (by its
 /// decompressed SHA-256 where the dataset has one, else its MD5). A file may be in `src`
 /// compressed (`x.gz`) or not (`x`). Files already in `data_dir` that verify are kept.
-pub fn fetch_local(name: DatasetName, data_dir: &Path, src: &Path) -> Result<FetchReport, DataError> {
+pub fn fetch_local(
+    name: DatasetName,
+    data_dir: &Path,
+    src: &Path,
+) -> Result<FetchReport, DataError> {
     if !src.is_dir() {
         return Err(DataError::io(
             src,
@@ -277,7 +281,9 @@ pub fn fetch_local(name: DatasetName, data_dir: &Path, src: &Path) -> Result<Fet
         let dest = data_dir.join(&r.file);
         if dest.is_file() && verify_file(&r, &dest)?.is_ok() {
             files.push(FetchedFile {
-                bytes: fs::metadata(&dest).map_err(|e| DataError::io(&dest, e))?.len(),
+                bytes: fs::metadata(&dest)
+                    .map_err(|e| DataError::io(&dest, e))?
+                    .len(),
                 path: dest,
                 url: r.url.clone(),
                 action: FileAction::AlreadyPresent,
@@ -328,7 +334,9 @@ pub fn fetch_local(name: DatasetName, data_dir: &Path, src: &Path) -> Result<Fet
         fs::copy(found, &part).map_err(|e| DataError::io(&part, e))?;
         fs::rename(&part, &dest).map_err(|e| DataError::io(&dest, e))?;
         files.push(FetchedFile {
-            bytes: fs::metadata(&dest).map_err(|e| DataError::io(&dest, e))?.len(),
+            bytes: fs::metadata(&dest)
+                .map_err(|e| DataError::io(&dest, e))?
+                .len(),
             path: dest,
             url: found.display().to_string(),
             action: FileAction::Copied,

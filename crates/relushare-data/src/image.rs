@@ -88,7 +88,10 @@ impl Decoded {
             return Err(format_err(
                 path,
                 FormatProblem::TooLarge,
-                format!("image file of {} bytes (limit {MAX_FILE_BYTES})", meta.len()),
+                format!(
+                    "image file of {} bytes (limit {MAX_FILE_BYTES})",
+                    meta.len()
+                ),
             ));
         }
         let bytes = std::fs::read(path).map_err(io)?;
@@ -119,7 +122,10 @@ impl Decoded {
                 path.display()
             )));
         }
-        Ok(to_chw(&fit_image(self.img.clone(), h as u32, w as u32, fit), c))
+        Ok(to_chw(
+            &fit_image(self.img.clone(), h as u32, w as u32, fit),
+            c,
+        ))
     }
 }
 
@@ -239,7 +245,11 @@ mod tests {
     use super::*;
     use ::image::{ImageFormat, Rgb, RgbImage};
 
-    fn write(img: &DynamicImage, fmt: ImageFormat, ext: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    fn write(
+        img: &DynamicImage,
+        fmt: ImageFormat,
+        ext: &str,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(format!("img.{ext}"));
         img.save_with_format(&p, fmt).unwrap();
@@ -261,7 +271,11 @@ mod tests {
             assert_eq!(chw.len(), 3 * 32 * 32);
             // Pixel (x=3, y=2): R = 21, G = 10, B = 15 in planes 0, 1, 2.
             let i = 2 * 32 + 3;
-            assert_eq!((chw[i], chw[1024 + i], chw[2048 + i]), (21, 10, 15), "{ext}");
+            assert_eq!(
+                (chw[i], chw[1024 + i], chw[2048 + i]),
+                (21, 10, 15),
+                "{ext}"
+            );
         }
     }
 
@@ -312,7 +326,10 @@ mod tests {
             }
         }));
         let c = to_chw(&fit_image(tall.clone(), 8, 8, Fit::CenterCrop), 1);
-        assert!(c.iter().all(|&p| p == 0), "centre crop of rows 12..20 is black");
+        assert!(
+            c.iter().all(|&p| p == 0),
+            "centre crop of rows 12..20 is black"
+        );
         let s = to_chw(&fit_image(tall, 8, 8, Fit::Stretch), 1);
         assert_eq!(s[0], 255, "stretch keeps the white top");
     }
@@ -321,11 +338,15 @@ mod tests {
     fn corrupt_and_unreadable_files_name_the_file() {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("missing.png");
-        let e = load_image(&missing, (3, 32, 32), Fit::Stretch).unwrap_err().to_string();
+        let e = load_image(&missing, (3, 32, 32), Fit::Stretch)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.png"), "{e}");
         let junk = d.path().join("junk.png");
         std::fs::write(&junk, b"this is not an image at all").unwrap();
-        let e = load_image(&junk, (3, 32, 32), Fit::Stretch).unwrap_err().to_string();
+        let e = load_image(&junk, (3, 32, 32), Fit::Stretch)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("junk.png") && e.contains("not a PNG"), "{e}");
         // A PNG cut in half: the header is right, the data is not.
         let (_d2, p) = write(&pattern(40, 40), ImageFormat::Png, "png");
@@ -333,12 +354,16 @@ mod tests {
         b.truncate(b.len() / 2);
         let cut = d.path().join("cut.png");
         std::fs::write(&cut, &b).unwrap();
-        let e = load_image(&cut, (3, 32, 32), Fit::Stretch).unwrap_err().to_string();
+        let e = load_image(&cut, (3, 32, 32), Fit::Stretch)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cut.png") && e.contains("cannot decode"), "{e}");
         // A PPM announcing a huge image is refused by the limits, not allocated.
         let bomb = d.path().join("bomb.ppm");
         std::fs::write(&bomb, b"P6\n100000 100000\n255\n\x00\x00\x00").unwrap();
-        let e = load_image(&bomb, (3, 32, 32), Fit::Stretch).unwrap_err().to_string();
+        let e = load_image(&bomb, (3, 32, 32), Fit::Stretch)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bomb.ppm"), "{e}");
         // A model with 2 channels cannot take image files.
         let (_d3, ok) = write(&pattern(4, 4), ImageFormat::Png, "png");

@@ -340,7 +340,10 @@ fn gz(bytes: &[u8], name_in_header: Option<&str>) -> Vec<u8> {
 
 fn sha256(b: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 #[test]
@@ -349,7 +352,10 @@ fn repacked_gzip_is_accepted_by_its_decompressed_content() {
     let official = gz(&body, Some("x.bin"));
     let repacked = gz(&body, None);
     assert_ne!(md5(&official), md5(&repacked), "the headers differ");
-    let (base, _) = serve(HashMap::from([("x.bin.gz".to_string(), Reply::Ok(repacked.clone()))]));
+    let (base, _) = serve(HashMap::from([(
+        "x.bin.gz".to_string(),
+        Reply::Ok(repacked.clone()),
+    )]));
     let dir = tempfile::tempdir().unwrap();
     let mut r = res(format!("{base}/x.bin.gz"), &official, "x.bin.gz");
     // by MD5 alone the repacked file is refused ...
@@ -401,13 +407,19 @@ fn local_copy_refuses_wrong_and_corrupt_files_by_name() {
     assert!(matches!(e, DataError::Checksum { .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("train-images-idx3-ubyte.gz"), "{msg}");
-    assert!(msg.contains("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"), "{msg}");
+    assert!(
+        msg.contains("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "{msg}"
+    );
     fake_fmnist(src.path(), "train-images-idx3-ubyte.gz");
     let e = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), src.path()).unwrap_err();
     assert!(matches!(e, DataError::Format { .. }), "{e}");
     assert!(e.to_string().contains("train-images-idx3-ubyte.gz"), "{e}");
     // nothing half-copied is left behind
-    assert!(!data.path().join("fashion-mnist/train-images-idx3-ubyte.gz").exists());
+    assert!(!data
+        .path()
+        .join("fashion-mnist/train-images-idx3-ubyte.gz")
+        .exists());
     let e = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), &src.path().join("nope"))
         .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
@@ -419,7 +431,10 @@ fn local_copy_refuses_wrong_and_corrupt_files_by_name() {
 fn debian_copy_verifies_and_a_failed_download_falls_back_to_it() {
     let debian = relushare_data::local_copies(DatasetName::Fmnist).remove(0);
     if !debian.is_dir() {
-        println!("note: {} is absent (apt-get install dataset-fashion-mnist); skipped", debian.display());
+        println!(
+            "note: {} is absent (apt-get install dataset-fashion-mnist); skipped",
+            debian.display()
+        );
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -427,8 +442,9 @@ fn debian_copy_verifies_and_a_failed_download_falls_back_to_it() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let mirror = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let e = relushare_data::fetch_or_local(DatasetName::Fmnist, data.path(), Some(&mirror), &[], false)
-        .unwrap_err();
+    let e =
+        relushare_data::fetch_or_local(DatasetName::Fmnist, data.path(), Some(&mirror), &[], false)
+            .unwrap_err();
     assert!(matches!(e, DataError::Download { .. }), "{e}");
     let r = relushare_data::fetch_or_local(
         DatasetName::Fmnist,
@@ -438,11 +454,18 @@ fn debian_copy_verifies_and_a_failed_download_falls_back_to_it() {
         false,
     )
     .unwrap();
-    assert!(r.note.as_deref().unwrap().contains("download failed"), "{:?}", r.note);
+    assert!(
+        r.note.as_deref().unwrap().contains("download failed"),
+        "{:?}",
+        r.note
+    );
     assert_eq!(r.files.len(), 4);
     assert!(r.files.iter().all(|f| f.action == FileAction::Copied));
     let again = relushare_data::fetch_local(DatasetName::Fmnist, data.path(), &debian).unwrap();
-    assert!(again.files.iter().all(|f| f.action == FileAction::AlreadyPresent));
+    assert!(again
+        .files
+        .iter()
+        .all(|f| f.action == FileAction::AlreadyPresent));
     let train = relushare_data::load(
         DatasetName::Fmnist,
         relushare_data::Split::Train,

@@ -498,7 +498,11 @@ pub fn run(a: Args) -> Result<()> {
                 ..TrainConfig::default()
             };
             let mut original = f64::NAN;
-            let train_presets: &[&str] = if a.quick { &TRAIN_PRESETS[..3] } else { &TRAIN_PRESETS };
+            let train_presets: &[&str] = if a.quick {
+                &TRAIN_PRESETS[..3]
+            } else {
+                &TRAIN_PRESETS
+            };
             for preset in train_presets {
                 bar.set_message(format!("{arch} training {preset}"));
                 let mut spec = presets::build(arch, preset)?;
@@ -806,7 +810,10 @@ fn markdown(r: &Report) -> Result<String> {
             m,
             "Each sharing preset trains right after `original` on the same images (one epoch).\n"
         )?;
-        writeln!(m, "| arch | preset | backend | batch | images/s | vs `original` |")?;
+        writeln!(
+            m,
+            "| arch | preset | backend | batch | images/s | vs `original` |"
+        )?;
         writeln!(m, "|---|---|---|---:|---:|---:|")?;
         for t in &r.training {
             writeln!(

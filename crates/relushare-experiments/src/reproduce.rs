@@ -664,7 +664,10 @@ fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let Some(obj) = doc.as_object_mut() else {
-        bail!("{} holds no JSON object; not overwriting it", path.display());
+        bail!(
+            "{} holds no JSON object; not overwriting it",
+            path.display()
+        );
     };
     let values: Vec<serde_json::Value> = rows
         .iter()
@@ -729,7 +732,8 @@ fn write_summary_doc(
         }
     }
     for d in datasets {
-        let ds: Vec<report::SeedSummary> = rows.iter().filter(|r| r.dataset == d).cloned().collect();
+        let ds: Vec<report::SeedSummary> =
+            rows.iter().filter(|r| r.dataset == d).cloned().collect();
         let first = &ds[0];
         md += &format!(
             "## {d}: {} training / {} test images\n\n{}\n",
@@ -753,7 +757,9 @@ fn write_summary_doc(
             })
             .collect();
         let png = format!("{stem}-curves-{d}.png");
-        let png_path = dir.map(|x| x.join(&png)).unwrap_or_else(|| PathBuf::from(&png));
+        let png_path = dir
+            .map(|x| x.join(&png))
+            .unwrap_or_else(|| PathBuf::from(&png));
         match plot::curves_figure(
             &series,
             &format!("{d}: test accuracy per epoch (each seed)"),
@@ -842,10 +848,12 @@ fn train_row(ctx: &mut Ctx, j: &Job, seed: u64) -> Result<TrainedRow> {
     let name = ctx.data_name(&j.dataset)?;
     let norm = relushare_nn::normalization_for(name, spec.input.c);
     spec.normalization = norm;
-    let ckpt = ctx
-        .out
-        .join("checkpoints")
-        .join(model_path.with_extension("ckpt").file_name().expect("a file name"));
+    let ckpt = ctx.out.join("checkpoints").join(
+        model_path
+            .with_extension("ckpt")
+            .file_name()
+            .expect("a file name"),
+    );
     let mut cfg = TrainConfig {
         epochs: settings.epochs,
         batch_size: settings.batch_size,

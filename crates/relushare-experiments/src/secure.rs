@@ -334,7 +334,8 @@ pub fn run_secure_networked(
     let unfused_class = images
         .iter()
         .map(|x| -> Result<usize> {
-            let trace = plain::forward_fixed_trace(&unfused, &unfused.encode_input(x)?, &mut |_| false)?;
+            let trace =
+                plain::forward_fixed_trace(&unfused, &unfused.encode_input(x)?, &mut |_| false)?;
             Ok(plain::argmax_fixed(trace.last().expect("output layer")))
         })
         .collect::<Result<Vec<_>>>()?;

@@ -55,16 +55,21 @@ fn reproduce_over_seeds_writes_the_summary() {
     ])
     .unwrap();
     reproduce::run(cli.a).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
     let presets: Vec<&str> = rows.iter().map(|r| r["preset"].as_str().unwrap()).collect();
-    assert_eq!(presets, ["original", "uniform3", "uniform32", "noise", "fc-noise"]);
+    assert_eq!(
+        presets,
+        ["original", "uniform3", "uniform32", "noise", "fc-noise"]
+    );
     for r in rows {
         assert_eq!(r["seeds"], serde_json::json!([1, 2]), "{r}");
         assert_eq!(r["accuracies"].as_array().unwrap().len(), 2);
         let cmd = r["command"].as_str().unwrap();
-        assert!(cmd.starts_with("relushare train --arch fmnist") && cmd.contains("--seed 1"), "{cmd}");
+        assert!(
+            cmd.starts_with("relushare train --arch fmnist") && cmd.contains("--seed 1"),
+            "{cmd}"
+        );
         assert!(r["paper_accuracy"].as_f64().is_some());
     }
     // seed 2 has its own model file

@@ -84,7 +84,9 @@ impl GroupMap {
             }
             Grouping::CrossChannel { k, edge, .. } => {
                 let (one, n) = patch_plane(d.h, d.w, *k, *edge);
-                let groups = (0..d.c).map(|c| if c % span == 0 { n } else { 0 }).collect();
+                let groups = (0..d.c)
+                    .map(|c| if c % span == 0 { n } else { 0 })
+                    .collect();
                 (repeat(&one, d.c), groups)
             }
             Grouping::Channel => (vec![0; d.len()], vec![1; d.c]),

@@ -236,11 +236,9 @@ pub fn apply_freeform(spec: &mut ModelSpec, text: &str) -> Result<(), ModelError
                 None => (num(k)?, EdgePolicy::Partial),
             };
             match channels {
-                Some(channels) if channels != 1 => shared(
-                    Grouping::CrossChannel { k, edge, channels },
-                    decider,
-                    noise,
-                ),
+                Some(channels) if channels != 1 => {
+                    shared(Grouping::CrossChannel { k, edge, channels }, decider, noise)
+                }
                 _ => shared(Grouping::Patch { k, edge }, decider, noise),
             }
         } else if let Some(k) = kind_s.strip_prefix("cluster") {

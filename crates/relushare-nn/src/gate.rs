@@ -30,7 +30,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::activation;
-use burn::tensor::{DType, Int, IndexingUpdateOp, Tensor, TensorData};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::conv::{fast_kernels, flex_slice, flex_values, is_flex};
@@ -135,7 +135,8 @@ fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, V
             // y is zero-initialised: only kept members are written
             if short_runs(a) || flips.is_some() {
                 for i in 0..n {
-                    let keep = (zr[a.group_of[i] as usize] >= 0.0) ^ flips.is_some_and(|f| f[i] != 0);
+                    let keep =
+                        (zr[a.group_of[i] as usize] >= 0.0) ^ flips.is_some_and(|f| f[i] != 0);
                     if keep {
                         yr[i] = xr[i];
                     }
@@ -234,7 +235,12 @@ fn backward_values(
     (dx, dv, dc)
 }
 
-fn flex_forward(x: FlexTensor, v: FlexTensor, c: FlexTensor, a: &GateArgs) -> (FlexTensor, Vec<f32>) {
+fn flex_forward(
+    x: FlexTensor,
+    v: FlexTensor,
+    c: FlexTensor,
+    a: &GateArgs,
+) -> (FlexTensor, Vec<f32>) {
     let shape = x.shape();
     let (x, v, c) = (flex_values(x), flex_values(v), flex_values(c));
     let (y, z) = forward_values(flex_slice(&x), flex_slice(&v), flex_slice(&c), a);
@@ -279,7 +285,8 @@ impl Backward<Flex, 3> for GateBackward {
         let x = flex_values(ckpt.retrieve_node_output::<FlexTensor>(x_id));
         let v = flex_values(ckpt.retrieve_node_output::<FlexTensor>(v_id));
         let shape = x.shape();
-        let (dx, dv, dc) = backward_values(flex_slice(&x), flex_slice(&v), &z, flex_slice(&dy), &args);
+        let (dx, dv, dc) =
+            backward_values(flex_slice(&x), flex_slice(&v), &z, flex_slice(&dy), &args);
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, flex2(dx, [shape[0], shape[1]]));
         }
@@ -309,12 +316,22 @@ impl<C: CheckpointStrategy> GateExt for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_id = prep.checkpoint(&x);
                 let v_id = prep.checkpoint(&v);
-                let (y, z) =
-                    flex_forward(x.into_primitive(), v.into_primitive(), c.into_primitive(), &args);
+                let (y, z) = flex_forward(
+                    x.into_primitive(),
+                    v.into_primitive(),
+                    c.into_primitive(),
+                    &args,
+                );
                 prep.finish((x_id, v_id, z, args), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(
-                flex_forward(x.into_primitive(), v.into_primitive(), c.into_primitive(), &args).0,
+                flex_forward(
+                    x.into_primitive(),
+                    v.into_primitive(),
+                    c.into_primitive(),
+                    &args,
+                )
+                .0,
             ),
         }
     }
@@ -395,7 +412,10 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     fn assert_close(what: &str, got: &[f32], want: &[f32]) {
@@ -417,9 +437,21 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         // (batch, channels, plane, group of activation i)
         let cases: Vec<(usize, usize, usize, Box<dyn Fn(usize, usize) -> u32>, &str)> = vec![
-            (3, 2, 16, Box::new(|c, p| (c * 4 + (p / 4)) as u32), "patches"),
+            (
+                3,
+                2,
+                16,
+                Box::new(|c, p| (c * 4 + (p / 4)) as u32),
+                "patches",
+            ),
             (2, 3, 9, Box::new(|c, _| c as u32), "whole channels"),
-            (2, 4, 8, Box::new(|c, p| ((c / 2) * 8 + p) as u32), "across channels"),
+            (
+                2,
+                4,
+                8,
+                Box::new(|c, p| ((c / 2) * 8 + p) as u32),
+                "across channels",
+            ),
         ];
         for (b, ch, plane, group, name) in cases {
             let n = ch * plane;
@@ -428,11 +460,22 @@ mod tests {
             for noisy in [false, true] {
                 let case = format!("{name}, noise {noisy}");
                 let r = |rng: &mut ChaCha8Rng, len| -> Vec<f32> {
-                    (0..len).map(|_| rng.next_u32() as f32 / u32::MAX as f32 - 0.5).collect()
+                    (0..len)
+                        .map(|_| rng.next_u32() as f32 / u32::MAX as f32 - 0.5)
+                        .collect()
                 };
-                let (xd, vd, cd, rd) = (r(&mut rng, b * n), r(&mut rng, n), r(&mut rng, g), r(&mut rng, b * n));
+                let (xd, vd, cd, rd) = (
+                    r(&mut rng, b * n),
+                    r(&mut rng, n),
+                    r(&mut rng, g),
+                    r(&mut rng, b * n),
+                );
                 let flips = noisy.then(|| {
-                    Arc::new((0..b * n).map(|_| (rng.next_u32() % 5 == 0) as u8).collect::<Vec<_>>())
+                    Arc::new(
+                        (0..b * n)
+                            .map(|_| (rng.next_u32() % 5 == 0) as u8)
+                            .collect::<Vec<_>>(),
+                    )
                 });
                 let args = GateArgs {
                     runs: Arc::new(runs_of(&group_of)),
@@ -446,9 +489,12 @@ mod tests {
                     &dev,
                 );
                 let run = |fused: bool| {
-                    let x = Tensor::<2>::from_data(TensorData::new(xd.clone(), [b, n]), &dev).require_grad();
-                    let v = Tensor::<1>::from_data(TensorData::new(vd.clone(), [n]), &dev).require_grad();
-                    let c = Tensor::<1>::from_data(TensorData::new(cd.clone(), [g]), &dev).require_grad();
+                    let x = Tensor::<2>::from_data(TensorData::new(xd.clone(), [b, n]), &dev)
+                        .require_grad();
+                    let v = Tensor::<1>::from_data(TensorData::new(vd.clone(), [n]), &dev)
+                        .require_grad();
+                    let c = Tensor::<1>::from_data(TensorData::new(cd.clone(), [g]), &dev)
+                        .require_grad();
                     let y = if fused {
                         shared_gate(x.clone(), v.clone(), c.clone(), &gid, args.clone(), true)
                     } else {
@@ -465,7 +511,10 @@ mod tests {
                 };
                 let (y1, dx1, dv1, dc1) = run(true);
                 let (y2, dx2, dv2, dc2) = run(false);
-                assert!(y1.iter().any(|&t| t == 0.0) && y1.iter().any(|&t| t != 0.0), "{case}: both outcomes occur");
+                assert!(
+                    y1.iter().any(|&t| t == 0.0) && y1.iter().any(|&t| t != 0.0),
+                    "{case}: both outcomes occur"
+                );
                 assert_close(&format!("{case} y"), &y1, &y2);
                 assert_close(&format!("{case} dx"), &dx1, &dx2);
                 assert_close(&format!("{case} dv"), &dv1, &dv2);
@@ -476,7 +525,11 @@ mod tests {
                 let v = Tensor::<1>::from_data(TensorData::new(vd.clone(), [n]), &inf);
                 let c = Tensor::<1>::from_data(TensorData::new(cd.clone(), [g]), &inf);
                 let gi = Tensor::<1, Int>::from_data(gid.to_data(), &inf);
-                assert_close(&format!("{case} inference"), &values(shared_gate(x, v, c, &gi, args.clone(), false)), &y2);
+                assert_close(
+                    &format!("{case} inference"),
+                    &values(shared_gate(x, v, c, &gi, args.clone(), false)),
+                    &y2,
+                );
             }
         }
     }

@@ -520,15 +520,19 @@ fn shared_forward(
                 IndexingUpdateOp::Add,
             )
         }
-        Decider::Learned | Decider::Fc => p.v.as_ref().expect("learned layer has v").val().reshape([s.n]),
+        Decider::Learned | Decider::Fc => {
+            p.v.as_ref()
+                .expect("learned layer has v")
+                .val()
+                .reshape([s.n])
+        }
     };
     let c = match (&p.fc_bias, &s.channel_of_group) {
         (Some(bias), Some(cog)) => bias.val().select(0, cog.clone()),
         _ => Tensor::<1>::zeros([s.groups], device),
     };
-    let flips = (mode.noise && s.noise > 0.0).then(|| {
-        std::sync::Arc::new(bernoulli_bits(mode.rng, b * s.n, s.noise))
-    });
+    let flips = (mode.noise && s.noise > 0.0)
+        .then(|| std::sync::Arc::new(bernoulli_bits(mode.rng, b * s.n, s.noise)));
     let args = crate::gate::GateArgs {
         group_of: s.group_of.clone(),
         runs: s.runs.clone(),

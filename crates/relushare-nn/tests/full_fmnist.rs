@@ -24,8 +24,22 @@ fn one_epoch_of_original_on_the_full_data() {
         println!("note: the full Fashion-MNIST is absent (apt-get install dataset-fashion-mnist, or set RELUSHARE_FMNIST_DIR); skipped");
         return;
     };
-    let tr = load(DatasetName::Fmnist, Split::Train, Some(&dir), None, (1, 28, 28)).unwrap();
-    let te = load(DatasetName::Fmnist, Split::Test, Some(&dir), None, (1, 28, 28)).unwrap();
+    let tr = load(
+        DatasetName::Fmnist,
+        Split::Train,
+        Some(&dir),
+        None,
+        (1, 28, 28),
+    )
+    .unwrap();
+    let te = load(
+        DatasetName::Fmnist,
+        Split::Test,
+        Some(&dir),
+        None,
+        (1, 28, 28),
+    )
+    .unwrap();
     assert_eq!((tr.set.len(), te.set.len()), (60_000, 10_000));
     let mut spec = presets::build(Arch::Fmnist, "original").unwrap();
     spec.normalization = normalization_for(DatasetName::Fmnist, 1);

@@ -11,7 +11,9 @@ pub use relushare_experiments::bench::Args;
 pub fn run(a: Args) -> Result<()> {
     if a.serve {
         return crate::serve_bench::run(
-            a.archs.clone().unwrap_or_else(|| vec![Arch::Fmnist, Arch::Cifar10]),
+            a.archs
+                .clone()
+                .unwrap_or_else(|| vec![Arch::Fmnist, Arch::Cifar10]),
             a.presets
                 .as_ref()
                 .and_then(|p| p.first().cloned())

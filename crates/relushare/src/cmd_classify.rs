@@ -6,7 +6,6 @@
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use relushare_mpc::net::serve::{self, ClientConfig};
@@ -58,12 +57,7 @@ pub struct Args {
     pub net: crate::net_args::NetworkArgs,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration> {
-    if !(v > 0.0 && v <= 86_400.0) {
-        bail!("--{name} must be between 0 and 86400 seconds");
-    }
-    Ok(Duration::from_secs_f64(v))
-}
+use crate::net_args::secs;
 
 pub fn run(a: Args) -> Result<()> {
     let images = match a.random_image {
@@ -90,7 +84,9 @@ pub fn run(a: Args) -> Result<()> {
     cfg.timeout = secs("timeout", a.timeout)?;
     cfg.admission_wait = secs("wait", a.wait)?;
     cfg.network = a.net.profile()?;
-    let report = serve::classify(&cfg, &images).context("private classification with the model owner (party 1) and the helper (party 2) failed")?;
+    let report = serve::classify(&cfg, &images).context(
+        "private classification with the model owner (party 1) and the helper (party 2) failed",
+    )?;
     let (classes, logits) = match (&report.classes, &report.logits) {
         (Some(c), Some(l)) => (c.clone(), l.clone()),
         _ => bail!("the session ended without a result"),

@@ -104,12 +104,12 @@ fn run_fetch(a: FetchArgs) -> Result<()> {
         ),
     }
     .with_context(|| {
-            format!(
-                "fetching {} into {} failed",
-                a.dataset,
-                a.data_dir.display()
-            )
-        })?;
+        format!(
+            "fetching {} into {} failed",
+            a.dataset,
+            a.data_dir.display()
+        )
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

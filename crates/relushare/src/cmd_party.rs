@@ -162,7 +162,12 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.source.load()?;
     let mut labels = None;
     let json_file = match a.files.image.as_slice() {
-        [p] if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) => Some(p.clone()),
+        [p] if p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json")) =>
+        {
+            Some(p.clone())
+        }
         _ => None,
     };
     let image_files = (!a.files.image.is_empty()).then_some(());

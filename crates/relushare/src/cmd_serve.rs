@@ -8,7 +8,6 @@
 //! ```
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Result};
 use relushare_mpc::net::{
@@ -63,12 +62,7 @@ pub struct Args {
     pub net: crate::net_args::NetworkArgs,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration> {
-    if !(v > 0.0 && v <= 86_400.0) {
-        bail!("--{name} must be between 0 and 86400 seconds");
-    }
-    Ok(Duration::from_secs_f64(v))
-}
+use crate::net_args::secs;
 
 pub fn run(a: Args) -> Result<()> {
     let model = a.source.load_normalized()?;

@@ -1,7 +1,9 @@
 //! `--network lan|wan|none [--rtt-ms X --mbit Y]`: the emulated network of `infer`, `serve` and
 //! `classify` (`relushare_mpc::net::emu`).
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
 use relushare_mpc::net::emu::NetProfile;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -22,6 +24,18 @@ pub struct NetworkArgs {
 impl NetworkArgs {
     /// The emulated network, or `None` for the real one.
     pub fn profile(&self) -> Result<Option<NetProfile>> {
-        Ok(NetProfile::from_args(&self.network, self.rtt_ms, self.mbit)?)
+        Ok(NetProfile::from_args(
+            &self.network,
+            self.rtt_ms,
+            self.mbit,
+        )?)
     }
+}
+
+/// A `--NAME SECONDS` option as a duration: more than 0 and at most a day.
+pub fn secs(name: &str, v: f64) -> Result<Duration> {
+    if !(v > 0.0 && v <= 86_400.0) {
+        bail!("--{name} must be between 0 and 86400 seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
 }

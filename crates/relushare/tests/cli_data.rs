@@ -114,7 +114,10 @@ fn fetch_errors_are_clear() {
     let err = String::from_utf8_lossy(&out.stderr);
     if relushare_data::local_copies(relushare_data::DatasetName::Fmnist)[0].is_dir() {
         assert!(out.status.success(), "{err}");
-        assert!(text.contains("download failed") && text.contains("copied and verified"), "{text}");
+        assert!(
+            text.contains("download failed") && text.contains("copied and verified"),
+            "{text}"
+        );
     } else {
         assert!(!out.status.success());
         assert!(

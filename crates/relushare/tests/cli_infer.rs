@@ -203,8 +203,7 @@ fn image_files_are_classified_with_class_names() {
             .iter()
             .map(|p| load_image(p, (1, 28, 28), fit).unwrap())
             .collect();
-        let want =
-            relushare_mpc::net::serve::plaintext_classes(&model, &px, "fast", 13).unwrap();
+        let want = relushare_mpc::net::serve::plaintext_classes(&model, &px, "fast", 13).unwrap();
         for (r, w) in rows.iter().zip(want) {
             assert_eq!(r["index"].as_u64().unwrap() as usize, w);
             assert_eq!(r["name"].as_str().unwrap(), class_name("fmnist", w));
@@ -214,7 +213,12 @@ fn image_files_are_classified_with_class_names() {
     }
     let bad = dir.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    let out = infer(&["--model", path.to_str().unwrap(), "--image", bad.to_str().unwrap()]);
+    let out = infer(&[
+        "--model",
+        path.to_str().unwrap(),
+        "--image",
+        bad.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("broken.png"), "{err}");
 }

@@ -624,9 +624,19 @@ fn the_client_party_classifies_image_files() {
             "60",
         ],
     );
-    let p2 = spawn(2, &k, &["--peers", &format!("0={a0},1={a1}"), "--timeout", "60"]);
+    let p2 = spawn(
+        2,
+        &k,
+        &["--peers", &format!("0={a0},1={a1}"), "--timeout", "60"],
+    );
     let (r0, r1, r2) = (p0.wait(120.0), p1.wait(120.0), p2.wait(120.0));
-    assert!(r0.ok && r1.ok && r2.ok, "{} {} {}", r0.stderr, r1.stderr, r2.stderr);
+    assert!(
+        r0.ok && r1.ok && r2.ok,
+        "{} {} {}",
+        r0.stderr,
+        r1.stderr,
+        r2.stderr
+    );
     let rep: serde_json::Value = serde_json::from_str(&r0.stdout).unwrap();
     let rows = rep["classified"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -640,7 +650,10 @@ fn the_client_party_classifies_image_files() {
         let plain = relushare_mpc::plain::forward_fixed(&model, &x, 13, &mut |_| false).unwrap();
         let logits: Vec<f32> = serde_json::from_value(r["logits"].clone()).unwrap();
         for (p, s) in plain.iter().zip(&logits) {
-            assert!((p - s).abs() < 0.05, "logits differ: {plain:?} vs {logits:?}");
+            assert!(
+                (p - s).abs() < 0.05,
+                "logits differ: {plain:?} vs {logits:?}"
+            );
         }
         let idx = r["index"].as_u64().unwrap() as usize;
         let top = (0..logits.len()).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });

@@ -208,7 +208,11 @@ impl Deployment {
     fn check_serving(&self, client: &str) {
         let imgs = &self.images[..2];
         let out = wait(self.classify(client, imgs, &[]), 120.0);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let got: Vec<usize> = v["images"]
             .as_array()
@@ -271,7 +275,11 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
     let want = d.plaintext("fast", &d.images);
     for (i, k) in kids.into_iter().enumerate() {
         let out = wait(k, 180.0);
-        assert!(out.status.success(), "client {i}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "client {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let rows = v["images"].as_array().unwrap();
         assert_eq!(rows.len(), 3);
@@ -286,7 +294,10 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
     }
     let log = d.owner.wait_log("client client-3: ok", 10.0);
     for i in 1..=3 {
-        assert!(log.contains(&format!("client client-{i}: ok, 3 image(s)")), "{log}");
+        assert!(
+            log.contains(&format!("client client-{i}: ok, 3 image(s)")),
+            "{log}"
+        );
     }
     d.helper.wait_log("client client-1: ok", 10.0);
     // The text output names the classes too; the securenn suite is served as well.
@@ -294,7 +305,11 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         d.classify("client-1", &d.images[..1], &["--protocol", "securenn"]),
         120.0,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v["images"][0]["index"].as_u64().unwrap() as usize,
@@ -357,7 +372,10 @@ fn a_stalling_client_times_out_while_others_are_served() {
     // Served while the stalled session is open.
     d.check_serving("client-1");
     let log = d.owner.wait_log("client client-2: failed", 30.0);
-    assert!(log.contains("timed out waiting for a message from party 0"), "{log}");
+    assert!(
+        log.contains("timed out waiting for a message from party 0"),
+        "{log}"
+    );
     drop((o, h));
     d.check_serving("client-3");
     d.assert_alive();
@@ -416,9 +434,15 @@ fn foreign_and_revoked_certificates_are_refused_before_any_share() {
     std::fs::write(d.keys.join("revoked"), "client-2\n").unwrap();
     let out = wait(d.classify("client-2", &d.images[..1], &[]), 60.0);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("client-2 is revoked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("client-2 is revoked"),
+        "{err}"
+    );
     assert!(!d.owner.log().contains("client client-2: ok"));
-    assert!(!d.owner.log().contains("client client-2 ("), "a revoked session started");
+    assert!(
+        !d.owner.log().contains("client client-2 ("),
+        "a revoked session started"
+    );
     d.check_serving("client-1");
     std::fs::write(d.keys.join("revoked"), "# nobody\n").unwrap();
     d.check_serving("client-2");
@@ -430,7 +454,11 @@ fn a_hundred_idle_connections_do_not_block_service() {
     let mut d = Deployment::new(Arch::Fmnist, "5", &[]);
     let idle: Vec<TcpStream> = (0..100)
         .map(|i| {
-            let a = if i % 2 == 0 { &d.owner.addr } else { &d.helper.addr };
+            let a = if i % 2 == 0 {
+                &d.owner.addr
+            } else {
+                &d.helper.addr
+            };
             TcpStream::connect(a).unwrap()
         })
         .collect();
@@ -450,7 +478,10 @@ fn a_hundred_idle_connections_do_not_block_service() {
         }
     }
     assert!(got < 256, "an idle connection got {got} bytes");
-    assert!(t.elapsed() < Duration::from_secs(25), "idle connection held too long");
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "idle connection held too long"
+    );
     d.owner.wait_log("refused the connection", 10.0);
     d.assert_alive();
 }
@@ -468,7 +499,8 @@ fn a_helper_restart_fails_in_flight_sessions_cleanly_and_new_ones_succeed() {
     assert!(!out.status.success(), "the in-flight session must fail");
     // The client's link to the helper breaks, or the owner's does and the owner closes.
     assert!(
-        err.contains("disconnected") && (err.contains("P1") || err.contains("P2") || err.contains("party")),
+        err.contains("disconnected")
+            && (err.contains("P1") || err.contains("P2") || err.contains("party")),
         "{err}"
     );
     d.owner.wait_log("client client-1: failed", 30.0);
@@ -500,17 +532,58 @@ fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
     let t = Instant::now();
     let out = wait(d.classify("client-1", &d.images[..1], &[]), 60.0);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("server busy"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(15), "busy took {:?}", t.elapsed());
+    assert!(
+        !out.status.success() && err.contains("server busy"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "busy took {:?}",
+        t.elapsed()
+    );
     d.owner.wait_log("server busy", 10.0);
     d.assert_alive();
     // Bad arguments: clear errors, no server started.
     let k = d.keys.to_str().unwrap().to_string();
     for (args, want) in [
-        (vec!["serve", "--role", "owner", "--keys", &k, "--listen", "127.0.0.1:0"], "needs a model"),
-        (vec!["serve", "--role", "boss", "--keys", &k, "--listen", "127.0.0.1:0"], "owner or helper"),
         (
-            vec!["classify", "--keys", &k, "--client", "client-9", "--owner", "127.0.0.1:1", "--helper", "127.0.0.1:1", "--random-image", "1"],
+            vec![
+                "serve",
+                "--role",
+                "owner",
+                "--keys",
+                &k,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "needs a model",
+        ),
+        (
+            vec![
+                "serve",
+                "--role",
+                "boss",
+                "--keys",
+                &k,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "owner or helper",
+        ),
+        (
+            vec![
+                "classify",
+                "--keys",
+                &k,
+                "--client",
+                "client-9",
+                "--owner",
+                "127.0.0.1:1",
+                "--helper",
+                "127.0.0.1:1",
+                "--random-image",
+                "1",
+            ],
             "client-9.crt",
         ),
     ] {
@@ -538,10 +611,20 @@ fn classify_over_an_emulated_network_is_delayed_and_correct() {
     let rtt = format!("{rtt_ms}");
     let d = Deployment::new(Arch::Fmnist, "20", &["--rtt-ms", &rtt]);
     let imgs = &d.images[..1];
-    let out = wait(d.classify("client-1", imgs, &["--rtt-ms", &rtt, "--mbit", "400"]), 180.0);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wait(
+        d.classify("client-1", imgs, &["--rtt-ms", &rtt, "--mbit", "400"]),
+        180.0,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["images"][0]["index"].as_u64().unwrap() as usize, d.plaintext("fast", imgs)[0]);
+    assert_eq!(
+        v["images"][0]["index"].as_u64().unwrap() as usize,
+        d.plaintext("fast", imgs)[0]
+    );
     assert_eq!(v["network"]["rtt_ms"].as_f64().unwrap(), rtt_ms);
     let rounds = v["online_rounds"].as_u64().unwrap() as f64;
     let online = v["online_seconds"].as_f64().unwrap();
@@ -552,9 +635,23 @@ fn classify_over_an_emulated_network_is_delayed_and_correct() {
     );
     // the helper has no link of its own to shape
     let o = Command::new(BIN)
-        .args(["serve", "--role", "helper", "--keys", d.keys.to_str().unwrap(), "--listen", &free_addr(), "--network", "wan"])
+        .args([
+            "serve",
+            "--role",
+            "helper",
+            "--keys",
+            d.keys.to_str().unwrap(),
+            "--listen",
+            &free_addr(),
+            "--network",
+            "wan",
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("owner's link"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("owner's link"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -678,9 +678,27 @@ pub(super) mod e2e {
     /// on both comparison modes.
     #[test]
     fn cross_channel_groups() {
-        check_spec(Arch::Fmnist, "original", Some("act1=patch2/c4,act2=patch3-merge/c2:onehot"), CmpMode::Tree, 2);
-        check_spec(Arch::Svhn, "original", Some("act1=patch4/c3:noise0.2"), CmpMode::Tree, 1);
-        check_spec(Arch::Fmnist, "original", Some("act1=patch2/c4,act2=patch7/c8"), CmpMode::Fss, 1);
+        check_spec(
+            Arch::Fmnist,
+            "original",
+            Some("act1=patch2/c4,act2=patch3-merge/c2:onehot"),
+            CmpMode::Tree,
+            2,
+        );
+        check_spec(
+            Arch::Svhn,
+            "original",
+            Some("act1=patch4/c3:noise0.2"),
+            CmpMode::Tree,
+            1,
+        );
+        check_spec(
+            Arch::Fmnist,
+            "original",
+            Some("act1=patch2/c4,act2=patch7/c8"),
+            CmpMode::Fss,
+            1,
+        );
     }
 
     #[test]

@@ -186,7 +186,9 @@ pub fn client_dns_name(name: &str) -> String {
 pub fn validate_client_name(name: &str) -> Result<(), NetError> {
     let ok = !name.is_empty()
         && name.len() <= 40
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.as_bytes()[0] != b'-';
     if ok {
         Ok(())

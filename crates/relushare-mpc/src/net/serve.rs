@@ -162,7 +162,10 @@ impl DenyList {
                 ))
             }
         };
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.0 != Some(stamp) {
             if meta.len() > 1 << 20 {
@@ -573,9 +576,7 @@ pub fn serve(
                 .map_err(|e| NetError::Config(format!("the model cannot be served: {e}")))?;
             (Some(Arc::new(m)), lim)
         }
-        (ServeRole::Owner, None) => {
-            return Err(NetError::Config("the owner needs a model".into()))
-        }
+        (ServeRole::Owner, None) => return Err(NetError::Config("the owner needs a model".into())),
         (ServeRole::Helper, Some(_)) => {
             return Err(NetError::Config(
                 "the helper gets no model (it learns the structure per session)".into(),
@@ -644,14 +645,15 @@ fn accept_loop(sh: Arc<Shared>, listener: TcpListener, server_cfg: Arc<rustls::S
                     continue;
                 }
                 let (sh2, server_cfg) = (sh.clone(), server_cfg.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("serve-conn".into())
-                    .spawn(move || {
-                        let r = accept_one(&sh2, sock, from, &server_cfg);
-                        if let Err(e) = r {
-                            (sh2.log)(&format!("refused the connection from {from}: {e}"));
-                        }
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("serve-conn".into())
+                        .spawn(move || {
+                            let r = accept_one(&sh2, sock, from, &server_cfg);
+                            if let Err(e) = r {
+                                (sh2.log)(&format!("refused the connection from {from}: {e}"));
+                            }
+                        });
                 if spawned.is_err() {
                     sh.pending.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -828,12 +830,12 @@ fn run_mesh(
     let r = f(mesh);
     let _ = dog.send(());
     match r {
-        Err(e) if t.elapsed() >= sh.cfg.session_timeout => Err(crate::error::MpcError::Transport(
-            format!(
+        Err(e) if t.elapsed() >= sh.cfg.session_timeout => {
+            Err(crate::error::MpcError::Transport(format!(
                 "the session exceeded its limit of {:.0} s and was closed ({e})",
                 sh.cfg.session_timeout.as_secs_f64()
-            ),
-        )),
+            )))
+        }
         r => r,
     }
 }
@@ -844,13 +846,8 @@ fn dial_helper(sh: &Shared, req: &Request) -> Result<Half, NetError> {
     cfg.timeout = sh.cfg.timeout;
     let client = tls::client_config(&sh.keys)
         .map_err(|e| NetError::Config(format!("TLS configuration: {e}")))?;
-    let (peer, conn, sock) = super::connect_one(
-        2,
-        &addr,
-        &cfg,
-        &client,
-        Instant::now() + sh.cfg.timeout,
-    )?;
+    let (peer, conn, sock) =
+        super::connect_one(2, &addr, &cfg, &client, Instant::now() + sh.cfg.timeout)?;
     let mut h = Half { peer, conn, sock };
     let mut r = req.clone();
     r.kind = "owner".into();
@@ -870,7 +867,12 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
     let key = (req.session.clone(), req.kind.clone());
     let other = (
         req.session.clone(),
-        if req.kind == "client" { "owner" } else { "client" }.to_string(),
+        if req.kind == "client" {
+            "owner"
+        } else {
+            "client"
+        }
+        .to_string(),
     );
     let mut w = sh.waiting.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(partner) = w.remove(&other) {
@@ -1080,7 +1082,12 @@ impl ClientConn {
 }
 
 /// A new request of client `name` for `images` images.
-pub fn new_request(name: &str, protocol: &str, frac_bits: u32, images: usize) -> Result<Request, NetError> {
+pub fn new_request(
+    name: &str,
+    protocol: &str,
+    frac_bits: u32,
+    images: usize,
+) -> Result<Request, NetError> {
     Ok(Request {
         version: SERVE_VERSION,
         kind: "client".into(),
@@ -1190,7 +1197,9 @@ pub fn plaintext_classes(
             model.spec.normalization.apply(img, &mut buf);
             let x = fm.encode_input(&buf)?;
             let t = crate::plain::forward_fixed_trace(&fm, &x, &mut |_| false)?;
-            Ok(crate::plain::argmax_fixed(t.last().map(|v| v.as_slice()).unwrap_or(&[])))
+            Ok(crate::plain::argmax_fixed(
+                t.last().map(|v| v.as_slice()).unwrap_or(&[]),
+            ))
         })
         .collect()
 }
@@ -1259,7 +1268,10 @@ pub fn run_load(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| vec![Err("client thread panicked".into())]))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err("client thread panicked".into())])
+            })
             .collect()
     });
     let mut out = LoadResult {
@@ -1362,8 +1374,13 @@ mod tests {
         let log: Logger = Arc::new(|_: &str| {});
         let mut hc = ServeConfig::new(d.clone(), ServeRole::Helper);
         hc.timeout = Duration::from_secs(20);
-        let helper = serve(hc.clone(), super::super::bind("127.0.0.1:0").unwrap(), None, log.clone())
-            .unwrap();
+        let helper = serve(
+            hc.clone(),
+            super::super::bind("127.0.0.1:0").unwrap(),
+            None,
+            log.clone(),
+        )
+        .unwrap();
         let mut oc = hc.clone();
         oc.role = ServeRole::Owner;
         oc.helper = Some(helper.addr().to_string());
@@ -1376,7 +1393,11 @@ mod tests {
         .unwrap();
         let (oa, ha) = (owner.addr().to_string(), helper.addr().to_string());
         let pixels: Vec<Vec<u8>> = (0..2u8)
-            .map(|k| (0..784).map(|i| ((i * 37 + k as usize * 101) % 256) as u8).collect())
+            .map(|k| {
+                (0..784)
+                    .map(|i| ((i * 37 + k as usize * 101) % 256) as u8)
+                    .collect()
+            })
             .collect();
         let want = plaintext_classes(&model, &pixels, "fast", 13).unwrap();
         std::thread::scope(|s| {

@@ -92,7 +92,9 @@ pub enum ImageSource {
 /// `Err` explains why the images do not fit the model.
 #[derive(Clone)]
 pub struct PixelLoader(
-    pub Arc<dyn Fn((usize, usize, usize)) -> std::result::Result<Vec<Vec<u8>>, String> + Send + Sync>,
+    pub  Arc<
+        dyn Fn((usize, usize, usize)) -> std::result::Result<Vec<Vec<u8>>, String> + Send + Sync,
+    >,
 );
 
 impl std::fmt::Debug for PixelLoader {
