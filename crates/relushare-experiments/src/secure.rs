@@ -270,40 +270,19 @@ pub fn run_secure(
             offline_rounds: col(s, 4) as u64,
         })
         .collect();
-    let med = |f: &dyn Fn(&ImageResult) -> f64| median(per_image.iter().map(f).collect());
-    let online_bytes = med(&|r| r.online_bytes);
-    let offline_bytes = med(&|r| r.offline_bytes);
-    Ok(SecureSummary {
-        protocol: protocol.name().to_string(),
-        network: NetworkInfo::in_process(),
-        arch: model.spec.arch.name().to_string(),
-        preset: model.spec.preset.clone(),
-        images: count,
-        batch,
-        frac_bits,
-        seconds: med(&|r| r.seconds),
-        online_seconds: med(&|r| r.online_seconds),
-        offline_seconds: med(&|r| r.offline_seconds),
-        online_bytes,
-        offline_bytes,
-        total_bytes: online_bytes + offline_bytes,
-        client_bytes: med(&|r| r.client_bytes),
-        rounds: med(&|r| r.rounds as f64) as u64,
-        offline_rounds: med(&|r| r.offline_rounds as f64) as u64,
-        agree_with_plaintext: per_image.iter().filter(|r| r.agree).count() as f64 / count as f64,
-        agree_with_unfused: per_image.iter().filter(|r| r.agree_unfused).count() as f64
-            / count as f64,
-        accuracy: per_image
-            .iter()
-            .filter(|r| r.class == r.label as usize)
-            .count() as f64
-            / count as f64,
+    Ok(summarize(
+        model,
+        protocol,
+        NetworkInfo::in_process(),
+        (batch, frac_bits),
         layers,
-        setup_seconds: session.setup_seconds,
-        setup_bytes: session.setup.online_bytes() + session.setup.offline_bytes(),
-        wall_seconds: wall,
+        (
+            session.setup_seconds,
+            session.setup.online_bytes() + session.setup.offline_bytes(),
+        ),
+        wall,
         per_image,
-    })
+    ))
 }
 
 /// As [`run_secure`], with the three parties as separate `relushare party` processes over TLS
@@ -406,12 +385,40 @@ pub fn run_secure_networked(
             offline_rounds: col(s, 3) as u64,
         })
         .collect();
+    Ok(summarize(
+        model,
+        protocol,
+        NetworkInfo::emulated(&net),
+        (batch, frac_bits),
+        layers,
+        (setup_seconds, setup_bytes),
+        t0.elapsed().as_secs_f64(),
+        per_image,
+    ))
+}
+
+/// The summary of a run from its per-image results (medians over the images) and its layers.
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    model: &Model,
+    protocol: Protocol,
+    network: NetworkInfo,
+    (batch, frac_bits): (usize, u32),
+    layers: Vec<LayerRow>,
+    (setup_seconds, setup_bytes): (f64, u64),
+    wall_seconds: f64,
+    per_image: Vec<ImageResult>,
+) -> SecureSummary {
+    let count = per_image.len();
     let med = |f: &dyn Fn(&ImageResult) -> f64| median(per_image.iter().map(f).collect());
+    let share = |f: &dyn Fn(&ImageResult) -> bool| {
+        per_image.iter().filter(|r| f(r)).count() as f64 / count as f64
+    };
     let online_bytes = med(&|r| r.online_bytes);
     let offline_bytes = med(&|r| r.offline_bytes);
-    Ok(SecureSummary {
+    SecureSummary {
         protocol: protocol.name().to_string(),
-        network: NetworkInfo::emulated(&net),
+        network,
         arch: model.spec.arch.name().to_string(),
         preset: model.spec.preset.clone(),
         images: count,
@@ -423,23 +430,18 @@ pub fn run_secure_networked(
         online_bytes,
         offline_bytes,
         total_bytes: online_bytes + offline_bytes,
+        client_bytes: med(&|r| r.client_bytes),
         rounds: med(&|r| r.rounds as f64) as u64,
         offline_rounds: med(&|r| r.offline_rounds as f64) as u64,
-        agree_with_plaintext: per_image.iter().filter(|r| r.agree).count() as f64 / count as f64,
-        agree_with_unfused: per_image.iter().filter(|r| r.agree_unfused).count() as f64
-            / count as f64,
-        client_bytes: med(&|r| r.client_bytes),
-        accuracy: per_image
-            .iter()
-            .filter(|r| r.class == r.label as usize)
-            .count() as f64
-            / count as f64,
+        agree_with_plaintext: share(&|r| r.agree),
+        agree_with_unfused: share(&|r| r.agree_unfused),
+        accuracy: share(&|r| r.class == r.label as usize),
         layers,
         setup_seconds,
         setup_bytes,
-        wall_seconds: t0.elapsed().as_secs_f64(),
+        wall_seconds,
         per_image,
-    })
+    }
 }
 
 impl SecureSummary {
