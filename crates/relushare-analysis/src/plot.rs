@@ -521,6 +521,24 @@ pub fn pareto_figure(
     title: &str,
     path: &Path,
 ) -> Result<(), AnalysisError> {
+    pareto_figure_x(
+        ours,
+        paper,
+        title,
+        "secure comparisons (ReLU decisions) per image, log scale",
+        path,
+    )
+}
+
+/// [`pareto_figure`] with another positive cost on the x axis (log scale): the points'
+/// `comparisons` field holds that cost (e.g. megabytes per image), `x_desc` names it.
+pub fn pareto_figure_x(
+    ours: &[ParetoPoint],
+    paper: &[ParetoPoint],
+    title: &str,
+    x_desc: &str,
+    path: &Path,
+) -> Result<(), AnalysisError> {
     let all: Vec<&ParetoPoint> = ours.iter().chain(paper).collect();
     if all.is_empty() {
         return Err(AnalysisError::Invalid("no points to plot".into()));
@@ -557,9 +575,15 @@ pub fn pareto_figure(
             .map_err(perr(path))?;
         chart
             .configure_mesh()
-            .x_desc("secure comparisons (ReLU decisions) per image, log scale")
+            .x_desc(x_desc)
             .y_desc("test accuracy (%)")
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&|x| {
+                if *x >= 10.0 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x}")
+                }
+            })
             .draw()
             .map_err(perr(path))?;
         let mut placed = Vec::new();

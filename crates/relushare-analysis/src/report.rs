@@ -758,20 +758,21 @@ pub fn render_markdown(res: &Results, paper: &PaperNumbers) -> String {
 
 /// Per-layer groupings tried by the budget search.
 pub const SEARCH_GROUPINGS: [&str; 7] = [
-    "relu", "patch2", "patch3", "patch4", "patch8", "patch16", "channel",
+    "relu", "channel", "patch2", "patch3", "patch4", "patch8", "patch16",
 ];
 
-/// Candidates of the `--relu-budget` search: every combination of [`SEARCH_GROUPINGS`] over the
-/// architecture's shared layers (learned deciders; CIFAR-10 keeps partial edge patches, the
+/// Candidates of the `--relu-budget` search: every combination of [`SEARCH_GROUPINGS`] over
+/// `layers` (by default the architecture's shared layers, [`relushare_model::Arch::shared_layers`]; learned
+/// deciders; CIFAR-10 keeps partial edge patches, the
 /// 29x29 / 28x28 planes merge the remainder as the paper's Table 6 does) whose whole-network
 /// comparison count is at most `budget`. Returns how many fit and up to `max` of them as
 /// `(free-form spec, comparisons)`, evenly spread from the largest count down.
 pub fn search_candidates(
     arch: relushare_model::Arch,
+    layers: &[&str],
     budget: usize,
     max: usize,
 ) -> Result<(usize, Vec<(String, usize)>), relushare_model::ModelError> {
-    let layers = arch.shared_layers();
     let merge = if arch == relushare_model::Arch::Cifar10 {
         ""
     } else {
@@ -779,7 +780,10 @@ pub fn search_candidates(
     };
     let n = SEARCH_GROUPINGS.len();
     let mut fits: Vec<(String, usize)> = Vec::new();
-    let mut seen: Vec<Vec<relushare_model::Layer>> = Vec::new();
+    // a candidate is its partition of every searched layer: `patch16` on a 14x14 plane is the
+    // whole channel, the same candidate as `channel` (which comes first in SEARCH_GROUPINGS)
+    type Partition = Option<(Vec<u32>, Vec<usize>, usize)>;
+    let mut seen: Vec<Vec<Partition>> = Vec::new();
     for combo in 0..n.pow(layers.len() as u32) {
         let mut c = combo;
         let mut parts = Vec::new();
@@ -800,9 +804,19 @@ pub fn search_candidates(
         let mut spec = relushare_model::ModelSpec::original(arch);
         relushare_model::presets::apply_freeform(&mut spec, &text)?;
         let total = relushare_model::count(&spec)?.total_relus;
-        // the same spec reached twice is tried once
-        if total <= budget && !seen.contains(&spec.layers) {
-            seen.push(spec.layers);
+        let mut key: Vec<Partition> = Vec::with_capacity(layers.len());
+        for l in layers {
+            key.push(match (spec.act(l), spec.layer_input(l)) {
+                (Some(relushare_model::ActKind::Shared(a)), Some(d)) => {
+                    let m = relushare_model::GroupMap::build(a, d, None)?;
+                    Some((m.group_of, m.groups, m.span))
+                }
+                _ => None,
+            });
+        }
+        // the same partition reached twice is tried once
+        if total <= budget && !seen.contains(&key) {
+            seen.push(key);
             fits.push((text, total));
         }
     }
@@ -887,22 +901,52 @@ mod tests {
     fn search_candidates_fit_the_budget() {
         use relushare_model::Arch;
         let budget = 60_000;
-        let (fitting, picked) = search_candidates(Arch::Cifar10, budget, 5).unwrap();
+        let (fitting, picked) =
+            search_candidates(Arch::Cifar10, Arch::Cifar10.shared_layers(), budget, 5).unwrap();
         assert!(fitting >= picked.len() && picked.len() == 5);
         assert!(picked.iter().all(|(_, t)| *t <= budget));
         assert!(picked.windows(2).all(|w| w[0].1 >= w[1].1), "largest first");
         // uniform3 (57472 comparisons) is one of the fitting combinations
-        let (_, all) = search_candidates(Arch::Cifar10, budget, usize::MAX).unwrap();
+        let (_, all) = search_candidates(
+            Arch::Cifar10,
+            Arch::Cifar10.shared_layers(),
+            budget,
+            usize::MAX,
+        )
+        .unwrap();
         assert!(all
             .iter()
             .any(|(s, t)| s == "act1=patch3,act2=patch3" && *t == 57472));
         assert!(!all.iter().any(|(s, _)| s == "act1=relu,act2=relu"));
         // svhn merges edges: 3x3 patches on 29x29 give 81 per channel
-        let (_, sv) = search_candidates(Arch::Svhn, usize::MAX, usize::MAX).unwrap();
-        assert_eq!(sv.len(), SEARCH_GROUPINGS.len() - 1);
+        let (_, sv) = search_candidates(
+            Arch::Svhn,
+            Arch::Svhn.shared_layers(),
+            usize::MAX,
+            usize::MAX,
+        )
+        .unwrap();
+        // all but relu, and patch16 on 29x29 is one group per channel: `channel` already
+        assert_eq!(sv.len(), SEARCH_GROUPINGS.len() - 2);
         assert!(sv.iter().any(|(s, _)| s == "act1=patch3-merge"));
+        assert!(sv.iter().any(|(s, _)| s == "act1=channel"));
+        assert!(!sv.iter().any(|(s, _)| s == "act1=patch16-merge"));
+        // both convolutional layers of Fashion-MNIST: one candidate per distinct partition
+        let (_, fm) = search_candidates(Arch::Fmnist, &["act1", "act2"], 3776, usize::MAX).unwrap();
+        assert!(fm
+            .iter()
+            .any(|(s, t)| s == "act1=channel,act2=channel" && *t == 224));
+        assert!(fm.iter().all(|(_, t)| *t <= 3776));
+        assert!(!fm
+            .iter()
+            .any(|(s, _)| s.contains("patch16") || s.contains("act2=patch8")));
         // nothing fits a tiny budget
-        assert_eq!(search_candidates(Arch::Cifar10, 10, 5).unwrap().0, 0);
+        assert_eq!(
+            search_candidates(Arch::Cifar10, Arch::Cifar10.shared_layers(), 10, 5)
+                .unwrap()
+                .0,
+            0
+        );
     }
 
     #[test]

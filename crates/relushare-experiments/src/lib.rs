@@ -5,6 +5,8 @@
 //! - [`reproduce`]: the paper's tables (training jobs over seeds, clustering, secure runs,
 //!   reuse of finished artefacts and resumption, the report, figures and the summary over
 //!   seeds);
+//! - [`pareto`]: the front of accuracy against comparisons against `fast` bytes over the rows
+//!   reproduce trained (paper rows, free-form rows, search candidates, distilled rows);
 //! - [`bench`] and [`bench_net`]: the benchmarks behind `BENCHMARKS.md` (throughput, costs,
 //!   training speed, LAN/WAN tables).
 //!
@@ -13,5 +15,6 @@
 
 pub mod bench;
 pub mod bench_net;
+pub mod pareto;
 pub mod reproduce;
 pub mod secure;

@@ -90,11 +90,26 @@ pub struct Args {
     /// Dataset of the --relu-budget search (default: the first dataset of the run).
     #[arg(long)]
     pub search_dataset: Option<String>,
+    /// Activation layers the --relu-budget search groups (comma-separated; default: the
+    /// layers the paper shares, e.g. `act1` for Fashion-MNIST; `act1,act2` searches both
+    /// convolutional layers).
+    #[arg(long, value_delimiter = ',')]
+    pub search_layers: Vec<String>,
     /// Candidates of the --relu-budget search to train (evenly spread over the counts).
     #[arg(long, default_value_t = 6)]
     pub search_max: usize,
+    /// Only these presets of the chosen tables (comma-separated); the other rows are skipped.
+    /// With --spec-row, `--preset original` trains the free-form rows beside the original only.
+    #[arg(long, value_delimiter = ',')]
+    pub preset: Vec<String>,
+    /// Beyond the paper: also train this free-form grouping (the `--spec` syntax of `relushare
+    /// train`, applied to `original`) as a row of every dataset of the run, with every seed.
+    /// Repeatable. Example: `--spec-row "act1=patch2/c4,act2=patch2/c4"`.
+    #[arg(long = "spec-row")]
+    pub spec_rows: Vec<String>,
     /// Beyond the paper: distill every shared-ReLU row of the teacher's architecture from this
-    /// trained model (typically that architecture's `original`).
+    /// trained model (typically that architecture's `original`). Distilled rows are saved as
+    /// `<row>-distilled` model files, apart from the rows trained without a teacher.
     #[arg(long)]
     pub teacher: Option<PathBuf>,
     /// Weight of the distillation term (with --teacher).
@@ -107,12 +122,12 @@ pub struct Args {
 
 /// What a reused artefact must match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct TrainSettings {
-    dataset: String,
-    preset: String,
-    quick: bool,
-    data_source: String,
-    epochs: usize,
+pub(crate) struct TrainSettings {
+    pub(crate) dataset: String,
+    pub(crate) preset: String,
+    pub(crate) quick: bool,
+    pub(crate) data_source: String,
+    pub(crate) epochs: usize,
     train_images: usize,
     test_images: usize,
     batch_size: usize,
@@ -120,20 +135,21 @@ struct TrainSettings {
     maps_hash: Option<String>,
     /// Hash of the distillation teacher, when the row was distilled.
     #[serde(default)]
-    teacher_hash: Option<String>,
+    pub(crate) teacher_hash: Option<String>,
     /// Training seed.
     #[serde(default = "first_seed")]
-    seed: u64,
+    pub(crate) seed: u64,
 }
 
 fn first_seed() -> u64 {
     1
 }
 
+/// What `models/<row>.json` beside each trained model holds.
 #[derive(Serialize, Deserialize)]
-struct TrainRecord {
-    settings: TrainSettings,
-    row: TrainedRow,
+pub(crate) struct TrainRecord {
+    pub(crate) settings: TrainSettings,
+    pub(crate) row: TrainedRow,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,7 +183,7 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     Ok(())
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     let bytes = std::fs::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -240,6 +256,8 @@ struct Ctx {
     data_source: String,
     sets: BTreeMap<String, (ImageSet, ImageSet)>,
     results: Results,
+    /// Architecture of the --teacher, when one is given.
+    teacher_arch: Option<Arch>,
 }
 
 impl Ctx {
@@ -332,9 +350,19 @@ impl Ctx {
         } else {
             format!("-s{seed}")
         };
-        self.out
-            .join("models")
-            .join(format!("{}-{preset}{seed}.safetensors", j.dataset))
+        let distilled = if self.distilled(j) { "-distilled" } else { "" };
+        self.out.join("models").join(format!(
+            "{}-{preset}{distilled}{seed}.safetensors",
+            j.dataset
+        ))
+    }
+
+    /// Whether row `j` is trained with the --teacher (a shared-ReLU row of its architecture).
+    fn distilled(&self, j: &Job) -> bool {
+        j.preset != "original"
+            && self
+                .teacher_arch
+                .is_some_and(|a| Self::arch(&j.dataset).ok() == Some(a))
     }
 
     fn maps_path(&self, dataset: &str, preset: &str) -> PathBuf {
@@ -365,15 +393,50 @@ pub fn run(a: Args) -> Result<()> {
     if a.secure_images == 0 {
         bail!("--secure-images must be at least 1");
     }
-    let jobs = report::training_jobs(&paper, &tables, &a.dataset);
-    let secure = report::secure_jobs(&paper, &tables, &a.dataset);
+    let mut jobs = report::training_jobs(&paper, &tables, &a.dataset);
+    let mut secure = report::secure_jobs(&paper, &tables, &a.dataset);
+    if !a.preset.is_empty() {
+        for p in &a.preset {
+            if !jobs.iter().any(|j| &j.preset == p) {
+                bail!(
+                    "--preset {p}: no row of table(s) {} trains it (rows: {})",
+                    tables.join(","),
+                    jobs.iter()
+                        .map(|j| j.preset.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        jobs.retain(|j| a.preset.contains(&j.preset));
+        secure.retain(|(j, _)| a.preset.contains(&j.preset));
+    }
+    for text in &a.spec_rows {
+        let mut row_datasets: Vec<String> = Vec::new();
+        for j in &jobs {
+            if !row_datasets.contains(&j.dataset) {
+                row_datasets.push(j.dataset.clone());
+            }
+        }
+        for d in row_datasets {
+            let mut s = relushare_model::ModelSpec::original(Ctx::arch(&d)?);
+            presets::apply_freeform(&mut s, text)
+                .with_context(|| format!("--spec-row \"{text}\" on {d}"))?;
+            let j = Job {
+                dataset: d,
+                preset: format!("{}{text}", report::SEARCH_PREFIX),
+            };
+            if !jobs.contains(&j) {
+                jobs.push(j);
+            }
+        }
+    }
     if jobs.is_empty() {
         bail!(
             "nothing to do: table(s) {} have no rows for the chosen datasets",
             tables.join(",")
         );
     }
-    let mut jobs = jobs;
     let mut datasets: Vec<String> = Vec::new();
     for j in &jobs {
         if !datasets.contains(&j.dataset) {
@@ -394,9 +457,29 @@ pub fn run(a: Args) -> Result<()> {
         let existing: Vec<Vec<relushare_model::Layer>> = jobs
             .iter()
             .filter(|j| j.dataset == d)
-            .filter_map(|j| presets::build(arch, &j.preset).ok().map(|s| s.layers))
+            .filter_map(|j| match j.preset.strip_prefix(report::SEARCH_PREFIX) {
+                Some(text) => {
+                    let mut s = relushare_model::ModelSpec::original(arch);
+                    presets::apply_freeform(&mut s, text).ok().map(|_| s.layers)
+                }
+                None => presets::build(arch, &j.preset).ok().map(|s| s.layers),
+            })
             .collect();
-        let (fitting, all) = report::search_candidates(arch, budget, usize::MAX)?;
+        let layers: Vec<&str> = if a.search_layers.is_empty() {
+            arch.shared_layers().to_vec()
+        } else {
+            let acts = relushare_model::ModelSpec::original(arch).act_names();
+            for l in &a.search_layers {
+                if !acts.contains(l) {
+                    bail!(
+                        "--search-layers {l}: {d} has the activation layers {}",
+                        acts.join(", ")
+                    );
+                }
+            }
+            a.search_layers.iter().map(String::as_str).collect()
+        };
+        let (fitting, all) = report::search_candidates(arch, &layers, budget, usize::MAX)?;
         let fresh: Vec<(String, usize)> = all
             .into_iter()
             .filter(|(text, _)| {
@@ -417,8 +500,9 @@ pub fn run(a: Args) -> Result<()> {
             .collect();
         if fitting == 0 {
             bail!(
-                "no per-layer grouping of {d}'s shared layers fits {budget} comparisons per image (the smallest, one ReLU per channel, needs {})",
-                report::search_candidates(arch, usize::MAX, usize::MAX)?
+                "no per-layer grouping of {d}'s layers {} fits {budget} comparisons per image (the smallest, one ReLU per channel, needs {}; --search-layers widens the search)",
+                layers.join(","),
+                report::search_candidates(arch, &layers, usize::MAX, usize::MAX)?
                     .1
                     .iter()
                     .map(|(_, t)| *t)
@@ -440,10 +524,13 @@ pub fn run(a: Args) -> Result<()> {
         for (text, _) in picked {
             let preset = format!("{}{text}", report::SEARCH_PREFIX);
             trained.push(preset.clone());
-            jobs.push(Job {
+            let j = Job {
                 dataset: d.clone(),
                 preset,
-            });
+            };
+            if !jobs.contains(&j) {
+                jobs.push(j);
+            }
         }
         search = Some(report::SearchSummary {
             dataset: d,
@@ -496,7 +583,17 @@ pub fn run(a: Args) -> Result<()> {
     let out = a.out.clone();
     std::fs::create_dir_all(out.join("models"))
         .with_context(|| format!("creating {}", out.display()))?;
+    let teacher_arch = match &a.teacher {
+        Some(p) => Some(
+            Model::load(p)
+                .with_context(|| format!("loading the teacher {}", p.display()))?
+                .spec
+                .arch,
+        ),
+        None => None,
+    };
     let mut ctx = Ctx {
+        teacher_arch,
         quick,
         out,
         data_source: data_source.clone(),
@@ -641,7 +738,7 @@ fn train_command(ctx: &Ctx, j: &Job, seed: u64) -> String {
         cmd += &format!(" --lr {lr}");
     }
     if let Some(t) = &ctx.a.teacher {
-        if j.preset != "original" {
+        if ctx.distilled(j) {
             cmd += &format!(
                 " --teacher {} --distill-alpha {} --distill-temperature {}",
                 t.display(),
@@ -654,9 +751,9 @@ fn train_command(ctx: &Ctx, j: &Job, seed: u64) -> String {
     cmd
 }
 
-/// Writes the per-row summary over seeds into `path`, keeping the file's other top-level keys.
-fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
-    let rows = report::summarize_seeds(&ctx.results, paper, &ctx.results.tables);
+/// Sets top-level `keys` of the JSON object in `path` (created when missing), keeping its other
+/// keys; a file that is not a JSON object is refused, never overwritten.
+pub(crate) fn merge_json_keys(path: &Path, keys: Vec<(&str, serde_json::Value)>) -> Result<()> {
     let mut doc = match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
             .with_context(|| format!("{} is not valid JSON; not overwriting it", path.display()))?,
@@ -669,6 +766,24 @@ fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
             path.display()
         );
     };
+    for (k, v) in keys {
+        obj.insert(k.to_string(), v);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    relushare_model::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    Ok(())
+}
+
+/// Writes the per-row summary over seeds into `path`, keeping the file's other top-level keys.
+fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
+    // the paper's rows; free-form and search rows belong to the Pareto front (`relushare pareto`)
+    let rows: Vec<report::SeedSummary> =
+        report::summarize_seeds(&ctx.results, paper, &ctx.results.tables)
+            .into_iter()
+            .filter(|r| !r.preset.starts_with(report::SEARCH_PREFIX))
+            .collect();
     let values: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -681,20 +796,21 @@ fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
             v
         })
         .collect();
-    obj.insert("rows".into(), serde_json::Value::Array(values));
-    obj.insert("data_source".into(), ctx.results.data_source.clone().into());
-    obj.insert(
-        "reproduce_command".into(),
-        std::iter::once("relushare".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" ")
-            .into(),
-    );
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    relushare_model::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    merge_json_keys(
+        path,
+        vec![
+            ("rows", serde_json::Value::Array(values)),
+            ("data_source", ctx.results.data_source.clone().into()),
+            (
+                "reproduce_command",
+                std::iter::once("relushare".to_string())
+                    .chain(std::env::args().skip(1))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .into(),
+            ),
+        ],
+    )?;
     if let Some(page) = &ctx.a.summary_doc {
         write_summary_doc(ctx, &rows, path, page)?;
     }
@@ -745,7 +861,11 @@ fn write_summary_doc(
             .results
             .trained
             .iter()
-            .filter(|t| t.dataset == d && !t.history.is_empty())
+            .filter(|t| {
+                t.dataset == d
+                    && !t.history.is_empty()
+                    && !t.preset.starts_with(report::SEARCH_PREFIX)
+            })
             .map(|t| {
                 (
                     t.preset.clone(),
@@ -787,14 +907,10 @@ fn train_row(ctx: &mut Ctx, j: &Job, seed: u64) -> Result<TrainedRow> {
     };
     // --teacher applies to the shared-ReLU rows of the teacher's architecture.
     let teacher = match &ctx.a.teacher {
-        Some(p) if j.preset != "original" => {
+        Some(p) if ctx.distilled(j) => {
             let t =
                 Model::load(p).with_context(|| format!("loading the teacher {}", p.display()))?;
-            if t.spec.arch == arch {
-                Some((t, file_hash(p)?))
-            } else {
-                None
-            }
+            Some((t, file_hash(p)?))
         }
         _ => None,
     };

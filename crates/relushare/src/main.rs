@@ -14,6 +14,7 @@ mod cmd_demo;
 mod cmd_eval;
 mod cmd_infer;
 mod cmd_keys;
+mod cmd_pareto;
 mod cmd_party;
 mod cmd_reproduce;
 mod cmd_serve;
@@ -61,6 +62,8 @@ enum Command {
     Infer(cmd_infer::Args),
     /// Cluster a layer's activations by their ReLU responses over the training set (data-driven groups).
     Cluster(cmd_cluster::Args),
+    /// Pareto front of accuracy, comparisons and fast bytes over the rows `reproduce` trained.
+    Pareto(cmd_pareto::Args),
     /// Reproduce the paper's tables: train every row, count, cluster, run secure inference, write report.md and figures.
     Reproduce(cmd_reproduce::Args),
 }
@@ -77,6 +80,7 @@ fn main() {
         Command::Classify(a) => cmd_classify::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Cluster(a) => cmd_cluster::run(a),
+        Command::Pareto(a) => cmd_pareto::run(a),
         Command::Reproduce(a) => cmd_reproduce::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
