@@ -146,10 +146,17 @@ struct TrainRow {
     backend: String,
     batch_size: usize,
     images: usize,
+    /// Rounds of every preset in turn (one epoch each).
+    rounds: usize,
+    /// Median images/s over the rounds.
     images_per_second: f64,
-    /// Images/s relative to `original` of the same architecture, trained just before.
+    each_round: Vec<f64>,
+    /// Median images/s relative to `original`'s median, measured in the same rounds.
     vs_original: f64,
 }
+
+/// Rounds of the back-to-back training comparison (outside --quick).
+const TRAIN_ROUNDS: usize = 4;
 
 /// The presets whose training speed is compared with `original`'s, back to back.
 const TRAIN_PRESETS: [&str; 5] = ["original", "uniform3", "uniform32", "noise", "fc-noise"];
@@ -497,17 +504,21 @@ pub fn run(a: Args) -> Result<()> {
                 eval_each_epoch: false,
                 ..TrainConfig::default()
             };
-            let mut original = f64::NAN;
             let train_presets: &[&str] = if a.quick {
                 &TRAIN_PRESETS[..3]
             } else {
                 &TRAIN_PRESETS
             };
-            for preset in train_presets {
-                bar.set_message(format!("{arch} training {preset}"));
-                let mut spec = presets::build(arch, preset)?;
-                spec.normalization = model_for(arch, "original")?.spec.normalization;
-                let o = train(
+            // rounds of every preset in turn, the order reversed every other round, so that a
+            // drift of the machine's speed hits all presets alike; each preset's median over
+            // the rounds, ratios of medians; one untimed epoch of `original` first warms the
+            // allocator and the thread pool
+            let rounds = if a.quick { 1 } else { TRAIN_ROUNDS };
+            let mut speeds: Vec<Vec<f64>> = vec![Vec::new(); train_presets.len()];
+            if !a.quick {
+                bar.set_message(format!("{arch} training warm-up"));
+                let spec = model_for(arch, "original")?.spec;
+                train(
                     &cfg,
                     &spec,
                     None,
@@ -515,17 +526,44 @@ pub fn run(a: Args) -> Result<()> {
                     &test_set,
                     &mut relushare_nn::train::NoProgress,
                 )?;
-                if *preset == "original" {
-                    original = o.images_per_second;
+            }
+            for round in 0..rounds {
+                let mut order: Vec<usize> = (0..train_presets.len()).collect();
+                if round % 2 == 1 {
+                    order.reverse();
                 }
+                for k in order {
+                    let preset = train_presets[k];
+                    bar.set_message(format!(
+                        "{arch} training {preset} (round {}/{rounds})",
+                        round + 1
+                    ));
+                    let mut spec = presets::build(arch, preset)?;
+                    spec.normalization = model_for(arch, "original")?.spec.normalization;
+                    let o = train(
+                        &cfg,
+                        &spec,
+                        None,
+                        &train_set,
+                        &test_set,
+                        &mut relushare_nn::train::NoProgress,
+                    )?;
+                    speeds[k].push(o.images_per_second);
+                }
+            }
+            let original = median(speeds[0].clone());
+            for (preset, s) in train_presets.iter().zip(speeds) {
+                let ips = median(s.clone());
                 report.training.push(TrainRow {
                     arch: arch.to_string(),
                     preset: preset.to_string(),
                     backend: format!("{:?}", cfg.backend),
                     batch_size: cfg.batch_size,
                     images: n,
-                    images_per_second: o.images_per_second,
-                    vs_original: o.images_per_second / original,
+                    rounds,
+                    images_per_second: ips,
+                    each_round: s,
+                    vs_original: ips / original,
                 });
             }
         }
@@ -695,8 +733,8 @@ fn print_report(r: &Report) {
     }
     for t in &r.training {
         println!(
-            "training {:<8} {:<10} backend {}, batch {}: {:.0} images/s ({:.2}x original)",
-            t.arch, t.preset, t.backend, t.batch_size, t.images_per_second, t.vs_original
+            "training {:<8} {:<10} backend {}, batch {}: {:.0} images/s ({:.2}x original; medians of {} rounds)",
+            t.arch, t.preset, t.backend, t.batch_size, t.images_per_second, t.vs_original, t.rounds
         );
     }
     for m in &r.memory {

@@ -68,6 +68,7 @@ fn short_runs(a: &GateArgs) -> bool {
 }
 
 /// `Σ a_i b_i` with independent partial sums (vectorised by the compiler).
+#[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -80,6 +81,34 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.zip(cb) {
         for j in 0..8 {
             acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a_i b_i (1 − 2 f_i)` with independent partial sums, like [`dot`].
+fn signed_dot(a: &[f32], b: &[f32], f: &[u8]) -> f32 {
+    let sign = |x: f32, fi: u8| if fi != 0 { -x } else { x };
+    if a.len() < 8 {
+        return a
+            .iter()
+            .zip(b)
+            .zip(f)
+            .map(|((x, y), &fi)| sign(x * y, fi))
+            .sum();
+    }
+    let mut acc = [0f32; 8];
+    let (ca, cb, cf) = (a.chunks_exact(8), b.chunks_exact(8), f.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cf.remainder())
+        .map(|((x, y), &fi)| sign(x * y, fi))
+        .sum();
+    for ((x, y), fl) in ca.zip(cb).zip(cf) {
+        for j in 0..8 {
+            acc[j] += sign(x[j] * y[j], fl[j]);
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -108,11 +137,22 @@ fn flex1(values: Vec<f32>, len: usize) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, [len]))
 }
 
-/// Forward on plain slices: `(y [B·N], z [B·G])`.
-fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, Vec<f32>) {
+/// `out[i] = x[i]` where `keep[i] != 0`, else 0, without branches (vectorised).
+fn masked_copy(out: &mut [f32], x: &[f32], keep: impl Iterator<Item = bool>) {
+    for ((o, &xi), k) in out.iter_mut().zip(x).zip(keep) {
+        *o = if k { xi } else { 0.0 };
+    }
+}
+
+/// Forward on plain slices: `(y [B·N], z [B·G])` (public for the kernel benchmark).
+///
+/// Per image: the group sums `z` run by run (element by element for short runs), then the
+/// decisions as bytes, then `y` in one branch-free pass (run by run when runs are long).
+pub fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, Vec<f32>) {
     let n = v.len();
     let g = a.groups;
     let b = x.len() / n.max(1);
+    let short = short_runs(a);
     let mut y = vec![0f32; b * n];
     let mut z = vec![0f32; b * g];
     y.par_chunks_mut(n.max(1))
@@ -121,9 +161,12 @@ fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, V
         .for_each(|(row, (yr, zr))| {
             let xr = &x[row * n..(row + 1) * n];
             zr.copy_from_slice(c);
-            if short_runs(a) {
-                for ((&gi, &xi), &vi) in a.group_of.iter().zip(xr).zip(v) {
-                    zr[gi as usize] += vi * xi;
+            if short {
+                // the runs partition 0..n in order: one pass, no slicing per run
+                let mut pv = v.iter().zip(xr);
+                for r in a.runs.iter() {
+                    let t: f32 = pv.by_ref().take(r.len as usize).map(|(a, b)| a * b).sum();
+                    zr[r.group as usize] += t;
                 }
             } else {
                 for r in a.runs.iter() {
@@ -132,27 +175,56 @@ fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32>, V
                 }
             }
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
-            // y is zero-initialised: only kept members are written
-            if short_runs(a) || flips.is_some() {
-                for i in 0..n {
-                    let keep =
-                        (zr[a.group_of[i] as usize] >= 0.0) ^ flips.is_some_and(|f| f[i] != 0);
-                    if keep {
-                        yr[i] = xr[i];
+            match (short, flips) {
+                (false, None) => {
+                    // y is zero-initialised: only kept runs are written
+                    for r in a.runs.iter().filter(|r| zr[r.group as usize] >= 0.0) {
+                        let s = r.start as usize..(r.start + r.len) as usize;
+                        yr[s.clone()].copy_from_slice(&xr[s]);
                     }
                 }
-            } else {
-                for r in a.runs.iter().filter(|r| zr[r.group as usize] >= 0.0) {
-                    let s = r.start as usize..(r.start + r.len) as usize;
-                    yr[s.clone()].copy_from_slice(&xr[s]);
+                (false, Some(f)) => {
+                    for r in a.runs.iter() {
+                        let s = r.start as usize..(r.start + r.len) as usize;
+                        let d = (zr[r.group as usize] >= 0.0) as u8;
+                        masked_copy(
+                            &mut yr[s.clone()],
+                            &xr[s.clone()],
+                            f[s].iter().map(|&fi| fi != d),
+                        );
+                    }
+                }
+                (true, f) => {
+                    let d: Vec<u8> = zr.iter().map(|&zg| (zg >= 0.0) as u8).collect();
+                    let dec = a.group_of.iter().map(|&gi| d[gi as usize]);
+                    match f {
+                        Some(f) => masked_copy(yr, xr, dec.zip(f).map(|(di, &fi)| di != fi)),
+                        None => masked_copy(yr, xr, dec.map(|di| di != 0)),
+                    }
                 }
             }
         });
     (y, z)
 }
 
-/// Backward on plain slices: `(dx, dv, dc)`.
-fn backward_values(
+/// `out = dy·keep + v·δ_g` element by element (the input gradient of the gate).
+fn fused_dx(
+    out: &mut [f32],
+    dy: &[f32],
+    v: &[f32],
+    keep: impl Iterator<Item = bool>,
+    delta: impl Iterator<Item = f32>,
+) {
+    for ((((o, &dyi), &vi), k), d) in out.iter_mut().zip(dy).zip(v).zip(keep).zip(delta) {
+        *o = if k { dyi } else { 0.0 } + vi * d;
+    }
+}
+
+/// Elements per task of the `dv` reduction over images.
+const DV_CHUNK: usize = 2048;
+
+/// Backward on plain slices: `(dx, dv, dc)` (public for the kernel benchmark).
+pub fn backward_values(
     x: &[f32],
     v: &[f32],
     z: &[f32],
@@ -163,6 +235,7 @@ fn backward_values(
     let g = a.groups;
     let b = x.len() / n.max(1);
     let inv_t = 1.0 / a.temperature;
+    let short = short_runs(a);
     let mut dx = vec![0f32; b * n];
     let mut delta = vec![0f32; b * g];
     dx.par_chunks_mut(n.max(1))
@@ -173,25 +246,34 @@ fn backward_values(
             let dyr = &dy[row * n..(row + 1) * n];
             let zr = &z[row * g..(row + 1) * g];
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
-            // Σ_{i∈g} dy·x·(1 − 2f) into dr, the direct path into dx (zero-initialised):
-            // element by element for short runs and noisy layers, else run by run
-            if short_runs(a) || flips.is_some() {
-                for i in 0..n {
-                    let gi = a.group_of[i] as usize;
-                    let flip = flips.is_some_and(|f| f[i] != 0);
-                    if (zr[gi] >= 0.0) ^ flip {
-                        dxr[i] = dyr[i];
+            // δ: Σ_{i∈g} dy·x·(1 − 2f) run by run (each run summed on its own: no chain
+            // through dr), then the sigmoid's slope
+            match (short, flips) {
+                (true, None) => {
+                    let mut pd = dyr.iter().zip(xr);
+                    for r in a.runs.iter() {
+                        let t: f32 = pd.by_ref().take(r.len as usize).map(|(a, b)| a * b).sum();
+                        dr[r.group as usize] += t;
                     }
-                    let t = dyr[i] * xr[i];
-                    dr[gi] += if flip { -t } else { t };
                 }
-            } else {
-                for r in a.runs.iter() {
-                    let s = r.start as usize..(r.start + r.len) as usize;
-                    let gi = r.group as usize;
-                    dr[gi] += dot(&dyr[s.clone()], &xr[s.clone()]);
-                    if zr[gi] >= 0.0 {
-                        dxr[s.clone()].copy_from_slice(&dyr[s]);
+                (true, Some(f)) => {
+                    let mut pd = dyr.iter().zip(xr).zip(f);
+                    for r in a.runs.iter() {
+                        let t: f32 = pd
+                            .by_ref()
+                            .take(r.len as usize)
+                            .map(|((a, b), &fi)| if fi != 0 { -a * b } else { a * b })
+                            .sum();
+                        dr[r.group as usize] += t;
+                    }
+                }
+                (false, f) => {
+                    for r in a.runs.iter() {
+                        let s = r.start as usize..(r.start + r.len) as usize;
+                        dr[r.group as usize] += match f {
+                            Some(f) => signed_dot(&dyr[s.clone()], &xr[s.clone()], &f[s]),
+                            None => dot(&dyr[s.clone()], &xr[s]),
+                        };
                     }
                 }
             }
@@ -199,33 +281,78 @@ fn backward_values(
                 let s = 1.0 / (1.0 + (-zg * inv_t).exp());
                 *d *= s * (1.0 - s) * inv_t;
             }
-            for r in a.runs.iter() {
-                let s = r.start as usize..(r.start + r.len) as usize;
-                let d = dr[r.group as usize];
-                for (o, &vi) in dxr[s.clone()].iter_mut().zip(&v[s]) {
-                    *o += vi * d;
+            // dx = dy·keep + v·δ in one pass: element by element with the group gathered for
+            // short runs, run by run otherwise
+            if short {
+                let d: Vec<u8> = zr.iter().map(|&zg| (zg >= 0.0) as u8).collect();
+                let dg = a.group_of.iter().map(|&gi| dr[gi as usize]);
+                let dec = a.group_of.iter().map(|&gi| d[gi as usize]);
+                match flips {
+                    Some(f) => fused_dx(dxr, dyr, v, dec.zip(f).map(|(di, &fi)| di != fi), dg),
+                    None => fused_dx(dxr, dyr, v, dec.map(|di| di != 0), dg),
+                }
+            } else {
+                for r in a.runs.iter() {
+                    let s = r.start as usize..(r.start + r.len) as usize;
+                    let (d, keep) = (dr[r.group as usize], zr[r.group as usize] >= 0.0);
+                    let (o, dyr, vr) = (&mut dxr[s.clone()], &dyr[s.clone()], &v[s.clone()]);
+                    match flips {
+                        Some(f) => {
+                            for (((o, &dyi), &vi), &fi) in o.iter_mut().zip(dyr).zip(vr).zip(&f[s])
+                            {
+                                *o = if keep != (fi != 0) { dyi } else { 0.0 } + vi * d;
+                            }
+                        }
+                        None if keep => {
+                            for ((o, &dyi), &vi) in o.iter_mut().zip(dyr).zip(vr) {
+                                *o = dyi + vi * d;
+                            }
+                        }
+                        None => {
+                            for (o, &vi) in o.iter_mut().zip(vr) {
+                                *o = vi * d;
+                            }
+                        }
+                    }
                 }
             }
         });
-    // dv_i = Σ_b δ_{b,g(i)} x_bi: runs split over the pool, images summed within a run
+    // dv_i = Σ_b δ_{b,g(i)} x_bi, split over the pool: run by run when runs are long (a
+    // whole run's images in turn), else in contiguous element chunks with the group gathered
     let mut dv = vec![0f32; n];
-    let mut parts: Vec<(&Run, &mut [f32])> = Vec::with_capacity(a.runs.len());
-    let mut rest = dv.as_mut_slice();
-    for r in a.runs.iter() {
-        let (head, tail) = rest.split_at_mut(r.len as usize);
-        parts.push((r, head));
-        rest = tail;
-    }
-    parts.into_par_iter().with_min_len(16).for_each(|(r, out)| {
-        let lo = r.start as usize;
-        for row in 0..b {
-            let d = delta[row * g + r.group as usize];
-            let xr = &x[row * n + lo..row * n + lo + out.len()];
-            for (o, &xi) in out.iter_mut().zip(xr) {
-                *o += d * xi;
-            }
+    if short {
+        dv.par_chunks_mut(DV_CHUNK)
+            .enumerate()
+            .for_each(|(k, out)| {
+                let lo = k * DV_CHUNK;
+                let groups = &a.group_of[lo..lo + out.len()];
+                for row in 0..b {
+                    let dr = &delta[row * g..(row + 1) * g];
+                    let xr = &x[row * n + lo..row * n + lo + out.len()];
+                    for ((o, &xi), &gi) in out.iter_mut().zip(xr).zip(groups) {
+                        *o += dr[gi as usize] * xi;
+                    }
+                }
+            });
+    } else {
+        let mut parts: Vec<(&Run, &mut [f32])> = Vec::with_capacity(a.runs.len());
+        let mut rest = dv.as_mut_slice();
+        for r in a.runs.iter() {
+            let (head, tail) = rest.split_at_mut(r.len as usize);
+            parts.push((r, head));
+            rest = tail;
         }
-    });
+        parts.into_par_iter().with_min_len(16).for_each(|(r, out)| {
+            let lo = r.start as usize;
+            for row in 0..b {
+                let d = delta[row * g + r.group as usize];
+                let xr = &x[row * n + lo..row * n + lo + out.len()];
+                for (o, &xi) in out.iter_mut().zip(xr) {
+                    *o += d * xi;
+                }
+            }
+        });
+    }
     let mut dc = vec![0f32; g];
     for row in delta.chunks(g.max(1)) {
         for (o, d) in dc.iter_mut().zip(row) {
@@ -445,6 +572,15 @@ mod tests {
                 "patches",
             ),
             (2, 3, 9, Box::new(|c, _| c as u32), "whole channels"),
+            // several chunks of the dv reduction, and runs longer than the 8-lane dot products
+            (
+                2,
+                3,
+                1500,
+                Box::new(|c, p| (c * 500 + p / 3) as u32),
+                "short runs, large planes",
+            ),
+            (2, 2, 1500, Box::new(|c, _| c as u32), "long channels"),
             (
                 2,
                 4,
