@@ -592,6 +592,12 @@ fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
         t.elapsed()
     );
     d.owner.wait_log("server busy", 10.0);
+    // The refused client's half at the helper is dropped at once, not after the pairing
+    // timeout (20 s + 2 x 30 s here).
+    let log = d
+        .helper
+        .wait_log("client client-1: the client left before", 10.0);
+    assert!(log.contains("dropped at once"), "{log}");
     d.assert_alive();
     // Bad arguments: clear errors, no server started.
     let k = d.keys.to_str().unwrap().to_string();

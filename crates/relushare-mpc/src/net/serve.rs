@@ -37,6 +37,10 @@
 //!    this is secure, and under which assumption.
 //! 6. Each server logs the session's client name and outcome (never shares or images).
 //!
+//! A half of a session waiting at the helper for its partner is dropped as soon as its own
+//! connection closes (e.g. the client left because the owner refused it), so a refused session
+//! does not hold the helper's resources until the pairing timeout.
+//!
 //! # Limits
 //! Every read and write waits at most `timeout`; a whole session at most `session_timeout`
 //! (a watchdog then closes its sockets); a connection that does not finish its TLS handshake and
@@ -1053,6 +1057,14 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
         half.refuse(&Verdict::no("this session id is already waiting here"));
         return;
     }
+    // Watch our own connection while waiting: a half whose peer leaves (e.g. a client the owner
+    // refused) is dropped at once. The probe's short read timeout is set before the half is
+    // shared and never touched again (the session sets its own timeouts).
+    let probe = half
+        .sock
+        .try_clone()
+        .ok()
+        .filter(|p| p.set_read_timeout(Some(WAIT_PROBE)).is_ok());
     let (tx, rx) = mpsc::channel();
     w.insert(
         key.clone(),
@@ -1064,9 +1076,32 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
     );
     drop(w);
     let wait = sh.cfg.timeout + 2 * sh.cfg.queue_wait;
-    if rx.recv_timeout(wait).is_ok() {
-        return; // the partner's thread runs the session
-    }
+    let deadline = Instant::now() + wait;
+    let left = loop {
+        if rx.try_recv().is_ok() {
+            return; // the partner's thread runs the session
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        match &probe {
+            Some(p) => match p.peek(&mut [0u8; 1]) {
+                Ok(0) => break true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break true,
+                Ok(_) => {
+                    let _ = rx.recv_timeout(WAIT_PROBE);
+                }
+            },
+            None => {
+                let _ = rx.recv_timeout(WAIT_PROBE);
+            }
+        }
+    };
     let mine = sh
         .waiting
         .lock()
@@ -1078,6 +1113,19 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
         } else {
             "the client"
         };
+        if left {
+            let me_who = if req.kind == "client" {
+                "the client"
+            } else {
+                "the model owner"
+            };
+            (sh.log)(&format!(
+                "session {}: client {}: {me_who} left before {who} joined (refused elsewhere?); dropped at once",
+                req.session, req.client
+            ));
+            let _ = me.half.sock.shutdown(Shutdown::Both);
+            return;
+        }
         let reason = format!(
             "{who} did not join session {} within {:.0} s",
             req.session,
@@ -1090,6 +1138,9 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
         me.half.refuse(&Verdict::no(reason));
     }
 }
+
+/// How often a half waiting at the helper checks that its own connection is still open.
+const WAIT_PROBE: Duration = Duration::from_millis(100);
 
 fn helper_session(
     sh: &Arc<Shared>,
