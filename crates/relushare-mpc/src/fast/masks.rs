@@ -8,7 +8,7 @@
 //!   their mutually authenticated TLS link);
 //! * for a *context* (protocol and fixed-point bits, [`context_label`]) the masks are
 //!   `B_i = PRG(derive(k_i, context))`, drawn tensor by tensor in the order of
-//!   [`super::mask_layout`]; the owner, who holds `W`, computes `F = W - B_0 - B_1` once
+//!   `mask_layout` (in `fast`); the owner, who holds `W`, computes `F = W - B_0 - B_1` once
 //!   ([`opening`]) and keeps it;
 //! * per session the client (P0) receives `F` and the derived seed of `B_0` one-way from the
 //!   owner, the owner (P1) installs `F` and `B_1`, the helper (P2) `B = B_0 + B_1`
