@@ -658,6 +658,31 @@ fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
     }
 }
 
+/// A client that the owner admitted but that leaves while the helper pairs the session (it
+/// never dialed the helper) frees its slot at once, here and at the helper: with one slot and no
+/// queue, the next client is served instead of being told "busy" until the pairing timeout
+/// (20 s + 2 x 30 s here).
+#[test]
+fn a_client_that_leaves_before_pairing_frees_its_slot_at_once() {
+    let mut d = Deployment::new(Arch::Fmnist, "20", &["--max-sessions", "1", "--queue", "0"]);
+    let keys = PartyKeys::load_stem(&d.keys, 0, "client-2").unwrap();
+    let req: Request = serve::new_request("client-2", "fast", 13, 1).unwrap();
+    let o = ClientConn::open(&keys, 1, &d.owner.addr, &req, Duration::from_secs(20)).unwrap();
+    // The owner admits the session and waits at the helper for the client's half.
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    o.drop_connection();
+    d.owner.wait_log(
+        "the client left before the helper paired the session; slot freed",
+        10.0,
+    );
+    d.helper
+        .wait_log("the model owner left before the client joined", 10.0);
+    d.check_serving("client-1");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    d.assert_alive();
+}
+
 /// `serve --network` (the owner's link to the helper) and `classify --network` (the client's
 /// links) put every link of the session through a shaping relay: the classes stay the
 /// plaintext ones, and the online phase takes at least one one-way delay per round.

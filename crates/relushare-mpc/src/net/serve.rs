@@ -38,8 +38,10 @@
 //! 6. Each server logs the session's client name and outcome (never shares or images).
 //!
 //! A half of a session waiting at the helper for its partner is dropped as soon as its own
-//! connection closes (e.g. the client left because the owner refused it), so a refused session
-//! does not hold the helper's resources until the pairing timeout.
+//! connection closes (e.g. the client left because the owner refused it), and the owner, while
+//! it waits for the helper to pair a session, gives up (freeing its slot, and so the owner's half
+//! at the helper) as soon as the client's connection closes: a refused or abandoned session
+//! holds no slot or waiting entry until the pairing timeout.
 //!
 //! # Limits
 //! Every read and write waits at most `timeout`; a whole session at most `session_timeout`
@@ -863,8 +865,20 @@ fn owner_session(sh: &Arc<Shared>, mut client: Half, req: Request, from: SocketA
     } else {
         String::new()
     };
-    let (helper, hv) = match dial_helper(sh, &req, &sent_masks) {
+    // While the helper pairs the session, a client that leaves aborts the wait, so that its
+    // slot (here and the owner's half at the helper) is freed at once.
+    let watch = ClientWatch::start(&client);
+    let dialed = dial_helper(sh, &req, &sent_masks, watch.as_ref());
+    let left = watch.map(|w| w.stop()).unwrap_or(false);
+    let (helper, hv) = match dialed {
         Ok(h) => h,
+        Err(_) if left => {
+            (sh.log)(&format!(
+                "session {}: client {} ({from}): the client left before the helper paired the session; slot freed",
+                req.session, req.client
+            ));
+            return;
+        }
         Err(e) => {
             let reason = format!("the helper is unavailable: {e}");
             (sh.log)(&format!(
@@ -994,7 +1008,71 @@ fn run_mesh(
     }
 }
 
-fn dial_helper(sh: &Shared, req: &Request, masks: &str) -> Result<(Half, Verdict), NetError> {
+/// Watches a client's connection while the owner waits for the helper: if the client closes
+/// it, the owner's connection to the helper (once registered) is shut down, which ends the wait.
+struct ClientWatch {
+    done: Arc<AtomicBool>,
+    left: Arc<AtomicBool>,
+    helper: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl ClientWatch {
+    /// Starts watching (`None` if the socket cannot be watched). The probe's read timeout is
+    /// set here once; the session sets its own timeouts later.
+    fn start(client: &Half) -> Option<ClientWatch> {
+        let probe = client.sock.try_clone().ok()?;
+        probe.set_read_timeout(Some(WAIT_PROBE)).ok()?;
+        let w = ClientWatch {
+            done: Arc::new(AtomicBool::new(false)),
+            left: Arc::new(AtomicBool::new(false)),
+            helper: Arc::new(Mutex::new(None)),
+        };
+        let (done, left, helper) = (w.done.clone(), w.left.clone(), w.helper.clone());
+        std::thread::Builder::new()
+            .name("serve-watch".into())
+            .spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let closed = match probe.peek(&mut [0u8; 1]) {
+                        Ok(0) => true,
+                        Ok(_) => {
+                            // data pending (the client's next message): do not spin
+                            std::thread::sleep(WAIT_PROBE);
+                            false
+                        }
+                        Err(e) => !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                    };
+                    if closed {
+                        if !done.load(Ordering::SeqCst) {
+                            left.store(true, Ordering::SeqCst);
+                            let h = helper.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(h) = h.as_ref() {
+                                let _ = h.shutdown(Shutdown::Both);
+                            }
+                        }
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(w)
+    }
+
+    /// Stops watching; whether the client left meanwhile.
+    fn stop(self) -> bool {
+        self.done.store(true, Ordering::SeqCst);
+        self.left.load(Ordering::SeqCst)
+    }
+}
+
+fn dial_helper(
+    sh: &Shared,
+    req: &Request,
+    masks: &str,
+    watch: Option<&ClientWatch>,
+) -> Result<(Half, Verdict), NetError> {
     let addr = sh.cfg.helper.clone().expect("checked at start");
     let mut cfg = NetConfig::new(sh.keys.clone(), BTreeMap::new());
     cfg.timeout = sh.cfg.timeout;
@@ -1002,6 +1080,13 @@ fn dial_helper(sh: &Shared, req: &Request, masks: &str) -> Result<(Half, Verdict
         .map_err(|e| NetError::Config(format!("TLS configuration: {e}")))?;
     let (peer, conn, sock) =
         super::connect_one(2, &addr, &cfg, &client, Instant::now() + sh.cfg.timeout)?;
+    if let Some(w) = watch {
+        let mut slot = w.helper.lock().unwrap_or_else(|p| p.into_inner());
+        if w.left.load(Ordering::SeqCst) {
+            return Err(NetError::Disconnected { peer: 0 });
+        }
+        *slot = sock.try_clone().ok();
+    }
     let mut h = Half { peer, conn, sock };
     let mut r = req.clone();
     r.kind = "owner".into();
