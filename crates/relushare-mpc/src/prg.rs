@@ -19,6 +19,22 @@ pub fn os_seed() -> Result<Seed> {
     Ok(s)
 }
 
+/// A seed derived from `key` for purpose `label`: `AES_key(label as 64-bit little-endian ||
+/// "relushr" || 0x01)`. AES is a pseudo-random permutation, so seeds derived for distinct labels
+/// are independent and pseudo-random to anyone without `key`; the block never equals a counter
+/// block of [`Prg`] (whose high 64 bits are zero), so derived seeds are also independent of
+/// `Prg::from_seed(key)`'s stream.
+pub fn derive_seed(key: &Seed, label: u64) -> Seed {
+    let aes = aes::Aes128::new(&(*key).into());
+    let mut b = Array::<u8, aes::cipher::consts::U16>::default();
+    b[..8].copy_from_slice(&label.to_le_bytes());
+    b[8..].copy_from_slice(b"relushr\x01");
+    aes.encrypt_block(&mut b);
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&b);
+    s
+}
+
 /// Counter blocks encrypted per call of the block cipher (4 KiB, stays in L1).
 const CHUNK_BLOCKS: usize = 256;
 
@@ -246,6 +262,18 @@ impl PartyPrgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_seeds_are_deterministic_and_separated() {
+        let k = [9u8; 16];
+        assert_eq!(derive_seed(&k, 3), derive_seed(&k, 3));
+        assert_ne!(derive_seed(&k, 3), derive_seed(&k, 4));
+        assert_ne!(derive_seed(&k, 3), derive_seed(&[8u8; 16], 3));
+        // never a block of the key's own stream
+        let mut p = Prg::from_seed(k);
+        let first: Vec<Seed> = (0..8).map(|_| p.gen_seed()).collect();
+        assert!((0..8).all(|l| !first.contains(&derive_seed(&k, l))));
+    }
 
     #[test]
     fn deterministic_and_distinct() {

@@ -107,6 +107,9 @@ pub fn run(a: Args) -> Result<()> {
                 "offline_seconds": report.offline_seconds,
                 "offline_bytes": report.offline_bytes,
                 "setup_bytes": report.setup_bytes,
+                "model_setup_bytes": report.model_setup_bytes,
+                "model_setup_rounds": report.model_setup_rounds,
+                "weight_masks": report.weight_masks,
                 "network": cfg.network.map(|p| serde_json::json!({"rtt_ms": p.rtt_ms, "mbit": p.mbit})),
             }))?
         );

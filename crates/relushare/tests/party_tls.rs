@@ -292,7 +292,7 @@ fn with_fake_p2(sid: &str, timeout: &str, fake: impl FnOnce(RawPeer, RawPeer)) -
 fn announce() -> Vec<u8> {
     let mut m = vec![1u8];
     m.extend_from_slice(
-        br#"{"version":2,"protocol":"fast","frac_bits":13,"model":false,"input":false,"images":0}"#,
+        br#"{"version":3,"protocol":"fast","frac_bits":13,"model":false,"input":false,"images":0}"#,
     );
     m
 }

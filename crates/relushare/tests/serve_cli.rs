@@ -204,8 +204,9 @@ impl Deployment {
         c.spawn().unwrap()
     }
 
-    /// A genuine client classifies the images and gets the plaintext classes.
-    fn check_serving(&self, client: &str) {
+    /// A genuine client classifies the images and gets the plaintext classes; returns its JSON
+    /// report.
+    fn check_serving(&self, client: &str) -> serde_json::Value {
         let imgs = &self.images[..2];
         let out = wait(self.classify(client, imgs, &[]), 120.0);
         assert!(
@@ -221,6 +222,7 @@ impl Deployment {
             .map(|r| r["index"].as_u64().unwrap() as usize)
             .collect();
         assert_eq!(got, self.plaintext("fast", imgs));
+        v
     }
 
     fn fault_client(&self, name: &str) -> (ClientConn, ClientConn) {
@@ -261,7 +263,7 @@ fn wait(mut c: Child, secs: f64) -> Output {
 fn announce() -> Vec<u8> {
     let mut m = vec![1u8];
     m.extend_from_slice(
-        br#"{"version":2,"protocol":"fast","frac_bits":13,"model":false,"input":true,"images":1}"#,
+        br#"{"version":3,"protocol":"fast","frac_bits":13,"model":false,"input":true,"images":1,"fixed_masks":true}"#,
     );
     m
 }
@@ -273,6 +275,7 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         .map(|i| d.classify(&format!("client-{i}"), &d.images, &[]))
         .collect();
     let want = d.plaintext("fast", &d.images);
+    let mut mask_ids = Vec::new();
     for (i, k) in kids.into_iter().enumerate() {
         let out = wait(k, 180.0);
         assert!(
@@ -281,6 +284,11 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The pair's weight masks are reused: no client takes part in an opening (it sends
+        // nothing in the model setup), and every client gets the same state.
+        assert_eq!(v["model_setup_bytes"].as_u64(), Some(0), "{v}");
+        assert!(v["weight_masks"].is_string(), "{v}");
+        mask_ids.push(v["weight_masks"].clone());
         let rows = v["images"].as_array().unwrap();
         assert_eq!(rows.len(), 3);
         for (r, &w) in rows.iter().zip(&want) {
@@ -300,6 +308,30 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         );
     }
     d.helper.wait_log("client client-1: ok", 10.0);
+    // One state and one computation of the masked weights for the three sessions.
+    assert!(mask_ids.iter().all(|m| *m == mask_ids[0]), "{mask_ids:?}");
+    let made = |l: &str| l.matches("weight-mask state ").count();
+    assert_eq!(
+        log.matches("created for helper instance").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("masked weights for fast with 13 fractional bits computed")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(made(&log) >= 2);
+    let again = d.check_serving("client-1");
+    assert_eq!(again["weight_masks"], mask_ids[0]);
+    assert_eq!(
+        d.owner
+            .log()
+            .matches("masked weights for fast with 13 fractional bits computed")
+            .count(),
+        1
+    );
     // The text output names the classes too; the securenn suite is served as well.
     let out = wait(
         d.classify("client-1", &d.images[..1], &["--protocol", "securenn"]),
@@ -314,6 +346,10 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
     assert_eq!(
         v["images"][0]["index"].as_u64().unwrap() as usize,
         d.plaintext("securenn", &d.images[..1])[0]
+    );
+    assert!(
+        v["weight_masks"].is_null(),
+        "securenn masks no weights: {v}"
     );
     let o = Command::new(BIN)
         .args([
@@ -489,9 +525,12 @@ fn a_hundred_idle_connections_do_not_block_service() {
 #[test]
 fn a_helper_restart_fails_in_flight_sessions_cleanly_and_new_ones_succeed() {
     let mut d = Deployment::new(Arch::Cifar10, "10", &[]);
+    // The pair's weight-mask state before the restart.
+    let before = d.check_serving("client-3")["weight_masks"].clone();
+    assert!(before.is_string(), "{before}");
     let imgs: Vec<PathBuf> = (0..6).map(|i| d.images[i % 3].clone()).collect();
     let k = d.classify("client-1", &imgs, &["--protocol", "securenn"]);
-    d.helper.wait_log("started", 60.0);
+    d.helper.wait_log("client client-1: started", 60.0);
     let _ = d.helper.child.kill();
     let _ = d.helper.child.wait();
     let out = wait(k, 60.0);
@@ -520,7 +559,18 @@ fn a_helper_restart_fails_in_flight_sessions_cleanly_and_new_ones_succeed() {
         "helper2",
     );
     d.helper = restarted;
-    d.check_serving("client-2");
+    // A new helper instance gets a new weight-mask state (fresh keys, masked weights computed
+    // again), which the following sessions reuse.
+    let after = d.check_serving("client-2")["weight_masks"].clone();
+    assert!(after.is_string() && after != before, "{before} {after}");
+    let log = d.owner.log();
+    assert!(log.contains("the helper restarted"), "{log}");
+    assert_eq!(
+        log.matches("created for helper instance").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(d.check_serving("client-1")["weight_masks"], after);
     let _ = &d.model_path;
     d.assert_alive();
 }
@@ -542,6 +592,12 @@ fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
         t.elapsed()
     );
     d.owner.wait_log("server busy", 10.0);
+    // The refused client's half at the helper is dropped at once, not after the pairing
+    // timeout (20 s + 2 x 30 s here).
+    let log = d
+        .helper
+        .wait_log("client client-1: the client left before", 10.0);
+    assert!(log.contains("dropped at once"), "{log}");
     d.assert_alive();
     // Bad arguments: clear errors, no server started.
     let k = d.keys.to_str().unwrap().to_string();
@@ -600,6 +656,31 @@ fn a_full_server_answers_busy_at_once_and_bad_arguments_fail_clearly() {
             assert_eq!(m.permissions().mode() & 0o777, 0o600, "{n}");
         }
     }
+}
+
+/// A client that the owner admitted but that leaves while the helper pairs the session (it
+/// never dialed the helper) frees its slot at once, here and at the helper: with one slot and no
+/// queue, the next client is served instead of being told "busy" until the pairing timeout
+/// (20 s + 2 x 30 s here).
+#[test]
+fn a_client_that_leaves_before_pairing_frees_its_slot_at_once() {
+    let mut d = Deployment::new(Arch::Fmnist, "20", &["--max-sessions", "1", "--queue", "0"]);
+    let keys = PartyKeys::load_stem(&d.keys, 0, "client-2").unwrap();
+    let req: Request = serve::new_request("client-2", "fast", 13, 1).unwrap();
+    let o = ClientConn::open(&keys, 1, &d.owner.addr, &req, Duration::from_secs(20)).unwrap();
+    // The owner admits the session and waits at the helper for the client's half.
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    o.drop_connection();
+    d.owner.wait_log(
+        "the client left before the helper paired the session; slot freed",
+        10.0,
+    );
+    d.helper
+        .wait_log("the model owner left before the client joined", 10.0);
+    d.check_serving("client-1");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    d.assert_alive();
 }
 
 /// `serve --network` (the owner's link to the helper) and `classify --network` (the client's

@@ -4,7 +4,8 @@
 //! # Phases
 //! * **Model load** ([`Suite::prepare`], offline): the dealer sends P0 and P1 one PRG seed each
 //!   (16 bytes); every weight tensor `W` (and every decider `v`) is masked with a seed-derived
-//!   `B` and `F = W - B` is opened once ([`linear`]).
+//!   `B` and `F = W - B` is opened once ([`linear`]). When serving, the masks are instead fixed
+//!   per owner-helper pair and `F` is computed once by the owner ([`masks`]).
 //! * **Offline** ([`Suite::offline`], per batch): the dealer deals, layer by layer, all material
 //!   of the batch. Everything random is seed-derived; only correlated values (products, bits of
 //!   masks) cost bytes and go to P1 alone ([`deal`]). One message per layer.
@@ -42,6 +43,7 @@ pub mod gate;
 #[cfg(test)]
 mod gate_tests;
 pub mod linear;
+pub mod masks;
 pub mod share;
 #[cfg(test)]
 mod tests;
@@ -181,6 +183,9 @@ pub struct FastSuite {
     queue: VecDeque<Mat>,
     noise_rng: Option<Prg>,
     pending: Option<Pending>,
+    /// Serving: masks fixed for the owner-helper pair, installed by `prepare` instead of the
+    /// masked opening ([`masks`]).
+    fixed: Option<masks::FixedMasks>,
     #[cfg(test)]
     test: TestHooks,
 }
@@ -208,9 +213,19 @@ impl FastSuite {
             queue: VecDeque::new(),
             noise_rng: None,
             pending: None,
+            fixed: None,
             #[cfg(test)]
             test: TestHooks::default(),
         }
+    }
+
+    /// This suite's [`Suite::prepare`] installs the weight masks `m` (fixed across the sessions
+    /// of an owner-helper pair, see [`masks`]) instead of dealing fresh masks and opening
+    /// `F = W - B`; the weight shares passed to `prepare` are then not used (and may be empty).
+    /// The session's dealer streams (seeds from `prepare`) stay fresh.
+    pub fn with_fixed_masks(mut self, m: masks::FixedMasks) -> FastSuite {
+        self.fixed = Some(m);
+        self
     }
 
     /// Test only: fix the dealer's seeds / noise source of this (dealer's) suite.
@@ -500,6 +515,81 @@ pub fn config_for_model(
     })
 }
 
+/// One tensor masked in the one-time setup: its weight key, this party's share of it (the
+/// plaintext for the model owner's own computation of `F`, empty for the dealer) and its length.
+pub(crate) struct MaskedTensor<'a> {
+    pub key: String,
+    pub w: &'a [u64],
+    pub len: usize,
+}
+
+/// The tensors the one-time setup masks, in the order their masks are drawn: every
+/// convolution and linear weight, every unfused Learned/Fc decider `v`, and for each fused gate
+/// its `U` (and, in Fold mode, the convolution's bias). The layout depends on the plan's
+/// structure only; `weights` supplies the values.
+pub(crate) fn mask_layout<'a>(
+    plan: &'a Plan,
+    weights: &'a [WeightShare],
+) -> Result<Vec<MaskedTensor<'a>>> {
+    let mut out = Vec::new();
+    let weight = |i: usize| {
+        weights
+            .get(i)
+            .ok_or_else(|| MpcError::Model("weight index".into()))
+    };
+    for (i, op) in plan.ops.iter().enumerate() {
+        if let Some((geom, widx, act, gp)) = fused_head(&plan.ops, i) {
+            let fp = gp.fused.as_ref().expect("fused_head checks");
+            out.push(MaskedTensor {
+                key: gate::u_key(act),
+                w: &fp.u,
+                len: gp.num_groups * fp.in_len,
+            });
+            if fp.mode == GateMode::Fold {
+                let w = weight(widx)?;
+                out.push(MaskedTensor {
+                    key: gate::bias_key(&w.name),
+                    w: &w.bias,
+                    len: geom.o,
+                });
+            }
+        }
+        match op {
+            PlanOp::Conv {
+                weight: wi, geom, ..
+            } => {
+                let w = weight(*wi)?;
+                out.push(MaskedTensor {
+                    key: w.name.clone(),
+                    w: &w.w,
+                    len: geom.w_len(),
+                });
+            }
+            PlanOp::Linear {
+                weight: wi, geom, ..
+            } => {
+                let w = weight(*wi)?;
+                out.push(MaskedTensor {
+                    key: w.name.clone(),
+                    w: &w.w,
+                    len: geom.in_f * geom.out_f,
+                });
+            }
+            PlanOp::SharedRelu { name, plan: gp }
+                if gp.decider != DeciderKind::OneHot && gp.fused.is_none() =>
+            {
+                out.push(MaskedTensor {
+                    key: v_key(name),
+                    w: &gp.v,
+                    len: gp.len,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// The weight key of a decider `v` of ReLU-sharing layer `name`.
 fn v_key(name: &str) -> String {
     format!("{name}.v")
@@ -547,56 +637,28 @@ impl Suite for FastSuite {
             }
         };
         self.deal = Some(deal);
-        // Mask every weight tensor and decider once.
-        let mut keys: Vec<(String, &[u64])> = Vec::new(); // (key, this party's W share)
-        let mut lens = Vec::new();
-        for (i, op) in plan.ops.iter().enumerate() {
-            if let Some((geom, widx, act, gp)) = fused_head(&plan.ops, i) {
-                let fp = gp.fused.as_ref().expect("fused_head checks");
-                keys.push((gate::u_key(act), &fp.u));
-                lens.push(gp.num_groups * fp.in_len);
-                if fp.mode == GateMode::Fold {
-                    let w = weights
-                        .get(widx)
-                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    keys.push((gate::bias_key(&w.name), &w.bias));
-                    lens.push(geom.o);
-                }
+        let layout = mask_layout(plan, weights)?;
+        if let Some(fixed) = self.fixed.take() {
+            // Serving: the masks are fixed for the owner-helper pair and `F` was computed once;
+            // nothing is drawn from this session's dealer streams and nothing is opened.
+            let lens: Vec<usize> = layout.iter().map(|m| m.len).collect();
+            let installed = fixed.install(me, &lens)?;
+            for (m, mw) in layout.into_iter().zip(installed) {
+                self.weights.insert(m.key, mw);
             }
-            match op {
-                PlanOp::Conv { weight, geom, .. } => {
-                    let w = weights
-                        .get(*weight)
-                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    keys.push((w.name.clone(), &w.w));
-                    lens.push(geom.w_len());
-                }
-                PlanOp::Linear { weight, geom, .. } => {
-                    let w = weights
-                        .get(*weight)
-                        .ok_or_else(|| MpcError::Model("weight index".into()))?;
-                    keys.push((w.name.clone(), &w.w));
-                    lens.push(geom.in_f * geom.out_f);
-                }
-                PlanOp::SharedRelu { name, plan: gp }
-                    if gp.decider != DeciderKind::OneHot && gp.fused.is_none() =>
-                {
-                    keys.push((v_key(name), &gp.v));
-                    lens.push(gp.len);
-                }
-                _ => {}
-            }
+            return Ok(());
         }
+        // Mask every weight tensor and decider once.
         let deal = self.deal.as_mut().expect("set above");
         let mut masked_all = Vec::new();
         let mut bs = Vec::new();
-        for ((_, w), &len) in keys.iter().zip(&lens) {
-            let b = deal.rand_u64(len);
+        for m in &layout {
+            let b = deal.rand_u64(m.len);
             if me == 2 {
                 bs.push(b.secret.expect("dealer"));
             } else {
-                crate::ring::check_len("weight share", w, len)?;
-                masked_all.extend(w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
+                crate::ring::check_len("weight share", m.w, m.len)?;
+                masked_all.extend(m.w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
                 bs.push(b.mine);
             }
         }
@@ -606,7 +668,8 @@ impl Suite for FastSuite {
             cmp::open_u64(&mut self.comm, &masked_all)?
         };
         let mut off = 0;
-        for (((key, _), len), b) in keys.into_iter().zip(lens).zip(bs) {
+        for (m, b) in layout.into_iter().zip(bs) {
+            let len = m.len;
             let mw = if me == 2 {
                 MaskedWeight {
                     f: Vec::new(),
@@ -623,7 +686,7 @@ impl Suite for FastSuite {
                 MaskedWeight { f, online, b }
             };
             off += len;
-            self.weights.insert(key, mw);
+            self.weights.insert(m.key, mw);
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ pub mod error;
 pub mod frame;
 pub mod launch;
 mod link;
+pub mod masks;
 pub mod pki;
 pub mod serve;
 pub mod session;

@@ -23,11 +23,25 @@
 //!    the client "ok". A half that waits longer than `timeout + 2 queue_wait` for its partner is
 //!    refused with that reason.
 //! 4. The three connections form the same mesh as `relushare party` ([`super::TlsTransport`]),
-//!    and [`super::session::run`] runs the inference: announce, model structure, fresh weight and
-//!    input shares, the suite's one-time setup, offline and online phases, output shares to the
-//!    client only. Every session uses fresh OS-seeded randomness for all of it (see the crate
-//!    README, *Serving*, for why the masked weight opening is not shared between sessions).
-//! 5. Each server logs the session's client name and outcome (never shares or images).
+//!    and [`super::session::run_with`] runs the inference: announce, model structure, fresh
+//!    input and bias shares, the suite's setup, offline and online phases, output shares to the
+//!    client only. Every session draws fresh OS-seeded randomness for its shares and for all
+//!    dealer material. Only the masked weights are shared between sessions (`fast`/`fss`):
+//! 5. **Weight masks, once per owner–helper pair** ([`super::masks`], [`crate::fast::masks`]).
+//!    The owner's request to the helper names the owner's mask state; the helper's verdict
+//!    names the helper's instance (random per process) and whether it holds that state. The
+//!    owner makes a new state (fresh keys) for every new helper instance, and at its own start;
+//!    it computes the masked weights `F` once per state and context and hands every client `F`
+//!    and the seed of its masks one-way; the keys go to the helper inside the first session
+//!    that needs them. No session opens `F` any more. The crate README (*Serving*) argues why
+//!    this is secure, and under which assumption.
+//! 6. Each server logs the session's client name and outcome (never shares or images).
+//!
+//! A half of a session waiting at the helper for its partner is dropped as soon as its own
+//! connection closes (e.g. the client left because the owner refused it), and the owner, while
+//! it waits for the helper to pair a session, gives up (freeing its slot, and so the owner's half
+//! at the helper) as soon as the client's connection closes: a refused or abandoned session
+//! holds no slot or waiting entry until the pairing timeout.
 //!
 //! # Limits
 //! Every read and write waits at most `timeout`; a whole session at most `session_timeout`
@@ -40,6 +54,7 @@
 
 use super::error::pname;
 use super::link::Link;
+use super::masks::{HelperMasks, MaskReuse, OwnerMasks};
 use super::pki::{self, PartyKeys};
 use super::session::{self, ImageSource, PartyReport, SessionOptions};
 use super::{frame, tls, NetConfig, NetError, TlsTransport};
@@ -96,6 +111,9 @@ pub struct Request {
     pub protocol: String,
     pub frac_bits: u32,
     pub images: usize,
+    /// The owner's request: its weight-mask state id (empty: none yet).
+    #[serde(default)]
+    pub masks: String,
 }
 
 /// A server's answer to a [`Request`].
@@ -106,6 +124,12 @@ pub struct Verdict {
     pub busy: bool,
     /// Why the request was refused.
     pub reason: String,
+    /// The helper's answer to the owner: its instance id (random per process).
+    #[serde(default)]
+    pub instance: String,
+    /// The helper's answer to the owner: whether it holds the owner's weight-mask state.
+    #[serde(default)]
+    pub masks_known: bool,
 }
 
 impl Verdict {
@@ -114,13 +138,15 @@ impl Verdict {
             ok: true,
             busy: false,
             reason: String::new(),
+            instance: String::new(),
+            masks_known: false,
         }
     }
     fn no(reason: impl ToString) -> Self {
         Verdict {
             ok: false,
-            busy: false,
             reason: reason.to_string(),
+            ..Verdict::ok()
         }
     }
     fn busy(reason: impl ToString) -> Self {
@@ -128,6 +154,7 @@ impl Verdict {
             ok: false,
             busy: true,
             reason: reason.to_string(),
+            ..Verdict::ok()
         }
     }
 }
@@ -457,6 +484,9 @@ fn validate_request(r: &Request, max_images: usize) -> Result<(), String> {
         ));
     }
     crate::fixed::FixedPoint::new(r.frac_bits).map_err(|e| e.to_string())?;
+    if !r.masks.is_empty() && !super::masks::is_mask_id(&r.masks) {
+        return Err(format!("bad weight-mask state id {:?}", r.masks));
+    }
     if r.images == 0 || r.images > max_images {
         return Err(format!(
             "between 1 and {max_images} images per session (asked for {})",
@@ -516,6 +546,12 @@ struct Shared {
     owner_frame: u64,
     /// Helper: halves waiting for their partner, by (session, kind).
     waiting: Mutex<HashMap<(String, String), Waiting>>,
+    /// Owner: the weight-mask state of this owner and the helper instance it serves with.
+    owner_masks: Mutex<Option<Arc<OwnerMasks>>>,
+    /// Owner: weight-mask states made so far.
+    mask_states: AtomicUsize,
+    /// Helper: the weight-mask keys owners registered, and this helper's instance id.
+    helper_masks: Arc<HelperMasks>,
     pending: AtomicUsize,
     stop: Arc<AtomicBool>,
 }
@@ -529,10 +565,40 @@ pub struct Server {
     _relay: Option<super::emu::Relay>,
 }
 
+/// The weight-mask reuse of a server (for tests and operators).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskStats {
+    /// Owner: weight-mask states made (one per helper instance served with).
+    pub states: usize,
+    /// Owner: the current state's id and how many times it computed masked weights `F` (once
+    /// per suite and fixed-point bits served).
+    pub current: Option<(String, usize)>,
+    /// Helper: its instance id and the number of owner states it holds.
+    pub helper_instance: String,
+    pub helper_states: usize,
+}
+
 impl Server {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The weight-mask reuse so far.
+    pub fn mask_stats(&self) -> MaskStats {
+        let sh = &self.shared;
+        let cur = sh
+            .owner_masks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| (m.id().to_string(), m.openings_computed()));
+        MaskStats {
+            states: sh.mask_states.load(Ordering::SeqCst),
+            current: cur,
+            helper_instance: sh.helper_masks.instance().to_string(),
+            helper_states: sh.helper_masks.len(),
+        }
     }
 
     /// Stops accepting connections (running sessions finish on their own threads).
@@ -615,6 +681,11 @@ pub fn serve(
         model,
         owner_frame,
         waiting: Mutex::new(HashMap::new()),
+        owner_masks: Mutex::new(None),
+        mask_states: AtomicUsize::new(0),
+        helper_masks: Arc::new(
+            HelperMasks::new().map_err(|e| NetError::Config(format!("weight masks: {e}")))?,
+        ),
         pending: AtomicUsize::new(0),
         stop: Arc::new(AtomicBool::new(false)),
     });
@@ -788,8 +859,26 @@ fn owner_session(sh: &Arc<Shared>, mut client: Half, req: Request, from: SocketA
         }
     };
     // Join the helper with the same session id.
-    let helper = match dial_helper(sh, &req) {
+    let reuse = uses_masks(&req);
+    let sent_masks = if reuse {
+        current_mask_id(sh)
+    } else {
+        String::new()
+    };
+    // While the helper pairs the session, a client that leaves aborts the wait, so that its
+    // slot (here and the owner's half at the helper) is freed at once.
+    let watch = ClientWatch::start(&client);
+    let dialed = dial_helper(sh, &req, &sent_masks, watch.as_ref());
+    let left = watch.map(|w| w.stop()).unwrap_or(false);
+    let (helper, hv) = match dialed {
         Ok(h) => h,
+        Err(_) if left => {
+            (sh.log)(&format!(
+                "session {}: client {} ({from}): the client left before the helper paired the session; slot freed",
+                req.session, req.client
+            ));
+            return;
+        }
         Err(e) => {
             let reason = format!("the helper is unavailable: {e}");
             (sh.log)(&format!(
@@ -809,12 +898,91 @@ fn owner_session(sh: &Arc<Shared>, mut client: Half, req: Request, from: SocketA
         "session {}: client {} ({from}): started, {} image(s), {}",
         req.session, req.client, req.images, req.protocol
     ));
+    let masks = if reuse {
+        match owner_mask_state(sh, &hv.instance) {
+            Ok(state) => {
+                // The keys go to the helper while it does not hold this state.
+                let register = !(hv.masks_known && sent_masks == state.id());
+                Some(MaskReuse::Owner { state, register })
+            }
+            Err(e) => {
+                let r: crate::Result<PartyReport> = Err(e);
+                log_outcome(sh, &req, started, &r);
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let model = sh.model.clone().expect("the owner has a model");
     let r = run_mesh(sh, 1, vec![client, helper], sh.owner_frame, |mesh| {
-        session::run(mesh, Some(&*model), None, &session_options(&req))
+        session::run_with(
+            mesh,
+            Some(&*model),
+            None,
+            &session_options(&req),
+            masks.as_ref(),
+        )
     });
     log_outcome(sh, &req, started, &r);
     drop(slot);
+}
+
+/// Whether sessions of `req` reuse the owner–helper pair's weight masks (the suites with masked
+/// weights).
+fn uses_masks(req: &Request) -> bool {
+    crate::fast::masks::context_label(&req.protocol, req.frac_bits).is_ok()
+}
+
+/// The owner's current weight-mask state id (empty if none yet).
+fn current_mask_id(sh: &Shared) -> String {
+    sh.owner_masks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|m| m.id().to_string())
+        .unwrap_or_default()
+}
+
+/// The owner's weight-mask state for helper instance `instance`: the current one, or a new one
+/// (fresh keys) if there is none yet or it was made for another helper instance (the helper
+/// restarted).
+fn owner_mask_state(sh: &Shared, instance: &str) -> crate::Result<Arc<OwnerMasks>> {
+    if !super::masks::is_mask_id(instance) {
+        return Err(crate::error::MpcError::Transport(format!(
+            "the helper named no valid instance ({instance:?}); is it an older version?"
+        )));
+    }
+    let mut cur = sh.owner_masks.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = cur.as_ref() {
+        if m.helper_instance() == instance {
+            return Ok(m.clone());
+        }
+    }
+    let log = sh.log.clone();
+    let note: super::masks::ComputeNote = Arc::new(move |l: &str| log(l));
+    let m = Arc::new(OwnerMasks::new(instance, Some(note))?);
+    let why = match cur.as_ref() {
+        None => "first session with this helper".to_string(),
+        Some(old) => format!(
+            "the helper restarted (instance {} replaces {}); state {} is retired",
+            short(instance),
+            short(old.helper_instance()),
+            old.id()
+        ),
+    };
+    (sh.log)(&format!(
+        "weight-mask state {} created for helper instance {} ({why})",
+        m.id(),
+        short(instance)
+    ));
+    sh.mask_states.fetch_add(1, Ordering::SeqCst);
+    *cur = Some(m.clone());
+    Ok(m)
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
 }
 
 fn run_mesh(
@@ -840,7 +1008,71 @@ fn run_mesh(
     }
 }
 
-fn dial_helper(sh: &Shared, req: &Request) -> Result<Half, NetError> {
+/// Watches a client's connection while the owner waits for the helper: if the client closes
+/// it, the owner's connection to the helper (once registered) is shut down, which ends the wait.
+struct ClientWatch {
+    done: Arc<AtomicBool>,
+    left: Arc<AtomicBool>,
+    helper: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl ClientWatch {
+    /// Starts watching (`None` if the socket cannot be watched). The probe's read timeout is
+    /// set here once; the session sets its own timeouts later.
+    fn start(client: &Half) -> Option<ClientWatch> {
+        let probe = client.sock.try_clone().ok()?;
+        probe.set_read_timeout(Some(WAIT_PROBE)).ok()?;
+        let w = ClientWatch {
+            done: Arc::new(AtomicBool::new(false)),
+            left: Arc::new(AtomicBool::new(false)),
+            helper: Arc::new(Mutex::new(None)),
+        };
+        let (done, left, helper) = (w.done.clone(), w.left.clone(), w.helper.clone());
+        std::thread::Builder::new()
+            .name("serve-watch".into())
+            .spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let closed = match probe.peek(&mut [0u8; 1]) {
+                        Ok(0) => true,
+                        Ok(_) => {
+                            // data pending (the client's next message): do not spin
+                            std::thread::sleep(WAIT_PROBE);
+                            false
+                        }
+                        Err(e) => !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                    };
+                    if closed {
+                        if !done.load(Ordering::SeqCst) {
+                            left.store(true, Ordering::SeqCst);
+                            let h = helper.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(h) = h.as_ref() {
+                                let _ = h.shutdown(Shutdown::Both);
+                            }
+                        }
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(w)
+    }
+
+    /// Stops watching; whether the client left meanwhile.
+    fn stop(self) -> bool {
+        self.done.store(true, Ordering::SeqCst);
+        self.left.load(Ordering::SeqCst)
+    }
+}
+
+fn dial_helper(
+    sh: &Shared,
+    req: &Request,
+    masks: &str,
+    watch: Option<&ClientWatch>,
+) -> Result<(Half, Verdict), NetError> {
     let addr = sh.cfg.helper.clone().expect("checked at start");
     let mut cfg = NetConfig::new(sh.keys.clone(), BTreeMap::new());
     cfg.timeout = sh.cfg.timeout;
@@ -848,9 +1080,17 @@ fn dial_helper(sh: &Shared, req: &Request) -> Result<Half, NetError> {
         .map_err(|e| NetError::Config(format!("TLS configuration: {e}")))?;
     let (peer, conn, sock) =
         super::connect_one(2, &addr, &cfg, &client, Instant::now() + sh.cfg.timeout)?;
+    if let Some(w) = watch {
+        let mut slot = w.helper.lock().unwrap_or_else(|p| p.into_inner());
+        if w.left.load(Ordering::SeqCst) {
+            return Err(NetError::Disconnected { peer: 0 });
+        }
+        *slot = sock.try_clone().ok();
+    }
     let mut h = Half { peer, conn, sock };
     let mut r = req.clone();
     r.kind = "owner".into();
+    r.masks = masks.to_string();
     h.send_json(&r)?;
     // The helper answers once the client's connection arrived too and it has a free slot.
     let v: Verdict = h.recv_json("verdict", sh.cfg.timeout + 2 * sh.cfg.queue_wait)?;
@@ -860,7 +1100,7 @@ fn dial_helper(sh: &Shared, req: &Request) -> Result<Half, NetError> {
             reason: v.reason,
         });
     }
-    Ok(h)
+    Ok((h, v))
 }
 
 fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
@@ -889,12 +1129,12 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
             half.refuse(&v);
             return;
         }
-        let (client, owner) = if req.kind == "client" {
-            (half, partner.half)
+        let (client, owner, owner_req) = if req.kind == "client" {
+            (half, partner.half, partner.req)
         } else {
-            (partner.half, half)
+            (partner.half, half, req.clone())
         };
-        helper_session(sh, client, owner, req);
+        helper_session(sh, client, owner, req, &owner_req.masks);
         return;
     }
     if w.contains_key(&key) {
@@ -902,6 +1142,14 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
         half.refuse(&Verdict::no("this session id is already waiting here"));
         return;
     }
+    // Watch our own connection while waiting: a half whose peer leaves (e.g. a client the owner
+    // refused) is dropped at once. The probe's short read timeout is set before the half is
+    // shared and never touched again (the session sets its own timeouts).
+    let probe = half
+        .sock
+        .try_clone()
+        .ok()
+        .filter(|p| p.set_read_timeout(Some(WAIT_PROBE)).is_ok());
     let (tx, rx) = mpsc::channel();
     w.insert(
         key.clone(),
@@ -913,9 +1161,32 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
     );
     drop(w);
     let wait = sh.cfg.timeout + 2 * sh.cfg.queue_wait;
-    if rx.recv_timeout(wait).is_ok() {
-        return; // the partner's thread runs the session
-    }
+    let deadline = Instant::now() + wait;
+    let left = loop {
+        if rx.try_recv().is_ok() {
+            return; // the partner's thread runs the session
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        match &probe {
+            Some(p) => match p.peek(&mut [0u8; 1]) {
+                Ok(0) => break true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break true,
+                Ok(_) => {
+                    let _ = rx.recv_timeout(WAIT_PROBE);
+                }
+            },
+            None => {
+                let _ = rx.recv_timeout(WAIT_PROBE);
+            }
+        }
+    };
     let mine = sh
         .waiting
         .lock()
@@ -927,6 +1198,19 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
         } else {
             "the client"
         };
+        if left {
+            let me_who = if req.kind == "client" {
+                "the client"
+            } else {
+                "the model owner"
+            };
+            (sh.log)(&format!(
+                "session {}: client {}: {me_who} left before {who} joined (refused elsewhere?); dropped at once",
+                req.session, req.client
+            ));
+            let _ = me.half.sock.shutdown(Shutdown::Both);
+            return;
+        }
         let reason = format!(
             "{who} did not join session {} within {:.0} s",
             req.session,
@@ -940,7 +1224,16 @@ fn helper_pair(sh: &Arc<Shared>, half: Half, req: Request) {
     }
 }
 
-fn helper_session(sh: &Arc<Shared>, mut client: Half, mut owner: Half, req: Request) {
+/// How often a half waiting at the helper checks that its own connection is still open.
+const WAIT_PROBE: Duration = Duration::from_millis(100);
+
+fn helper_session(
+    sh: &Arc<Shared>,
+    mut client: Half,
+    mut owner: Half,
+    req: Request,
+    owner_masks: &str,
+) {
     let started = Instant::now();
     // The owner admitted the session already; the helper's slots are freed a little later
     // than the owner's (a failed session ends at each server on its own), so wait as well.
@@ -956,8 +1249,15 @@ fn helper_session(sh: &Arc<Shared>, mut client: Half, mut owner: Half, req: Requ
             return;
         }
     };
-    for h in [&mut owner, &mut client] {
-        if let Err(e) = h.send_json(&Verdict::ok()) {
+    let reuse = uses_masks(&req);
+    // The owner learns this helper's instance and whether it holds the owner's mask state.
+    let to_owner = Verdict {
+        instance: sh.helper_masks.instance().to_string(),
+        masks_known: reuse && !owner_masks.is_empty() && sh.helper_masks.knows(owner_masks),
+        ..Verdict::ok()
+    };
+    for (h, v) in [(&mut owner, &to_owner), (&mut client, &Verdict::ok())] {
+        if let Err(e) = h.send_json(v) {
             let r: crate::Result<PartyReport> = Err(e.into());
             log_outcome(sh, &req, started, &r);
             return;
@@ -967,8 +1267,9 @@ fn helper_session(sh: &Arc<Shared>, mut client: Half, mut owner: Half, req: Requ
         "session {}: client {}: started, {} image(s), {}",
         req.session, req.client, req.images, req.protocol
     ));
+    let masks = reuse.then(|| MaskReuse::Helper(sh.helper_masks.clone()));
     let r = run_mesh(sh, 2, vec![client, owner], sh.cfg.max_frame, |mesh| {
-        session::run(mesh, None, None, &session_options(&req))
+        session::run_with(mesh, None, None, &session_options(&req), masks.as_ref())
     });
     log_outcome(sh, &req, started, &r);
     drop(slot);
@@ -1096,6 +1397,7 @@ pub fn new_request(
         protocol: protocol.to_string(),
         frac_bits,
         images,
+        masks: String::new(),
     })
 }
 
@@ -1161,7 +1463,8 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
         return Err(errors.swap_remove(pick).1.into());
     }
     let (mesh, _) = mesh(0, halves, cfg.timeout, cfg.max_frame)?;
-    session::run(
+    let masks = uses_masks(&req).then_some(MaskReuse::Client);
+    session::run_with(
         mesh,
         None,
         Some(images),
@@ -1169,6 +1472,7 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
             protocol: cfg.protocol.clone(),
             frac_bits: cfg.frac_bits,
         },
+        masks.as_ref(),
     )
 }
 
@@ -1400,17 +1704,47 @@ mod tests {
             })
             .collect();
         let want = plaintext_classes(&model, &pixels, "fast", 13).unwrap();
-        std::thread::scope(|s| {
-            for name in ["client-1", "client-2"] {
-                let (d, oa, ha, pixels, want) = (&d, &oa, &ha, &pixels, &want);
-                s.spawn(move || {
-                    let cfg = ClientConfig::new(d.clone(), name, oa, ha);
-                    let r = classify(&cfg, &ImageSource::Pixels(pixels.clone())).unwrap();
-                    assert_eq!(r.classes.as_ref().unwrap(), want);
-                    assert_eq!(r.arch, "fmnist");
-                });
-            }
+        let reports: Vec<PartyReport> = std::thread::scope(|s| {
+            let hs: Vec<_> = ["client-1", "client-2"]
+                .into_iter()
+                .map(|name| {
+                    let (d, oa, ha, pixels, want) = (&d, &oa, &ha, &pixels, &want);
+                    s.spawn(move || {
+                        let cfg = ClientConfig::new(d.clone(), name, oa, ha);
+                        let r = classify(&cfg, &ImageSource::Pixels(pixels.clone())).unwrap();
+                        assert_eq!(r.classes.as_ref().unwrap(), want);
+                        assert_eq!(r.arch, "fmnist");
+                        r
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
+        // One weight-mask state for the pair, its masked weights computed once; the clients
+        // opened nothing and got the same state.
+        let st = owner.mask_stats();
+        let (id, computed) = st.current.clone().unwrap();
+        assert_eq!((st.states, computed), (1, 1), "{st:?}");
+        let hs = helper.mask_stats();
+        assert_eq!(hs.helper_states, 1);
+        for r in &reports {
+            assert_eq!(r.weight_masks.as_deref(), Some(id.as_str()));
+            assert_eq!(r.model_setup_bytes, 0);
+        }
+        // A later session and another suite: the same state; fss gets its own masked weights.
+        let cfg = ClientConfig::new(d.clone(), "client-2", &oa, &ha);
+        let r = classify(&cfg, &ImageSource::Pixels(pixels[..1].to_vec())).unwrap();
+        assert_eq!(r.weight_masks.as_deref(), Some(id.as_str()));
+        let mut cfg = ClientConfig::new(d.clone(), "client-1", &oa, &ha);
+        cfg.protocol = "fss".into();
+        let r = classify(&cfg, &ImageSource::Pixels(pixels[..1].to_vec())).unwrap();
+        assert_eq!(r.weight_masks.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            r.classes.unwrap()[0],
+            plaintext_classes(&model, &pixels[..1], "fss", 13).unwrap()[0]
+        );
+        assert_eq!(owner.mask_stats().current, Some((id.clone(), 2)));
+        assert_eq!(owner.mask_stats().states, 1);
         std::fs::write(d.join("revoked"), "client-3\n").unwrap();
         let cfg = ClientConfig::new(d.clone(), "client-3", &oa, &ha);
         let e = classify(&cfg, &ImageSource::Pixels(pixels.clone()))

@@ -12,6 +12,15 @@
 //!    weights and biases, decider `v` and Fc biases), in layer order; lengths are checked.
 //! 4. `INPUT` (client to P0 and P1): an additive share of the encoded images.
 //!
+//! When the session reuses its owner–helper pair's weight masks ([`run_with`] with a
+//! [`MaskReuse`]; serving, `fast`/`fss` only), `WEIGHTS` carries the biases only (the client
+//! needs no share of a masked tensor), and before the suite starts:
+//! * `MASKS` (owner to the helper): the pair's mask-state id, followed by its keys while the
+//!   helper does not hold them yet;
+//! * `FIXED` (owner to the client): the state id, the seed of the client's masks `B_0` and the
+//!   masked weights `F`; the suite installs them instead of opening `F` (see
+//!   [`crate::fast::masks`]).
+//!
 //! 5. `READY` (everyone to everyone, empty) after the suite's one-time model setup: a barrier,
 //!    so that all three start the offline phase together and its time is that of the images'
 //!    dealer material, not of a slower party's model setup.
@@ -20,9 +29,11 @@
 //! P1 send their output shares to the client in an `OUTPUT` message. Shares come from an
 //! OS-seeded PRG. The costs reported are those of the suite (as in the in-process runner).
 
+use super::masks::{self, MaskReuse};
 use super::{NetError, TlsTransport};
 use crate::cost::{Comm, CostReport, PartyCosts, Phase};
 use crate::error::{MpcError, Result};
+use crate::fast::masks::{FixedMasks, MaskKeys, MASK_KEYS_BYTES};
 use crate::fast::{CmpMode, FastConfig, FastSuite};
 use crate::fixed::FixedPoint;
 use crate::plain::{FixedLayer, FixedModel};
@@ -41,7 +52,9 @@ const TAG_WEIGHTS: u8 = 3;
 const TAG_INPUT: u8 = 4;
 const TAG_OUTPUT: u8 = 5;
 const TAG_READY: u8 = 6;
-const SESSION_VERSION: u32 = 2;
+const TAG_MASKS: u8 = 7;
+const TAG_FIXED: u8 = 8;
+const SESSION_VERSION: u32 = 3;
 /// Largest accepted announce message.
 const MAX_ANNOUNCE: usize = 4096;
 /// Largest accepted model-structure message.
@@ -57,6 +70,8 @@ fn tag_name(t: u8) -> String {
         TAG_INPUT => "input".into(),
         TAG_OUTPUT => "output".into(),
         TAG_READY => "ready".into(),
+        TAG_MASKS => "weight-mask state".into(),
+        TAG_FIXED => "masked weights".into(),
         t => format!("unknown type {t}"),
     }
 }
@@ -157,8 +172,18 @@ pub struct PartyReport {
     pub online_bytes: u64,
     pub online_rounds: u64,
     pub offline_rounds: u64,
-    /// Bytes of the pre-protocol messages this party sent (structure, weight and input shares).
+    /// Bytes of the pre-protocol messages this party sent (structure, weight and input shares,
+    /// and when reusing weight masks the owner's state and masked weights).
     pub setup_bytes: u64,
+    /// Bytes this party sent in the suite's one-time model setup (seeds, the masked opening of
+    /// the weights), and its rounds there (also part of `offline_bytes`/`offline_rounds`).
+    #[serde(default)]
+    pub model_setup_bytes: u64,
+    #[serde(default)]
+    pub model_setup_rounds: u64,
+    /// The owner–helper pair's weight-mask state the session reused (its public id), if any.
+    #[serde(default)]
+    pub weight_masks: Option<String>,
     /// Bytes of output shares this party sent to the client (0 for the client and the helper;
     /// not in `setup_bytes` nor in the protocol's bytes).
     pub client_bytes: u64,
@@ -192,6 +217,9 @@ struct Announce {
     model: bool,
     input: bool,
     images: usize,
+    /// The session reuses its owner–helper pair's weight masks.
+    #[serde(default)]
+    fixed_masks: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -324,6 +352,27 @@ fn secret_vectors(fm: &FixedModel) -> Vec<&Vec<u64>> {
     v
 }
 
+/// For each of [`secret_vectors`]: whether this party needs a share of it in the session. When
+/// the pair's fixed weight masks are reused, the masked tensors (convolution and linear
+/// weights, deciders `v`, fused `U`) are used only through `F` and the masks, so only the biases
+/// (`b`, group biases, `beta`) are shared.
+fn shared_vectors(fm: &FixedModel, fixed_masks: bool) -> Vec<bool> {
+    let mut v = Vec::new();
+    for l in &fm.layers {
+        match l {
+            FixedLayer::Conv { .. } | FixedLayer::Linear { .. } => v.extend([!fixed_masks, true]),
+            FixedLayer::Shared { s, .. } => {
+                v.extend([!fixed_masks, true]);
+                if s.fused.is_some() {
+                    v.extend([!fixed_masks, true]);
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
 /// Lengths of the secret vectors of a (prepared) model, in the order they are shared.
 pub(crate) fn secret_lens(fm: &FixedModel) -> Vec<usize> {
     secret_vectors(fm).iter().map(|v| v.len()).collect()
@@ -427,16 +476,19 @@ fn make_suite(
     comm: Comm,
     fp: FixedPoint,
     cfg: &FastConfig,
+    fixed: Option<FixedMasks>,
 ) -> Result<Box<dyn Suite>> {
     let f = fp.frac_bits;
+    let fast = |comm, mode| {
+        let s = FastSuite::new(comm, f, cfg.clone(), mode);
+        Box::new(match fixed {
+            Some(m) => s.with_fixed_masks(m),
+            None => s,
+        }) as Box<dyn Suite>
+    };
     match protocol {
-        "fast" => Ok(Box::new(FastSuite::new(
-            comm,
-            f,
-            cfg.clone(),
-            CmpMode::Tree,
-        ))),
-        "fss" => Ok(Box::new(FastSuite::new(comm, f, cfg.clone(), CmpMode::Fss))),
+        "fast" => Ok(fast(comm, CmpMode::Tree)),
+        "fss" => Ok(fast(comm, CmpMode::Fss)),
         "securenn" => crate::securenn::factory(comm, fp),
         p => Err(MpcError::Param(format!(
             "protocol {p:?} is not available over the network (use {})",
@@ -453,10 +505,22 @@ pub fn run(
     images: Option<&ImageSource>,
     opts: &SessionOptions,
 ) -> Result<PartyReport> {
+    run_with(mesh, model, images, opts, None)
+}
+
+/// [`run`], reusing the owner–helper pair's weight masks when `reuse` is given (serving: the
+/// client is P0, the owner P1, the helper P2; all three must pass it).
+pub fn run_with(
+    mesh: TlsTransport,
+    model: Option<&Model>,
+    images: Option<&ImageSource>,
+    opts: &SessionOptions,
+    reuse: Option<&MaskReuse>,
+) -> Result<PartyReport> {
     let start = Instant::now();
     let me = mesh.role();
     let mesh = Arc::new(Mutex::new(mesh));
-    let result = run_inner(&mesh, me, model, images, opts, start);
+    let result = run_inner(&mesh, me, model, images, opts, reuse, start);
     // The suite (and its Comm) are gone; take the mesh back to close it.
     let mesh = Arc::try_unwrap(mesh).ok().and_then(|m| m.into_inner().ok());
     match (&result, mesh) {
@@ -475,6 +539,7 @@ fn run_inner(
     model: Option<&Model>,
     images: Option<&ImageSource>,
     opts: &SessionOptions,
+    reuse: Option<&MaskReuse>,
     start: Instant,
 ) -> Result<PartyReport> {
     if !PROTOCOLS.contains(&opts.protocol.as_str()) {
@@ -485,6 +550,9 @@ fn run_inner(
         )));
     }
     FixedPoint::new(opts.frac_bits)?;
+    if let Some(r) = reuse {
+        masks_context(r, me, &opts.protocol, opts.frac_bits)?;
+    }
     if let Some(imgs) = images {
         if imgs.count() == 0 || imgs.count() > MAX_IMAGES {
             return Err(MpcError::Param(format!(
@@ -507,6 +575,7 @@ fn run_inner(
         model: model.is_some(),
         input: images.is_some(),
         images: images.map_or(0, |i| i.count()),
+        fixed_masks: reuse.is_some(),
     };
     let body = serde_json::to_vec(&mine).map_err(|e| MpcError::Param(e.to_string()))?;
     for &j in &others {
@@ -533,6 +602,14 @@ fn run_inner(
                 a.protocol, a.frac_bits, mine.protocol, mine.frac_bits
             )));
         }
+        if a.fixed_masks != mine.fixed_masks {
+            let says = |b: bool| if b { "reuses" } else { "does not reuse" };
+            return Err(MpcError::Param(format!(
+                "party {j} {} the owner-helper pair's weight masks, this party {}",
+                says(a.fixed_masks),
+                says(mine.fixed_masks)
+            )));
+        }
         all[j] = a;
     }
     let owners: Vec<usize> = (0..3).filter(|&j| all[j].model).collect();
@@ -548,6 +625,11 @@ fn run_inner(
         )));
     }
     let (owner, client) = (owners[0], clients[0]);
+    if reuse.is_some() && (owner, client) != (1, 0) {
+        return Err(MpcError::Param(
+            "reusing weight masks needs the client as party 0 and the owner as party 1".into(),
+        ));
+    }
     let n = all[client].images;
     if n == 0 || n > MAX_IMAGES {
         return Err(MpcError::Param(format!("the client announced {n} images")));
@@ -618,7 +700,14 @@ fn run_inner(
         )?;
         &fm_secret
     };
-    let lens: Vec<usize> = secret_vectors(fm).iter().map(|v| v.len()).collect();
+    // The vectors shared in this session (all, or only the biases when reusing weight masks);
+    // the others get length 0 here.
+    let shared = shared_vectors(fm, reuse.is_some());
+    let lens: Vec<usize> = secret_vectors(fm)
+        .iter()
+        .zip(&shared)
+        .map(|(v, &s)| if s { v.len() } else { 0 })
+        .collect();
     let total: usize = lens.iter().sum();
     let images: Option<Vec<Vec<f32>>> = match images {
         Some(ImageSource::Given(v)) => {
@@ -658,7 +747,11 @@ fn run_inner(
     let my_weights: Vec<u64> = if me == owner {
         let mut s0 = Vec::with_capacity(total);
         let mut s1 = Vec::with_capacity(total);
-        for v in secret_vectors(fm) {
+        for (v, _) in secret_vectors(fm)
+            .into_iter()
+            .zip(&shared)
+            .filter(|&(_, &s)| s)
+        {
             let r = prg.gen_u64s(v.len());
             s1.extend(crate::ring::sub(v, &r));
             s0.extend(r);
@@ -721,16 +814,26 @@ fn run_inner(
 
     // 5. The protocol.
     let plan = crate::runner::build_plan(fm, n, &gp);
+    let t_setup = Instant::now();
+    let (fixed, weight_masks) = match reuse {
+        Some(r) => {
+            let (m, id) = fixed_masks(r, &mut io, fm, &plan, &weights, opts)?;
+            (Some(m), Some(id))
+        }
+        None => (None, None),
+    };
     let mut comm = Comm::new(Box::new(SharedMesh(mesh.clone(), me)));
     comm.set_label("setup");
-    let mut suite = make_suite(&opts.protocol, comm, fm.fp, &cmp_cfg)?;
+    let mut suite = make_suite(&opts.protocol, comm, fm.fp, &cmp_cfg, fixed)?;
     let mut costs: PartyCosts = BTreeMap::new();
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("model-setup");
-    let t_setup = Instant::now();
     suite.prepare(&plan, &weights)?;
     let setup_seconds = t_setup.elapsed().as_secs_f64();
-    crate::cost::merge_into(&mut costs, &suite.comm().take_costs());
+    let model_setup = suite.comm().take_costs();
+    let model_setup_bytes = model_setup.values().map(|c| c.bytes).sum();
+    let model_setup_rounds = model_setup.values().map(|c| c.rounds).sum();
+    crate::cost::merge_into(&mut costs, &model_setup);
     for &j in &others {
         io.send(j, TAG_READY, &[])?;
     }
@@ -824,6 +927,9 @@ fn run_inner(
         online_rounds: report.online_rounds(),
         offline_rounds: report.offline_rounds(),
         setup_bytes: io.sent - output_frame,
+        model_setup_bytes,
+        model_setup_rounds,
+        weight_masks,
         client_bytes,
         seconds: start.elapsed().as_secs_f64(),
         online_seconds,
@@ -834,6 +940,122 @@ fn run_inner(
         online_end_unix,
         layers,
     })
+}
+
+/// Checks that `reuse` fits this party and a protocol with masked weights.
+fn masks_context(reuse: &MaskReuse, me: usize, protocol: &str, frac_bits: u32) -> Result<()> {
+    crate::fast::masks::context_label(protocol, frac_bits)?;
+    let want = match reuse {
+        MaskReuse::Client => 0,
+        MaskReuse::Owner { .. } => 1,
+        MaskReuse::Helper(_) => 2,
+    };
+    if me != want {
+        return Err(MpcError::Param(format!(
+            "party {me} was given the weight-mask part of party {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `MASKS`/`FIXED` exchange of a session that reuses its pair's weight masks: the owner
+/// computes `F` once per context (then takes it from its state) and sends the helper the state
+/// (with the keys while the helper lacks them) and the client `F` and the seed of `B_0`. Returns
+/// this party's masks and the state id.
+fn fixed_masks(
+    reuse: &MaskReuse,
+    io: &mut Setup,
+    fm: &FixedModel,
+    plan: &crate::suite::Plan,
+    weights: &[WeightShare],
+    opts: &SessionOptions,
+) -> Result<(FixedMasks, String)> {
+    let (proto, bits) = (opts.protocol.as_str(), opts.frac_bits);
+    let bad = |peer: usize, reason: String| MpcError::from(NetError::Protocol { peer, reason });
+    match reuse {
+        MaskReuse::Owner { state, register } => {
+            let f = state.opening(proto, bits, |seeds| {
+                // The plan over the plaintext parameters (the layout of the masked tensors
+                // does not depend on the batch size).
+                let all: Vec<Vec<u64>> = secret_vectors(fm).into_iter().cloned().collect();
+                let (pw, pg) = assign_shares(fm, 1, all);
+                let pplan = crate::runner::build_plan(fm, 1, &pg);
+                crate::fast::masks::opening(&pplan, &pw, seeds)
+            })?;
+            let n = crate::fast::masks::masked_len(plan, weights)?;
+            if f.len() != n {
+                return Err(MpcError::Shape(format!(
+                    "the masked weights have {} elements, the session's plan masks {n}",
+                    f.len()
+                )));
+            }
+            let (s0, s1) = state.keys().seeds(proto, bits)?;
+            let id = masks::id_bytes(state.id())?;
+            let mut m = id.to_vec();
+            if *register {
+                m.extend_from_slice(&state.keys().to_bytes());
+            }
+            io.send(2, TAG_MASKS, &m)?;
+            let mut c = Vec::with_capacity(2 * masks::MASK_ID_BYTES + 8 * f.len());
+            c.extend_from_slice(&id);
+            c.extend_from_slice(&s0);
+            c.extend_from_slice(&crate::ring::u64s_to_bytes(&f));
+            io.send(0, TAG_FIXED, &c)?;
+            Ok((FixedMasks::Owner { f, seed1: s1 }, state.id().to_string()))
+        }
+        MaskReuse::Helper(store) => {
+            let b = io.recv(1, TAG_MASKS, masks::MASK_ID_BYTES + MASK_KEYS_BYTES)?;
+            if b.len() != masks::MASK_ID_BYTES && b.len() != masks::MASK_ID_BYTES + MASK_KEYS_BYTES
+            {
+                return Err(bad(
+                    1,
+                    format!("weight-mask state message of {} bytes", b.len()),
+                ));
+            }
+            let id = masks::id_of(&b[..masks::MASK_ID_BYTES]);
+            if b.len() > masks::MASK_ID_BYTES {
+                store.register(&id, MaskKeys::from_bytes(&b[masks::MASK_ID_BYTES..])?)?;
+            }
+            let keys = store.get(&id).ok_or_else(|| {
+                bad(
+                    1,
+                    format!(
+                        "the weight-mask state {id} is not held by this helper (instance {}); \
+                         the owner must send its keys",
+                        store.instance()
+                    ),
+                )
+            })?;
+            let (seed0, seed1) = keys.seeds(proto, bits)?;
+            Ok((FixedMasks::Dealer { seed0, seed1 }, id))
+        }
+        MaskReuse::Client => {
+            let n = crate::fast::masks::masked_len(plan, weights)?;
+            let head = 2 * masks::MASK_ID_BYTES;
+            let b = io.recv(1, TAG_FIXED, head.saturating_add(n.saturating_mul(8)))?;
+            if b.len() != head + 8 * n {
+                return Err(bad(
+                    1,
+                    format!(
+                        "masked weights of {} bytes, expected {} for {n} weights",
+                        b.len(),
+                        head + 8 * n
+                    ),
+                ));
+            }
+            let id = masks::id_of(&b[..masks::MASK_ID_BYTES]);
+            let mut seed0 = [0u8; 16];
+            seed0.copy_from_slice(&b[masks::MASK_ID_BYTES..head]);
+            let f = crate::ring::bytes_to_u64s_n(&b[head..], n, 1)?;
+            Ok((
+                FixedMasks::Client {
+                    f: Arc::new(f),
+                    seed0,
+                },
+                id,
+            ))
+        }
+    }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -515,3 +515,195 @@ fn networked_client_refuses_out_of_range_input() {
     // receives in the fast suite, so it may finish its (input-independent) part.
     assert!(res[1].is_err());
 }
+
+/// Runs one networked session (P0 client, P1 owner, P2 helper) with the given weight-mask
+/// parts (`None`: a one-off run that opens the masked weights).
+fn reuse_session(
+    model: &relushare_model::Model,
+    images: &[Vec<f32>],
+    protocol: &str,
+    masks: [Option<crate::net::masks::MaskReuse>; 3],
+) -> Vec<crate::net::session::PartyReport> {
+    use crate::net::session::{self, ImageSource, SessionOptions};
+    let dir = session("reuse", "r");
+    let handles = mesh(&dir, 20_000);
+    let opts = SessionOptions {
+        protocol: protocol.into(),
+        frac_bits: 13,
+    };
+    let mut workers = Vec::new();
+    for ((role, h), m) in handles.into_iter().enumerate().zip(masks) {
+        let (opts, model, images) = (opts.clone(), model.clone(), images.to_vec());
+        workers.push(thread::spawn(move || {
+            let t = h.join().unwrap().unwrap();
+            let md = (role == 1).then_some(&model);
+            let i = (role == 0).then(|| ImageSource::Given(images));
+            session::run_with(t, md, i.as_ref(), &opts, m.as_ref())
+        }));
+    }
+    workers
+        .into_iter()
+        .map(|w| w.join().unwrap().unwrap())
+        .collect()
+}
+
+/// Sessions that reuse the owner–helper pair's weight masks (serving) match the plaintext
+/// fixed point, open nothing (client and owner send no byte in the model setup), all use the
+/// same state, and save about 16 bytes per masked weight of the one-off run's setup; the keys
+/// travel to the helper only in the first session. Prints the measured setup bytes.
+#[test]
+fn networked_sessions_reuse_the_pairs_weight_masks() {
+    use crate::net::masks::{HelperMasks, MaskReuse, OwnerMasks};
+    use crate::net::session;
+    use relushare_model::{presets, Arch, Model};
+    use std::sync::Arc;
+    let cases: [(Arch, &str, Option<&str>, &str); 4] = [
+        (Arch::Fmnist, "original", None, "fast"),
+        (Arch::Fmnist, "uniform32", None, "fss"),
+        (
+            Arch::Fmnist,
+            "original",
+            Some("act1=patch3,act2=channel:onehot"),
+            "fast",
+        ),
+        (Arch::Cifar10, "original", None, "fast"),
+    ];
+    for (ci, (arch, preset, free, protocol)) in cases.into_iter().enumerate() {
+        let mut spec = presets::build(arch, preset).unwrap();
+        if let Some(f) = free {
+            presets::apply_freeform(&mut spec, f).unwrap();
+        }
+        let model = Model::random(spec, None, 300 + ci as u64).unwrap();
+        let images = session::random_images(50 + ci as u64, 1, model.spec.input.len());
+        let plain: Vec<Vec<f32>> = images
+            .iter()
+            .map(|img| crate::plain::forward_fixed(&model, img, 13, &mut |_| false).unwrap())
+            .collect();
+        let fresh = reuse_session(&model, &images, protocol, [None, None, None]);
+        let helper = Arc::new(HelperMasks::new().unwrap());
+        let state = Arc::new(OwnerMasks::new(helper.instance(), None).unwrap());
+        let mut runs = Vec::new();
+        for register in [true, false, false] {
+            runs.push(reuse_session(
+                &model,
+                &images,
+                protocol,
+                [
+                    Some(MaskReuse::Client),
+                    Some(MaskReuse::Owner {
+                        state: state.clone(),
+                        register,
+                    }),
+                    Some(MaskReuse::Helper(helper.clone())),
+                ],
+            ));
+        }
+        assert_eq!(state.openings_computed(), 1, "F is computed once");
+        assert!(helper.knows(state.id()));
+        let masked = fresh[0].model_setup_bytes / 8;
+        assert!(masked > 0);
+        let what = format!("{arch} {preset} {free:?} {protocol}");
+        let total = |r: &[session::PartyReport]| -> u64 {
+            r.iter().map(|p| p.setup_bytes + p.model_setup_bytes).sum()
+        };
+        for (k, r) in runs.iter().enumerate() {
+            for p in r {
+                assert_eq!(p.weight_masks.as_deref(), Some(state.id()), "{what}");
+            }
+            assert_eq!(
+                r[0].model_setup_bytes, 0,
+                "{what}: the client opened something"
+            );
+            assert_eq!(
+                r[1].model_setup_bytes, 0,
+                "{what}: the owner opened something"
+            );
+            assert_eq!(
+                r[2].model_setup_bytes, 32,
+                "{what}: the helper's session seeds"
+            );
+            assert_eq!(fresh[1].model_setup_bytes, 8 * masked);
+            // the client now receives F (8 bytes per masked weight) instead of its weight shares
+            // and its half of the opening, and sends nothing for the weights
+            let saved = total(&fresh) as i64 - total(r) as i64;
+            assert!(
+                saved >= 15 * masked as i64,
+                "{what} session {k}: saved {saved} bytes for {masked} masked weights"
+            );
+            eprintln!(
+                "{what} session {k}: setup bytes (all parties) one-off {} reuse {} saved {saved} ({masked} masked weights; owner {} -> {}, client {} -> {})",
+                total(&fresh),
+                total(r),
+                fresh[1].setup_bytes + fresh[1].model_setup_bytes,
+                r[1].setup_bytes + r[1].model_setup_bytes,
+                fresh[0].setup_bytes + fresh[0].model_setup_bytes,
+                r[0].setup_bytes + r[0].model_setup_bytes,
+            );
+            let logits = r[0].logits.as_ref().unwrap();
+            for (a, b) in plain[0].iter().zip(&logits[0]) {
+                assert!(
+                    (a - b).abs() < 0.05,
+                    "{what} session {k}: {:?} vs {:?}",
+                    plain[0],
+                    logits[0]
+                );
+            }
+        }
+        // The keys went to the helper in the first session only (32 bytes more).
+        assert_eq!(
+            runs[0][1].setup_bytes,
+            runs[1][1].setup_bytes + 32,
+            "{what}"
+        );
+    }
+}
+
+/// A helper that does not hold the owner's state (e.g. it restarted and the owner did not
+/// notice) ends the session with a clear error; parties that disagree on reusing masks too.
+#[test]
+fn unknown_mask_state_and_mismatched_reuse_fail_clearly() {
+    use crate::net::masks::{HelperMasks, MaskReuse, OwnerMasks};
+    use crate::net::session::{self, ImageSource, SessionOptions};
+    use relushare_model::{presets, Arch, Model};
+    use std::sync::Arc;
+    let model = Model::random(presets::build(Arch::Fmnist, "original").unwrap(), None, 9).unwrap();
+    let images = session::random_images(3, 1, model.spec.input.len());
+    let helper = Arc::new(HelperMasks::new().unwrap());
+    let state = Arc::new(OwnerMasks::new(helper.instance(), None).unwrap());
+    for (masks, want) in [
+        (
+            [
+                Some(MaskReuse::Client),
+                Some(MaskReuse::Owner {
+                    state: state.clone(),
+                    register: false,
+                }),
+                Some(MaskReuse::Helper(helper.clone())),
+            ],
+            "not held by this helper",
+        ),
+        ([Some(MaskReuse::Client), None, None], "weight masks"),
+    ] {
+        let dir = session("reuse-bad", "b");
+        let handles = mesh(&dir, 20_000);
+        let opts = SessionOptions {
+            protocol: "fast".into(),
+            frac_bits: 13,
+        };
+        let mut workers = Vec::new();
+        for ((role, h), m) in handles.into_iter().enumerate().zip(masks) {
+            let (opts, model, images) = (opts.clone(), model.clone(), images.clone());
+            workers.push(thread::spawn(move || {
+                let t = h.join().unwrap().unwrap();
+                let md = (role == 1).then_some(&model);
+                let i = (role == 0).then(|| ImageSource::Given(images));
+                session::run_with(t, md, i.as_ref(), &opts, m.as_ref()).map(|_| ())
+            }));
+        }
+        let errs: Vec<String> = workers
+            .into_iter()
+            .filter_map(|w| w.join().unwrap().err().map(|e| e.to_string()))
+            .collect();
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+}
