@@ -11,7 +11,7 @@ fn uniform(rng: &mut ChaCha8Rng, scale: f32) -> f32 {
     (rng.next_u32() as f32 / u32::MAX as f32 * 2.0 - 1.0) * scale
 }
 use rand_chacha::ChaCha8Rng;
-use relushare_nn::gate::{backward_values, forward_values, runs_of, GateArgs};
+use relushare_nn::gate::{backward_values, forward_values, grid_of, runs_of, GateArgs};
 
 const B: usize = 64;
 const C: usize = 32;
@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
         let (group_of, groups) = group_map(k);
         let a = GateArgs {
             runs: Arc::new(runs_of(&group_of)),
+            grid: grid_of(&group_of, C, H, H).map(Arc::new),
             group_of: Arc::new(group_of),
             groups,
             flips: noisy.then(|| Arc::new(flips.clone())),

@@ -127,6 +127,114 @@ pub struct GateArgs {
     pub flips: Option<Arc<Vec<u8>>>,
     /// Straight-through temperature τ.
     pub temperature: f32,
+    /// The map as a grid on every plane ([`grid_of`]), when it is one: short-run maps (small
+    /// patches) then go band by band.
+    pub grid: Option<Arc<Grid>>,
+}
+
+/// A group map that tiles every channel plane with the same grid of row bands and column
+/// segments, each channel with groups of its own:
+/// `group_of[c, y, x] = base + (c·bands + band(y))·segs + seg(x)`. Patch groupings (either edge
+/// policy) are grids. The kernels then sum a band's rows column by column (contiguous,
+/// vectorised) and each segment of those column sums, instead of going run by run, and expand a
+/// band's decisions to one row mask applied to each of its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grid {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Row range of every band.
+    pub bands: Vec<(usize, usize)>,
+    /// Column range of every segment.
+    pub segs: Vec<(usize, usize)>,
+}
+
+/// Maximal ranges of equal consecutive values.
+fn ranges_of(ids: impl Iterator<Item = u32>) -> Vec<(usize, usize, u32)> {
+    let mut out: Vec<(usize, usize, u32)> = Vec::new();
+    for (i, g) in ids.enumerate() {
+        match out.last_mut() {
+            Some(r) if r.2 == g => r.1 = i + 1,
+            _ => out.push((i, i + 1, g)),
+        }
+    }
+    out
+}
+
+/// The grid of `group_of` over `c` planes of `h x w` with group ids `0..c·bands·segs` in
+/// channel, band, segment order, if the map is one (see [`Grid`]).
+pub fn grid_of(group_of: &[u32], c: usize, h: usize, w: usize) -> Option<Grid> {
+    if c == 0 || h == 0 || w == 0 || group_of.len() != c * h * w {
+        return None;
+    }
+    let segs: Vec<(usize, usize)> = ranges_of(group_of[..w].iter().copied())
+        .into_iter()
+        .map(|(a, b, _)| (a, b))
+        .collect();
+    let bands: Vec<(usize, usize)> = ranges_of((0..h).map(|y| group_of[y * w]))
+        .into_iter()
+        .map(|(a, b, _)| (a, b))
+        .collect();
+    let (nb, ns) = (bands.len(), segs.len());
+    let mut band_of = vec![0usize; h];
+    for (k, &(a, b)) in bands.iter().enumerate() {
+        band_of[a..b].fill(k);
+    }
+    let mut seg_of = vec![0usize; w];
+    for (k, &(a, b)) in segs.iter().enumerate() {
+        seg_of[a..b].fill(k);
+    }
+    let ok = group_of.iter().enumerate().all(|(i, &g)| {
+        let (ch, y, x) = (i / (h * w), i / w % h, i % w);
+        g as usize == (ch * nb + band_of[y]) * ns + seg_of[x]
+    });
+    ok.then_some(Grid {
+        c,
+        h,
+        w,
+        bands,
+        segs,
+    })
+}
+
+/// `out[segment] += Σ_{(y, x) in band × segment} a[y, x]·b[y, x]` for one band of one plane
+/// (`a`, `b` the plane's rows), through column sums; `sign` flips a term where it is set.
+#[inline]
+fn band_sums(
+    grid: &Grid,
+    band: (usize, usize),
+    a: &[f32],
+    b: &[f32],
+    flips: Option<&[u8]>,
+    col: &mut [f32],
+    out: &mut [f32],
+) {
+    let w = grid.w;
+    col.fill(0.0);
+    for y in band.0..band.1 {
+        let r = y * w..(y + 1) * w;
+        match flips {
+            None => {
+                for ((s, &ai), &bi) in col.iter_mut().zip(&a[r.clone()]).zip(&b[r]) {
+                    *s += ai * bi;
+                }
+            }
+            Some(f) => {
+                for (((s, &ai), &bi), &fi) in col
+                    .iter_mut()
+                    .zip(&a[r.clone()])
+                    .zip(&b[r.clone()])
+                    .zip(&f[r])
+                {
+                    let t = ai * bi;
+                    *s += if fi != 0 { -t } else { t };
+                }
+            }
+        }
+    }
+    for (o, &(x0, x1)) in out.iter_mut().zip(&grid.segs) {
+        *o += col[x0..x1].iter().sum::<f32>();
+    }
 }
 
 fn flex2(values: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
@@ -161,6 +269,11 @@ pub fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32
         .for_each(|(row, (yr, zr))| {
             let xr = &x[row * n..(row + 1) * n];
             zr.copy_from_slice(c);
+            let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
+            if let Some(grid) = a.grid.as_deref().filter(|_| short) {
+                grid_forward(grid, xr, v, zr, flips, yr);
+                return;
+            }
             if short {
                 // the runs partition 0..n in order: one pass, no slicing per run
                 let mut pv = v.iter().zip(xr);
@@ -174,7 +287,6 @@ pub fn forward_values(x: &[f32], v: &[f32], c: &[f32], a: &GateArgs) -> (Vec<f32
                     zr[r.group as usize] += dot(&v[s.clone()], &xr[s]);
                 }
             }
-            let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
             match (short, flips) {
                 (false, None) => {
                     // y is zero-initialised: only kept runs are written
@@ -246,6 +358,10 @@ pub fn backward_values(
             let dyr = &dy[row * n..(row + 1) * n];
             let zr = &z[row * g..(row + 1) * g];
             let flips = a.flips.as_ref().map(|f| &f[row * n..(row + 1) * n]);
+            if let Some(grid) = a.grid.as_deref().filter(|_| short) {
+                grid_backward(grid, xr, dyr, v, zr, flips, inv_t, dr, dxr);
+                return;
+            }
             // δ: Σ_{i∈g} dy·x·(1 − 2f) run by run (each run summed on its own: no chain
             // through dr), then the sigmoid's slope
             match (short, flips) {
@@ -320,7 +436,31 @@ pub fn backward_values(
     // dv_i = Σ_b δ_{b,g(i)} x_bi, split over the pool: run by run when runs are long (a
     // whole run's images in turn), else in contiguous element chunks with the group gathered
     let mut dv = vec![0f32; n];
-    if short {
+    if let Some(grid) = a.grid.as_deref().filter(|_| short) {
+        // plane by plane: each band's slopes expanded to one row, applied to its rows
+        let (plane, nb, ns) = (grid.h * grid.w, grid.bands.len(), grid.segs.len());
+        dv.par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(ch, out)| {
+                let mut slope = vec![0f32; grid.w];
+                for row in 0..b {
+                    let xp = &x[row * n + ch * plane..][..plane];
+                    for (k, &band) in grid.bands.iter().enumerate() {
+                        let db = &delta[row * g + (ch * nb + k) * ns..][..ns];
+                        for (&d, &(x0, x1)) in db.iter().zip(&grid.segs) {
+                            slope[x0..x1].fill(d);
+                        }
+                        for yy in band.0..band.1 {
+                            let r = yy * grid.w..(yy + 1) * grid.w;
+                            for ((o, &xi), &sl) in out[r.clone()].iter_mut().zip(&xp[r]).zip(&slope)
+                            {
+                                *o += sl * xi;
+                            }
+                        }
+                    }
+                }
+            });
+    } else if short {
         dv.par_chunks_mut(DV_CHUNK)
             .enumerate()
             .for_each(|(k, out)| {
@@ -360,6 +500,105 @@ pub fn backward_values(
         }
     }
     (dx, dv, dc)
+}
+
+/// The forward pass of one image on a [`Grid`]: `z` (holding `c`) gets the group sums, `y` the
+/// gated values.
+fn grid_forward(
+    grid: &Grid,
+    x: &[f32],
+    v: &[f32],
+    z: &mut [f32],
+    flips: Option<&[u8]>,
+    y: &mut [f32],
+) {
+    let (plane, ns) = (grid.h * grid.w, grid.segs.len());
+    let mut col = vec![0f32; grid.w];
+    let mut mask = vec![0u8; grid.w];
+    for ch in 0..grid.c {
+        let p = ch * plane..(ch + 1) * plane;
+        let (xp, vp, yp) = (&x[p.clone()], &v[p.clone()], &mut y[p.clone()]);
+        let fp = flips.map(|f| &f[p]);
+        for (k, &band) in grid.bands.iter().enumerate() {
+            let zb = &mut z[(ch * grid.bands.len() + k) * ns..][..ns];
+            band_sums(grid, band, vp, xp, None, &mut col, zb);
+            for (&(x0, x1), &zg) in grid.segs.iter().zip(zb.iter()) {
+                mask[x0..x1].fill((zg >= 0.0) as u8);
+            }
+            for yy in band.0..band.1 {
+                let r = yy * grid.w..(yy + 1) * grid.w;
+                let keep = mask.iter();
+                match fp {
+                    Some(f) => masked_copy(
+                        &mut yp[r.clone()],
+                        &xp[r.clone()],
+                        keep.zip(&f[r]).map(|(&m, &fi)| m != fi),
+                    ),
+                    None => masked_copy(&mut yp[r.clone()], &xp[r], keep.map(|&m| m != 0)),
+                }
+            }
+        }
+    }
+}
+
+/// The backward pass of one image on a [`Grid`]: `delta` gets δ, `dx` the input gradient.
+#[allow(clippy::too_many_arguments)]
+fn grid_backward(
+    grid: &Grid,
+    x: &[f32],
+    dy: &[f32],
+    v: &[f32],
+    z: &[f32],
+    flips: Option<&[u8]>,
+    inv_t: f32,
+    delta: &mut [f32],
+    dx: &mut [f32],
+) {
+    let (plane, ns) = (grid.h * grid.w, grid.segs.len());
+    let mut col = vec![0f32; grid.w];
+    let mut keep = vec![0u8; grid.w];
+    let mut slope = vec![0f32; grid.w];
+    for ch in 0..grid.c {
+        let p = ch * plane..(ch + 1) * plane;
+        let (xp, dyp, vp, dxp) = (
+            &x[p.clone()],
+            &dy[p.clone()],
+            &v[p.clone()],
+            &mut dx[p.clone()],
+        );
+        let fp = flips.map(|f| &f[p]);
+        for (k, &band) in grid.bands.iter().enumerate() {
+            let off = (ch * grid.bands.len() + k) * ns;
+            let db = &mut delta[off..off + ns];
+            band_sums(grid, band, dyp, xp, fp, &mut col, db);
+            for ((d, &zg), &(x0, x1)) in db.iter_mut().zip(&z[off..off + ns]).zip(&grid.segs) {
+                let s = 1.0 / (1.0 + (-zg * inv_t).exp());
+                *d *= s * (1.0 - s) * inv_t;
+                keep[x0..x1].fill((zg >= 0.0) as u8);
+                slope[x0..x1].fill(*d);
+            }
+            for yy in band.0..band.1 {
+                let r = yy * grid.w..(yy + 1) * grid.w;
+                let dl = slope.iter().copied();
+                match fp {
+                    Some(f) => fused_dx(
+                        &mut dxp[r.clone()],
+                        &dyp[r.clone()],
+                        &vp[r.clone()],
+                        keep.iter().zip(&f[r]).map(|(&m, &fi)| m != fi),
+                        dl,
+                    ),
+                    None => fused_dx(
+                        &mut dxp[r.clone()],
+                        &dyp[r.clone()],
+                        &vp[r],
+                        keep.iter().map(|&m| m != 0),
+                        dl,
+                    ),
+                }
+            }
+        }
+    }
 }
 
 fn flex_forward(
@@ -562,37 +801,79 @@ mod tests {
         let dev = Device::flex().autodiff();
         assert!(is_flex(&dev), "the fused path must be the one under test");
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        // (batch, channels, plane, group of activation i)
-        let cases: Vec<(usize, usize, usize, Box<dyn Fn(usize, usize) -> u32>, &str)> = vec![
+        // (batch, channels, plane, plane height, group of activation i of channel c)
+        type Group = Box<dyn Fn(usize, usize) -> u32>;
+        // 3x3 patches of a w x w plane, the remainder merged into the last patch
+        let patches = |w: usize| -> Group {
+            let per = w / 3;
+            Box::new(move |c, p| {
+                let (y, x) = ((p / w / 3).min(per - 1), (p % w / 3).min(per - 1));
+                (c * per * per + y * per + x) as u32
+            })
+        };
+        let cases: Vec<(usize, usize, usize, usize, Group, &str)> = vec![
             (
                 3,
                 2,
                 16,
+                4,
                 Box::new(|c, p| (c * 4 + (p / 4)) as u32),
-                "patches",
+                "rows (a grid)",
             ),
-            (2, 3, 9, Box::new(|c, _| c as u32), "whole channels"),
-            // several chunks of the dv reduction, and runs longer than the 8-lane dot products
+            (
+                2,
+                3,
+                49,
+                7,
+                patches(7),
+                "3x3 patches, merged edges (a grid)",
+            ),
+            (2, 2, 784, 28, patches(28), "3x3 patches of 28x28 (a grid)"),
+            (
+                2,
+                3,
+                9,
+                3,
+                Box::new(|c, _| c as u32),
+                "whole channels (a grid, long runs)",
+            ),
+            // runs that cross rows (not a grid), several chunks of the dv reduction, and runs
+            // longer than the 8-lane dot products
             (
                 2,
                 3,
                 1500,
+                30,
                 Box::new(|c, p| (c * 500 + p / 3) as u32),
                 "short runs, large planes",
             ),
-            (2, 2, 1500, Box::new(|c, _| c as u32), "long channels"),
+            (
+                2,
+                2,
+                1500,
+                30,
+                Box::new(|c, _| c as u32),
+                "long channels (a grid, long runs)",
+            ),
             (
                 2,
                 4,
                 8,
+                2,
                 Box::new(|c, p| ((c / 2) * 8 + p) as u32),
                 "across channels",
             ),
         ];
-        for (b, ch, plane, group, name) in cases {
+        for (b, ch, plane, h, group, name) in cases {
             let n = ch * plane;
             let group_of: Vec<u32> = (0..n).map(|i| group(i / plane, i % plane)).collect();
             let g = *group_of.iter().max().unwrap() as usize + 1;
+            let grid = grid_of(&group_of, ch, h, plane / h);
+            assert_eq!(
+                grid.is_some(),
+                name.contains("a grid"),
+                "{name}: grid detection"
+            );
             for noisy in [false, true] {
                 let case = format!("{name}, noise {noisy}");
                 let r = |rng: &mut ChaCha8Rng, len| -> Vec<f32> {
@@ -615,6 +896,7 @@ mod tests {
                 });
                 let args = GateArgs {
                     runs: Arc::new(runs_of(&group_of)),
+                    grid: grid.clone().map(Arc::new),
                     group_of: Arc::new(group_of.clone()),
                     groups: g,
                     flips,

@@ -74,6 +74,8 @@ pub struct SharedOp {
     /// The same ids on the host, and as runs, for the fused gate.
     pub group_of: std::sync::Arc<Vec<u32>>,
     pub runs: std::sync::Arc<Vec<crate::gate::Run>>,
+    /// The map as a grid on every plane, when it is one (patch groupings).
+    pub grid: Option<std::sync::Arc<crate::gate::Grid>>,
     /// One-hot: flat index of every group's leader, `[G]`.
     pub leaders: Option<Tensor<1, Int>>,
     /// FC: channel of every group, `[G]`.
@@ -234,6 +236,8 @@ impl Plan {
                             groups: map.total(),
                             group_id: int_tensor(group_id, device),
                             runs: std::sync::Arc::new(crate::gate::runs_of(&group_of)),
+                            grid: crate::gate::grid_of(&group_of, d.c, d.h, d.w)
+                                .map(std::sync::Arc::new),
                             group_of,
                             leaders,
                             channel_of_group,
@@ -539,6 +543,7 @@ fn shared_forward(
         groups: s.groups,
         flips,
         temperature: mode.temperature,
+        grid: s.grid.clone(),
     };
     crate::gate::shared_gate(x, v, c, &s.group_id, args, mode.train)
 }
