@@ -139,7 +139,24 @@ pub struct SecureSummary {
     pub setup_bytes: u64,
     /// Wall-clock seconds of the whole session.
     pub wall_seconds: f64,
+    /// The fast suites' proven per-image bound on the probability that a local truncation
+    /// fails (union bound over the truncated elements; models above 2^-6 are refused); `None`
+    /// for `securenn`, which does not truncate locally.
+    pub truncation_failure_bound: Option<f64>,
     pub per_image: Vec<ImageResult>,
+}
+
+/// [`SecureSummary::truncation_failure_bound`] of `model` under `protocol`.
+fn truncation_failure_bound(model: &Model, protocol: Protocol, frac_bits: u32) -> Option<f64> {
+    if protocol == Protocol::Securenn {
+        return None;
+    }
+    let mut fm = FixedModel::from_model(model, frac_bits).ok()?;
+    prepare_model(protocol, &mut fm).ok()?;
+    let lim = relushare_mpc::fast::input_abs_max(&model.spec.normalization);
+    relushare_mpc::fast::bounds::analyse(&fm, lim)
+        .ok()
+        .map(|b| b.failure_bound())
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -440,6 +457,7 @@ fn summarize(
         setup_seconds,
         setup_bytes,
         wall_seconds,
+        truncation_failure_bound: truncation_failure_bound(model, protocol, frac_bits),
         per_image,
     }
 }

@@ -23,6 +23,17 @@ fn secure_run_reports_agreement_and_client_bytes() {
     assert_eq!(s.agree_with_plaintext, 1.0);
     assert_eq!(s.client_bytes, 2.0 * 8.0 * 10.0);
     assert!(s.online_bytes > 0.0 && s.rounds > 0);
+    // the proven truncation failure bound is reported, and within what the suites accept
+    let p = s.truncation_failure_bound.unwrap();
+    assert!(
+        p > 0.0 && p <= relushare_mpc::fast::bounds::MAX_TRUNC_FAILURE,
+        "{p}"
+    );
+    let sn = secure::run_secure(&model, &set, 1, Protocol::Securenn, 1, 13).unwrap();
+    assert_eq!(
+        sn.truncation_failure_bound, None,
+        "securenn does not truncate locally"
+    );
 }
 
 /// `reproduce --quick --seeds 2 --summary`: every row of Table 6 (Fashion-MNIST) trained twice,
