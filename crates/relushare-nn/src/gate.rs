@@ -147,6 +147,18 @@ pub struct Grid {
     pub bands: Vec<(usize, usize)>,
     /// Column range of every segment.
     pub segs: Vec<(usize, usize)>,
+    /// Segment of every column (to expand a band's per-segment values to a row).
+    pub seg_of: Vec<u32>,
+}
+
+impl Grid {
+    /// `row[x] = per_segment[segment of x]`.
+    #[inline]
+    fn expand<T: Copy>(&self, per_segment: &[T], row: &mut [T]) {
+        for (o, &k) in row.iter_mut().zip(&self.seg_of) {
+            *o = per_segment[k as usize];
+        }
+    }
 }
 
 /// Maximal ranges of equal consecutive values.
@@ -194,6 +206,7 @@ pub fn grid_of(group_of: &[u32], c: usize, h: usize, w: usize) -> Option<Grid> {
         w,
         bands,
         segs,
+        seg_of: seg_of.iter().map(|&k| k as u32).collect(),
     })
 }
 
@@ -447,9 +460,7 @@ pub fn backward_values(
                     let xp = &x[row * n + ch * plane..][..plane];
                     for (k, &band) in grid.bands.iter().enumerate() {
                         let db = &delta[row * g + (ch * nb + k) * ns..][..ns];
-                        for (&d, &(x0, x1)) in db.iter().zip(&grid.segs) {
-                            slope[x0..x1].fill(d);
-                        }
+                        grid.expand(db, &mut slope);
                         for yy in band.0..band.1 {
                             let r = yy * grid.w..(yy + 1) * grid.w;
                             for ((o, &xi), &sl) in out[r.clone()].iter_mut().zip(&xp[r]).zip(&slope)
@@ -515,6 +526,7 @@ fn grid_forward(
     let (plane, ns) = (grid.h * grid.w, grid.segs.len());
     let mut col = vec![0f32; grid.w];
     let mut mask = vec![0u8; grid.w];
+    let mut dec = vec![0u8; ns];
     for ch in 0..grid.c {
         let p = ch * plane..(ch + 1) * plane;
         let (xp, vp, yp) = (&x[p.clone()], &v[p.clone()], &mut y[p.clone()]);
@@ -522,9 +534,10 @@ fn grid_forward(
         for (k, &band) in grid.bands.iter().enumerate() {
             let zb = &mut z[(ch * grid.bands.len() + k) * ns..][..ns];
             band_sums(grid, band, vp, xp, None, &mut col, zb);
-            for (&(x0, x1), &zg) in grid.segs.iter().zip(zb.iter()) {
-                mask[x0..x1].fill((zg >= 0.0) as u8);
+            for (d, &zg) in dec.iter_mut().zip(zb.iter()) {
+                *d = (zg >= 0.0) as u8;
             }
+            grid.expand(&dec, &mut mask);
             for yy in band.0..band.1 {
                 let r = yy * grid.w..(yy + 1) * grid.w;
                 let keep = mask.iter();
@@ -558,6 +571,7 @@ fn grid_backward(
     let mut col = vec![0f32; grid.w];
     let mut keep = vec![0u8; grid.w];
     let mut slope = vec![0f32; grid.w];
+    let mut dec = vec![0u8; ns];
     for ch in 0..grid.c {
         let p = ch * plane..(ch + 1) * plane;
         let (xp, dyp, vp, dxp) = (
@@ -571,12 +585,13 @@ fn grid_backward(
             let off = (ch * grid.bands.len() + k) * ns;
             let db = &mut delta[off..off + ns];
             band_sums(grid, band, dyp, xp, fp, &mut col, db);
-            for ((d, &zg), &(x0, x1)) in db.iter_mut().zip(&z[off..off + ns]).zip(&grid.segs) {
+            for ((d, dk), &zg) in db.iter_mut().zip(dec.iter_mut()).zip(&z[off..off + ns]) {
                 let s = 1.0 / (1.0 + (-zg * inv_t).exp());
                 *d *= s * (1.0 - s) * inv_t;
-                keep[x0..x1].fill((zg >= 0.0) as u8);
-                slope[x0..x1].fill(*d);
+                *dk = (zg >= 0.0) as u8;
             }
+            grid.expand(&dec, &mut keep);
+            grid.expand(db, &mut slope);
             for yy in band.0..band.1 {
                 let r = yy * grid.w..(yy + 1) * grid.w;
                 let dl = slope.iter().copied();

@@ -362,8 +362,19 @@ fn bernoulli(rng: &mut ChaCha8Rng, n: usize, p: f32) -> Vec<f32> {
 /// same stream and outcomes as [`bernoulli`]).
 fn bernoulli_bits(rng: &mut ChaCha8Rng, n: usize, p: f32) -> Vec<u8> {
     let threshold = (p as f64 * 4294967296.0) as u64;
-    (0..n)
-        .map(|_| ((rng.next_u32() as u64) < threshold) as u8)
+    // the generator's words in bulk (the same words, in order, as `next_u32` one by one)
+    let mut words = vec![0u32; n];
+    for chunk in words.chunks_mut(4096) {
+        let mut bytes = [0u8; 4 * 4096];
+        let bytes = &mut bytes[..4 * chunk.len()];
+        rng.fill_bytes(bytes);
+        for (w, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    words
+        .into_iter()
+        .map(|w| ((w as u64) < threshold) as u8)
         .collect()
 }
 
@@ -640,6 +651,31 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use relushare_model::{presets, Arch};
+
+    /// The bulk draws are the generator's words one by one, so noisy training keeps its stream
+    /// (and a seed its results); the stream continues where the bulk draw left it.
+    #[test]
+    fn bernoulli_bits_follow_the_word_stream() {
+        for n in [0, 1, 7, 4096, 4097, 10_000] {
+            let mut a = ChaCha8Rng::seed_from_u64(5);
+            let mut b = a.clone();
+            let bulk = bernoulli_bits(&mut a, n, 0.2);
+            let one_by_one: Vec<u8> = (0..n)
+                .map(|_| ((b.next_u32() as u64) < (0.2f64 * 4294967296.0) as u64) as u8)
+                .collect();
+            assert_eq!(bulk, one_by_one, "n = {n}");
+            assert_eq!(
+                a.next_u32(),
+                b.next_u32(),
+                "n = {n}: the streams go on together"
+            );
+        }
+        let ones = bernoulli_bits(&mut ChaCha8Rng::seed_from_u64(1), 100_000, 0.2)
+            .iter()
+            .filter(|&&x| x == 1)
+            .count();
+        assert!((19_000..21_000).contains(&ones), "{ones}");
+    }
 
     /// The straight-through estimator gives `v` (and the FC bias) finite, non-zero gradients,
     /// while the forward value of the training gate is exactly the hard step.
