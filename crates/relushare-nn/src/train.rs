@@ -461,8 +461,10 @@ pub fn train_model(
                     d.teacher.spec.input, d.teacher.spec.num_classes, spec.input, spec.num_classes
                 )));
             }
-            let t_plan = Plan::build(&d.teacher.spec, &d.teacher.group_maps, &device)?;
-            let t_module = module_from_model(&d.teacher, &device)?;
+            // the teacher runs on the inference device: built on the autodiff device, its
+            // untrained-on graph of every batch stayed alive (it grew to the machine's memory)
+            let t_plan = Plan::build(&d.teacher.spec, &d.teacher.group_maps, &eval_device)?;
+            let t_module = module_from_model(&d.teacher, &eval_device)?;
             Some((t_plan, t_module, d.temperature, d.alpha))
         }
         None => None,
@@ -519,7 +521,9 @@ pub fn train_model(
             );
             let labels: Vec<u8> = idx.iter().map(|&i| train_set.label(i)).collect();
             let x = images_tensor(buf.clone(), idx.len(), c, h, w, &device);
-            let x_teacher = x.clone();
+            let x_teacher = teacher
+                .as_ref()
+                .map(|_| images_tensor(buf.clone(), idx.len(), c, h, w, &eval_device));
             let mut mode = ForwardMode {
                 train: true,
                 noise: true,
@@ -538,8 +542,10 @@ pub fn train_model(
                         temperature: cfg.ste_temperature,
                         rng: &mut t_rng,
                     };
+                    let x_t = x_teacher.clone().expect("made when there is a teacher");
+                    let t_logits = forward(t_module, t_plan, x_t, &mut t_mode);
                     let t_logits =
-                        forward(t_module, t_plan, x_teacher.clone(), &mut t_mode).detach();
+                        burn::tensor::Tensor::<2>::from_data(t_logits.into_data(), &device);
                     distill_loss(logits, t_logits, &labels, *temp, *alpha, &device)
                 }
             };
