@@ -515,10 +515,11 @@ pub fn run(a: Args) -> Result<()> {
             // allocator and the thread pool
             let rounds = if a.quick { 1 } else { TRAIN_ROUNDS };
             let mut speeds: Vec<Vec<f64>> = vec![Vec::new(); train_presets.len()];
-            if !a.quick {
-                bar.set_message(format!("{arch} training warm-up"));
-                let spec = model_for(arch, "original")?.spec;
-                train(
+            // one epoch of `preset` on the same images; images/s
+            let epoch = |preset: &str| -> Result<f64> {
+                let mut spec = presets::build(arch, preset)?;
+                spec.normalization = model_for(arch, "original")?.spec.normalization;
+                let o = train(
                     &cfg,
                     &spec,
                     None,
@@ -526,6 +527,11 @@ pub fn run(a: Args) -> Result<()> {
                     &test_set,
                     &mut relushare_nn::train::NoProgress,
                 )?;
+                Ok(o.images_per_second)
+            };
+            if !a.quick {
+                bar.set_message(format!("{arch} training warm-up"));
+                epoch("original")?;
             }
             for round in 0..rounds {
                 let mut order: Vec<usize> = (0..train_presets.len()).collect();
@@ -538,17 +544,7 @@ pub fn run(a: Args) -> Result<()> {
                         "{arch} training {preset} (round {}/{rounds})",
                         round + 1
                     ));
-                    let mut spec = presets::build(arch, preset)?;
-                    spec.normalization = model_for(arch, "original")?.spec.normalization;
-                    let o = train(
-                        &cfg,
-                        &spec,
-                        None,
-                        &train_set,
-                        &test_set,
-                        &mut relushare_nn::train::NoProgress,
-                    )?;
-                    speeds[k].push(o.images_per_second);
+                    speeds[k].push(epoch(preset)?);
                 }
             }
             let original = median(speeds[0].clone());

@@ -44,28 +44,17 @@ fn reproduce_over_seeds_writes_the_summary() {
     let out = dir.path().join("out");
     let summary = dir.path().join("summary.json");
     let page = dir.path().join("summary.md");
-    let cli = Reproduce::try_parse_from([
-        "reproduce",
-        "--quick",
-        "--table",
-        "6",
-        "--dataset",
-        "fmnist",
-        "--limit",
-        "64",
-        "--test-limit",
-        "32",
-        "--seeds",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-        "--summary",
-        summary.to_str().unwrap(),
-        "--summary-doc",
-        page.to_str().unwrap(),
-    ])
-    .unwrap();
-    reproduce::run(cli.a).unwrap();
+    quick_fmnist(
+        &out,
+        &[
+            "--seeds",
+            "2",
+            "--summary",
+            summary.to_str().unwrap(),
+            "--summary-doc",
+            page.to_str().unwrap(),
+        ],
+    );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
     let presets: Vec<&str> = rows.iter().map(|r| r["preset"].as_str().unwrap()).collect();

@@ -5,11 +5,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc keeps freed pages for reuse: training allocates batch-sized buffers every step, and
-/// with the system allocator about a quarter of its CPU time went to page faults.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod cmd_bench;
 mod cmd_classify;
 mod cmd_cluster;
