@@ -319,10 +319,7 @@ pub fn build(runs: &[PathBuf], dataset: &str, target_seeds: usize) -> Result<Fro
         points,
         paper,
         target,
-        command: std::iter::once("relushare".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: crate::reproduce::invocation(),
     })
 }
 
@@ -349,9 +346,7 @@ pub fn figures(front: &Front, path: &Path) -> Result<Vec<PathBuf>> {
             accuracy: p.accuracy,
         })
         .collect();
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    crate::reproduce::create_parent(path)?;
     plot::pareto_figure(
         &ours(&|p| p.comparisons as f64),
         &paper,
@@ -446,9 +441,7 @@ pub fn run(a: Args) -> Result<()> {
         crate::reproduce::merge_json_keys(path, vec![("pareto", serde_json::to_value(&front)?)])?;
     }
     if let Some(page) = &a.doc {
-        if let Some(d) = page.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
+        crate::reproduce::create_parent(page)?;
         relushare_model::io::write_atomic(page, markdown(&front, &figs, page).as_bytes())?;
     }
     println!(

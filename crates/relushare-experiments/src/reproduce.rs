@@ -751,6 +751,22 @@ fn train_command(ctx: &Ctx, j: &Job, seed: u64) -> String {
     cmd
 }
 
+/// This process's command line, as `relushare <args>` (recorded beside what it wrote).
+pub(crate) fn invocation() -> String {
+    std::iter::once("relushare".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Creates the folder `path` goes into, if it has one.
+pub(crate) fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Sets top-level `keys` of the JSON object in `path` (created when missing), keeping its other
 /// keys; a file that is not a JSON object is refused, never overwritten.
 pub(crate) fn merge_json_keys(path: &Path, keys: Vec<(&str, serde_json::Value)>) -> Result<()> {
@@ -769,9 +785,7 @@ pub(crate) fn merge_json_keys(path: &Path, keys: Vec<(&str, serde_json::Value)>)
     for (k, v) in keys {
         obj.insert(k.to_string(), v);
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    create_parent(path)?;
     relushare_model::io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     Ok(())
 }
@@ -801,14 +815,7 @@ fn write_summary(ctx: &Ctx, paper: &PaperNumbers, path: &Path) -> Result<()> {
         vec![
             ("rows", serde_json::Value::Array(values)),
             ("data_source", ctx.results.data_source.clone().into()),
-            (
-                "reproduce_command",
-                std::iter::once("relushare".to_string())
-                    .chain(std::env::args().skip(1))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .into(),
-            ),
+            ("reproduce_command", invocation().into()),
         ],
     )?;
     if let Some(page) = &ctx.a.summary_doc {
@@ -824,20 +831,15 @@ fn write_summary_doc(
     json: &Path,
     page: &Path,
 ) -> Result<()> {
+    create_parent(page)?;
     let dir = page.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(d) = dir {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
     let stem = page
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "summary".into());
     let mut md = format!(
         "# Test accuracy over seeds\n\nWritten by `{}` (the rows so far; it is rewritten as rows finish). Data: {}. Numbers: {}.\n\n",
-        std::iter::once("relushare".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
+        invocation(),
         ctx.results.data_source,
         json.display()
     );
