@@ -97,6 +97,13 @@ pub fn relu_responses(
     let last = targets.iter().map(|(i, _)| *i).max().unwrap_or(0);
     let mut short = model.clone();
     short.spec.layers.truncate(last + 1);
+    let kept: std::collections::BTreeSet<String> = short
+        .spec
+        .layers
+        .iter()
+        .map(|l| l.name().to_string())
+        .collect();
+    short.spec.inputs.retain(|k, _| kept.contains(k));
     let model = &short;
     let n = set.len();
     let mut out: Vec<LayerResponses> = layers

@@ -28,6 +28,18 @@ pub struct LayerCount {
     pub mults: usize,
 }
 
+/// Comparisons of one max-pooling layer (reported apart from the ReLUs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolCount {
+    pub name: String,
+    /// Output values (C*OH*OW).
+    pub outputs: usize,
+    /// Secure comparisons: one less than the window's positions inside the input, per output.
+    pub comparisons: usize,
+    /// Sequential comparison rounds of a balanced tree: `ceil(log2(k*k))`.
+    pub depth: usize,
+}
+
 /// Counts of a whole network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReluCount {
@@ -36,6 +48,44 @@ pub struct ReluCount {
     pub layers: Vec<LayerCount>,
     pub total_relus: usize,
     pub total_mults: usize,
+    /// Max-pooling layers and their comparisons (not in `total_relus`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max_pools: Vec<PoolCount>,
+    /// Comparisons of all max-pooling layers.
+    #[serde(default)]
+    pub maxpool_comparisons: usize,
+}
+
+impl ReluCount {
+    /// Every secure comparison: ReLU decisions plus max-pooling comparisons.
+    pub fn total_comparisons(&self) -> usize {
+        self.total_relus + self.maxpool_comparisons
+    }
+}
+
+/// Comparisons of a max pool on input `d` (see [`PoolCount`]).
+pub fn max_pool_count(
+    name: &str,
+    d: crate::spec::Dims,
+    out: crate::spec::Dims,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> PoolCount {
+    let mut cmp = 0;
+    for oy in 0..out.h {
+        for ox in 0..out.w {
+            cmp += crate::spec::pool_window(d, kernel, stride, padding, oy, ox)
+                .count()
+                .saturating_sub(1);
+        }
+    }
+    PoolCount {
+        name: name.to_string(),
+        outputs: out.len(),
+        comparisons: cmp * d.c,
+        depth: (kernel * kernel).next_power_of_two().trailing_zeros() as usize,
+    }
 }
 
 fn relus_of(per_channel: &[usize]) -> usize {
@@ -44,9 +94,28 @@ fn relus_of(per_channel: &[usize]) -> usize {
 
 /// Count comparisons and multiplications per activation layer.
 pub fn count(spec: &ModelSpec) -> Result<ReluCount, ModelError> {
-    let dims = spec.dims()?;
+    let (src, dims) = spec.graph()?;
     let mut layers = Vec::new();
-    for (l, d) in spec.layers.iter().zip(&dims) {
+    let mut max_pools = Vec::new();
+    for (i, l) in spec.layers.iter().enumerate() {
+        let d = &dims[src[i][0]];
+        if let Layer::MaxPool {
+            name,
+            kernel,
+            stride,
+            padding,
+        } = l
+        {
+            max_pools.push(max_pool_count(
+                name,
+                *d,
+                dims[i + 1],
+                *kernel,
+                *stride,
+                *padding,
+            ));
+            continue;
+        }
         let Layer::Act { name, kind } = l else {
             continue;
         };
@@ -104,6 +173,8 @@ pub fn count(spec: &ModelSpec) -> Result<ReluCount, ModelError> {
         preset: spec.preset.clone(),
         total_relus: layers.iter().map(|l| l.relus).sum(),
         total_mults: layers.iter().map(|l| l.mults).sum(),
+        maxpool_comparisons: max_pools.iter().map(|p| p.comparisons).sum(),
+        max_pools,
         layers,
     })
 }

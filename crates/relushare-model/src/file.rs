@@ -53,9 +53,12 @@ pub struct Model {
     pub group_maps: BTreeMap<String, Vec<u32>>,
 }
 
+/// The parameters of a `BatchNorm` layer, each `[C]`.
+pub const BN_PARAMS: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];
+
 /// Every parameter a spec needs, with its shape, in layer order.
 pub fn expected_params(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    let dims = spec.dims()?;
+    let dims = spec.in_dims()?;
     let mut out = Vec::new();
     for (l, d) in spec.layers.iter().zip(&dims) {
         match l {
@@ -87,6 +90,11 @@ pub fn expected_params(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>, Mo
                     out.push((format!("{name}.fc_bias"), vec![d.c]));
                 }
             }
+            Layer::BatchNorm { name, .. } => {
+                for p in BN_PARAMS {
+                    out.push((format!("{name}.{p}"), vec![d.c]));
+                }
+            }
             _ => {}
         }
     }
@@ -107,9 +115,16 @@ impl Model {
         let mut params = BTreeMap::new();
         for (name, shape) in expected_params(&spec)? {
             let n: usize = shape.iter().product();
-            let data = if name.ends_with(".v") {
+            let layer = name.rsplit_once('.').map(|(l, _)| l).unwrap_or(&name);
+            let is_bn = spec
+                .layers
+                .iter()
+                .any(|l| matches!(l, Layer::BatchNorm { name: b, .. } if b == layer));
+            let data = if name.ends_with(".v")
+                || (is_bn && (name.ends_with(".weight") || name.ends_with(".running_var")))
+            {
                 vec![1.0; n]
-            } else if name.ends_with(".fc_bias") {
+            } else if name.ends_with(".fc_bias") || is_bn {
                 vec![0.0; n]
             } else {
                 let layer = name.rsplit_once('.').map(|(l, _)| l).unwrap_or(&name);
@@ -185,7 +200,7 @@ impl Model {
 
     /// Group maps of every sharing layer, by layer name.
     pub fn group_maps_built(&self) -> Result<BTreeMap<String, GroupMap>, ModelError> {
-        let dims = self.spec.dims()?;
+        let dims = self.spec.in_dims()?;
         let mut out = BTreeMap::new();
         for (l, d) in self.spec.layers.iter().zip(&dims) {
             if let Layer::Act {
@@ -236,7 +251,7 @@ impl Model {
                 )
             })
             .collect();
-        let dims = self.spec.dims()?;
+        let dims = self.spec.in_dims()?;
         let mut u32_bytes = Vec::new();
         for (name, map) in &self.group_maps {
             let d = self
@@ -335,6 +350,101 @@ impl Model {
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let bytes = crate::io::read_limited(path, MAX_FILE_BYTES)?;
         Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
+    }
+}
+
+impl Model {
+    /// The inference form of the model: every `BatchNorm` folded into the convolution or
+    /// linear layer that feeds it (`W' = W * g / sqrt(var + eps)` per output channel,
+    /// `b' = (b - mean) * g / sqrt(var + eps) + beta`), so fixed-point and secure inference
+    /// never see a batch norm. A model without batch norms comes back unchanged. Fails, naming
+    /// the layer, when a batch norm reads anything else or its input also feeds another layer.
+    pub fn fold_batchnorm(&self) -> Result<Model, ModelError> {
+        if !self
+            .spec
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::BatchNorm { .. }))
+        {
+            return Ok(self.clone());
+        }
+        let src = self.spec.sources()?;
+        let users = self.spec.consumers()?;
+        let mut params = self.params.clone();
+        // Tensor id each old tensor is replaced by (a folded norm's output is its input).
+        let mut alias: Vec<usize> = (0..=self.spec.layers.len()).collect();
+        let mut keep = vec![true; self.spec.layers.len()];
+        for (j, l) in self.spec.layers.iter().enumerate() {
+            let Layer::BatchNorm { name, eps } = l else {
+                continue;
+            };
+            let t = src[j][0];
+            let prev = t.checked_sub(1).map(|i| &self.spec.layers[i]);
+            let (lin, out_ch) = match prev {
+                Some(Layer::Conv { name, out_ch, .. }) => (name.clone(), *out_ch),
+                Some(Layer::Linear { name, out_f, .. }) => (name.clone(), *out_f),
+                _ => {
+                    return Err(ModelError::Spec(format!(
+                        "batch norm {name} cannot be folded: it reads {}, not a convolution or linear layer",
+                        prev.map(|p| p.name()).unwrap_or(crate::spec::INPUT)
+                    )))
+                }
+            };
+            if users[t].len() != 1 {
+                return Err(ModelError::Spec(format!(
+                    "batch norm {name} cannot be folded: the output of {lin} also feeds another layer"
+                )));
+            }
+            let get = |p: &str| -> Result<Vec<f32>, ModelError> {
+                Ok(self.param(&format!("{name}.{p}"))?.data.clone())
+            };
+            let (g, beta, mean, var) = (
+                get("weight")?,
+                get("bias")?,
+                get("running_mean")?,
+                get("running_var")?,
+            );
+            let w = params
+                .get_mut(&format!("{lin}.weight"))
+                .ok_or_else(|| ModelError::Shape(format!("missing parameter {lin}.weight")))?;
+            let per = w.data.len() / out_ch.max(1);
+            let scale: Vec<f32> = (0..out_ch).map(|o| g[o] / (var[o] + eps).sqrt()).collect();
+            for (o, row) in w.data.chunks_mut(per.max(1)).enumerate() {
+                row.iter_mut().for_each(|v| *v *= scale[o]);
+            }
+            let b = params
+                .get_mut(&format!("{lin}.bias"))
+                .ok_or_else(|| ModelError::Shape(format!("missing parameter {lin}.bias")))?;
+            for o in 0..out_ch {
+                b.data[o] = (b.data[o] - mean[o]) * scale[o] + beta[o];
+            }
+            for p in BN_PARAMS {
+                params.remove(&format!("{name}.{p}"));
+            }
+            alias[j + 1] = alias[t];
+            keep[j] = false;
+        }
+        // Renumber: tensor ids of the kept layers.
+        let mut new_id = vec![0usize; self.spec.layers.len() + 1];
+        let mut layers = Vec::new();
+        let mut new_src = Vec::new();
+        for (j, l) in self.spec.layers.iter().enumerate() {
+            if !keep[j] {
+                continue;
+            }
+            new_src.push(src[j].iter().map(|&t| new_id[alias[t]]).collect::<Vec<_>>());
+            layers.push(l.clone());
+            new_id[j + 1] = layers.len();
+        }
+        let mut spec = self.spec.clone();
+        spec.set_graph(layers, &new_src)?;
+        let folded = Model {
+            spec,
+            params,
+            group_maps: self.group_maps.clone(),
+        };
+        folded.validate()?;
+        Ok(folded)
     }
 }
 

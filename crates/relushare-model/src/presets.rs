@@ -38,13 +38,18 @@ fn shared(grouping: Grouping, decider: Decider, noise: f32) -> ActKind {
 /// (Table 6: 9x9 = 81).
 fn paper_edge(arch: Arch) -> EdgePolicy {
     match arch {
-        Arch::Cifar10 => EdgePolicy::Partial,
+        Arch::Cifar10 | Arch::Custom => EdgePolicy::Partial,
         Arch::Svhn | Arch::Fmnist => EdgePolicy::Merge,
     }
 }
 
 /// Build the spec of a named preset.
 pub fn build(arch: Arch, preset: &str) -> Result<ModelSpec, ModelError> {
+    if arch == Arch::Custom {
+        return Err(ModelError::Spec(format!(
+            "preset '{preset}' needs one of the paper's architectures (cifar10, svhn, fmnist); a custom or imported model takes a per-layer --spec"
+        )));
+    }
     let mut spec = ModelSpec::original(arch);
     let layers = arch.shared_layers();
     let first = layers[0];

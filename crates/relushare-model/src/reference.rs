@@ -34,15 +34,16 @@ pub fn argmax(x: &[f32]) -> usize {
         .0
 }
 
-/// The input followed by every layer's output (`layers.len() + 1` tensors). The input of
-/// layer `i` is entry `i`: for an activation layer that is its pre-activation `s`.
+/// The input followed by every layer's output (`layers.len() + 1` tensors, the ids of
+/// [`crate::spec::ModelSpec::sources`]). Layer `i` reads entry `sources[i][0]` (entry `i` in a
+/// sequential network): for an activation layer that is its pre-activation `s`.
 pub fn forward_trace(
     model: &Model,
     image: &[f32],
     flip: &mut dyn FnMut(f32) -> bool,
 ) -> Result<Vec<Vec<f32>>, ModelError> {
     let spec = &model.spec;
-    let dims = spec.dims()?;
+    let (src, dims) = spec.graph()?;
     if image.len() != spec.input.len() {
         return Err(ModelError::Shape(format!(
             "image has {} values, the model expects {} ({})",
@@ -54,8 +55,8 @@ pub fn forward_trace(
     let maps = model.group_maps_built()?;
     let mut trace = vec![image.to_vec()];
     for (i, layer) in spec.layers.iter().enumerate() {
-        let x = &trace[i];
-        let (din, dout) = (dims[i], dims[i + 1]);
+        let x = &trace[src[i][0]];
+        let (din, dout) = (dims[src[i][0]], dims[i + 1]);
         let y = match layer {
             Layer::Conv {
                 name,
@@ -74,6 +75,33 @@ pub fn forward_trace(
                 *padding,
             ),
             Layer::AvgPool { kernel, stride, .. } => avg_pool(x, din, dout, *kernel, *stride),
+            Layer::GlobalAvgPool { .. } => avg_pool(x, din, dout, din.h.max(din.w), 1),
+            Layer::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => max_pool(x, din, dout, *kernel, *stride, *padding),
+            Layer::BatchNorm { name, eps } => {
+                let p = |s: &str| model.param(&format!("{name}.{s}")).map(|t| &t.data);
+                let (g, b, m, v) = (
+                    p("weight")?,
+                    p("bias")?,
+                    p("running_mean")?,
+                    p("running_var")?,
+                );
+                x.iter()
+                    .enumerate()
+                    .map(|(j, &u)| {
+                        let c = j / din.plane().max(1);
+                        (u - m[c]) / (v[c] + eps).sqrt() * g[c] + b[c]
+                    })
+                    .collect()
+            }
+            Layer::Add { .. } => {
+                let other = &trace[src[i][1]];
+                x.iter().zip(other).map(|(a, b)| a + b).collect()
+            }
             Layer::Dropout { .. } | Layer::Flatten => x.clone(),
             Layer::Linear { name, in_f, out_f } => {
                 let w = &model.param(&format!("{name}.weight"))?.data;
@@ -211,19 +239,39 @@ fn conv2d(
     y
 }
 
+/// Average pooling; a global pool passes `k = max(h, w)`, and only positions inside the
+/// input are summed (divided by the window's full size, like a `k x k` pool without padding).
 fn avg_pool(x: &[f32], din: Dims, dout: Dims, k: usize, stride: usize) -> Vec<f32> {
     let mut y = vec![0f32; dout.len()];
-    let inv = 1.0 / (k * k) as f32;
+    let (kh, kw) = (k.min(din.h), k.min(din.w));
+    let inv = 1.0 / (kh * kw) as f32;
     for c in 0..din.c {
         for oy in 0..dout.h {
             for ox in 0..dout.w {
                 let mut s = 0.0;
-                for ky in 0..k {
-                    for kx in 0..k {
+                for ky in 0..kh {
+                    for kx in 0..kw {
                         s += x[c * din.plane() + (oy * stride + ky) * din.w + ox * stride + kx];
                     }
                 }
                 y[c * dout.plane() + oy * dout.w + ox] = s * inv;
+            }
+        }
+    }
+    y
+}
+
+/// Max pooling; padded positions take no part.
+fn max_pool(x: &[f32], din: Dims, dout: Dims, k: usize, stride: usize, pad: usize) -> Vec<f32> {
+    let mut y = vec![0f32; dout.len()];
+    for c in 0..din.c {
+        for oy in 0..dout.h {
+            for ox in 0..dout.w {
+                let mut m = f32::NEG_INFINITY;
+                for (iy, ix) in crate::spec::pool_window(din, k, stride, pad, oy, ox) {
+                    m = m.max(x[c * din.plane() + iy * din.w + ix]);
+                }
+                y[c * dout.plane() + oy * dout.w + ox] = m;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Network specifications as data: layers, activation kinds, the paper's three architectures.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -29,8 +30,14 @@ fn check_size(name: &str, d: Dims) -> Result<(), ModelError> {
     }
 }
 
-/// Version of the model-file format written by this crate.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the model-file format written by this crate. Version 2 added graph models
+/// (`inputs`, `Add`, `MaxPool`, `GlobalAvgPool`, `BatchNorm`) and class names; version-1
+/// files (the sequential specs) still load.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest model-file format version this build reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
+/// The name of the network's input tensor in [`ModelSpec::inputs`].
+pub const INPUT: &str = "input";
 
 /// The paper's three architectures (Tables 2, 3 and 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +46,8 @@ pub enum Arch {
     Cifar10,
     Svhn,
     Fmnist,
+    /// Any other network (an imported ONNX model): its input and layers are only in the spec.
+    Custom,
 }
 
 impl Arch {
@@ -49,14 +58,17 @@ impl Arch {
             Arch::Cifar10 => "cifar10",
             Arch::Svhn => "svhn",
             Arch::Fmnist => "fmnist",
+            Arch::Custom => "custom",
         }
     }
 
-    /// Input dimensions (channels, height, width).
+    /// Input dimensions (channels, height, width); a custom network has none of its own
+    /// (`0x0x0`: its spec's `input` holds them).
     pub fn input(self) -> Dims {
         match self {
             Arch::Cifar10 | Arch::Svhn => Dims::new(3, 32, 32),
             Arch::Fmnist => Dims::new(1, 28, 28),
+            Arch::Custom => Dims::new(0, 0, 0),
         }
     }
 
@@ -66,6 +78,7 @@ impl Arch {
         match self {
             Arch::Cifar10 => &["act1", "act2"],
             Arch::Svhn | Arch::Fmnist => &["act1"],
+            Arch::Custom => &[],
         }
     }
 
@@ -106,6 +119,7 @@ impl Arch {
                 b.linear(3136, 128).act();
                 b.linear(128, 10);
             }
+            Arch::Custom => {}
         }
         b.layers
     }
@@ -191,6 +205,31 @@ impl Builder {
     }
 }
 
+/// The input positions `(y, x)` of output `(oy, ox)` of a `k x k` pool with `stride` and
+/// `pad` on a `d.h x d.w` plane, padded positions left out (row-major order). Every window
+/// of a valid pool (padding at most half the window) holds at least one position.
+pub fn pool_window(
+    d: Dims,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oy: usize,
+    ox: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let (y0, x0) = (
+        (oy * stride) as isize - pad as isize,
+        (ox * stride) as isize - pad as isize,
+    );
+    let (h, w) = (d.h as isize, d.w as isize);
+    (y0..y0 + k as isize)
+        .filter(move |&y| y >= 0 && y < h)
+        .flat_map(move |y| {
+            (x0..x0 + k as isize)
+                .filter(move |&x| x >= 0 && x < w)
+                .map(move |x| (y as usize, x as usize))
+        })
+}
+
 /// Tensor dimensions of one image: channels, height, width. A flat vector is `(n, 1, 1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Dims {
@@ -251,6 +290,25 @@ pub enum Layer {
         in_f: usize,
         out_f: usize,
     },
+    /// Max pooling, square window, output size floored. Padded positions take no part in the
+    /// maximum (PyTorch pads with -inf). Secure: `k*k - 1` comparisons per output at most,
+    /// counted apart from the ReLUs.
+    MaxPool {
+        name: String,
+        kernel: usize,
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+    },
+    /// Global average pooling: one value per channel (`[C,H,W] -> [C,1,1]`).
+    GlobalAvgPool { name: String },
+    /// Batch normalisation with running statistics: parameters `<name>.weight`, `.bias`,
+    /// `.running_mean`, `.running_var` (`[C]`). Trained as such; folded into the convolution
+    /// or linear layer before it for inference ([`crate::file::Model::fold_batchnorm`]).
+    BatchNorm { name: String, eps: f32 },
+    /// Element-wise sum of two tensors of equal shape (a residual connection). Its two inputs
+    /// are named in [`ModelSpec::inputs`]; local on shares.
+    Add { name: String },
 }
 
 impl Layer {
@@ -260,7 +318,11 @@ impl Layer {
             | Layer::AvgPool { name, .. }
             | Layer::Act { name, .. }
             | Layer::Dropout { name, .. }
-            | Layer::Linear { name, .. } => name,
+            | Layer::Linear { name, .. }
+            | Layer::MaxPool { name, .. }
+            | Layer::GlobalAvgPool { name }
+            | Layer::BatchNorm { name, .. }
+            | Layer::Add { name } => name,
             Layer::Flatten => "flatten",
         }
     }
@@ -283,9 +345,19 @@ impl Layer {
                 ..
             } => &[*in_ch, *out_ch, *kernel, *stride, *padding],
             Layer::AvgPool { kernel, stride, .. } => &[*kernel, *stride],
-            Layer::Linear { .. } | Layer::Act { .. } | Layer::Dropout { .. } | Layer::Flatten => {
-                &[]
-            }
+            Layer::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => &[*kernel, *stride, *padding],
+            Layer::Linear { .. }
+            | Layer::Act { .. }
+            | Layer::Dropout { .. }
+            | Layer::Flatten
+            | Layer::GlobalAvgPool { .. }
+            | Layer::BatchNorm { .. }
+            | Layer::Add { .. } => &[],
         };
         if sizes.iter().any(|&v| v > MAX_SIDE) {
             return Err(ModelError::Spec(format!(
@@ -344,7 +416,39 @@ impl Layer {
                     (d.w - kernel) / stride + 1,
                 ))
             }
-            Layer::Act { .. } | Layer::Dropout { .. } => Ok(d),
+            Layer::MaxPool {
+                name,
+                kernel,
+                stride,
+                padding,
+            } => {
+                if *stride == 0 || *kernel == 0 || 2 * padding > *kernel {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: max pool {kernel}/{stride} with padding {padding} (padding must be at most half the window)"
+                    )));
+                }
+                let (h, w) = (d.h + 2 * padding, d.w + 2 * padding);
+                if h < *kernel || w < *kernel {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: max pool {kernel}/{stride} does not fit input {d}"
+                    )));
+                }
+                Ok(Dims::new(
+                    d.c,
+                    (h - kernel) / stride + 1,
+                    (w - kernel) / stride + 1,
+                ))
+            }
+            Layer::GlobalAvgPool { .. } => Ok(Dims::new(d.c, 1, 1)),
+            Layer::BatchNorm { name, eps } => {
+                if !(*eps > 0.0) || !eps.is_finite() {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: batch-norm epsilon must be positive, got {eps}"
+                    )));
+                }
+                Ok(d)
+            }
+            Layer::Act { .. } | Layer::Dropout { .. } | Layer::Add { .. } => Ok(d),
             Layer::Flatten => Ok(Dims::new(d.len(), 1, 1)),
             Layer::Linear { name, in_f, out_f } => {
                 if d.len() != *in_f {
@@ -512,6 +616,14 @@ pub struct ModelSpec {
     pub num_classes: usize,
     pub layers: Vec<Layer>,
     pub normalization: Normalization,
+    /// Graph edges: the tensors a layer reads, by name (a layer's output tensor carries the
+    /// layer's name, the image is [`INPUT`]). A layer not listed reads the previous layer's
+    /// output, so a sequential network has no entries; `Add` lists its two operands.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Vec<String>>,
+    /// Class names (from `import --classes`); empty: the dataset's names, or `class-N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 impl ModelSpec {
@@ -525,28 +637,148 @@ impl ModelSpec {
             num_classes: 10,
             layers: arch.layers(),
             normalization: Normalization::identity(arch.input().c),
+            inputs: BTreeMap::new(),
+            class_names: Vec::new(),
         }
     }
 
-    /// Input dimensions of every layer, followed by the network's output dimensions
-    /// (so the result has `layers.len() + 1` entries). Validates the chain.
-    pub fn dims(&self) -> Result<Vec<Dims>, ModelError> {
-        check_size("input", self.input)?;
-        let mut out = Vec::with_capacity(self.layers.len() + 1);
-        let mut d = self.input;
-        out.push(d);
-        for l in &self.layers {
-            d = l.output_dims(d)?;
-            out.push(d);
+    /// Whether every layer reads the previous layer's output (no graph edges).
+    pub fn is_sequential(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// The tensors every layer reads, as tensor ids: `0` is the image, `i + 1` the output of
+    /// layer `i`. Checks the edges: names exist and come earlier, `Add` reads two tensors and
+    /// every other layer one, every listed layer exists.
+    pub fn sources(&self) -> Result<Vec<Vec<usize>>, ModelError> {
+        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+        ids.insert(INPUT, 0);
+        for key in self.inputs.keys() {
+            if !self.layers.iter().any(|l| l.name() == key) || key == "flatten" {
+                return Err(ModelError::Spec(format!(
+                    "inputs names layer '{key}', which the spec does not have"
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let src: Vec<usize> = match self.inputs.get(l.name()) {
+                Some(names) if !matches!(l, Layer::Flatten) => names
+                    .iter()
+                    .map(|n| {
+                        ids.get(n.as_str()).copied().ok_or_else(|| {
+                            ModelError::Spec(format!(
+                                "{}: reads tensor '{n}', which no earlier layer produces",
+                                l.name()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => vec![i],
+            };
+            let want = if matches!(l, Layer::Add { .. }) { 2 } else { 1 };
+            if src.len() != want {
+                return Err(ModelError::Spec(format!(
+                    "{}: reads {} tensors, needs {want}{}",
+                    l.name(),
+                    src.len(),
+                    if want == 2 {
+                        " (list both operands in inputs)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            out.push(src);
+            if !matches!(l, Layer::Flatten) {
+                ids.insert(l.name(), i + 1);
+            }
         }
         Ok(out)
     }
 
+    /// Dimensions of every tensor: the image, then the output of every layer (so the result
+    /// has `layers.len() + 1` entries and the last is the network's output). For a
+    /// sequential network entry `i` is also the input of layer `i`; in general use
+    /// [`ModelSpec::in_dims`]. Validates the graph.
+    pub fn dims(&self) -> Result<Vec<Dims>, ModelError> {
+        Ok(self.graph()?.1)
+    }
+
+    /// Dimensions of the (first) input of every layer.
+    pub fn in_dims(&self) -> Result<Vec<Dims>, ModelError> {
+        let (src, dims) = self.graph()?;
+        Ok(src.iter().map(|s| dims[s[0]]).collect())
+    }
+
+    /// [`ModelSpec::sources`] and [`ModelSpec::dims`] together.
+    pub fn graph(&self) -> Result<(Vec<Vec<usize>>, Vec<Dims>), ModelError> {
+        check_size(INPUT, self.input)?;
+        let src = self.sources()?;
+        let mut dims = Vec::with_capacity(self.layers.len() + 1);
+        dims.push(self.input);
+        for (l, s) in self.layers.iter().zip(&src) {
+            let d = dims[s[0]];
+            if let (Layer::Add { name }, Some(&b)) = (l, s.get(1)) {
+                if dims[b] != d {
+                    return Err(ModelError::Spec(format!(
+                        "{name}: adds tensors of shapes {d} and {}",
+                        dims[b]
+                    )));
+                }
+            }
+            dims.push(l.output_dims(d)?);
+        }
+        Ok((src, dims))
+    }
+
+    /// For every tensor id, the layers that read it.
+    pub fn consumers(&self) -> Result<Vec<Vec<usize>>, ModelError> {
+        let src = self.sources()?;
+        let mut out = vec![Vec::new(); self.layers.len() + 1];
+        for (i, s) in src.iter().enumerate() {
+            for &t in s {
+                out[t].push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rebuild [`ModelSpec::inputs`] for `layers` whose sources (tensor ids in the sense of
+    /// [`ModelSpec::sources`], relative to `layers`) are `src`: edges to the previous layer stay
+    /// implicit. Fails if a layer reads a `Flatten` output that is not its predecessor (such a
+    /// tensor has no name).
+    pub fn set_graph(&mut self, layers: Vec<Layer>, src: &[Vec<usize>]) -> Result<(), ModelError> {
+        let mut inputs = BTreeMap::new();
+        for (i, (l, s)) in layers.iter().zip(src).enumerate() {
+            if s.len() == 1 && s[0] == i && !matches!(l, Layer::Add { .. }) {
+                continue;
+            }
+            let names = s
+                .iter()
+                .map(|&t| match t {
+                    0 => Ok(INPUT.to_string()),
+                    t => match &layers[t - 1] {
+                        Layer::Flatten => Err(ModelError::Spec(format!(
+                            "{}: reads the output of a flatten that is not just before it",
+                            l.name()
+                        ))),
+                        p => Ok(p.name().to_string()),
+                    },
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            inputs.insert(l.name().to_string(), names);
+        }
+        self.layers = layers;
+        self.inputs = inputs;
+        Ok(())
+    }
+
     /// Check the whole spec: shapes chain, names are unique, activation kinds fit their inputs.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(ModelError::Spec(format!(
-                "unsupported model format version {} (this build reads version {FORMAT_VERSION})",
+                "unsupported model format version {} (this build reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION})",
                 self.format_version
             )));
         }
@@ -565,18 +797,45 @@ impl ModelSpec {
                 "normalization std must be positive".into(),
             ));
         }
-        let dims = self.dims()?;
+        if self.layers.is_empty() {
+            return Err(ModelError::Spec("the network has no layers".into()));
+        }
         let mut names = std::collections::HashSet::new();
-        for (l, d) in self.layers.iter().zip(&dims) {
+        for l in &self.layers {
             if !matches!(l, Layer::Flatten) && !names.insert(l.name().to_string()) {
                 return Err(ModelError::Spec(format!(
                     "duplicate layer name {}",
                     l.name()
                 )));
             }
-            if let Layer::Act { name, kind } = l {
-                crate::group::validate_act(name, kind, *d)?;
+            if l.name() == INPUT {
+                return Err(ModelError::Spec(format!(
+                    "a layer may not be called '{INPUT}' (the image's name)"
+                )));
             }
+        }
+        let (src, dims) = self.graph()?;
+        for (l, s) in self.layers.iter().zip(&src) {
+            if let Layer::Act { name, kind } = l {
+                crate::group::validate_act(name, kind, dims[s[0]])?;
+            }
+        }
+        // Every tensor but the output feeds some layer (a dangling branch is a broken graph).
+        let mut used = vec![false; dims.len()];
+        for s in &src {
+            for &t in s {
+                used[t] = true;
+            }
+        }
+        if let Some(i) = (0..self.layers.len()).find(|&i| !used[i]) {
+            let what = if i == 0 {
+                INPUT
+            } else {
+                self.layers[i - 1].name()
+            };
+            return Err(ModelError::Spec(format!(
+                "the output of {what} is never used (only the last layer's output may be unread)"
+            )));
         }
         let out = dims.last().copied().unwrap_or(self.input);
         if out.len() != self.num_classes {
@@ -586,12 +845,19 @@ impl ModelSpec {
                 self.num_classes
             )));
         }
+        if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
+            return Err(ModelError::Spec(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            )));
+        }
         Ok(())
     }
 
     /// Input dimensions of the named layer.
     pub fn layer_input(&self, name: &str) -> Option<Dims> {
-        let dims = self.dims().ok()?;
+        let dims = self.in_dims().ok()?;
         self.layers
             .iter()
             .position(|l| l.name() == name)

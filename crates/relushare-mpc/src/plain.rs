@@ -23,7 +23,7 @@
 use crate::error::{MpcError, Result};
 use crate::fixed::{self, FixedPoint};
 use crate::kernels::{self, ConvGeom};
-use crate::suite::{DeciderKind, LinearGeom, PoolGeom};
+use crate::suite::{DeciderKind, LinearGeom, MaxPoolGeom, PoolGeom};
 use relushare_model::{ActKind, Decider, Layer, Model};
 
 /// A ReLU-sharing layer in fixed point (public structure + encoded parameters).
@@ -122,6 +122,10 @@ pub enum FixedLayer {
     Shared { name: String, s: Box<FixedShared> },
     /// Identity / dropout / flatten.
     Identity { name: String },
+    /// Residual sum of two tensors of `len` elements (its inputs are in [`FixedModel::srcs`]).
+    Add { name: String, len: usize },
+    /// Max pooling (`geom.n` = 1).
+    MaxPool { name: String, geom: MaxPoolGeom },
 }
 
 impl FixedLayer {
@@ -134,7 +138,9 @@ impl FixedLayer {
             | FixedLayer::Relu { name, .. }
             | FixedLayer::Partial { name, .. }
             | FixedLayer::Shared { name, .. }
-            | FixedLayer::Identity { name } => name,
+            | FixedLayer::Identity { name }
+            | FixedLayer::Add { name, .. }
+            | FixedLayer::MaxPool { name, .. } => name,
         }
     }
 }
@@ -152,6 +158,9 @@ pub struct FixedModel {
     pub layers: Vec<FixedLayer>,
     /// Elements per image after each layer (`layers.len()` entries).
     pub out_lens: Vec<usize>,
+    /// The tensors each layer reads (`0` the input, `i + 1` the output of layer `i`; see
+    /// `relushare_model::ModelSpec::sources`).
+    pub srcs: Vec<Vec<usize>>,
 }
 
 fn model_err(e: relushare_model::ModelError) -> MpcError {
@@ -159,12 +168,15 @@ fn model_err(e: relushare_model::ModelError) -> MpcError {
 }
 
 impl FixedModel {
-    /// Encode a (validated) model with `frac_bits` fractional bits.
+    /// Encode a (validated) model with `frac_bits` fractional bits. Batch norms are folded
+    /// into the layers before them first ([`Model::fold_batchnorm`]).
     pub fn from_model(model: &Model, frac_bits: u32) -> Result<FixedModel> {
         let fp = FixedPoint::new(frac_bits)?;
         model.validate().map_err(model_err)?;
+        let folded = model.fold_batchnorm().map_err(model_err)?;
+        let model = &folded;
         let spec = &model.spec;
-        let dims = spec.dims().map_err(model_err)?;
+        let (srcs, dims) = spec.graph().map_err(model_err)?;
         let maps = model.group_maps_built().map_err(model_err)?;
         let enc = |name: &str, double: bool| -> Result<Vec<u64>> {
             let t = model.param(name).map_err(model_err)?;
@@ -182,8 +194,57 @@ impl FixedModel {
         let mut layers = Vec::new();
         let mut flat = 0;
         for (i, l) in spec.layers.iter().enumerate() {
-            let (din, dout) = (dims[i], dims[i + 1]);
+            let (din, dout) = (dims[srcs[i][0]], dims[i + 1]);
             let fl = match l {
+                Layer::Add { name } => FixedLayer::Add {
+                    name: name.clone(),
+                    len: dout.len(),
+                },
+                Layer::MaxPool {
+                    name,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let geom = MaxPoolGeom {
+                        n: 1,
+                        c: din.c,
+                        h: din.h,
+                        w: din.w,
+                        k: *kernel,
+                        stride: *stride,
+                        pad: *padding,
+                    };
+                    geom.validate()?;
+                    FixedLayer::MaxPool {
+                        name: name.clone(),
+                        geom,
+                    }
+                }
+                Layer::GlobalAvgPool { name } => {
+                    if din.h != din.w {
+                        return Err(MpcError::Model(format!(
+                            "{name}: global average pooling of a {}x{} plane (secure inference pools square planes)",
+                            din.h, din.w
+                        )));
+                    }
+                    FixedLayer::AvgPool {
+                        name: name.clone(),
+                        geom: PoolGeom {
+                            n: 1,
+                            c: din.c,
+                            h: din.h,
+                            w: din.w,
+                            k: din.h,
+                            stride: 1,
+                        },
+                    }
+                }
+                Layer::BatchNorm { name, .. } => {
+                    return Err(MpcError::Model(format!(
+                        "{name}: batch norm left after folding"
+                    )))
+                }
                 Layer::Conv {
                     name,
                     in_ch,
@@ -318,7 +379,30 @@ impl FixedModel {
             output_len: dims.last().map(|d| d.len()).unwrap_or(0),
             layers,
             out_lens: dims[1..].iter().map(|d| d.len()).collect(),
+            srcs,
         })
+    }
+
+    /// Keep the first `l` layers only (the output becomes layer `l - 1`'s).
+    pub fn truncate(&mut self, l: usize) {
+        self.layers.truncate(l);
+        self.out_lens.truncate(l);
+        self.srcs.truncate(l);
+        if let Some(&o) = self.out_lens.last() {
+            self.output_len = o;
+        }
+    }
+
+    /// Does layer `i` read layer `i - 1`'s output alone, which no other layer reads? (Where
+    /// layers `i - 1` and `i` may be fused.)
+    pub fn chained(&self, i: usize) -> bool {
+        i >= 1
+            && self.srcs.get(i).is_some_and(|s| s == &[i])
+            && self
+                .srcs
+                .iter()
+                .enumerate()
+                .all(|(j, s)| j == i || !s.contains(&i))
     }
 
     /// The model's public structure: every secret parameter (weights, biases, deciders `v`,
@@ -372,6 +456,7 @@ impl FixedModel {
             output_len: self.output_len,
             layers,
             out_lens: self.out_lens.clone(),
+            srcs: self.srcs.clone(),
         }
     }
 
@@ -469,7 +554,55 @@ pub fn eval_layer(
                 .collect()
         }
         FixedLayer::Identity { .. } => x.to_vec(),
+        FixedLayer::MaxPool { geom, .. } => {
+            crate::ring::check_len("max pool input", x, geom.in_len())?;
+            geom.windows()
+                .iter()
+                .map(|w| max_tree(w.iter().map(|&i| x[i as usize]).collect()))
+                .collect()
+        }
+        FixedLayer::Add { name, .. } => {
+            return Err(MpcError::Model(format!(
+                "{name}: an add reads two tensors (use eval_node)"
+            )))
+        }
     })
+}
+
+/// [`eval_layer`] for a layer with all its inputs (two for `Add`, one otherwise).
+pub fn eval_node(
+    fp: FixedPoint,
+    layer: &FixedLayer,
+    inputs: &[&[u64]],
+    flip: &mut dyn FnMut(f32) -> bool,
+) -> Result<Vec<u64>> {
+    match (layer, inputs) {
+        (FixedLayer::Add { len, .. }, [a, b]) => {
+            crate::ring::check_len("add input", a, *len)?;
+            crate::ring::check_len("add input", b, *len)?;
+            Ok(crate::ring::add(a, b))
+        }
+        (_, [x]) => eval_layer(fp, layer, x, flip),
+        _ => Err(MpcError::Model(format!(
+            "{}: {} inputs",
+            layer.name(),
+            inputs.len()
+        ))),
+    }
+}
+
+/// The maximum of `c` by the pairwise tree of [`crate::suite::default_max_pool`]
+/// (`max(a, b) = b + ReLU(a - b)` in the ring).
+fn max_tree(mut c: Vec<u64>) -> u64 {
+    while c.len() > 1 {
+        let odd = (c.len() % 2 == 1).then(|| c[c.len() - 1]);
+        c = c
+            .chunks_exact(2)
+            .map(|p| p[1].wrapping_add(relu(p[0].wrapping_sub(p[1]))))
+            .chain(odd)
+            .collect();
+    }
+    c.first().copied().unwrap_or(0)
 }
 
 /// Group decision values `z_g` of a sharing layer (plaintext fixed point).
@@ -508,14 +641,18 @@ pub fn forward_fixed_trace(
     let mut trace = vec![x.to_vec()];
     let mut i = 0;
     while i < fm.layers.len() {
-        let x_in = trace.last().expect("non-empty");
+        let src = fm
+            .srcs
+            .get(i)
+            .ok_or_else(|| MpcError::Model(format!("layer {i} has no inputs")))?;
         if let Some((fg, conv)) = fused_at(fm, i) {
-            let used = eval_fused(fm, i, fg, conv, x_in)?;
+            let used = eval_fused(fm, i, fg, conv, &trace[src[0]])?;
             trace.extend(used);
             i = trace.len() - 1;
             continue;
         }
-        let y = eval_layer(fm.fp, &fm.layers[i], x_in, flip)?;
+        let inputs: Vec<&[u64]> = src.iter().map(|&t| trace[t].as_slice()).collect();
+        let y = eval_node(fm.fp, &fm.layers[i], &inputs, flip)?;
         trace.push(y);
         i += 1;
     }
@@ -524,6 +661,9 @@ pub fn forward_fixed_trace(
 
 /// The fused gate whose convolution is layer `i`, if any.
 pub fn fused_at(fm: &FixedModel, i: usize) -> Option<(&FusedGate, &FixedLayer)> {
+    if !fm.chained(i + 1) {
+        return None;
+    }
     match (fm.layers.get(i), fm.layers.get(i + 1)) {
         (Some(conv @ FixedLayer::Conv { .. }), Some(FixedLayer::Shared { s, .. })) => {
             s.fused.as_deref().map(|fg| (fg, conv))

@@ -18,8 +18,8 @@ use crate::kernels::ConvGeom;
 use crate::plain::{FixedLayer, FixedModel};
 use crate::prg::Prg;
 use crate::suite::{
-    FusedPlan, GroupPlan, GroupShares, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite,
-    WeightShare,
+    FusedPlan, GroupPlan, GroupShares, LinearGeom, MaxPoolGeom, Plan, PlanOp, PoolGeom, Shared,
+    Suite, WeightShare,
 };
 use crate::transport::{MemTransport, Transport};
 use std::time::{Duration, Instant};
@@ -227,6 +227,14 @@ pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<GroupShares>]) -> Plan
                 }
             }
             FixedLayer::Identity { name } => PlanOp::Identity { name: name.clone() },
+            FixedLayer::Add { name, len } => PlanOp::Add {
+                name: name.clone(),
+                len: *len,
+            },
+            FixedLayer::MaxPool { name, geom } => PlanOp::MaxPool {
+                name: name.clone(),
+                geom: MaxPoolGeom { n, ..*geom },
+            },
         };
         ops.push(op);
     }
@@ -235,7 +243,98 @@ pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<GroupShares>]) -> Plan
         input_len: fm.input_len,
         output_len: fm.output_len,
         ops,
+        srcs: fm.srcs.clone(),
     }
+}
+
+/// Run the online steps of `plan` on this party's input shares (P2: empty), routing tensors
+/// along the plan's graph edges and dropping each once its last reader has run. Sets each
+/// step's label; checks each output's length (`out_lens`: elements per image after each
+/// step) and calls `each(step, output, seconds)` after every step. Returns the last output.
+pub fn exec_plan(
+    suite: &mut dyn Suite,
+    plan: &Plan,
+    input: Shared,
+    weights: &[WeightShare],
+    out_lens: &[usize],
+    mut each: impl FnMut(usize, &Shared, f64),
+) -> Result<Shared> {
+    let me = suite.party();
+    let n = plan.n;
+    let srcs = plan.edges();
+    if srcs.len() != plan.ops.len() || out_lens.len() != plan.ops.len() {
+        return Err(MpcError::Model(format!(
+            "plan of {} steps with {} edge lists and {} output sizes",
+            plan.ops.len(),
+            srcs.len(),
+            out_lens.len()
+        )));
+    }
+    // Last reader of every tensor (the output is kept).
+    let mut last = vec![usize::MAX; plan.ops.len() + 1];
+    for (i, s) in srcs.iter().enumerate() {
+        for &t in s {
+            if t > i {
+                return Err(MpcError::Model(format!(
+                    "step {i} reads tensor {t}, produced later"
+                )));
+            }
+            last[t] = i;
+        }
+    }
+    let mut vals: Vec<Option<Shared>> = vec![None; plan.ops.len() + 1];
+    vals[0] = Some(input);
+    for (i, op) in plan.ops.iter().enumerate() {
+        let t = Instant::now();
+        suite.comm().set_label(op.name());
+        // An input read for the last time is moved out, any other is copied.
+        let mut take = |k: usize| -> Result<Shared> {
+            let v = if last[k] == i && srcs[i].iter().filter(|&&t| t == k).count() == 1 {
+                vals[k].take()
+            } else {
+                vals[k].clone()
+            };
+            v.ok_or_else(|| MpcError::Model(format!("{}: tensor {k} already dropped", op.name())))
+        };
+        let y = match (op, srcs[i].as_slice()) {
+            (PlanOp::Add { .. }, [a, b]) => {
+                let (a, b) = (take(*a)?, take(*b)?);
+                suite.add(&a, &b)?
+            }
+            (PlanOp::Add { name, .. }, _) => {
+                return Err(MpcError::Model(format!("{name}: an add needs two inputs")))
+            }
+            (_, [a]) => {
+                let x = take(*a)?;
+                exec_op(suite, op, &x, n, weights)?
+            }
+            _ => {
+                return Err(MpcError::Model(format!(
+                    "{}: one input expected",
+                    op.name()
+                )))
+            }
+        };
+        if me != 2 && y.len() != n * out_lens[i] {
+            return Err(MpcError::Shape(format!(
+                "{}: suite {} returned {} elements, expected {}",
+                op.name(),
+                suite.name(),
+                y.len(),
+                n * out_lens[i]
+            )));
+        }
+        each(i, &y, t.elapsed().as_secs_f64());
+        for &k in &srcs[i] {
+            if last[k] == i {
+                vals[k] = None;
+            }
+        }
+        vals[i + 1] = Some(y);
+    }
+    vals.pop()
+        .flatten()
+        .ok_or_else(|| MpcError::Model("empty plan".into()))
 }
 
 /// Execute one plan step on one party.
@@ -259,6 +358,10 @@ pub fn exec_op(
         } => suite.partial_relu(x, n, *c, *plane, *relu_channels),
         PlanOp::SharedRelu { plan, .. } => suite.shared_relu(x, n, plan),
         PlanOp::Identity { .. } => Ok(x.clone()),
+        PlanOp::MaxPool { geom, .. } => suite.max_pool(x, geom),
+        PlanOp::Add { name, .. } => Err(MpcError::Model(format!(
+            "{name}: an add reads two tensors (run plans with exec_plan)"
+        ))),
     }
 }
 
@@ -297,7 +400,6 @@ fn run_party(
     let mut comm = Comm::new(t);
     comm.set_label("setup");
     let mut suite = factory(comm, fm.fp)?;
-    let me = suite.party();
     let first_plan = build_plan(
         fm,
         batch_sizes.first().copied().unwrap_or(1),
@@ -325,30 +427,25 @@ fn run_party(
         let offline_seconds = t1.elapsed().as_secs_f64();
         suite.comm().set_phase(Phase::Online);
         let t2 = Instant::now();
-        let mut x = input.inputs[bi].clone();
+        let x0 = input.inputs[bi].clone();
         let mut layer_seconds = Vec::with_capacity(plan.ops.len());
         let mut trace = Vec::new();
         if opts.trace {
-            trace.push(x.clone());
+            trace.push(x0.clone());
         }
-        for (li, op) in plan.ops.iter().enumerate() {
-            let tl = Instant::now();
-            suite.comm().set_label(op.name());
-            x = exec_op(suite.as_mut(), op, &x, n, &input.weights)?;
-            if me != 2 && x.len() != n * fm.out_lens[li] {
-                return Err(MpcError::Shape(format!(
-                    "{}: suite {} returned {} elements, expected {}",
-                    op.name(),
-                    suite.name(),
-                    x.len(),
-                    n * fm.out_lens[li]
-                )));
-            }
-            layer_seconds.push(tl.elapsed().as_secs_f64());
-            if opts.trace {
-                trace.push(x.clone());
-            }
-        }
+        let x = exec_plan(
+            suite.as_mut(),
+            plan,
+            x0,
+            &input.weights,
+            &fm.out_lens,
+            |_, y, secs| {
+                layer_seconds.push(secs);
+                if opts.trace {
+                    trace.push(y.clone());
+                }
+            },
+        )?;
         suite.comm().set_label("output");
         let output = suite.reveal_to_client(&x)?;
         let online_seconds = t2.elapsed().as_secs_f64();

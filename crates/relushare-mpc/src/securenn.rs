@@ -916,7 +916,9 @@ pub const MUL_BITS: u64 = 5 * 64;
 ///   (8 rounds) + one select per element (2 rounds, 5 l); with noise the flips are fused
 ///   into the dot product's two rounds (dealer bits l, x * nb: 3 l more, or a 5 l Mul in 2
 ///   rounds of its own for one-hot), so a noisy layer costs 14 l (one-hot: 11 l) per element;
-/// * pooling, identity, dropout, flatten: free (local).
+/// * max pooling: a tree of pairwise maxima, one ReLU (DReLU + Mul) per compared pair and 10
+///   rounds per tree level;
+/// * average pooling, residual adds, identity, dropout, flatten: free (local).
 pub fn table1_cost(fm: &crate::plain::FixedModel, n: usize) -> Vec<FormulaCost> {
     use crate::plain::FixedLayer;
     use crate::suite::DeciderKind;
@@ -969,7 +971,18 @@ pub fn table1_cost(fm: &crate::plain::FixedModel, n: usize) -> Vec<FormulaCost> 
                     }
                     (bits, rounds)
                 }
-                FixedLayer::AvgPool { .. } | FixedLayer::Identity { .. } => (0, 0),
+                FixedLayer::MaxPool { geom, .. } => {
+                    // One ReLU (DReLU + Mul) per compared pair, 10 rounds per tree level.
+                    let levels = geom.level_pairs();
+                    let pairs: u64 = levels.iter().map(|&p| p as u64).sum();
+                    (
+                        n * pairs * (DRELU_BITS + MUL_BITS),
+                        10 * levels.len() as u64,
+                    )
+                }
+                FixedLayer::AvgPool { .. }
+                | FixedLayer::Identity { .. }
+                | FixedLayer::Add { .. } => (0, 0),
             };
             FormulaCost {
                 name: layer.name().to_string(),

@@ -70,6 +70,93 @@ impl PoolGeom {
     }
 }
 
+/// Geometry of max pooling on a batch: square window, stride, padding (padded positions take
+/// no part). Evaluated by every suite as the same balanced tree of pairwise maxima,
+/// `max(a, b) = b + ReLU(a - b)`: one ReLU call per tree level over all pairs of the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPoolGeom {
+    /// Batch size.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Window size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero-extent padding on each side (positions outside the input are skipped).
+    pub pad: usize,
+}
+
+impl MaxPoolGeom {
+    /// Output height.
+    pub fn oh(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn ow(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Check the geometry (valid, not degenerate).
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0
+            || self.stride == 0
+            || 2 * self.pad > self.k
+            || self.h + 2 * self.pad < self.k
+            || self.w + 2 * self.pad < self.k
+        {
+            return Err(MpcError::Shape(format!("bad max-pool geometry {self:?}")));
+        }
+        Ok(())
+    }
+    /// Input elements per image.
+    pub fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    /// Output elements per image.
+    pub fn out_len(&self) -> usize {
+        self.c * self.oh() * self.ow()
+    }
+    /// For every output of one image (CHW order), the input indices of its window.
+    pub fn windows(&self) -> Vec<Vec<u32>> {
+        let d = relushare_model::Dims::new(self.c, self.h, self.w);
+        let mut out = Vec::with_capacity(self.out_len());
+        for c in 0..self.c {
+            for oy in 0..self.oh() {
+                for ox in 0..self.ow() {
+                    out.push(
+                        relushare_model::spec::pool_window(
+                            d,
+                            self.k,
+                            self.stride,
+                            self.pad,
+                            oy,
+                            ox,
+                        )
+                        .map(|(y, x)| (c * self.h * self.w + y * self.w + x) as u32)
+                        .collect(),
+                    );
+                }
+            }
+        }
+        out
+    }
+    /// Pairs compared at every tree level, for the whole batch (the ReLU lengths of
+    /// [`default_max_pool`]).
+    pub fn level_pairs(&self) -> Vec<usize> {
+        let mut counts: Vec<usize> = self.windows().iter().map(|w| w.len()).collect();
+        let mut out = Vec::new();
+        while counts.iter().any(|&m| m > 1) {
+            out.push(self.n * counts.iter().map(|&m| m / 2).sum::<usize>());
+            counts.iter_mut().for_each(|m| *m = m.div_ceil(2));
+        }
+        out
+    }
+}
+
 /// How a ReLU-sharing layer computes each group's decision value `z_g`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeciderKind {
@@ -173,6 +260,10 @@ pub enum PlanOp {
     SharedRelu { name: String, plan: Box<GroupPlan> },
     /// Identity activation, dropout, flatten: no work.
     Identity { name: String },
+    /// Element-wise sum of two tensors of `len` elements per image (residual connection).
+    Add { name: String, len: usize },
+    /// Max pooling (comparisons, see [`MaxPoolGeom`]).
+    MaxPool { name: String, geom: MaxPoolGeom },
 }
 
 impl PlanOp {
@@ -185,7 +276,9 @@ impl PlanOp {
             | PlanOp::Relu { name, .. }
             | PlanOp::Partial { name, .. }
             | PlanOp::SharedRelu { name, .. }
-            | PlanOp::Identity { name } => name,
+            | PlanOp::Identity { name }
+            | PlanOp::Add { name, .. }
+            | PlanOp::MaxPool { name, .. } => name,
         }
     }
 }
@@ -201,6 +294,30 @@ pub struct Plan {
     pub output_len: usize,
     /// Steps in order.
     pub ops: Vec<PlanOp>,
+    /// The tensors each step reads (`0` the input, `i + 1` the output of step `i`; see
+    /// `relushare_model::ModelSpec::sources`): `[i]` for every step of a sequential model.
+    /// Empty means sequential (see [`Plan::edges`]).
+    pub srcs: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    /// The tensors each step reads, with an empty `srcs` read as sequential.
+    pub fn edges(&self) -> Vec<Vec<usize>> {
+        if self.srcs.is_empty() {
+            (0..self.ops.len()).map(|i| vec![i]).collect()
+        } else {
+            self.srcs.clone()
+        }
+    }
+
+    /// Does step `i` read the previous step's output alone, and is that output read by step `i`
+    /// alone? (Where a suite may fuse step `i - 1` with step `i`.)
+    pub fn chained(&self, i: usize) -> bool {
+        let e = self.edges();
+        i >= 1
+            && e.get(i).is_some_and(|s| s == &[i])
+            && e.iter().enumerate().all(|(j, s)| j == i || !s.contains(&i))
+    }
 }
 
 /// A protocol suite as run by one party: one method per layer kind (the provided ones compose
@@ -300,6 +417,26 @@ pub trait Suite: Send {
         Ok(y)
     }
 
+    /// Element-wise sum of two shared tensors (residual connection). Default: local.
+    fn add(&mut self, a: &Shared, b: &Shared) -> Result<Shared> {
+        if self.party() == 2 {
+            return Ok(Vec::new());
+        }
+        if a.len() != b.len() {
+            return Err(MpcError::Shape(format!(
+                "add of {} and {} elements",
+                a.len(),
+                b.len()
+            )));
+        }
+        Ok(crate::ring::add(a, b))
+    }
+
+    /// Max pooling (default: [`default_max_pool`], one [`Suite::relu`] per tree level).
+    fn max_pool(&mut self, x: &Shared, g: &MaxPoolGeom) -> Result<Shared> {
+        default_max_pool(self, x, g)
+    }
+
     /// ReLU sharing on a batch of `n` images: group values `z_g` (dot product / leader), one
     /// DReLU per group, optional noise flips (`keep_i = keep_g XOR Ber(p)`, the dealer's secret
     /// bits), then `y_i = x_i * keep_i` (for a suite built from [`Primitives`]:
@@ -348,6 +485,68 @@ pub trait Primitives: Suite {
 
     /// P2 (the dealer) samples `len` secret Bernoulli(`p`) bits and P0/P1 get shares of them.
     fn dealer_bernoulli(&mut self, len: usize, p: f32) -> Result<Shared>;
+}
+
+/// Max pooling as a balanced tree of pairwise maxima, `max(a, b) = b + ReLU(a - b)`: at every
+/// level each output's candidates are paired in order (an odd last one waits), and all pairs of
+/// the batch go through one [`Suite::relu`]. The plaintext reference evaluates the same maxima.
+pub fn default_max_pool<S: Suite + ?Sized>(
+    this: &mut S,
+    x: &Shared,
+    g: &MaxPoolGeom,
+) -> Result<Shared> {
+    g.validate()?;
+    let me = this.party();
+    if me != 2 {
+        crate::ring::check_len("max_pool input", x, g.n * g.in_len())?;
+    }
+    let wins = g.windows();
+    let (il, ol) = (g.in_len(), wins.len());
+    // Candidates per batch output (P2 tracks counts only).
+    let mut counts: Vec<usize> = Vec::with_capacity(g.n * ol);
+    let mut cands: Vec<Vec<u64>> = Vec::new();
+    for img in 0..g.n {
+        for w in &wins {
+            counts.push(w.len());
+            if me != 2 {
+                cands.push(w.iter().map(|&i| x[img * il + i as usize]).collect());
+            }
+        }
+    }
+    while counts.iter().any(|&m| m > 1) {
+        let pairs: usize = counts.iter().map(|&m| m / 2).sum();
+        let mut diff = Vec::new();
+        if me != 2 {
+            diff.reserve(pairs);
+            for c in &cands {
+                for p in c.chunks_exact(2) {
+                    diff.push(p[0].wrapping_sub(p[1]));
+                }
+            }
+        }
+        let r = this.relu(&diff, pairs)?;
+        if me != 2 {
+            crate::ring::check_len("max_pool ReLU output", &r, pairs)?;
+            let mut j = 0;
+            for c in &mut cands {
+                let odd = (c.len() % 2 == 1).then(|| c[c.len() - 1]);
+                let next: Vec<u64> = c
+                    .chunks_exact(2)
+                    .map(|p| {
+                        j += 1;
+                        p[1].wrapping_add(r[j - 1])
+                    })
+                    .chain(odd)
+                    .collect();
+                *c = next;
+            }
+        }
+        counts.iter_mut().for_each(|m| *m = m.div_ceil(2));
+    }
+    if me == 2 {
+        return Ok(Vec::new());
+    }
+    Ok(cands.into_iter().map(|c| c[0]).collect())
 }
 
 /// The generic ReLU of a [`Primitives`] suite: `x * DReLU(x)` (drelu, then select).

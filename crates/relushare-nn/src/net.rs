@@ -165,6 +165,11 @@ impl Plan {
         device: &Device,
     ) -> Result<Self, NnError> {
         spec.validate()?;
+        if !spec.is_sequential() {
+            return Err(NnError::Invalid(
+                "training and evaluating graph models (residual adds) on Burn is not supported yet; secure inference and the f32 reference run them".into(),
+            ));
+        }
         let dims = spec.dims()?;
         let mut ops = Vec::new();
         let (mut convs, mut linears, mut shared) = (0, 0, 0);
@@ -190,6 +195,14 @@ impl Plan {
                 },
                 Layer::Dropout { p, .. } => Op::Dropout { p: *p },
                 Layer::Flatten => Op::Flatten,
+                Layer::MaxPool { name, .. }
+                | Layer::GlobalAvgPool { name }
+                | Layer::BatchNorm { name, .. }
+                | Layer::Add { name } => {
+                    return Err(NnError::Invalid(format!(
+                        "layer {name}: max pooling, global pooling, batch norm and adds are not trained on Burn yet"
+                    )))
+                }
                 Layer::Act { name, kind } => match kind {
                     ActKind::Relu => Op::Relu,
                     ActKind::Identity => Op::Identity,

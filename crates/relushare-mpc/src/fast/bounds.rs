@@ -263,9 +263,66 @@ fn propagate(fm: &FixedModel, input_abs_max: f64, signs: bool) -> Result<Bounds>
         });
         Ok(())
     };
+    // Bounds and signs of every tensor (graph models read earlier tensors; dropped after
+    // their last reader).
+    if fm.srcs.len() != fm.layers.len()
+        || fm
+            .srcs
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.iter().any(|&t| t > i))
+    {
+        return Err(MpcError::Model(
+            "bounds: the model's graph edges do not fit its layers".into(),
+        ));
+    }
+    let mut last = vec![0usize; fm.layers.len() + 1];
+    for (i, src) in fm.srcs.iter().enumerate() {
+        for &t in src {
+            last[t] = i;
+        }
+    }
+    let mut vals: Vec<Option<(Vec<f64>, Vec<bool>)>> = vec![None; fm.layers.len() + 1];
+    vals[0] = Some((b.clone(), nonneg.clone()));
+    let tensor = |vals: &[Option<(Vec<f64>, Vec<bool>)>], t: usize| {
+        vals.get(t)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| MpcError::Model(format!("bounds: tensor {t} is not available")))
+    };
     for (li, l) in fm.layers.iter().enumerate() {
+        let src = fm
+            .srcs
+            .get(li)
+            .ok_or_else(|| MpcError::Model(format!("bounds: layer {li} has no inputs")))?;
+        (b, nonneg) = tensor(&vals, src[0])?;
         let layer_in = b.clone();
         b = match l {
+            FixedLayer::Add { .. } => {
+                let (b2, n2) = tensor(&vals, src[1])?;
+                for (x, y) in nonneg.iter_mut().zip(&n2) {
+                    *x = *x && *y;
+                }
+                b.iter().zip(&b2).map(|(x, y)| x + y).collect()
+            }
+            FixedLayer::MaxPool { name, geom } => {
+                let wins = geom.windows();
+                // A difference of two window members: |a - b| <= 2 max |x| (max |x| when both
+                // are known non-negative).
+                let mut m = 0.0f64;
+                let mut nb = Vec::with_capacity(wins.len());
+                let mut nn = Vec::with_capacity(wins.len());
+                for w in &wins {
+                    let bm = w.iter().map(|&i| b[i as usize]).fold(0.0, f64::max);
+                    let all = w.iter().all(|&i| nonneg[i as usize]);
+                    m = m.max(if all { bm } else { 2.0 * bm });
+                    nb.push(bm);
+                    nn.push(w.iter().any(|&i| nonneg[i as usize]));
+                }
+                cmp(name, m)?;
+                nonneg = nn;
+                nb
+            }
             FixedLayer::Conv {
                 name,
                 geom,
@@ -453,6 +510,12 @@ fn propagate(fm: &FixedModel, input_abs_max: f64, signs: bool) -> Result<Bounds>
             FixedLayer::Identity { .. } => b,
         };
         prev_in = layer_in;
+        for &t in src {
+            if last[t] == li {
+                vals[t] = None;
+            }
+        }
+        vals[li + 1] = Some((b.clone(), nonneg.clone()));
     }
     Ok(Bounds {
         comparisons: cmps,

@@ -92,8 +92,13 @@ pub fn fuse(fm: &mut FixedModel) -> Result<Vec<String>> {
     let f = fm.fp.frac_bits;
     let mut names = Vec::new();
     for i in 0..fm.layers.len().saturating_sub(1) {
+        // Only a convolution whose output feeds the gate alone (and a pool fed by the gate
+        // alone) can be fused.
+        if !fm.chained(i + 1) {
+            continue;
+        }
         let pool = match fm.layers.get(i + 2) {
-            Some(FixedLayer::AvgPool { geom, .. }) => Some(*geom),
+            Some(FixedLayer::AvgPool { geom, .. }) if fm.chained(i + 2) => Some(*geom),
             _ => None,
         };
         let (head, tail) = fm.layers.split_at_mut(i + 1);

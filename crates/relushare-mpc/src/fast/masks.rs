@@ -251,9 +251,7 @@ mod tests {
         let mut fm = FixedModel::from_model(&m, 13).unwrap();
         super::super::gate::fuse(&mut fm).unwrap();
         if let Some(l) = layers {
-            fm.layers.truncate(l);
-            fm.out_lens.truncate(l);
-            fm.output_len = fm.out_lens[l - 1];
+            fm.truncate(l);
         }
         (fm, m)
     }

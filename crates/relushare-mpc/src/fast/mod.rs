@@ -789,6 +789,14 @@ impl Suite for FastSuite {
                     let m = self.deal_relu_op(n * relu_channels * plane, k)?;
                     self.queue.push_back(m);
                 }
+                PlanOp::MaxPool { name, geom } => {
+                    // One ReLU per tree level, on the differences of the pairs.
+                    let k = self.cfg.for_layer(name, false);
+                    for pairs in geom.level_pairs() {
+                        let m = self.deal_relu_op(pairs, k)?;
+                        self.queue.push_back(m);
+                    }
+                }
                 PlanOp::SharedRelu { name, plan: gp } => {
                     let double = gp.decider != DeciderKind::OneHot;
                     let k = self.cfg.for_layer(name, double);
@@ -917,6 +925,15 @@ pub fn offline_bytes(plan: &Plan, cfg: &FastConfig, mode: CmpMode) -> Result<usi
                 let k = cfg.for_layer(name, gp.decider != DeciderKind::OneHot);
                 let (a, b) = group_offline_bytes(n, gp, k, mode)?;
                 a + b
+            }
+            PlanOp::MaxPool { name, geom } => {
+                let k = cfg.for_layer(name, false);
+                let mut t = 0;
+                for pairs in geom.level_pairs() {
+                    let (a, b) = cmp::relu_offline_bytes(pairs, k, mode)?;
+                    t += a + b;
+                }
+                t
             }
             _ => 0,
         };

@@ -63,6 +63,7 @@ fn relu_case_mode(vals: Vec<i64>, k: u32, mode: CmpMode) -> (Vec<u64>, CostRepor
             n: 1,
             input_len: n,
             output_len: n,
+            srcs: Vec::new(),
             ops: vec![PlanOp::Relu {
                 name: "act".into(),
                 len: n,
@@ -229,6 +230,7 @@ fn conv_and_linear_within_one_ulp() {
             n: 2,
             input_len: g.in_len1(),
             output_len: 3,
+            srcs: Vec::new(),
             ops: vec![
                 PlanOp::Conv {
                     name: "conv1".into(),
@@ -259,6 +261,7 @@ fn conv_and_linear_within_one_ulp() {
         n: 2,
         input_len: g.in_len1(),
         output_len: 3,
+        srcs: Vec::new(),
         ops: vec![
             PlanOp::Conv {
                 name: "conv1".into(),
@@ -353,6 +356,7 @@ fn group_case(
             n,
             input_len: len,
             output_len: len,
+            srcs: Vec::new(),
             ops: vec![PlanOp::SharedRelu {
                 name: "act".into(),
                 plan: Box::new(gp.clone()),
@@ -864,6 +868,7 @@ fn conv_case(g: ConvGeom, seed: u64) -> i64 {
             n: g.n,
             input_len: g.in_len1(),
             output_len: g.out_len() / g.n,
+            srcs: Vec::new(),
             ops: vec![PlanOp::Conv {
                 name: "c".into(),
                 geom: g,

@@ -257,6 +257,7 @@ fn relu_case(n: usize, secrets: [i64; 2]) -> impl Fn(usize, &mut Splitter) -> [P
             n: 1,
             input_len: n,
             output_len: n,
+            srcs: Vec::new(),
             ops: vec![PlanOp::Relu {
                 name: "act".into(),
                 len: n,
@@ -373,6 +374,7 @@ fn shared_case(
                     n: 1,
                     input_len: len,
                     output_len: len,
+                    srcs: Vec::new(),
                     ops: vec![PlanOp::SharedRelu {
                         name: "act".into(),
                         plan: Box::new(gp),
@@ -413,9 +415,7 @@ fn network_case(
     let mut fm = FixedModel::from_model(&m, 13).unwrap();
     crate::fast::gate::fuse(&mut fm).unwrap();
     if let Some(l) = layers {
-        fm.layers.truncate(l);
-        fm.out_lens.truncate(l);
-        fm.output_len = fm.out_lens[l - 1];
+        fm.truncate(l);
     }
     let cfg = config_for_model(&fm, &m).unwrap();
     let build = move |s: usize, sp: &mut Splitter| {

@@ -849,19 +849,14 @@ fn run_inner(
     suite.comm().set_phase(Phase::Online);
     let online_start_unix = unix_now();
     let t_online = Instant::now();
-    let mut x = x;
-    for (li, op) in plan.ops.iter().enumerate() {
-        suite.comm().set_label(op.name());
-        x = crate::runner::exec_op(suite.as_mut(), op, &x, n, &weights)?;
-        if me != 2 && x.len() != n * fm.out_lens[li] {
-            return Err(MpcError::Shape(format!(
-                "{}: {} elements, expected {}",
-                op.name(),
-                x.len(),
-                n * fm.out_lens[li]
-            )));
-        }
-    }
+    let x = crate::runner::exec_plan(
+        suite.as_mut(),
+        &plan,
+        x,
+        &weights,
+        &fm.out_lens,
+        |_, _, _| {},
+    )?;
     suite.comm().set_label("output");
     let out_share = suite.reveal_to_client(&x)?;
     let online_seconds = t_online.elapsed().as_secs_f64();
