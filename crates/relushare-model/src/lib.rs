@@ -9,6 +9,7 @@
 //! - [`file`]: [`Model`] (spec + parameters + cluster maps) and its safetensors file.
 //! - [`clustermap`]: cluster-map files from `relushare cluster`.
 //! - [`reference`]: the f32 forward pass every other implementation is checked against.
+//! - [`resnet`]: ResNet-20 and ResNet-18 (CIFAR variants) as graph data.
 
 pub mod clustermap;
 pub mod count;
@@ -17,6 +18,7 @@ pub mod group;
 pub mod io;
 pub mod presets;
 pub mod reference;
+pub mod resnet;
 pub mod spec;
 
 pub use clustermap::{ClusterMaps, LayerClusters};

@@ -38,7 +38,7 @@ fn shared(grouping: Grouping, decider: Decider, noise: f32) -> ActKind {
 /// (Table 6: 9x9 = 81).
 fn paper_edge(arch: Arch) -> EdgePolicy {
     match arch {
-        Arch::Cifar10 | Arch::Custom => EdgePolicy::Partial,
+        Arch::Cifar10 | Arch::Resnet20 | Arch::Resnet18 | Arch::Custom => EdgePolicy::Partial,
         Arch::Svhn | Arch::Fmnist => EdgePolicy::Merge,
     }
 }
@@ -52,6 +52,14 @@ pub fn build(arch: Arch, preset: &str) -> Result<ModelSpec, ModelError> {
     }
     let mut spec = ModelSpec::original(arch);
     let layers = arch.shared_layers();
+    if preset == "original" {
+        return Ok(spec);
+    }
+    if layers.is_empty() {
+        return Err(ModelError::Spec(format!(
+            "{arch} has only the 'original' preset; share its ReLUs with a per-layer --spec (e.g. \"relu1=patch2,relu2=patch2\")"
+        )));
+    }
     let first = layers[0];
     let second = layers.get(1).copied();
     let need_second = || {

@@ -46,18 +46,27 @@ pub enum Arch {
     Cifar10,
     Svhn,
     Fmnist,
+    /// ResNet-20 for CIFAR-10 (a graph: residual adds, batch norm; see [`crate::resnet`]).
+    Resnet20,
+    /// ResNet-18 in its CIFAR-100 variant (3x3 stem, no max pooling; 557,056 ReLUs).
+    Resnet18,
     /// Any other network (an imported ONNX model): its input and layers are only in the spec.
     Custom,
 }
 
 impl Arch {
+    /// The paper's three architectures.
     pub const ALL: [Arch; 3] = [Arch::Cifar10, Arch::Svhn, Arch::Fmnist];
+    /// The residual networks relushare builds besides the paper's.
+    pub const RESNETS: [Arch; 2] = [Arch::Resnet20, Arch::Resnet18];
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::Cifar10 => "cifar10",
             Arch::Svhn => "svhn",
             Arch::Fmnist => "fmnist",
+            Arch::Resnet20 => "resnet20",
+            Arch::Resnet18 => "resnet18",
             Arch::Custom => "custom",
         }
     }
@@ -66,9 +75,26 @@ impl Arch {
     /// (`0x0x0`: its spec's `input` holds them).
     pub fn input(self) -> Dims {
         match self {
-            Arch::Cifar10 | Arch::Svhn => Dims::new(3, 32, 32),
+            Arch::Cifar10 | Arch::Svhn | Arch::Resnet20 | Arch::Resnet18 => Dims::new(3, 32, 32),
             Arch::Fmnist => Dims::new(1, 28, 28),
             Arch::Custom => Dims::new(0, 0, 0),
+        }
+    }
+
+    /// Number of classes.
+    pub fn classes(self) -> usize {
+        match self {
+            Arch::Resnet18 => 100,
+            _ => 10,
+        }
+    }
+
+    /// The layers and graph edges of the architecture (edges empty for the sequential ones).
+    pub fn network(self) -> (Vec<Layer>, BTreeMap<String, Vec<String>>) {
+        match self {
+            Arch::Resnet20 => crate::resnet::resnet20(),
+            Arch::Resnet18 => crate::resnet::resnet18_cifar100(),
+            _ => (self.layers(), BTreeMap::new()),
         }
     }
 
@@ -78,7 +104,7 @@ impl Arch {
         match self {
             Arch::Cifar10 => &["act1", "act2"],
             Arch::Svhn | Arch::Fmnist => &["act1"],
-            Arch::Custom => &[],
+            Arch::Resnet20 | Arch::Resnet18 | Arch::Custom => &[],
         }
     }
 
@@ -119,6 +145,7 @@ impl Arch {
                 b.linear(3136, 128).act();
                 b.linear(128, 10);
             }
+            Arch::Resnet20 | Arch::Resnet18 => return self.network().0,
             Arch::Custom => {}
         }
         b.layers
@@ -138,8 +165,10 @@ impl FromStr for Arch {
             "cifar10" | "cifar-10" | "cifar" => Ok(Arch::Cifar10),
             "svhn" => Ok(Arch::Svhn),
             "fmnist" | "fashion-mnist" | "fashion_mnist" => Ok(Arch::Fmnist),
+            "resnet20" | "resnet-20" => Ok(Arch::Resnet20),
+            "resnet18" | "resnet-18" => Ok(Arch::Resnet18),
             _ => Err(ModelError::Spec(format!(
-                "unknown architecture '{s}': expected one of cifar10, svhn, fmnist"
+                "unknown architecture '{s}': expected one of cifar10, svhn, fmnist, resnet20, resnet18"
             ))),
         }
     }
@@ -629,15 +658,16 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// The plain-ReLU network of an architecture.
     pub fn original(arch: Arch) -> Self {
+        let (layers, inputs) = arch.network();
         ModelSpec {
             format_version: FORMAT_VERSION,
             arch,
             preset: "original".into(),
             input: arch.input(),
-            num_classes: 10,
-            layers: arch.layers(),
+            num_classes: arch.classes(),
+            layers,
             normalization: Normalization::identity(arch.input().c),
-            inputs: BTreeMap::new(),
+            inputs,
             class_names: Vec::new(),
         }
     }

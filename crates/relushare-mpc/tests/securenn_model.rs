@@ -111,12 +111,17 @@ fn run(fm: &FixedModel, batch: Vec<Vec<u64>>, trace: bool) -> SessionResult {
 /// the secure output exactly (no truncation) or within +1 ulp (truncating layers).
 fn check_layers(fm: &FixedModel, n: usize, trace: &[Vec<u64>]) {
     for (li, layer) in fm.layers.iter().enumerate() {
-        let (xin, yout) = (&trace[li], &trace[li + 1]);
-        let in_len = xin.len() / n;
+        let yout = &trace[li + 1];
         let out_len = yout.len() / n;
         for img in 0..n {
-            let x = &xin[img * in_len..(img + 1) * in_len];
-            let want = plain::eval_layer(fm.fp, layer, x, &mut |_| false).unwrap();
+            let xs: Vec<&[u64]> = fm.srcs[li]
+                .iter()
+                .map(|&t| {
+                    let l = trace[t].len() / n;
+                    &trace[t][img * l..(img + 1) * l]
+                })
+                .collect();
+            let want = plain::eval_node(fm.fp, layer, &xs, &mut |_| false).unwrap();
             let got = &yout[img * out_len..(img + 1) * out_len];
             assert_eq!(want.len(), got.len(), "{}", layer.name());
             let truncates = matches!(
@@ -168,6 +173,25 @@ fn check_model(model: &Model, n: usize) {
     for (i, o) in res.batches[0].outputs.iter().enumerate() {
         assert_eq!(o[..], last[i * fm.output_len..(i + 1) * fm.output_len]);
     }
+}
+
+/// Graph models (residual adds, max pooling, global average pooling, folded batch norms):
+/// layer by layer, and Table 1 costs per node (max pooling: one ReLU per compared pair, ten
+/// rounds per tree level; adds free).
+#[test]
+fn graph_model_layer_by_layer_and_costs() {
+    let model = Model::random(relushare_model::resnet::tiny_graph(), None, 3).unwrap();
+    check_model(&model, 2);
+    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let mp = table1_cost(&fm, 1)
+        .into_iter()
+        .find(|f| f.name == "maxpool1")
+        .unwrap();
+    let cmp = relushare_model::count(&model.spec)
+        .unwrap()
+        .maxpool_comparisons as u64;
+    assert_eq!(mp.bits, cmp * (securenn::DRELU_BITS + securenn::MUL_BITS));
+    assert_eq!(mp.rounds, 40);
 }
 
 #[test]

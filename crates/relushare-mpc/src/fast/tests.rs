@@ -568,22 +568,27 @@ pub(super) mod e2e {
             "{arch} {preset}"
         );
         let tr = br.trace.as_ref().unwrap();
-        for (li, l) in fm.layers.iter().enumerate() {
-            let per_in = if li == 0 {
+        let len_of = |t: usize| {
+            if t == 0 {
                 fm.input_len
             } else {
-                fm.out_lens[li - 1]
-            };
+                fm.out_lens[t - 1]
+            }
+        };
+        for (li, l) in fm.layers.iter().enumerate() {
             let per_out = fm.out_lens[li];
             for img in 0..batch {
-                let xin = &tr[li][img * per_in..(img + 1) * per_in];
+                let xins: Vec<&[u64]> = fm.srcs[li]
+                    .iter()
+                    .map(|&t| &tr[t][img * len_of(t)..(img + 1) * len_of(t)])
+                    .collect();
                 let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
                 let mut bits = noise
                     .get(&li)
                     .map(|b| b[img * per_out..(img + 1) * per_out].iter())
                     .into_iter()
                     .flatten();
-                let want = plain::eval_layer(fm.fp, l, xin, &mut |_| {
+                let want = plain::eval_node(fm.fp, l, &xins, &mut |_| {
                     *bits.next().expect("a noise bit per member") == 1
                 })
                 .unwrap();
@@ -710,6 +715,25 @@ pub(super) mod e2e {
         check(Arch::Svhn, "original", CmpMode::Fss, 1);
         check(Arch::Svhn, "uniform3", CmpMode::Fss, 1);
         check(Arch::Fmnist, "fc-noise", CmpMode::Fss, 1);
+    }
+
+    /// Graph models: residual adds, max pooling (a ReLU tree per window), global average
+    /// pooling and folded batch norms, layer by layer against the plaintext fixed point, with
+    /// shared ReLUs on a graph's activation layers too; both comparison modes.
+    #[test]
+    fn graph_models_layer_by_layer() {
+        let tiny = relushare_model::resnet::tiny_graph();
+        for (free, mode, batch) in [
+            (None, CmpMode::Tree, 2),
+            (None, CmpMode::Fss, 1),
+            (Some("relu2=patch2,relu4=channel:onehot"), CmpMode::Tree, 1),
+        ] {
+            let mut spec = tiny.clone();
+            if let Some(f) = free {
+                presets::apply_freeform(&mut spec, f).unwrap();
+            }
+            check_model(&Model::random(spec, None, 11).unwrap(), mode, batch);
+        }
     }
 
     #[test]
