@@ -139,24 +139,33 @@ pub struct SecureSummary {
     pub setup_bytes: u64,
     /// Wall-clock seconds of the whole session.
     pub wall_seconds: f64,
-    /// The fast suites' proven per-image bound on the probability that a local truncation
-    /// fails (union bound over the truncated elements; models above 2^-6 are refused); `None`
-    /// for `securenn`, which does not truncate locally.
+    /// The fast suites' per-image bound on the probability that a local truncation fails
+    /// (union bound over the truncated elements; models above 2^-6 are refused); `None` for
+    /// `securenn`, which does not truncate locally.
     pub truncation_failure_bound: Option<f64>,
+    /// Where the comparison rings and that bound come from: "proven" (interval arithmetic) or
+    /// "calibrated" (deep networks: measured with a margin, see
+    /// `relushare_mpc::fast::bounds::calibrate`); `None` for `securenn`.
+    pub comparison_bounds: Option<String>,
     pub per_image: Vec<ImageResult>,
 }
 
-/// [`SecureSummary::truncation_failure_bound`] of `model` under `protocol`.
-fn truncation_failure_bound(model: &Model, protocol: Protocol, frac_bits: u32) -> Option<f64> {
+/// [`SecureSummary::truncation_failure_bound`] and [`SecureSummary::comparison_bounds`] of
+/// `model` under `protocol`: from the proof where it holds, else from calibration.
+fn ring_bounds(model: &Model, protocol: Protocol, frac_bits: u32) -> Option<(f64, &'static str)> {
+    use relushare_mpc::fast::bounds;
     if protocol == Protocol::Securenn {
         return None;
     }
     let mut fm = FixedModel::from_model(model, frac_bits).ok()?;
     prepare_model(protocol, &mut fm).ok()?;
     let lim = relushare_mpc::fast::input_abs_max(&model.spec.normalization);
-    relushare_mpc::fast::bounds::analyse(&fm, lim)
-        .ok()
-        .map(|b| b.failure_bound())
+    let (_, kind) = bounds::comparison_bits_or_calibrated(&fm, lim).ok()?;
+    let b = match kind {
+        bounds::BoundsKind::Proven => bounds::analyse(&fm, lim).ok()?,
+        bounds::BoundsKind::Calibrated => bounds::calibrate(&fm, lim).ok()?,
+    };
+    Some((b.failure_bound(), kind.name()))
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -433,6 +442,7 @@ fn summarize(
     };
     let online_bytes = med(&|r| r.online_bytes);
     let offline_bytes = med(&|r| r.offline_bytes);
+    let bounds = ring_bounds(model, protocol, frac_bits);
     SecureSummary {
         protocol: protocol.name().to_string(),
         network,
@@ -457,7 +467,8 @@ fn summarize(
         setup_seconds,
         setup_bytes,
         wall_seconds,
-        truncation_failure_bound: truncation_failure_bound(model, protocol, frac_bits),
+        truncation_failure_bound: bounds.map(|b| b.0),
+        comparison_bounds: bounds.map(|b| b.1.to_string()),
         per_image,
     }
 }

@@ -11,12 +11,16 @@ pub struct ModelArgs {
     /// Model file written by `relushare train`.
     #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
     pub model: Option<PathBuf>,
-    /// Architecture (cifar10, svhn, fmnist) for a model with random weights.
+    /// Architecture (cifar10, svhn, fmnist, resnet20, resnet18) for a model with random weights.
     #[arg(long, requires = "random_weights")]
     pub arch: Option<Arch>,
     /// Preset of --arch (original, uniform32, fc-noise, ...).
     #[arg(long, default_value = "original")]
     pub preset: String,
+    /// Per-layer ReLU sharing on top of --preset, e.g. "relu1=patch4,relu2=channel" (see
+    /// `relushare count --help`); with --random-weights.
+    #[arg(long, requires = "random_weights")]
+    pub spec: Option<String>,
     /// Use freshly initialised weights for --arch/--preset; requires --arch.
     #[arg(long, requires = "arch")]
     pub random_weights: bool,
@@ -40,7 +44,11 @@ impl ModelArgs {
             return Ok(None);
         }
         let arch = self.arch.context("--random-weights needs --arch")?;
-        let spec = presets::build(arch, &self.preset)?;
+        let mut spec = presets::build(arch, &self.preset)?;
+        if let Some(free) = &self.spec {
+            presets::apply_freeform(&mut spec, free)?;
+            spec.preset = format!("{}+{free}", spec.preset);
+        }
         let maps = match &self.cluster_map {
             Some(p) => Some(
                 ClusterMaps::load(p)

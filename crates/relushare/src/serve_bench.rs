@@ -98,6 +98,7 @@ pub fn run(
             model: None,
             arch: Some(arch),
             preset: preset.clone(),
+            spec: None,
             random_weights: true,
             cluster_map: None,
             seed: 1,

@@ -523,6 +523,153 @@ fn propagate(fm: &FixedModel, input_abs_max: f64, signs: bool) -> Result<Bounds>
     })
 }
 
+/// Margin of calibrated comparison bounds over the largest magnitude seen in calibration:
+/// `2^12` (a comparison input beyond its ring gives a wrong sign).
+pub const CALIBRATION_MARGIN_BITS: u32 = 12;
+/// Margin of calibrated truncation bounds: `2^4` (a local truncation's failure probability
+/// grows linearly with the value, `|x| / 2^63`, so values 16x beyond calibration raise the
+/// estimate 16x rather than break anything deterministically).
+pub const CALIBRATION_TRUNC_MARGIN_BITS: u32 = 4;
+/// Calibration inputs (uniform in the input range; a fixed public seed).
+pub const CALIBRATION_SAMPLES: usize = 4;
+
+/// Bounds *measured* rather than proven, for networks too deep for interval arithmetic
+/// (a ResNet's worst case compounds over 17+ layers past 2^63): the plaintext fixed-point model
+/// runs on [`CALIBRATION_SAMPLES`] public pseudo-random inputs uniform in the input range, and
+/// every comparison input gets the largest magnitude seen times `2^`[`CALIBRATION_MARGIN_BITS`],
+/// every truncated value times `2^`[`CALIBRATION_TRUNC_MARGIN_BITS`]. Not a proof: a real input far outside what calibration saw
+/// could overflow a ring; the model owner computes it (it sees the plaintext anyway) and the
+/// reports say `calibrated`. Same structure as [`analyse`]'s result.
+pub fn calibrate(fm: &FixedModel, input_abs_max: f64) -> Result<Bounds> {
+    let f = fm.fp.frac_bits;
+    let scale = (1u64 << f) as f64;
+    let margin = 2f64.powi(CALIBRATION_MARGIN_BITS as i32);
+    let mut cmax: Vec<f64> = vec![0.0; fm.layers.len()];
+    let mut tmax: Vec<f64> = vec![0.0; fm.layers.len()];
+    let mut prg = crate::prg::Prg::from_seed(*b"relushare-calib!");
+    let amax = |v: &[u64]| v.iter().map(|&x| sv(x)).fold(0.0, f64::max);
+    for _ in 0..CALIBRATION_SAMPLES {
+        let img: Vec<f32> = prg
+            .gen_u64s(fm.input_len)
+            .into_iter()
+            .map(|r| {
+                ((r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * input_abs_max as f32
+            })
+            .collect();
+        let x = fm.encode_input(&img)?;
+        let tr = crate::plain::forward_fixed_trace(fm, &x, &mut |_| false)?;
+        for (li, l) in fm.layers.iter().enumerate() {
+            let xin = &tr[fm.srcs[li][0]];
+            let out = &tr[li + 1];
+            let c = match l {
+                FixedLayer::Relu { .. } | FixedLayer::MaxPool { .. } => 2.0 * amax(xin),
+                FixedLayer::Partial {
+                    plane,
+                    relu_channels,
+                    ..
+                } => amax(&xin[..relu_channels * plane]),
+                FixedLayer::Shared { s, .. } => match &s.fused {
+                    Some(fg) => {
+                        let conv_in = &tr[fm.srcs[li - 1][0]];
+                        amax(&fg.decisions(conv_in)?)
+                    }
+                    None => amax(&crate::plain::group_values(s, xin)),
+                },
+                _ => 0.0,
+            };
+            cmax[li] = cmax[li].max(c);
+            let t = match l {
+                FixedLayer::Conv { .. } | FixedLayer::Linear { .. } => amax(out) + 1.0,
+                // a pooled fused gate truncates window sums of the exact convolution first
+                FixedLayer::AvgPool { geom, .. } => (amax(out) + 1.0) * (geom.k * geom.k) as f64,
+                _ => 0.0,
+            };
+            tmax[li] = tmax[li].max(t * scale);
+        }
+    }
+    let mut comparisons = Vec::new();
+    let mut truncations = Vec::new();
+    for (li, l) in fm.layers.iter().enumerate() {
+        match l {
+            FixedLayer::Relu { name, .. }
+            | FixedLayer::Partial { name, .. }
+            | FixedLayer::Shared { name, .. }
+            | FixedLayer::MaxPool { name, .. } => {
+                let bound = cmax[li] * margin;
+                let k =
+                    bits_for_bound(bound).map_err(|e| MpcError::Model(format!("{name}: {e}")))?;
+                comparisons.push(CmpBound {
+                    name: name.clone(),
+                    bound,
+                    k,
+                });
+            }
+            FixedLayer::Conv { name, .. }
+            | FixedLayer::Linear { name, .. }
+            | FixedLayer::AvgPool { name, .. } => {
+                let tm = 2f64.powi(CALIBRATION_TRUNC_MARGIN_BITS as i32);
+                truncations.push(trunc(name, fm.out_lens[li], tmax[li] * tm));
+            }
+            _ => {}
+        }
+    }
+    Ok(Bounds {
+        comparisons,
+        truncations,
+    })
+}
+
+/// Where a [`FastConfig`]'s rings come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoundsKind {
+    /// Interval arithmetic over all inputs in range ([`analyse`]).
+    Proven,
+    /// Measured on calibration inputs with a margin ([`calibrate`]).
+    Calibrated,
+}
+
+impl BoundsKind {
+    /// "proven" or "calibrated".
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundsKind::Proven => "proven",
+            BoundsKind::Calibrated => "calibrated",
+        }
+    }
+}
+
+/// [`comparison_bits`], or where the proof fails (rings past 63 bits or a truncation failure
+/// bound past [`MAX_TRUNC_FAILURE`]: deep networks), the same from [`calibrate`]. The proof's
+/// error is returned if calibration fails too.
+pub fn comparison_bits_or_calibrated(
+    fm: &FixedModel,
+    input_abs_max: f64,
+) -> Result<(FastConfig, BoundsKind)> {
+    match comparison_bits(fm, input_abs_max) {
+        Ok(c) => Ok((c, BoundsKind::Proven)),
+        Err(e) => {
+            let bounds = match calibrate(fm, input_abs_max) {
+                Ok(b) => b,
+                Err(c) => {
+                    return Err(MpcError::Model(format!(
+                        "{e}; calibrated bounds fail too: {c}"
+                    )))
+                }
+            };
+            if let Err(c) = bounds.check_truncation() {
+                return Err(MpcError::Model(format!(
+                    "{e}; calibrated bounds fail too: {c}"
+                )));
+            }
+            let mut cfg = FastConfig::defaults(fm.fp.frac_bits);
+            for c in bounds.comparisons {
+                cfg.bits.insert(c.name, c.k);
+            }
+            Ok((cfg, BoundsKind::Calibrated))
+        }
+    }
+}
+
 /// A [`FastConfig`] with the provable `k` of every comparison layer (`input_abs_max`: largest
 /// magnitude of a normalized input value, e.g. `max_c max(|0 - mean_c|, |1 - mean_c|) / std_c`).
 /// Refuses a model whose proven per-inference truncation failure bound exceeds
@@ -657,5 +804,30 @@ mod tests {
             let e = check_input(&x, lim, 13).unwrap_err().to_string();
             assert!(e.contains("element 1") && e.contains("refused"), "{e}");
         }
+    }
+
+    /// A ResNet's interval bounds compound past 63 bits, so its rings come from calibration:
+    /// every ring fits, the estimated truncation failure is under the threshold, and a secure
+    /// run agrees with the plaintext fixed point (fast tests' layer-by-layer check).
+    #[test]
+    fn deep_networks_fall_back_to_calibrated_bounds() {
+        let (m, fm) = fixed(Arch::Resnet20, "original", 13);
+        let lim = crate::fast::input_abs_max(&m.spec.normalization);
+        assert!(comparison_bits(&fm, lim).is_err());
+        let (cfg, kind) = comparison_bits_or_calibrated(&fm, lim).unwrap();
+        assert_eq!(kind, BoundsKind::Calibrated);
+        assert_eq!(cfg.bits.len(), 19);
+        assert!(cfg.bits.values().all(|&k| (3..=63).contains(&k)));
+        let cal = calibrate(&fm, lim).unwrap();
+        assert!(cal.failure_bound() <= MAX_TRUNC_FAILURE);
+        // Calibration is deterministic (a public seed): every party computes the same rings.
+        assert_eq!(calibrate(&fm, lim).unwrap(), cal);
+        // The paper's networks keep their proofs.
+        let (m, fm) = fixed(Arch::Cifar10, "original", 13);
+        let lim = crate::fast::input_abs_max(&m.spec.normalization);
+        assert_eq!(
+            comparison_bits_or_calibrated(&fm, lim).unwrap().1,
+            BoundsKind::Proven
+        );
     }
 }

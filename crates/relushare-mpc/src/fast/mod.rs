@@ -493,26 +493,27 @@ pub fn config_for_model(
     model: &relushare_model::Model,
 ) -> Result<FastConfig> {
     let lim = input_abs_max(&model.spec.normalization);
-    bounds::comparison_bits(fm, lim).map_err(|e| {
-        let f = fm.fp.frac_bits;
-        let fused = fm
-            .layers
-            .iter()
-            .any(|l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()));
-        let meets = |g: u32| -> bool {
-            let Ok(mut fg) = crate::plain::FixedModel::from_model(model, g) else {
-                return false;
+    bounds::comparison_bits_or_calibrated(fm, lim)
+        .map(|(c, _)| c)
+        .map_err(|e| {
+            let f = fm.fp.frac_bits;
+            let fused = fm.layers.iter().any(
+                |l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()),
+            );
+            let meets = |g: u32| -> bool {
+                let Ok(mut fg) = crate::plain::FixedModel::from_model(model, g) else {
+                    return false;
+                };
+                if fused && gate::fuse(&mut fg).is_err() {
+                    return false;
+                }
+                bounds::analyse(&fg, lim).is_ok_and(|b| b.check_truncation().is_ok())
             };
-            if fused && gate::fuse(&mut fg).is_err() {
-                return false;
+            match (1..f).rev().find(|&g| meets(g)) {
+                Some(g) => MpcError::Model(format!("{e}; rescale with --frac-bits {g} (or less)")),
+                None => e,
             }
-            bounds::analyse(&fg, lim).is_ok_and(|b| b.check_truncation().is_ok())
-        };
-        match (1..f).rev().find(|&g| meets(g)) {
-            Some(g) => MpcError::Model(format!("{e}; rescale with --frac-bits {g} (or less)")),
-            None => e,
-        }
-    })
+        })
 }
 
 /// One tensor masked in the one-time setup: its weight key, this party's share of it (the

@@ -734,6 +734,8 @@ pub(super) mod e2e {
             }
             check_model(&Model::random(spec, None, 11).unwrap(), mode, batch);
         }
+        // ResNet-20 (calibrated rings, see bounds): every layer against the plaintext.
+        check(Arch::Resnet20, "original", CmpMode::Tree, 1);
     }
 
     #[test]
