@@ -70,6 +70,10 @@ pub struct Args {
     /// With --network: images per row over the network (one launch each).
     #[arg(long, default_value_t = 1)]
     pub network_images: usize,
+    /// Only the ResNet-18 (CIFAR-100 variant) rows: fast and securenn (or --protocols), all
+    /// ReLUs and a 53k-comparison sharing, with peak memory (unless --no-memory).
+    #[arg(long)]
+    pub resnet: bool,
     /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
     #[arg(long, hide = true)]
     pub memory_probe: Option<String>,
@@ -227,7 +231,7 @@ fn machine() -> Machine {
 }
 
 fn model_for(arch: Arch, preset: &str) -> Result<Model> {
-    let mut spec = presets::build(arch, preset)?;
+    let mut spec = crate::bench_resnet::build_preset(arch, preset)?;
     let n = relushare_data::normalization(DatasetName::Synthetic, spec.input.c);
     spec.normalization = Normalization {
         mean: n.mean,
@@ -246,6 +250,33 @@ fn images(arch: Arch, n: usize, split: Split) -> Result<ImageSet> {
         (d.c, d.h, d.w),
     )?
     .set)
+}
+
+fn run_resnet(a: &Args) -> Result<()> {
+    let protocols = a
+        .protocols
+        .clone()
+        .unwrap_or_else(|| vec![Protocol::Fast, Protocol::Securenn]);
+    let probe = |preset: &str, p: Protocol| probe_child(Arch::Resnet18, preset, p, 1);
+    let rows = crate::bench_resnet::run_rows(
+        &protocols,
+        &|arch| images(arch, 1, Split::Test),
+        &model_for,
+        (!a.no_memory).then_some(&probe as &dyn Fn(&str, Protocol) -> Result<u64>),
+    )?;
+    let m = machine();
+    let md = crate::bench_resnet::markdown(&rows, &format!("{} CPUs ({})", m.cpus, m.cpu_model));
+    println!("{md}");
+    if let Some(p) = &a.json {
+        crate::reproduce::create_parent(p)?;
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.markdown {
+        crate::reproduce::create_parent(p)?;
+        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn memory_probe(spec: &str) -> Result<()> {
@@ -364,6 +395,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.serve {
         bail!("`bench --serve` runs the servers as processes of the relushare binary: run `relushare bench --serve`");
+    }
+    if a.resnet {
+        return run_resnet(&a);
     }
     let archs = a.archs.clone().unwrap_or_else(|| Arch::ALL.to_vec());
     if let Some(names) = &a.network {

@@ -7,14 +7,15 @@
 //!   seeds);
 //! - [`pareto`]: the front of accuracy against comparisons against `fast` bytes over the rows
 //!   reproduce trained (paper rows, free-form rows, search candidates, distilled rows);
-//! - [`bench`] and [`bench_net`]: the benchmarks behind `BENCHMARKS.md` (throughput, costs,
-//!   training speed, LAN/WAN tables).
+//! - [`bench`], [`bench_net`] and [`bench_resnet`]: the benchmarks behind `BENCHMARKS.md`
+//!   (throughput, costs, training speed, LAN/WAN tables, ResNet-18's secure cost).
 //!
 //! Each `run` takes the clap arguments of its command; the `relushare` binary only parses them.
 //! `relushare bench --serve` (servers as processes) stays in the binary.
 
 pub mod bench;
 pub mod bench_net;
+pub mod bench_resnet;
 pub mod pareto;
 pub mod reproduce;
 pub mod secure;
