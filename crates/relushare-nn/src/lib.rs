@@ -1,7 +1,10 @@
 //! relushare-nn: the paper's ReLU-sharing CNNs on Burn.
 //!
-//! - [`net`]: a [`relushare_model::ModelSpec`] as a Burn network (every activation kind,
-//!   ReLU sharing with a straight-through estimator), import from and export to the model file.
+//! - [`net`]: a [`relushare_model::ModelSpec`] as a Burn network: graph models (residual adds,
+//!   max and global pooling, batch norm with running statistics), every activation kind (ReLU
+//!   sharing with a straight-through estimator), import from and export to the model file.
+//! - [`finetune`]: the starting model of `train --init` (an imported or trained model with
+//!   ReLU sharing applied to its activation layers).
 //! - [`batch`]: normalization and CIFAR-style augmentation of `u8` image batches.
 //! - [`train()`](train::train): SGD/Adam training with schedules, weight decay, checkpoints
 //!   and resume, per-epoch metrics; [`evaluate`](eval::evaluate): accuracy of a model file.
@@ -15,6 +18,7 @@ pub mod backend;
 pub mod batch;
 pub mod conv;
 pub mod eval;
+pub mod finetune;
 pub mod gate;
 pub mod net;
 pub mod pool;
@@ -23,6 +27,7 @@ pub mod train;
 pub use backend::BackendKind;
 pub use batch::{normalization_for, Augmentation};
 pub use eval::{evaluate, evaluate_detailed, EvalConfig, Evaluation};
+pub use finetune::init_from;
 pub use net::Net;
 pub use train::{
     train, train_model, Distill, EpochMetrics, LrSchedule, NoProgress, OptimizerKind, Progress,

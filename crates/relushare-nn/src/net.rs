@@ -1,6 +1,19 @@
 //! A [`ModelSpec`] as a Burn network: parameters in a Burn [`Module`], the layer list as a
 //! [`Plan`] of operations with the group maps turned into index tensors.
 //!
+//! # Graphs
+//!
+//! Every layer reads the tensors [`ModelSpec::sources`] names (the previous layer's output in
+//! a sequential network); [`forward`] keeps a tensor until its last reader has run. `Add`
+//! sums its two operands (residual connections), `MaxPool` is Burn's max pooling (padding
+//! takes no part, as in the reference), `GlobalAvgPool` the mean of each plane, `Flatten` may
+//! follow any layer, and a spatial layer after a flat tensor sees it reshaped to its input
+//! dimensions. `BatchNorm` normalises with the batch's statistics in training (gradients
+//! through them, as PyTorch) and moves its running statistics towards them (momentum 0.1, the
+//! variance unbiased); evaluation uses the running statistics, which are exported as the
+//! layer's `running_mean` / `running_var` parameters. They are [`RunningState`] buffers, not
+//! [`Param`]s: the optimizer never updates them.
+//!
 //! # ReLU sharing on Burn
 //!
 //! A sharing layer flattens its input `s` to `[B, N]` (`N = C*H*W`, CHW order) and computes the
@@ -20,12 +33,13 @@
 //! Gradients reach `v`, the FC bias and, through `z`, the pre-activations `s` (in addition to
 //! the direct path `y_i = s_i * keep_i`). Inference uses the exact step.
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param, ParamId, RunningState};
 use burn::tensor::activation;
+use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use relushare_model::{ActKind, Decider, GroupMap, Layer, Model, ModelSpec};
+use relushare_model::{ActKind, Decider, Dims, GroupMap, Layer, Model, ModelSpec};
 
 use crate::NnError;
 
@@ -50,12 +64,29 @@ pub struct SharedParams {
     pub fc_bias: Option<Param<Tensor<1>>>,
 }
 
-/// Every trainable tensor of a network, in layer order.
+/// Parameters of a batch-norm layer: the trained scale and shift `[C]`, and the running
+/// statistics `[C]` as [`RunningState`]s (buffers the optimizer never sees: they have no
+/// gradient and are updated by the training forward pass, momentum [`BN_MOMENTUM`]).
+#[derive(Module, Debug)]
+pub struct BnParams {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+}
+
+/// Momentum of the batch-norm running statistics (PyTorch's default):
+/// `running = (1 - m) * running + m * batch`, the batch variance unbiased (`n / (n - 1)`).
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// Every trainable tensor of a network, in layer order. (`bns` comes last so the networks
+/// without batch norm keep the module layout and parameter ids they always had.)
 #[derive(Module, Debug)]
 pub struct NetModule {
     pub convs: Vec<ConvParams>,
     pub linears: Vec<LinearParams>,
     pub shared: Vec<SharedParams>,
+    pub bns: Vec<BnParams>,
 }
 
 /// A sharing layer's constants on the device.
@@ -94,6 +125,22 @@ pub enum Op {
         kernel: usize,
         stride: usize,
     },
+    /// Max pooling; padded positions take no part (Burn pads with -inf, as PyTorch).
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// Mean over each channel's plane, `[B, C, H, W] -> [B, C, 1, 1]`.
+    GlobalAvgPool,
+    /// Batch norm: batch statistics in training (updating the running ones), running
+    /// statistics otherwise.
+    BatchNorm {
+        index: usize,
+        eps: f32,
+    },
+    /// Sum of the layer's two input tensors (a residual connection).
+    Add,
     Relu,
     Identity,
     Partial {
@@ -111,10 +158,23 @@ pub enum Op {
 }
 
 /// The layer list of a spec, ready to run on a device.
+///
+/// Tensors are routed by [`ModelSpec::sources`]: tensor `0` is the image, tensor `i + 1` the
+/// output of op `i`; a tensor is kept until its last reader has run (for a sequential network
+/// every tensor is read once, by the next op, so the pass holds one tensor at a time).
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub spec: ModelSpec,
     pub ops: Vec<Op>,
+    /// The tensor ids every op reads (one, two for `Add`).
+    pub sources: Vec<Vec<usize>>,
+    /// Number of reads of every tensor id (`ops.len() + 1` entries).
+    pub reads: Vec<usize>,
+    /// Dimensions of every tensor id (per image).
+    pub dims: Vec<Dims>,
+    /// Op `i` is a convolution whose output only feeds a plain ReLU at op `i + 1`: both run as
+    /// one fused operation.
+    pub fuse_relu: Vec<bool>,
     /// Cluster maps (copied into exported models).
     pub group_maps: std::collections::BTreeMap<String, Vec<u32>>,
     pub device: Device,
@@ -165,14 +225,10 @@ impl Plan {
         device: &Device,
     ) -> Result<Self, NnError> {
         spec.validate()?;
-        if !spec.is_sequential() {
-            return Err(NnError::Invalid(
-                "training and evaluating graph models (residual adds) on Burn is not supported yet; secure inference and the f32 reference run them".into(),
-            ));
-        }
-        let dims = spec.dims()?;
+        let (sources, tensor_dims) = spec.graph()?;
+        let dims: Vec<Dims> = sources.iter().map(|s| tensor_dims[s[0]]).collect();
         let mut ops = Vec::new();
-        let (mut convs, mut linears, mut shared) = (0, 0, 0);
+        let (mut convs, mut linears, mut shared, mut bns) = (0, 0, 0, 0);
         for (layer, d) in spec.layers.iter().zip(&dims) {
             let op = match layer {
                 Layer::Conv {
@@ -195,14 +251,25 @@ impl Plan {
                 },
                 Layer::Dropout { p, .. } => Op::Dropout { p: *p },
                 Layer::Flatten => Op::Flatten,
-                Layer::MaxPool { name, .. }
-                | Layer::GlobalAvgPool { name }
-                | Layer::BatchNorm { name, .. }
-                | Layer::Add { name } => {
-                    return Err(NnError::Invalid(format!(
-                        "layer {name}: max pooling, global pooling, batch norm and adds are not trained on Burn yet"
-                    )))
+                Layer::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => Op::MaxPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                    padding: *padding,
+                },
+                Layer::GlobalAvgPool { .. } => Op::GlobalAvgPool,
+                Layer::BatchNorm { eps, .. } => {
+                    bns += 1;
+                    Op::BatchNorm {
+                        index: bns - 1,
+                        eps: *eps,
+                    }
                 }
+                Layer::Add { .. } => Op::Add,
                 Layer::Act { name, kind } => match kind {
                     ActKind::Relu => Op::Relu,
                     ActKind::Identity => Op::Identity,
@@ -260,9 +327,27 @@ impl Plan {
             };
             ops.push(op);
         }
+        let mut reads = vec![0usize; ops.len() + 1];
+        for s in &sources {
+            for &t in s {
+                reads[t] += 1;
+            }
+        }
+        let fuse_relu = (0..ops.len())
+            .map(|i| {
+                matches!(ops[i], Op::Conv { .. })
+                    && matches!(ops.get(i + 1), Some(Op::Relu))
+                    && sources[i + 1] == [i + 1]
+                    && reads[i + 1] == 1
+            })
+            .collect();
         Ok(Plan {
             spec: spec.clone(),
             ops,
+            sources,
+            reads,
+            dims: tensor_dims,
+            fuse_relu,
             group_maps: group_maps.clone(),
             device: device.clone(),
         })
@@ -278,7 +363,7 @@ impl Plan {
 /// optimizer state saved for one build of a model applies to another.
 pub fn module_from_model(model: &Model, device: &Device) -> Result<NetModule, NnError> {
     let spec = &model.spec;
-    let dims = spec.dims()?;
+    let dims = spec.in_dims()?;
     let train = device.is_autodiff();
     let mut next_id = 1u64;
     let mut id = || {
@@ -289,6 +374,7 @@ pub fn module_from_model(model: &Model, device: &Device) -> Result<NetModule, Nn
         convs: Vec::new(),
         linears: Vec::new(),
         shared: Vec::new(),
+        bns: Vec::new(),
     };
     for (layer, d) in spec.layers.iter().zip(&dims) {
         match layer {
@@ -331,6 +417,25 @@ pub fn module_from_model(model: &Model, device: &Device) -> Result<NetModule, Nn
                     None
                 };
                 module.shared.push(SharedParams { v, fc_bias });
+            }
+            Layer::BatchNorm { name, .. } => {
+                let t = |p: &str| model.param(&format!("{name}.{p}"));
+                let (w, b) = (t("weight")?, t("bias")?);
+                let (m, v) = (t("running_mean")?, t("running_var")?);
+                let weight = param(id(), w, [d.c], device, train);
+                let bias = param(id(), b, [d.c], device, train);
+                let state = |id: u64, x: &relushare_model::Tensor| {
+                    let x = Tensor::<1>::from_data(TensorData::new(x.data.clone(), [d.c]), device);
+                    RunningState::with_id(ParamId::from(id), x)
+                };
+                let running_mean = state(id(), m);
+                let running_var = state(id(), v);
+                module.bns.push(BnParams {
+                    weight,
+                    bias,
+                    running_mean,
+                    running_var,
+                });
             }
             _ => {}
         }
@@ -391,141 +496,227 @@ fn bernoulli_bits(rng: &mut ChaCha8Rng, n: usize, p: f32) -> Vec<u8> {
         .collect()
 }
 
-/// The forward pass of `module` under `plan` (see the module docs for the sharing layer).
+/// A tensor flowing through the network: an image batch `[B, C, H, W]` or flat `[B, N]`.
+enum Act {
+    Img(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+impl Act {
+    /// As an image batch of per-image dimensions `d` (a flat tensor is reshaped).
+    fn img(self, d: Dims) -> Tensor<4> {
+        match self {
+            Act::Img(x) => x,
+            Act::Flat(x) => {
+                let b = x.dims()[0];
+                x.reshape([b, d.c, d.h, d.w])
+            }
+        }
+    }
+
+    /// As a flat batch `[B, N]` (CHW order).
+    fn flat(self) -> Tensor<2> {
+        match self {
+            Act::Flat(x) => x,
+            Act::Img(x) => {
+                let [b, c, h, w] = x.dims();
+                x.reshape([b, c * h * w])
+            }
+        }
+    }
+
+    fn map(
+        self,
+        f4: impl FnOnce(Tensor<4>) -> Tensor<4>,
+        f2: impl FnOnce(Tensor<2>) -> Tensor<2>,
+    ) -> Act {
+        match self {
+            Act::Img(x) => Act::Img(f4(x)),
+            Act::Flat(x) => Act::Flat(f2(x)),
+        }
+    }
+}
+
+/// Partial activation: ReLU on the first `r` of `c` channels (dimension 1), identity on the rest.
+fn partial<const D: usize>(x: Tensor<D>, r: usize, c: usize) -> Tensor<D> {
+    if r == 0 {
+        x
+    } else if r >= c {
+        activation::relu(x)
+    } else {
+        let head = activation::relu(x.clone().narrow(1, 0, r));
+        let tail = x.narrow(1, r, c - r);
+        Tensor::cat(vec![head, tail], 1)
+    }
+}
+
+/// Inverted dropout with keep probability `1 - p`, the mask drawn on the host from `rng`.
+fn dropout<const D: usize>(
+    x: Tensor<D>,
+    p: f32,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let keep = 1.0 - p;
+    let dims = x.dims();
+    let n: usize = dims.iter().product();
+    let m: Vec<f32> = bernoulli(rng, n, keep);
+    let m = Tensor::<D>::from_data(TensorData::new(m, dims), device);
+    x * m.div_scalar(keep)
+}
+
+/// Batch norm over dimension 1 of `x` (`[B, C, ...]`). Training: normalise with the batch
+/// statistics (gradients through them) and move the running statistics towards them
+/// (momentum [`BN_MOMENTUM`], unbiased variance as PyTorch). Otherwise: the running statistics.
+fn batch_norm<const D: usize>(x: Tensor<D>, p: &BnParams, eps: f32, train: bool) -> Tensor<D> {
+    let eps = eps as f64;
+    let device = x.device();
+    if train {
+        let dims = x.dims();
+        let n: usize = dims.iter().product::<usize>() / dims[1].max(1);
+        let out = burn::tensor::module::batch_norm_train(x, p.weight.val(), p.bias.val(), eps);
+        let m = BN_MOMENTUM;
+        let unbias = if n > 1 {
+            n as f64 / (n - 1) as f64
+        } else {
+            1.0
+        };
+        let mean = p.running_mean.value_sync().to_device(&device);
+        let var = p.running_var.value_sync().to_device(&device);
+        let mean = mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
+        let var = var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbias);
+        p.running_mean.update(mean.detach());
+        p.running_var.update(var.detach());
+        out.output
+    } else {
+        let mean = p.running_mean.value_sync().to_device(&device);
+        let var = p.running_var.value_sync().to_device(&device);
+        burn::tensor::module::batch_norm(x, p.weight.val(), p.bias.val(), mean, var, eps)
+    }
+}
+
+/// The forward pass of `module` under `plan` (see the module docs for the sharing layer and
+/// [`Plan`] for the routing of tensors).
 pub fn forward(
     module: &NetModule,
     plan: &Plan,
     x: Tensor<4>,
     mode: &mut ForwardMode<'_>,
 ) -> Tensor<2> {
-    enum Act {
-        Img(Tensor<4>),
-        Flat(Tensor<2>),
-    }
     let device = &plan.device;
-    let mut cur = Act::Img(x);
-    // A convolution directly followed by a plain ReLU runs as one fused operation.
+    let n = plan.ops.len();
+    let mut tensors: Vec<Option<Act>> = (0..=n).map(|_| None).collect();
+    tensors[0] = Some(Act::Img(x));
+    let mut left = plan.reads.clone();
+    // Reads tensor `t`: the last reader takes it, earlier ones get a (shallow) clone.
+    let mut read = |tensors: &mut Vec<Option<Act>>, t: usize| -> Act {
+        left[t] -= 1;
+        let slot = &mut tensors[t];
+        if left[t] == 0 {
+            slot.take().expect("tensor computed before its readers")
+        } else {
+            match slot.as_ref().expect("tensor computed before its readers") {
+                Act::Img(x) => Act::Img(x.clone()),
+                Act::Flat(x) => Act::Flat(x.clone()),
+            }
+        }
+    };
+    // A convolution directly followed by a plain ReLU (its only reader) runs as one fused
+    // operation whose result is the ReLU's output.
     let mut relu_done = false;
     for (i, op) in plan.ops.iter().enumerate() {
         if std::mem::take(&mut relu_done) {
             debug_assert!(matches!(op, Op::Relu));
             continue;
         }
-        cur = match (op, cur) {
-            (
-                Op::Conv {
-                    index,
-                    stride,
-                    padding,
-                },
-                Act::Img(x),
-            ) => {
+        let src = &plan.sources[i];
+        let d = plan.dims[src[0]];
+        let cur = read(&mut tensors, src[0]);
+        let mut out = i + 1;
+        let y = match op {
+            Op::Conv {
+                index,
+                stride,
+                padding,
+            } => {
                 let c = &module.convs[*index];
                 let (w, b) = (c.weight.val(), c.bias.val());
-                if matches!(plan.ops.get(i + 1), Some(Op::Relu)) {
+                let x = cur.img(d);
+                if plan.fuse_relu[i] {
                     relu_done = true;
+                    out = i + 2;
                     Act::Img(crate::conv::conv2d_relu(x, w, b, *stride, *padding))
                 } else {
                     Act::Img(crate::conv::conv2d(x, w, b, *stride, *padding))
                 }
             }
-            (Op::AvgPool { kernel, stride }, Act::Img(x)) => {
-                Act::Img(crate::pool::avg_pool2d(x, *kernel, *stride))
+            Op::AvgPool { kernel, stride } => {
+                Act::Img(crate::pool::avg_pool2d(cur.img(d), *kernel, *stride))
             }
-            (Op::Relu, Act::Img(x)) => Act::Img(activation::relu(x)),
-            (Op::Relu, Act::Flat(x)) => Act::Flat(activation::relu(x)),
-            (Op::Identity, a) => a,
-            (
-                Op::Partial {
-                    relu_channels,
-                    channels,
-                },
-                Act::Img(x),
-            ) => {
-                let (r, c) = (*relu_channels, *channels);
-                if r == 0 {
-                    Act::Img(x)
-                } else if r >= c {
-                    Act::Img(activation::relu(x))
-                } else {
-                    let head = activation::relu(x.clone().narrow(1, 0, r));
-                    let tail = x.narrow(1, r, c - r);
-                    Act::Img(Tensor::cat(vec![head, tail], 1))
-                }
-            }
-            (
-                Op::Partial {
-                    relu_channels,
-                    channels,
-                },
-                Act::Flat(x),
-            ) => {
-                let (r, c) = (*relu_channels, *channels);
-                if r == 0 {
-                    Act::Flat(x)
-                } else if r >= c {
-                    Act::Flat(activation::relu(x))
-                } else {
-                    let head = activation::relu(x.clone().narrow(1, 0, r));
-                    let tail = x.narrow(1, r, c - r);
-                    Act::Flat(Tensor::cat(vec![head, tail], 1))
-                }
-            }
-            (Op::Shared(s), Act::Img(x)) => {
-                let dims = x.dims();
-                let y = shared_forward(module, s, x.reshape([dims[0], s.n]), mode, device);
-                Act::Img(y.reshape(dims))
-            }
-            (Op::Shared(s), Act::Flat(x)) => Act::Flat(shared_forward(module, s, x, mode, device)),
-            (Op::Dropout { p }, a) if mode.train && *p > 0.0 => {
-                let keep = 1.0 - *p;
-                match a {
-                    Act::Img(x) => {
-                        let dims = x.dims();
-                        let n: usize = dims.iter().product();
-                        let m: Vec<f32> = bernoulli(mode.rng, n, keep);
-                        let m = Tensor::<4>::from_data(TensorData::new(m, dims), device);
-                        Act::Img(x * m.div_scalar(keep))
-                    }
-                    Act::Flat(x) => {
-                        let dims = x.dims();
-                        let m = bernoulli(mode.rng, dims[0] * dims[1], keep);
-                        let m = Tensor::<2>::from_data(TensorData::new(m, dims), device);
-                        Act::Flat(x * m.div_scalar(keep))
-                    }
-                }
-            }
-            (Op::Dropout { .. }, a) => a,
-            (Op::Flatten, Act::Img(x)) => {
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => Act::Img(burn::tensor::module::max_pool2d(
+                cur.img(d),
+                MaxPoolOptions::new([*kernel; 2])
+                    .with_stride([*stride; 2])
+                    .with_padding([*padding; 2]),
+            )),
+            Op::GlobalAvgPool => {
+                let x = cur.img(d);
                 let [b, c, h, w] = x.dims();
-                Act::Flat(x.reshape([b, c * h * w]))
+                Act::Img(x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c, 1, 1]))
             }
-            (Op::Flatten, a) => a,
-            (Op::Linear { index }, Act::Flat(x)) => {
-                let l = &module.linears[*index];
-                Act::Flat(x.matmul(l.weight.val().transpose()) + l.bias.val().unsqueeze_dim(0))
-            }
-            (Op::Linear { index }, Act::Img(x)) => {
-                let [b, c, h, w] = x.dims();
-                let l = &module.linears[*index];
-                let x = x.reshape([b, c * h * w]);
-                Act::Flat(x.matmul(l.weight.val().transpose()) + l.bias.val().unsqueeze_dim(0))
-            }
-            (op, Act::Flat(_)) => {
-                // The spec validation rules this out (spatial op after flatten).
-                panic!(
-                    "spatial operation {op:?} on a flat tensor: the spec should have been rejected"
+            Op::BatchNorm { index, eps } => {
+                let p = &module.bns[*index];
+                cur.map(
+                    |x| batch_norm(x, p, *eps, mode.train),
+                    |x| batch_norm(x, p, *eps, mode.train),
                 )
             }
+            Op::Add => {
+                let other = read(&mut tensors, src[1]);
+                match (cur, other) {
+                    (Act::Img(a), Act::Img(b)) => Act::Img(a + b),
+                    (a, b) => Act::Flat(a.flat() + b.flat()),
+                }
+            }
+            Op::Relu => cur.map(activation::relu, activation::relu),
+            Op::Identity => cur,
+            Op::Partial {
+                relu_channels,
+                channels,
+            } => cur.map(
+                |x| partial(x, *relu_channels, *channels),
+                |x| partial(x, *relu_channels, *channels),
+            ),
+            Op::Shared(s) => match cur {
+                Act::Img(x) => {
+                    let dims = x.dims();
+                    let y = shared_forward(module, s, x.reshape([dims[0], s.n]), mode, device);
+                    Act::Img(y.reshape(dims))
+                }
+                Act::Flat(x) => Act::Flat(shared_forward(module, s, x, mode, device)),
+            },
+            Op::Dropout { p } if mode.train && *p > 0.0 => match cur {
+                Act::Img(x) => Act::Img(dropout(x, *p, mode.rng, device)),
+                Act::Flat(x) => Act::Flat(dropout(x, *p, mode.rng, device)),
+            },
+            Op::Dropout { .. } => cur,
+            Op::Flatten => Act::Flat(cur.flat()),
+            Op::Linear { index } => {
+                let l = &module.linears[*index];
+                let x = cur.flat();
+                Act::Flat(x.matmul(l.weight.val().transpose()) + l.bias.val().unsqueeze_dim(0))
+            }
         };
+        tensors[out] = Some(y);
     }
-    match cur {
-        Act::Flat(x) => x,
-        Act::Img(x) => {
-            let [b, c, h, w] = x.dims();
-            x.reshape([b, c * h * w])
-        }
-    }
+    tensors[n]
+        .take()
+        .expect("the last op's output is the network's output")
+        .flat()
 }
 
 fn shared_forward(
@@ -588,6 +779,7 @@ pub fn to_model(module: &NetModule, plan: &Plan) -> Result<Model, NnError> {
     let mut conv = 0;
     let mut lin = 0;
     let mut shared = 0;
+    let mut bn = 0;
     for layer in &plan.spec.layers {
         match layer {
             Layer::Conv { name, .. } => {
@@ -614,6 +806,20 @@ pub fn to_model(module: &NetModule, plan: &Plan) -> Result<Model, NnError> {
                 if let Some(b) = &p.fc_bias {
                     params.insert(format!("{name}.fc_bias"), host(b.val())?);
                 }
+            }
+            Layer::BatchNorm { name, .. } => {
+                let p = &module.bns[bn];
+                bn += 1;
+                params.insert(format!("{name}.weight"), host(p.weight.val())?);
+                params.insert(format!("{name}.bias"), host(p.bias.val())?);
+                params.insert(
+                    format!("{name}.running_mean"),
+                    host(p.running_mean.value_sync())?,
+                );
+                params.insert(
+                    format!("{name}.running_var"),
+                    host(p.running_var.value_sync())?,
+                );
             }
             _ => {}
         }

@@ -1,12 +1,13 @@
-//! `relushare train`: train an architecture/preset on a dataset with Burn and write the model
-//! file (plus a JSON metrics file and a per-epoch checkpoint for `--resume`).
+//! `relushare train`: train an architecture/preset on a dataset with Burn, or fine-tune a given
+//! model (`--init`, ReLU sharing from `--spec`), and write the model file (plus a JSON metrics
+//! file and a per-epoch checkpoint for `--resume`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use relushare_data::{load, DatasetName, Split};
-use relushare_model::{presets, Arch, ClusterMaps, ModelSpec};
+use relushare_model::{presets, Arch, ClusterMaps, Model, ModelSpec};
 use relushare_nn::{
     normalization_for, Augmentation, BackendKind, EpochMetrics, LrSchedule, OptimizerKind,
     Progress, TrainConfig,
@@ -14,14 +15,20 @@ use relushare_nn::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture: cifar10, svhn or fmnist.
-    #[arg(long)]
-    pub arch: Arch,
+    /// Architecture: cifar10, svhn or fmnist (or give --init).
+    #[arg(long, required_unless_present = "init")]
+    pub arch: Option<Arch>,
+    /// Fine-tune this model file (e.g. an imported one) instead of training a fresh network:
+    /// its layers and weights, with the sharing kinds of --spec applied to its activation
+    /// layers (new sharing parameters start as in a fresh network).
+    #[arg(long, conflicts_with_all = ["arch", "preset"])]
+    pub init: Option<PathBuf>,
     /// Preset (original, uniform3, uniform4, uniform32, layer1-only, layer2-only, noise,
     /// fc-noise, shafran, adaptive256, cluster8x8k8, cluster-mixed).
     #[arg(long, default_value = "original")]
     pub preset: String,
-    /// Free-form per-layer spec applied on top of the preset, e.g. "act1=patch3,act2=channel:fc:noise0.2".
+    /// Free-form per-layer spec applied on top of the preset (or the --init model), e.g.
+    /// "act1=patch3,act2=channel:fc:noise0.2".
     #[arg(long)]
     pub spec: Option<String>,
     /// Cluster-map file (from `relushare cluster`) for presets with data-driven clusters.
@@ -169,22 +176,35 @@ pub fn build_spec(
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let spec = build_spec(a.arch, &a.preset, a.spec.as_deref(), a.dataset)?;
     let maps = match &a.cluster_map {
         Some(p) => Some(
             ClusterMaps::load(p).with_context(|| format!("loading cluster map {}", p.display()))?,
         ),
-        None => {
+        None => None,
+    };
+    // --init: the starting model (its network with --spec applied); otherwise a fresh spec.
+    let (init, spec) = match (&a.init, a.arch) {
+        (Some(p), _) => {
+            let model = Model::load(p)
+                .with_context(|| format!("loading the init model {}", p.display()))?;
+            let model = relushare_nn::init_from(&model, a.spec.as_deref(), maps.as_ref(), a.seed)
+                .with_context(|| format!("fine-tuning {}", p.display()))?;
+            let spec = model.spec.clone();
+            (Some(model), spec)
+        }
+        (None, Some(arch)) => {
+            let spec = build_spec(arch, &a.preset, a.spec.as_deref(), a.dataset)?;
             let need = presets::needs_cluster_map(&spec);
-            if !need.is_empty() {
+            if maps.is_none() && !need.is_empty() {
                 bail!(
                     "preset '{}' clusters layer(s) {} by data: run `relushare cluster` first and pass its output with --cluster-map",
                     a.preset,
                     need.join(", ")
                 );
             }
-            None
+            (None, spec)
         }
+        (None, None) => bail!("give --arch (a fresh network) or --init (a model to fine-tune)"),
     };
     let augmentation = match a.augment.as_str() {
         "auto" => Augmentation::for_dataset(a.dataset.as_str()),
@@ -248,6 +268,9 @@ pub fn run(a: Args) -> Result<()> {
         },
         ..TrainConfig::default()
     };
+    if let (false, Some(p)) = (quiet, &a.init) {
+        eprintln!("fine-tuning {} ({} layers)", p.display(), spec.layers.len());
+    }
     if !quiet {
         eprintln!(
             "training {} / {} on {} ({} train, {} test images), {} epochs, {:?} lr {}, backend {}",
@@ -263,13 +286,17 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let mut bars = Bars { bar: None, quiet };
-    let out = relushare_nn::train(&cfg, &spec, maps.as_ref(), &train.set, &test.set, &mut bars)?;
+    let out = match init {
+        Some(model) => relushare_nn::train_model(&cfg, model, &train.set, &test.set, &mut bars)?,
+        None => relushare_nn::train(&cfg, &spec, maps.as_ref(), &train.set, &test.set, &mut bars)?,
+    };
     out.model
         .save(&a.out)
         .with_context(|| format!("writing the model to {}", a.out.display()))?;
     let metrics = serde_json::json!({
         "arch": spec.arch.name(),
         "preset": spec.preset,
+        "init": a.init.as_ref().map(|p| p.display().to_string()),
         "dataset": a.dataset.as_str(),
         "train_images": train.set.len(),
         "test_images": test.set.len(),

@@ -155,3 +155,57 @@ fn errors_say_what_to_do() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.safetensors"));
 }
+
+/// `train --init` fine-tunes a given model file with the sharing of `--spec` applied, and says
+/// clearly what is wrong with a bad combination.
+#[test]
+fn train_init_fine_tunes_a_model_file() {
+    use relushare_model::{presets, ActKind, Arch, Model};
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("init.safetensors");
+    let spec = presets::build(Arch::Svhn, "original").unwrap();
+    Model::random(spec, None, 4).unwrap().save(&init).unwrap();
+    let ft = dir.path().join("ft.safetensors");
+    let out = relushare()
+        .args(["train", "--init"])
+        .arg(&init)
+        .args(["--spec", "act1=channel", "--dataset", "synthetic"])
+        .args([
+            "--limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--epochs",
+            "1",
+            "--json",
+        ])
+        .arg("--out")
+        .arg(&ft)
+        .output()
+        .unwrap();
+    let t = json(&out);
+    assert_eq!(t["init"], init.display().to_string());
+    let m = Model::load(&ft).unwrap();
+    assert!(matches!(m.spec.act("act1"), Some(ActKind::Shared(_))));
+    assert!(m.params.contains_key("act1.v"));
+    // --arch with --init, and a layer the model does not have.
+    let out = relushare()
+        .args(["train", "--arch", "svhn", "--init"])
+        .arg(&init)
+        .args(["--dataset", "synthetic", "--out"])
+        .arg(&ft)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--init"));
+    let out = relushare()
+        .args(["train", "--init"])
+        .arg(&init)
+        .args(["--spec", "relu9=channel", "--dataset", "synthetic", "--out"])
+        .arg(&ft)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relu9") && err.contains("act1, act2"), "{err}");
+}
