@@ -182,6 +182,10 @@ fn residual_graph_matches_reference() {
     )
     .unwrap();
     assert_matches_reference(&random_model(spec, 6), "shared");
+    // ResNet-20 as relushare-model builds it, with sharing in its first stage.
+    let mut spec = ModelSpec::original(Arch::Resnet20);
+    presets::apply_freeform(&mut spec, "relu1=patch2,relu2=channel").unwrap();
+    assert_matches_reference(&random_model(spec, 8), "resnet20");
 }
 
 /// One training-mode forward pass moves the running statistics by PyTorch's rule

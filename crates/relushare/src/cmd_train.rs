@@ -15,7 +15,7 @@ use relushare_nn::{
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture: cifar10, svhn or fmnist (or give --init).
+    /// Architecture: cifar10, svhn, fmnist, resnet20 or resnet18 (or give --init).
     #[arg(long, required_unless_present = "init")]
     pub arch: Option<Arch>,
     /// Fine-tune this model file (e.g. an imported one) instead of training a fresh network:
