@@ -7,7 +7,7 @@ use relushare_model::{count, presets, Arch, Model, ModelSpec};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture: cifar10, svhn or fmnist.
+    /// Architecture: cifar10, svhn, fmnist, resnet20 or resnet18.
     #[arg(long, required_unless_present = "model")]
     pub arch: Option<Arch>,
     /// Preset (original, uniform3, uniform4, uniform32, layer1-only, layer2-only, noise,
@@ -35,7 +35,7 @@ pub fn spec_from(
     if let Some(p) = model {
         return Ok(Model::load(p)?.spec);
     }
-    let arch = arch.context("--arch is required (cifar10, svhn or fmnist)")?;
+    let arch = arch.context("--arch is required (cifar10, svhn, fmnist, resnet20 or resnet18)")?;
     let mut spec = presets::build(arch, preset)?;
     if let Some(f) = freeform {
         presets::apply_freeform(&mut spec, f)?;
@@ -65,5 +65,24 @@ pub fn run(a: Args) -> Result<()> {
         "{:<6} {:<44} {:>11} {:>11} {:>9} {:>11}",
         "total", "", "", c.total_relus, "", c.total_mults
     );
+    if !c.max_pools.is_empty() {
+        println!("max pooling (comparisons counted apart from the ReLUs):");
+        for p in &c.max_pools {
+            println!(
+                "{:<6} {:<44} {:>11} {:>11} {:>9}",
+                p.name,
+                format!("max pool, tree depth {}", p.depth),
+                p.outputs,
+                p.comparisons,
+                ""
+            );
+        }
+        println!(
+            "all comparisons: {} ReLU decisions + {} max-pool = {}",
+            c.total_relus,
+            c.maxpool_comparisons,
+            c.total_comparisons()
+        );
+    }
     Ok(())
 }
