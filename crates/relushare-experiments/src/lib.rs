@@ -2,6 +2,8 @@
 //!
 //! - [`secure`]: one secure-inference run (in process, or as three party processes over an
 //!   emulated network) with its costs, timings and agreement figures;
+//! - [`stream`]: a stream of images with the dealer's offline work pipelined away: images per
+//!   second and latency per image;
 //! - [`reproduce`]: the paper's tables (training jobs over seeds, clustering, secure runs,
 //!   reuse of finished artefacts and resumption, the report, figures and the summary over
 //!   seeds);
@@ -19,3 +21,4 @@ pub mod bench_resnet;
 pub mod pareto;
 pub mod reproduce;
 pub mod secure;
+pub mod stream;

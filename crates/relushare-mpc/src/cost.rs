@@ -80,6 +80,20 @@ impl Comm {
         self.t.party()
     }
 
+    /// Moves this connection onto another transport of the same party (e.g. from a session's
+    /// whole mesh to one lane of it, [`crate::pipeline`]); counters, label and phase are kept.
+    /// Returns the previous transport.
+    pub fn replace_transport(&mut self, t: Box<dyn Transport>) -> Result<Box<dyn Transport>> {
+        if t.party() != self.t.party() {
+            return Err(MpcError::Param(format!(
+                "party {}'s connection moved onto party {}'s transport",
+                self.t.party(),
+                t.party()
+            )));
+        }
+        Ok(std::mem::replace(&mut self.t, t))
+    }
+
     /// Attribute subsequent traffic to `label` (normally the layer name).
     pub fn set_label(&mut self, label: &str) {
         if self.label != label {

@@ -44,6 +44,10 @@ pub enum MpcError {
     /// The operating system's randomness source failed.
     #[error("randomness source failed: {0}")]
     Rng(String),
+    /// Work abandoned because another part of this party (or session) failed first, e.g. the
+    /// offline thread of a pipelined stream after its online side failed; never the root cause.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// A party thread panicked or a party failed; carries that party's error text.
     #[error("party {party} failed: {reason}")]
     PartyFailed { party: usize, reason: String },

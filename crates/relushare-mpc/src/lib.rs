@@ -11,6 +11,7 @@ pub mod fixed;
 pub mod fss;
 pub mod kernels;
 pub mod net;
+pub mod pipeline;
 pub mod plain;
 pub mod prg;
 pub mod protocol;

@@ -379,6 +379,8 @@ struct PartyBatch {
     online_seconds: f64,
     output: Option<Vec<u64>>,
     trace: Vec<Shared>,
+    /// Stream runs only: when this party dealt and evaluated the batch.
+    times: crate::pipeline::BatchTimes,
 }
 
 /// One party's thread. `fm` is the model's [`FixedModel::skeleton`]: a party never sees the
@@ -425,29 +427,16 @@ fn run_party(
         suite.comm().set_label("offline");
         suite.offline(plan, &input.weights)?;
         let offline_seconds = t1.elapsed().as_secs_f64();
-        suite.comm().set_phase(Phase::Online);
         let t2 = Instant::now();
-        let x0 = input.inputs[bi].clone();
-        let mut layer_seconds = Vec::with_capacity(plan.ops.len());
         let mut trace = Vec::new();
-        if opts.trace {
-            trace.push(x0.clone());
-        }
-        let x = exec_plan(
+        let (output, layer_seconds) = crate::pipeline::online_batch(
             suite.as_mut(),
             plan,
-            x0,
+            input.inputs[bi].clone(),
             &input.weights,
             &fm.out_lens,
-            |_, y, secs| {
-                layer_seconds.push(secs);
-                if opts.trace {
-                    trace.push(y.clone());
-                }
-            },
+            opts.trace.then_some(&mut trace),
         )?;
-        suite.comm().set_label("output");
-        let output = suite.reveal_to_client(&x)?;
         let online_seconds = t2.elapsed().as_secs_f64();
         let client_bytes = suite.comm().take_client_bytes();
         batches.push(PartyBatch {
@@ -458,6 +447,7 @@ fn run_party(
             online_seconds,
             output,
             trace,
+            times: Default::default(),
         });
     }
     Ok(PartyOutput {
@@ -509,7 +499,28 @@ pub fn run_session(
             })
             .collect()
     });
-    // Report the root cause: a party's own error rather than the others' "disconnected".
+    let outs = root_cause(results)?;
+    let names: Vec<String> = fm.layers.iter().map(|l| l.name().to_string()).collect();
+    let setup = CostReport::from_parties(
+        &outs.iter().map(|o| o.setup.clone()).collect::<Vec<_>>(),
+        &[],
+    );
+    let setup_seconds = outs.iter().map(|o| o.setup_seconds).fold(0.0, f64::max);
+    let mut res = Vec::new();
+    for (bi, &n) in sizes.iter().enumerate() {
+        let pb: Vec<&PartyBatch> = outs.iter().map(|o| &o.batches[bi]).collect();
+        res.push(merge_batch(fm, &names, n, &pb, opts.trace)?);
+    }
+    Ok(SessionResult {
+        setup,
+        setup_seconds,
+        batches: res,
+    })
+}
+
+/// The three parties' results, or the root cause of their failure: a party's own error rather
+/// than the others' "disconnected" or "cancelled".
+fn root_cause<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     if results.iter().any(|r| r.is_err()) {
         let mut errs: Vec<(usize, MpcError)> = results
             .into_iter()
@@ -518,7 +529,7 @@ pub fn run_session(
             .collect();
         let pos = errs
             .iter()
-            .position(|(_, e)| !matches!(e, MpcError::Disconnected(_)))
+            .position(|(_, e)| !matches!(e, MpcError::Disconnected(_) | MpcError::Cancelled(_)))
             .unwrap_or(0);
         let (p, e) = errs.swap_remove(pos);
         return Err(match e {
@@ -529,74 +540,290 @@ pub fn run_session(
             },
         });
     }
-    let outs: Vec<PartyOutput> = results.into_iter().map(|r| r.expect("checked")).collect();
+    Ok(results.into_iter().map(|r| r.expect("checked")).collect())
+}
+
+/// One batch's result from the three parties' records of it.
+fn merge_batch(
+    fm: &FixedModel,
+    names: &[String],
+    n: usize,
+    pb: &[&PartyBatch],
+    trace: bool,
+) -> Result<BatchResult> {
+    let mut order = vec!["offline".to_string()];
+    order.extend(names.iter().cloned());
+    order.push("output".to_string());
+    let costs: Vec<_> = pb.iter().map(|b| b.costs.clone()).collect();
+    let mut report = CostReport::from_parties(&costs, &order);
+    report.client_bytes = pb.iter().map(|b| b.client_bytes).sum();
+    report
+        .layers
+        .retain(|l| l.label != "output" || l.online_bytes + l.offline_bytes > 0);
+    report
+        .layers
+        .retain(|l| l.label != "offline" || l.online_bytes + l.offline_bytes > 0);
+    for (li, name) in names.iter().enumerate() {
+        let secs = pb
+            .iter()
+            .map(|b| b.layer_seconds.get(li).copied().unwrap_or(0.0))
+            .fold(0.0, f64::max);
+        if let Some(lc) = report.layers.iter_mut().find(|l| &l.label == name) {
+            lc.seconds = secs;
+        }
+    }
+    let (o0, o1) = (
+        pb[0]
+            .output
+            .as_ref()
+            .ok_or_else(|| MpcError::Shape("P0 gave no output".into()))?,
+        pb[1]
+            .output
+            .as_ref()
+            .ok_or_else(|| MpcError::Shape("P1 gave no output".into()))?,
+    );
+    let y = crate::ring::add(o0, o1);
+    let outputs = y
+        .chunks(fm.output_len.max(1))
+        .take(n)
+        .map(|c| c.to_vec())
+        .collect();
+    let trace = if trace {
+        Some(
+            pb[0]
+                .trace
+                .iter()
+                .zip(&pb[1].trace)
+                .map(|(a, b)| crate::ring::add(a, b))
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok(BatchResult {
+        outputs,
+        report,
+        offline_seconds: pb.iter().map(|b| b.offline_seconds).fold(0.0, f64::max),
+        online_seconds: pb.iter().map(|b| b.online_seconds).fold(0.0, f64::max),
+        trace,
+    })
+}
+
+/// Result of a pipelined stream ([`run_stream`]).
+#[derive(Clone, Debug)]
+pub struct StreamResult {
+    /// One-time costs: seed agreement and model preparation.
+    pub setup: CostReport,
+    /// Seconds spent in setup (max over parties).
+    pub setup_seconds: f64,
+    /// Per batch (offline seconds: the party's dealing or receiving span, which overlaps
+    /// earlier batches' online phases).
+    pub batches: Vec<BatchResult>,
+    /// Per batch, per party: when it dealt and evaluated it (seconds since the stream started).
+    pub times: Vec<[crate::pipeline::BatchTimes; 3]>,
+    /// Throughput and latency.
+    pub timing: crate::pipeline::StreamTiming,
+}
+
+/// One party's side of [`run_stream`].
+#[allow(clippy::too_many_arguments)]
+fn stream_party(
+    lanes: Vec<MemTransport>,
+    fm: &FixedModel,
+    factory: &SuiteFactory<'_>,
+    input: PartyInput,
+    sizes: &[usize],
+    depth: usize,
+    opts: &RunOptions,
+    cancel: crate::transport::CancelToken,
+    clock: &(dyn Fn() -> f64 + Sync),
+    pace: Duration,
+) -> Result<PartyOutput> {
+    if !fm.is_skeleton() {
+        return Err(MpcError::Param(
+            "internal: a party was handed the model's parameters".into(),
+        ));
+    }
+    let [online, offline, control, _output]: [MemTransport; crate::pipeline::LANES] = lanes
+        .try_into()
+        .map_err(|_| MpcError::Param("internal: wrong number of lanes".into()))?;
+    let t0 = Instant::now();
+    let mut comm = Comm::new(Box::new(online));
+    comm.set_label("setup");
+    let mut suite = factory(comm, fm.fp)?;
+    // One plan per distinct batch size (plans hold shares of fused gates' `U`: megabytes).
+    let mut plans: Vec<Plan> = Vec::new();
+    for &n in sizes {
+        if !plans.iter().any(|p| p.n == n) {
+            plans.push(build_plan(fm, n, &input.group_params));
+        }
+    }
+    let first = plans
+        .first()
+        .ok_or_else(|| MpcError::Param("a stream of no batches".into()))?;
+    suite.comm().set_phase(Phase::Offline);
+    suite.comm().set_label("model-setup");
+    suite.prepare(first, &input.weights)?;
+    let setup = suite.comm().take_costs();
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let by_batch: Vec<&Plan> = sizes
+        .iter()
+        .map(|&n| plans.iter().find(|p| p.n == n).expect("built above"))
+        .collect();
+    let party = crate::pipeline::StreamParty {
+        suite: suite.as_mut(),
+        offline: Comm::new(Box::new(offline)),
+        control: Box::new(control),
+        depth,
+        timeout: opts.timeout,
+        cancel,
+        clock,
+    };
+    let (got, _) = crate::pipeline::run_party(
+        party,
+        &by_batch,
+        &input.weights,
+        input.inputs,
+        &fm.out_lens,
+        &mut |_, b| {
+            if b.output.is_some() && !pace.is_zero() {
+                std::thread::sleep(pace);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(PartyOutput {
+        setup,
+        setup_seconds,
+        batches: got
+            .into_iter()
+            .map(|b| PartyBatch {
+                costs: b.costs,
+                client_bytes: b.client_bytes,
+                layer_seconds: b.layer_seconds,
+                offline_seconds: b.times.offline_end - b.times.offline_start,
+                online_seconds: b.times.online_end - b.times.online_start,
+                output: b.output,
+                trace: Vec::new(),
+                times: b.times,
+            })
+            .collect(),
+    })
+}
+
+/// Runs a **stream** of batches with the offline work pipelined away ([`crate::pipeline`]):
+/// three parties on threads over in-memory lanes, the dealer producing the material of the next
+/// batches (at most `depth` ahead) while the current one is online. Costs per batch equal those
+/// of [`run_session`]; the outputs are the same function of the inputs.
+pub fn run_stream(
+    fm: &FixedModel,
+    batches: &[Vec<Vec<u64>>],
+    factory: &SuiteFactory<'_>,
+    opts: &RunOptions,
+    depth: usize,
+) -> Result<StreamResult> {
+    run_stream_paced(fm, batches, factory, opts, depth, Duration::ZERO)
+}
+
+/// [`run_stream`] in which P0 and P1 spend `pace` more after each batch's online steps (tests:
+/// a slow evaluator, so that a dealer without credits would run ahead).
+pub(crate) fn run_stream_paced(
+    fm: &FixedModel,
+    batches: &[Vec<Vec<u64>>],
+    factory: &SuiteFactory<'_>,
+    opts: &RunOptions,
+    depth: usize,
+    pace: Duration,
+) -> Result<StreamResult> {
+    crate::pipeline::check_depth(depth)?;
+    if batches.is_empty() || batches.iter().any(|b| b.is_empty()) {
+        return Err(MpcError::Param("a stream needs non-empty batches".into()));
+    }
+    if opts.trace {
+        return Err(MpcError::Param(
+            "layer traces are not available for streams (use run_session)".into(),
+        ));
+    }
+    let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+    let inputs = party_inputs(fm, batches)?;
+    let skeleton = fm.skeleton();
+    let cancel = crate::transport::CancelToken::new();
+    let lanes = MemTransport::trio_lanes(crate::pipeline::LANES, opts.timeout, &cancel);
+    let t0 = Instant::now();
+    let clock = move || t0.elapsed().as_secs_f64();
+    let results: Vec<Result<PartyOutput>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .zip(inputs)
+            .map(|(l, inp)| {
+                let (sizes, skeleton, cancel, clock) = (&sizes, &skeleton, cancel.clone(), &clock);
+                s.spawn(move || {
+                    let r = stream_party(
+                        l,
+                        skeleton,
+                        factory,
+                        inp,
+                        sizes,
+                        depth,
+                        opts,
+                        cancel.clone(),
+                        clock,
+                        pace,
+                    );
+                    if r.is_err() {
+                        cancel.cancel();
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(p, h)| {
+                h.join().unwrap_or_else(|e| {
+                    let reason = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into());
+                    Err(MpcError::PartyFailed { party: p, reason })
+                })
+            })
+            .collect()
+    });
+    let outs = root_cause(results)?;
     let names: Vec<String> = fm.layers.iter().map(|l| l.name().to_string()).collect();
     let setup = CostReport::from_parties(
         &outs.iter().map(|o| o.setup.clone()).collect::<Vec<_>>(),
         &[],
     );
     let setup_seconds = outs.iter().map(|o| o.setup_seconds).fold(0.0, f64::max);
-    let mut order = vec!["offline".to_string()];
-    order.extend(names.iter().cloned());
-    order.push("output".to_string());
     let mut res = Vec::new();
+    let mut times = Vec::new();
     for (bi, &n) in sizes.iter().enumerate() {
         let pb: Vec<&PartyBatch> = outs.iter().map(|o| &o.batches[bi]).collect();
-        let costs: Vec<_> = pb.iter().map(|b| b.costs.clone()).collect();
-        let mut report = CostReport::from_parties(&costs, &order);
-        report.client_bytes = pb.iter().map(|b| b.client_bytes).sum();
-        report
-            .layers
-            .retain(|l| l.label != "output" || l.online_bytes + l.offline_bytes > 0);
-        report
-            .layers
-            .retain(|l| l.label != "offline" || l.online_bytes + l.offline_bytes > 0);
-        for (li, name) in names.iter().enumerate() {
-            let secs = pb.iter().map(|b| b.layer_seconds[li]).fold(0.0, f64::max);
-            if let Some(lc) = report.layers.iter_mut().find(|l| &l.label == name) {
-                lc.seconds = secs;
-            }
-        }
-        let (o0, o1) = (
-            pb[0]
-                .output
-                .as_ref()
-                .ok_or_else(|| MpcError::Shape("P0 gave no output".into()))?,
-            pb[1]
-                .output
-                .as_ref()
-                .ok_or_else(|| MpcError::Shape("P1 gave no output".into()))?,
-        );
-        let y = crate::ring::add(o0, o1);
-        let outputs = y
-            .chunks(fm.output_len.max(1))
-            .take(n)
-            .map(|c| c.to_vec())
-            .collect();
-        let trace = if opts.trace {
-            Some(
-                pb[0]
-                    .trace
-                    .iter()
-                    .zip(&pb[1].trace)
-                    .map(|(a, b)| crate::ring::add(a, b))
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        res.push(BatchResult {
-            outputs,
-            report,
-            offline_seconds: pb.iter().map(|b| b.offline_seconds).fold(0.0, f64::max),
-            online_seconds: pb.iter().map(|b| b.online_seconds).fold(0.0, f64::max),
-            trace,
-        });
+        res.push(merge_batch(fm, &names, n, &pb, false)?);
+        times.push([pb[0].times, pb[1].times, pb[2].times]);
     }
-    Ok(SessionResult {
+    let per_party: Vec<Vec<crate::pipeline::BatchTimes>> = (0..3)
+        .map(|p| times.iter().map(|t| t[p]).collect())
+        .collect();
+    let refs: Vec<&[crate::pipeline::BatchTimes]> =
+        per_party.iter().map(|v| v.as_slice()).collect();
+    let merged = crate::pipeline::merge_times(&refs);
+    let timing = crate::pipeline::StreamTiming::from_batches(
+        &merged,
+        &sizes,
+        sizes.iter().copied().max().unwrap_or(1),
+        depth,
+    );
+    Ok(StreamResult {
         setup,
         setup_seconds,
         batches: res,
+        times,
+        timing,
     })
 }
 

@@ -20,6 +20,11 @@ use crate::kernels::{self, ConvGeom};
 /// One party's view of a secret-shared vector (empty for P2).
 pub type Shared = Vec<u64>;
 
+/// The material one [`Suite::offline`] call left in a suite, moved out of it whole (pipelining:
+/// [`Suite::take_material`] on the offline twin, [`Suite::install_material`] on the online
+/// suite). Opaque to everyone but the suite that made it.
+pub type Material = Box<dyn std::any::Any + Send>;
+
 /// Shares of a linear layer's parameters: weight (`f` bits) and bias (`2f` bits).
 #[derive(Clone, Debug, Default)]
 pub struct WeightShare {
@@ -354,6 +359,36 @@ pub trait Suite: Send {
     fn offline(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
         let _ = (plan, weights);
         Ok(())
+    }
+
+    /// Pipelining ([`crate::pipeline`]): a second instance of this party's suite, after
+    /// [`Suite::prepare`], that runs [`Suite::offline`] on its own connection `comm` while this
+    /// one runs the online steps. The twin takes over whatever only the offline phase uses (the
+    /// dealer's streams), shares the one-time setup, and hands each batch's material over with
+    /// [`Suite::take_material`] / [`Suite::install_material`]; this suite then no longer runs
+    /// `offline` itself. The protocol is unchanged: same messages, same order per connection.
+    /// `None` (the default): the suite has no offline phase to overlap and runs sequentially.
+    fn offline_twin(&mut self, comm: Comm) -> Result<Option<Box<dyn Suite>>> {
+        let _ = comm;
+        Ok(None)
+    }
+
+    /// Takes the material of the last [`Suite::offline`] call out of this suite (the twin).
+    fn take_material(&mut self) -> Result<Material> {
+        Err(MpcError::Unsupported(format!(
+            "the {} suite does not hand over offline material",
+            self.name()
+        )))
+    }
+
+    /// Installs material taken from the twin for the next batch (all of the previous batch's
+    /// material must have been used).
+    fn install_material(&mut self, m: Material) -> Result<()> {
+        let _ = m;
+        Err(MpcError::Unsupported(format!(
+            "the {} suite does not take offline material",
+            self.name()
+        )))
     }
 
     /// Convolution with shared weights: returns shares of `trunc_f(conv(x, w) + bias)` with

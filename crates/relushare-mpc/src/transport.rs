@@ -5,8 +5,69 @@
 //! (cost accounting is [`crate::cost::Comm`], a wrapper above it). TCP/TLS lives in `net`.
 
 use crate::error::{MpcError, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A flag shared by the transports of a party (or a session): once set, every receive on
+/// them that is waiting or starts later fails with [`MpcError::Cancelled`] within
+/// [`CANCEL_POLL`]. A pipelined stream sets it when one of its threads fails, so the other
+/// does not wait out its timeout for a message that will never come.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+/// How often a waiting receive looks at its [`CancelToken`].
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+    /// Cancel every receive watching this token.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits on `rx` at most `timeout`, failing early once `cancel` (if any) is set. `Err(None)`:
+/// timed out; `Err(Some(e))`: cancelled or disconnected (`e` says which).
+pub fn recv_cancellable<T>(
+    rx: &Receiver<T>,
+    timeout: Duration,
+    cancel: Option<&CancelToken>,
+    from: usize,
+) -> std::result::Result<T, Option<MpcError>> {
+    let Some(c) = cancel else {
+        return match rx.recv_timeout(timeout) {
+            Ok(m) => Ok(m),
+            Err(RecvTimeoutError::Timeout) => Err(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Some(MpcError::Disconnected(from))),
+        };
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if c.is_cancelled() {
+            return Err(Some(MpcError::Cancelled(format!(
+                "stopped waiting for party {from}"
+            ))));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(None);
+        }
+        match rx.recv_timeout(left.min(CANCEL_POLL)) {
+            Ok(m) => return Ok(m),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(Some(MpcError::Disconnected(from))),
+        }
+    }
+}
 
 /// Moves framed messages between the three parties.
 pub trait Transport: Send {
@@ -47,6 +108,7 @@ pub struct MemTransport {
     tx: [Option<Sender<Vec<u8>>>; 3],
     rx: [Option<Receiver<Vec<u8>>>; 3],
     timeout: Duration,
+    cancel: Option<CancelToken>,
 }
 
 impl MemTransport {
@@ -76,20 +138,41 @@ impl MemTransport {
                 tx: t0,
                 rx: r0,
                 timeout,
+                cancel: None,
             },
             MemTransport {
                 party: 1,
                 tx: t1,
                 rx: r1,
                 timeout,
+                cancel: None,
             },
             MemTransport {
                 party: 2,
                 tx: t2,
                 rx: r2,
                 timeout,
+                cancel: None,
             },
         ]
+    }
+
+    /// `lanes` independent trios (one per lane: independent ordered message streams between
+    /// the same parties, as [`crate::pipeline`] uses them), every receive watching `cancel`.
+    /// `result[p][l]` is party `p`'s end of lane `l`.
+    pub fn trio_lanes(
+        lanes: usize,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Vec<Vec<MemTransport>> {
+        let mut out: Vec<Vec<MemTransport>> = (0..3).map(|_| Vec::with_capacity(lanes)).collect();
+        for _ in 0..lanes {
+            for (p, mut t) in Self::trio_with_timeout(timeout).into_iter().enumerate() {
+                t.cancel = Some(cancel.clone());
+                out[p].push(t);
+            }
+        }
+        out
     }
 }
 
@@ -117,11 +200,8 @@ impl Transport for MemTransport {
             .get(from)
             .and_then(|r| r.as_ref())
             .ok_or(MpcError::BadParty(from))?;
-        match rx.recv_timeout(self.timeout) {
-            Ok(m) => Ok(m),
-            Err(RecvTimeoutError::Timeout) => Err(MpcError::Timeout(from)),
-            Err(RecvTimeoutError::Disconnected) => Err(MpcError::Disconnected(from)),
-        }
+        recv_cancellable(rx, self.timeout, self.cancel.as_ref(), from)
+            .map_err(|e| e.unwrap_or(MpcError::Timeout(from)))
     }
 }
 
@@ -144,6 +224,25 @@ mod tests {
         assert!(matches!(a.recv(5), Err(MpcError::BadParty(5))));
         drop(c);
         assert!(matches!(a.recv(2), Err(MpcError::Disconnected(2))));
+    }
+
+    #[test]
+    fn lanes_are_independent_and_cancellable() {
+        let c = CancelToken::new();
+        let mut l = MemTransport::trio_lanes(2, Duration::from_secs(30), &c);
+        l[0][1].send(1, b"lane1").unwrap();
+        l[0][0].send(1, b"lane0").unwrap();
+        assert_eq!(l[1][0].recv(0).unwrap(), b"lane0");
+        assert_eq!(l[1][1].recv(0).unwrap(), b"lane1");
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                c.cancel();
+            });
+            assert!(matches!(l[2][0].recv(0), Err(MpcError::Cancelled(_))));
+        });
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -48,6 +48,14 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub net: crate::net_args::NetworkArgs,
+    /// Run N images as a stream: batches of --batch, the dealer's material for the next batches
+    /// produced and sent while the current one is online (throughput and latency per image).
+    #[arg(long, value_name = "N")]
+    pub stream: Option<usize>,
+    /// With --stream: batches of dealer material queued ahead (memory: at most this many
+    /// batches of material beyond the one online).
+    #[arg(long, default_value_t = relushare_mpc::pipeline::DEFAULT_DEPTH, requires = "stream")]
+    pub depth: usize,
     /// With a network: each party's timeout (seconds) for connecting and for any read or write.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
@@ -92,16 +100,36 @@ pub fn run(a: Args) -> Result<()> {
     }
     let model = load_model(&a)?;
     let d = model.spec.input;
+    let wanted = a.stream.unwrap_or(a.images);
     let data = load(
         a.dataset,
         a.split,
         a.data_dir.as_deref(),
-        Some(a.images),
+        Some(wanted),
         (d.c, d.h, d.w),
     )
     .with_context(|| format!("loading the {} {} split", a.dataset, a.split))?;
     for w in &data.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(n) = a.stream {
+        let s = relushare_experiments::stream::run(
+            &model,
+            &data.set,
+            n,
+            a.protocol,
+            a.batch,
+            a.depth,
+            a.frac_bits,
+            network,
+            std::time::Duration::from_secs_f64(a.timeout),
+        )?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            s.print();
+        }
+        return Ok(());
     }
     let spinner = if a.json {
         indicatif::ProgressBar::hidden()

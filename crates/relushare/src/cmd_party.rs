@@ -80,6 +80,14 @@ pub struct Args {
     /// Client with --random-image or --dataset: how many images.
     #[arg(long, default_value_t = 1)]
     pub images: usize,
+    /// Run the images as a pipelined stream in batches of this many images: the dealer sends
+    /// the material of the next batches while the current one is online (all parties must
+    /// agree).
+    #[arg(long)]
+    pub stream_batch: Option<usize>,
+    /// With --stream-batch: batches of dealer material queued ahead (all parties must agree).
+    #[arg(long, default_value_t = relushare_mpc::pipeline::DEFAULT_DEPTH, requires = "stream_batch")]
+    pub stream_depth: usize,
     /// Write this party's report (the client's holds the result) as JSON, atomically.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -224,8 +232,20 @@ pub fn run(a: Args) -> Result<()> {
         protocol: a.protocol.clone(),
         frac_bits: a.frac_bits,
     };
-    let report = session::run(mesh, model.as_ref(), images.as_ref(), &opts)
-        .with_context(|| format!("party {} failed", a.role))?;
+    let report = match a.stream_batch {
+        Some(batch) => session::run_stream(
+            mesh,
+            model.as_ref(),
+            images.as_ref(),
+            &opts,
+            session::StreamSettings {
+                batch,
+                depth: a.stream_depth,
+            },
+        ),
+        None => session::run(mesh, model.as_ref(), images.as_ref(), &opts),
+    }
+    .with_context(|| format!("party {} failed", a.role))?;
     let mut value = serde_json::to_value(&report)?;
     if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
         if !a.files.image.is_empty() {

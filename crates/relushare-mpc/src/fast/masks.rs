@@ -370,7 +370,7 @@ mod tests {
                             sn.comm().set_label("model-setup");
                             sn.prepare(&plan, &sh.0).unwrap();
                             let setup = sn.comm().take_costs();
-                            let installed = sn.weights.clone();
+                            let installed = (*sn.weights).clone();
                             sn.offline(&plan, &sh.0).unwrap();
                             sn.comm().set_phase(Phase::Online);
                             let mut x = x;

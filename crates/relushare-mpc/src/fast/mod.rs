@@ -61,6 +61,7 @@ use crate::suite::{
 use deal::Deal;
 use linear::{LinMat, LinOp, MaskedWeight};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// How comparisons are evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +180,8 @@ pub struct FastSuite {
     cfg: FastConfig,
     mode: CmpMode,
     deal: Option<Deal>,
-    weights: BTreeMap<String, MaskedWeight>,
+    /// The masked weights of the one-time setup (shared with an offline twin).
+    weights: Arc<BTreeMap<String, MaskedWeight>>,
     queue: VecDeque<Mat>,
     noise_rng: Option<Prg>,
     pending: Option<Pending>,
@@ -209,7 +211,7 @@ impl FastSuite {
             cfg,
             mode,
             deal: None,
-            weights: BTreeMap::new(),
+            weights: Arc::new(BTreeMap::new()),
             queue: VecDeque::new(),
             noise_rng: None,
             pending: None,
@@ -644,9 +646,11 @@ impl Suite for FastSuite {
             // nothing is drawn from this session's dealer streams and nothing is opened.
             let lens: Vec<usize> = layout.iter().map(|m| m.len).collect();
             let installed = fixed.install(me, &lens)?;
+            let mut ws = BTreeMap::new();
             for (m, mw) in layout.into_iter().zip(installed) {
-                self.weights.insert(m.key, mw);
+                ws.insert(m.key, mw);
             }
+            self.weights = Arc::new(ws);
             return Ok(());
         }
         // Mask every weight tensor and decider once.
@@ -669,6 +673,7 @@ impl Suite for FastSuite {
             cmp::open_u64(&mut self.comm, &masked_all)?
         };
         let mut off = 0;
+        let mut ws = BTreeMap::new();
         for (m, b) in layout.into_iter().zip(bs) {
             let len = m.len;
             let mw = if me == 2 {
@@ -687,8 +692,9 @@ impl Suite for FastSuite {
                 MaskedWeight { f, online, b }
             };
             off += len;
-            self.weights.insert(m.key, mw);
+            ws.insert(m.key, mw);
         }
+        self.weights = Arc::new(ws);
         Ok(())
     }
 
@@ -718,7 +724,7 @@ impl Suite for FastSuite {
                 let (beta, act) = (fp.beta.clone(), act.to_string());
                 let bytes = gg.offline_bytes()?;
                 // The masked weights are borrowed by the dealing closure, which needs `self`.
-                let ws = std::mem::take(&mut self.weights);
+                let ws = self.weights.clone();
                 let get = |k: &str| {
                     ws.get(k)
                         .ok_or_else(|| MpcError::Model(format!("weight {k} was not prepared")))
@@ -734,7 +740,6 @@ impl Suite for FastSuite {
                     };
                     self.dealt(bytes, |d, _| gate::deal_gate(d, &gg, &gw))
                 })();
-                self.weights = ws;
                 let mat = mat?;
                 self.queue.push_back(Mat::Gate(Box::new(GateRun {
                     mat,
@@ -815,6 +820,56 @@ impl Suite for FastSuite {
         Ok(())
     }
 
+    fn offline_twin(&mut self, comm: Comm) -> Result<Option<Box<dyn Suite>>> {
+        if self.deal.is_none() {
+            return Err(MpcError::Param(
+                "fast suite: an offline twin needs a prepared suite".into(),
+            ));
+        }
+        if comm.party() != self.me() {
+            return Err(MpcError::Param(format!(
+                "fast suite: an offline twin of party {} on party {}'s connection",
+                self.me(),
+                comm.party()
+            )));
+        }
+        // The dealer streams (and the dealer's noise source) move to the twin: only `offline`
+        // draws from them, so this suite cannot deal any more. The masked weights are shared.
+        let twin = FastSuite {
+            comm,
+            frac: self.frac,
+            cfg: self.cfg.clone(),
+            mode: self.mode,
+            deal: self.deal.take(),
+            weights: self.weights.clone(),
+            queue: VecDeque::new(),
+            noise_rng: self.noise_rng.take(),
+            pending: None,
+            fixed: None,
+            #[cfg(test)]
+            test: self.test.clone(),
+        };
+        Ok(Some(Box::new(twin)))
+    }
+
+    fn take_material(&mut self) -> Result<crate::suite::Material> {
+        Ok(Box::new(FastMaterial(std::mem::take(&mut self.queue))))
+    }
+
+    fn install_material(&mut self, m: crate::suite::Material) -> Result<()> {
+        if !self.queue.is_empty() || self.pending.is_some() {
+            return Err(MpcError::Param(format!(
+                "{} suite: material installed before the previous batch used up its own",
+                self.name()
+            )));
+        }
+        let m = m.downcast::<FastMaterial>().map_err(|_| {
+            MpcError::Param(format!("{} suite: material of another suite", self.name()))
+        })?;
+        self.queue = m.0;
+        Ok(())
+    }
+
     fn conv2d(&mut self, x: &Shared, w: &WeightShare, g: &ConvGeom) -> Result<Shared> {
         if matches!(self.queue.front(), Some(Mat::Gate(_))) {
             let Some(Mat::Gate(run)) = self.queue.pop_front() else {
@@ -883,6 +938,9 @@ impl Suite for FastSuite {
         share::group_online(&mut self.comm, &mat, plan, mv.as_ref(), x)
     }
 }
+
+/// One batch's material as it moves from an offline twin to the online suite.
+struct FastMaterial(VecDeque<Mat>);
 
 /// Largest dealer material one batch may need (it is held in memory until used).
 pub const MAX_OFFLINE_BYTES: usize = 4_000_000_000;

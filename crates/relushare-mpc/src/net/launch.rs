@@ -35,9 +35,10 @@ use relushare_model::Model;
 use serde::Serialize;
 
 use super::emu::{NetProfile, Relay};
-use super::session::PartyReport;
+use super::session::{PartyReport, StreamSettings};
 use crate::cost::LabelCost;
 use crate::error::{MpcError, Result};
+use crate::pipeline::{BatchTimes, StreamTiming};
 use crate::plain::{self, FixedModel};
 use crate::protocol::{prepare_model, Protocol};
 
@@ -57,6 +58,8 @@ pub struct LaunchOptions {
     pub timeout: Duration,
     /// Limit for the whole run (all three processes).
     pub limit: Duration,
+    /// Run the images as a pipelined stream ([`crate::pipeline`]) instead of one batch.
+    pub stream: Option<StreamSettings>,
 }
 
 impl LaunchOptions {
@@ -69,6 +72,7 @@ impl LaunchOptions {
             network,
             timeout: Duration::from_secs(60),
             limit: Duration::from_secs(900),
+            stream: None,
         }
     }
 }
@@ -110,6 +114,29 @@ pub struct NetworkedRun {
     pub wall_seconds: f64,
     /// The three parties' own reports.
     pub parties: Vec<PartyReport>,
+    /// A stream's batches, throughput and latency (with [`LaunchOptions::stream`]). The
+    /// per-image bytes above are then averages over the stream and the rounds those of one
+    /// batch.
+    pub stream: Option<NetworkedStream>,
+}
+
+/// A stream measured over the network.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetworkedStream {
+    pub settings: StreamSettings,
+    /// Whether the suite's offline phase overlapped the online phases (false for a suite
+    /// without offline material).
+    pub pipelined: bool,
+    pub timing: StreamTiming,
+    /// Per batch, over the three parties: dealing from the first party's start to the last
+    /// one's end; online from the last party taking the material to the client's result.
+    pub batches: Vec<BatchTimes>,
+    /// Per batch: bytes of all parties (offline + online) and rounds (online).
+    pub batch_bytes: Vec<u64>,
+    pub batch_rounds: Vec<u64>,
+    /// Whether all full batches had the same bytes and rounds per layer (they must: every
+    /// batch runs the same protocol on material of its own).
+    pub batches_cost_alike: bool,
 }
 
 impl NetworkedRun {
@@ -242,6 +269,15 @@ fn attempt(
             .arg(opts.frac_bits.to_string())
             .args(["--timeout", &secs, "--out"])
             .arg(out(r))
+            .args(match opts.stream {
+                Some(st) => vec![
+                    "--stream-batch".to_string(),
+                    st.batch.to_string(),
+                    "--stream-depth".to_string(),
+                    st.depth.to_string(),
+                ],
+                None => Vec::new(),
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -378,9 +414,18 @@ pub fn run_networked(
 
 /// Per-label costs of the three parties' reports (bytes summed, rounds max), in P0's order.
 pub fn merge_layers(parties: &[PartyReport]) -> Vec<LabelCost> {
+    let parts: Vec<(usize, &[LabelCost])> = parties
+        .iter()
+        .map(|p| (p.role, p.layers.as_slice()))
+        .collect();
+    merge_label_costs(&parts)
+}
+
+/// [`merge_layers`] on `(role, layers)` pairs.
+pub fn merge_label_costs(parties: &[(usize, &[LabelCost])]) -> Vec<LabelCost> {
     let mut out: Vec<LabelCost> = Vec::new();
-    for p in parties {
-        for l in &p.layers {
+    for &(role, layers) in parties {
+        for l in layers {
             let i = match out.iter().position(|o| o.label == l.label) {
                 Some(i) => i,
                 None => {
@@ -396,7 +441,7 @@ pub fn merge_layers(parties: &[PartyReport]) -> Vec<LabelCost> {
             o.offline_bytes += l.offline_bytes;
             o.online_rounds = o.online_rounds.max(l.online_rounds);
             o.offline_rounds = o.offline_rounds.max(l.offline_rounds);
-            o.bytes_per_party[p.role.min(2)] += l.online_bytes + l.offline_bytes;
+            o.bytes_per_party[role.min(2)] += l.online_bytes + l.offline_bytes;
         }
     }
     out
@@ -441,8 +486,38 @@ fn summarise(
         .map(|p| p.online_end_unix)
         .fold(0.0, f64::max);
     let nf = n as f64;
-    let offline = (last_online_start - first_offline).max(0.0) / nf;
-    let online = (last_end - last_online_start).max(0.0) / nf;
+    let mut offline = (last_online_start - first_offline).max(0.0) / nf;
+    let mut online = (last_end - last_online_start).max(0.0) / nf;
+    let mut rounds = sum(&|l| l.online_rounds);
+    let mut offline_rounds = sum(&|l| l.offline_rounds);
+    let stream = match &opts.stream {
+        Some(st) => {
+            let s = summarise_stream(&parties, *st)?;
+            // Per image: the phases' spans summed over the batches; rounds: one batch's.
+            offline = s
+                .batches
+                .iter()
+                .map(|b| b.offline_end - b.offline_start)
+                .sum::<f64>()
+                / nf;
+            online = s
+                .batches
+                .iter()
+                .map(|b| b.online_end - b.online_start)
+                .sum::<f64>()
+                / nf;
+            rounds = s.batch_rounds.first().copied().unwrap_or(0);
+            offline_rounds = parties
+                .iter()
+                .filter_map(|p| p.stream.as_ref())
+                .filter_map(|r| r.batches.first())
+                .map(|b| b.layers.iter().map(|l| l.offline_rounds).sum::<u64>())
+                .max()
+                .unwrap_or(0);
+            Some(s)
+        }
+        None => None,
+    };
     Ok(NetworkedRun {
         protocol: opts.protocol.name().to_string(),
         network: opts.network,
@@ -456,8 +531,8 @@ fn summarise(
         online_bytes: sum(&|l| l.online_bytes) as f64 / nf,
         client_bytes: parties.iter().map(|p| p.client_bytes).sum::<u64>() as f64 / nf,
         offline_bytes: sum(&|l| l.offline_bytes) as f64 / nf,
-        rounds: sum(&|l| l.online_rounds),
-        offline_rounds: sum(&|l| l.offline_rounds),
+        rounds,
+        offline_rounds,
         setup_bytes: setup
             .iter()
             .map(|l| l.online_bytes + l.offline_bytes)
@@ -468,6 +543,77 @@ fn summarise(
         relayed_bytes,
         wall_seconds,
         parties,
+        stream,
+    })
+}
+
+/// The stream part of a summary: per batch, the parties' costs merged like a single run's and
+/// their times merged over the shared clock.
+fn summarise_stream(parties: &[PartyReport], st: StreamSettings) -> Result<NetworkedStream> {
+    let reps: Vec<&super::session::StreamReport> = parties
+        .iter()
+        .map(|p| {
+            p.stream
+                .as_ref()
+                .ok_or_else(|| launch_err(format!("party {} did not report a stream", p.role)))
+        })
+        .collect::<Result<_>>()?;
+    let nb = reps[0].batches.len();
+    if reps
+        .iter()
+        .any(|r| r.batches.len() != nb || r.settings != st)
+    {
+        return Err(launch_err("the parties report different streams"));
+    }
+    let mut batch_bytes = Vec::with_capacity(nb);
+    let mut batch_rounds = Vec::with_capacity(nb);
+    let mut shapes: Vec<(usize, Vec<(String, u64, u64, u64, u64)>)> = Vec::new();
+    for j in 0..nb {
+        let parts: Vec<(usize, &[LabelCost])> = parties
+            .iter()
+            .zip(&reps)
+            .map(|(p, r)| (p.role, r.batches[j].layers.as_slice()))
+            .collect();
+        let merged = merge_label_costs(&parts);
+        batch_bytes.push(
+            merged
+                .iter()
+                .map(|l| l.online_bytes + l.offline_bytes)
+                .sum(),
+        );
+        batch_rounds.push(merged.iter().map(|l| l.online_rounds).sum());
+        let mut key: Vec<_> = merged
+            .iter()
+            .map(|l| {
+                (
+                    l.label.clone(),
+                    l.online_bytes,
+                    l.offline_bytes,
+                    l.online_rounds,
+                    l.offline_rounds,
+                )
+            })
+            .collect();
+        key.sort();
+        shapes.push((reps[0].batches[j].images, key));
+    }
+    let full: Vec<&(usize, Vec<_>)> = shapes.iter().filter(|(n, _)| *n == st.batch).collect();
+    let batches_cost_alike = full.windows(2).all(|w| w[0].1 == w[1].1);
+    let per_party: Vec<Vec<BatchTimes>> = reps
+        .iter()
+        .map(|r| r.batches.iter().map(|b| b.times).collect())
+        .collect();
+    let refs: Vec<&[BatchTimes]> = per_party.iter().map(|v| v.as_slice()).collect();
+    let batches = crate::pipeline::merge_times(&refs);
+    let sizes: Vec<usize> = reps[0].batches.iter().map(|b| b.images).collect();
+    Ok(NetworkedStream {
+        settings: st,
+        pipelined: reps.iter().all(|r| r.pipelined),
+        timing: StreamTiming::from_batches(&batches, &sizes, st.batch, st.depth),
+        batches,
+        batch_bytes,
+        batch_rounds,
+        batches_cost_alike,
     })
 }
 
@@ -504,6 +650,7 @@ mod tests {
             online_start_unix: 1001.0 + 0.1 * role as f64,
             online_end_unix: 1003.0 - 0.5 * role as f64,
             layers,
+            stream: None,
         }
     }
 

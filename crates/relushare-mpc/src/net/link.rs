@@ -33,7 +33,7 @@ enum Out {
     Close,
 }
 
-type Inbox = Result<Vec<u8>, NetError>;
+pub(crate) type Inbox = Result<Vec<u8>, NetError>;
 
 pub(crate) struct Link {
     peer: usize,
@@ -140,6 +140,11 @@ impl Link {
         })
     }
 
+    /// The read/write timeout of this link.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn down(&self) -> Option<NetError> {
         let f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         f.as_ref().map(|reason| NetError::LinkFailed {
@@ -150,6 +155,12 @@ impl Link {
 
     /// Queues one message; returns once it is encrypted and handed to the writer thread.
     pub(crate) fn send(&mut self, msg: &[u8]) -> Result<(), NetError> {
+        self.send_with(msg, &[])
+    }
+
+    /// Queues one message made of `msg` followed by `trailer` (e.g. a lane tag), without
+    /// copying `msg`.
+    pub(crate) fn send_with(&mut self, msg: &[u8], trailer: &[u8]) -> Result<(), NetError> {
         if let Some(e) = self.down() {
             return Err(e);
         }
@@ -162,7 +173,7 @@ impl Link {
         let peer = self.peer;
         let tls_err = |e: io::Error| super::tls::map_tls_io(peer, e, "sending", self.timeout);
         let mut conn = lock(&self.conn);
-        let hdr = header(msg.len());
+        let hdr = header(msg.len() + trailer.len());
         let mut first = true;
         let mut rest = msg;
         loop {
@@ -176,6 +187,9 @@ impl Link {
                 conn.writer().write_all(&rest[..take]).map_err(tls_err)?;
             }
             rest = &rest[take..];
+            if rest.is_empty() && !trailer.is_empty() {
+                conn.writer().write_all(trailer).map_err(tls_err)?;
+            }
             let records = take_tls(&mut conn).map_err(tls_err)?;
             // Queued while holding the lock so records leave in the order they were sealed.
             if self.out_tx.send(Out::Data(records)).is_err() {
@@ -186,6 +200,13 @@ impl Link {
                 return Ok(());
             }
         }
+    }
+
+    /// Takes the queue of received messages (the reader thread keeps filling it) for a
+    /// demultiplexer; [`Link::recv`] reports the link as disconnected afterwards.
+    pub(crate) fn take_inbox(&mut self) -> Receiver<Inbox> {
+        let (_tx, rx) = mpsc::channel();
+        std::mem::replace(&mut self.in_rx, rx)
     }
 
     /// The next whole message, waiting at most the read timeout.

@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Default timeout (connection deadline, read and write timeouts).
@@ -117,6 +117,8 @@ type SetupResult = Result<(usize, Connection, TcpStream), (usize, NetError)>;
 pub struct TlsTransport {
     role: usize,
     links: Vec<Option<Link>>,
+    /// Split into lanes ([`TlsTransport::lanes`]): whole-mesh messages are refused.
+    laned: bool,
 }
 
 impl std::fmt::Debug for TlsTransport {
@@ -332,7 +334,11 @@ impl TlsTransport {
         };
         stop.store(true, Ordering::Relaxed);
         match result {
-            Ok(()) => Ok(TlsTransport { role, links }),
+            Ok(()) => Ok(TlsTransport {
+                role,
+                links,
+                laned: false,
+            }),
             Err(e) => {
                 for l in links.iter_mut().flatten() {
                     l.abort();
@@ -347,6 +353,15 @@ impl TlsTransport {
         self.role
     }
 
+    /// The read/write timeout of the connections.
+    pub fn timeout(&self) -> Duration {
+        self.links
+            .iter()
+            .flatten()
+            .next()
+            .map_or(DEFAULT_TIMEOUT, |l| l.timeout())
+    }
+
     fn link(&mut self, peer: usize) -> Result<&mut Link, NetError> {
         let me = self.role;
         self.links
@@ -357,7 +372,70 @@ impl TlsTransport {
 
     /// Queues a message for `to` without waiting for it to be read.
     pub fn send_msg(&mut self, to: usize, msg: &[u8]) -> Result<(), NetError> {
+        if self.laned {
+            return Err(NetError::Config(
+                "internal: a whole-mesh message on a mesh split into lanes".into(),
+            ));
+        }
         self.link(to)?.send(msg)
+    }
+
+    /// Splits the mesh into `k` lanes (at most 255): independent ordered message streams to the
+    /// same peers over the same connections (so through the same relays and shaping), each a
+    /// [`crate::transport::Transport`] for its own thread. A message carries its lane as one
+    /// trailing byte (framing, not payload: not counted); one demultiplexing thread per peer
+    /// sorts the received messages into the lanes. Sending locks the mesh only while a message
+    /// is encrypted and queued. Every receive waits at most the mesh's timeout and gives up
+    /// early once `cancel` is set. From then on the mesh itself neither sends nor receives
+    /// messages (close it as usual at the end).
+    pub fn lanes(
+        mesh: &Arc<Mutex<TlsTransport>>,
+        k: usize,
+        cancel: &crate::transport::CancelToken,
+    ) -> Result<Vec<LaneTransport>, NetError> {
+        if k == 0 || k > 255 {
+            return Err(NetError::Config(format!("{k} lanes (1 to 255)")));
+        }
+        let mut t = mesh
+            .lock()
+            .map_err(|_| NetError::Config("mesh lock poisoned".into()))?;
+        if t.laned {
+            return Err(NetError::Config(
+                "the mesh is already split into lanes".into(),
+            ));
+        }
+        t.laned = true;
+        let role = t.role;
+        let mut rx: Vec<[Option<mpsc::Receiver<link::Inbox>>; 3]> =
+            (0..k).map(|_| Default::default()).collect();
+        let mut timeout = DEFAULT_TIMEOUT;
+        for (peer, l) in t.links.iter_mut().enumerate() {
+            let Some(l) = l.as_mut() else { continue };
+            timeout = l.timeout();
+            let inbox = l.take_inbox();
+            let mut tx = Vec::with_capacity(k);
+            for lane in rx.iter_mut() {
+                let (s, r) = mpsc::channel();
+                tx.push(s);
+                lane[peer] = Some(r);
+            }
+            std::thread::Builder::new()
+                .name(format!("net-lanes-P{peer}"))
+                .spawn(move || demux(peer, &inbox, &tx))
+                .map_err(|e| NetError::Config(format!("cannot start a lane thread: {e}")))?;
+        }
+        Ok(rx
+            .into_iter()
+            .enumerate()
+            .map(|(lane, rx)| LaneTransport {
+                role,
+                lane: lane as u8,
+                mesh: mesh.clone(),
+                rx,
+                timeout,
+                cancel: cancel.clone(),
+            })
+            .collect())
     }
 
     /// The next whole message from `from` (waits at most the timeout).
@@ -390,6 +468,89 @@ impl TlsTransport {
     pub fn abort(mut self) {
         for l in self.links.iter_mut().flatten() {
             l.abort();
+        }
+    }
+}
+
+/// Sorts one peer's messages into lanes by their trailing byte, until the link ends; a failure
+/// reaches every lane.
+fn demux(peer: usize, inbox: &mpsc::Receiver<link::Inbox>, tx: &[mpsc::Sender<link::Inbox>]) {
+    let fail = |e: &NetError| {
+        for s in tx {
+            let copy = match e {
+                NetError::Disconnected { peer } => NetError::Disconnected { peer: *peer },
+                e => NetError::LinkFailed {
+                    peer,
+                    reason: e.to_string(),
+                },
+            };
+            let _ = s.send(Err(copy));
+        }
+    };
+    for m in inbox.iter() {
+        match m {
+            Ok(mut m) => match m.pop().map(usize::from) {
+                Some(lane) if lane < tx.len() => {
+                    let _ = tx[lane].send(Ok(m));
+                }
+                other => {
+                    fail(&NetError::Protocol {
+                        peer,
+                        reason: format!("a message on lane {other:?}, not one of 0..{}", tx.len()),
+                    });
+                    return;
+                }
+            },
+            Err(e) => {
+                fail(&e);
+                return;
+            }
+        }
+    }
+}
+
+/// One lane of a mesh split by [`TlsTransport::lanes`].
+pub struct LaneTransport {
+    role: usize,
+    lane: u8,
+    mesh: Arc<Mutex<TlsTransport>>,
+    rx: [Option<mpsc::Receiver<link::Inbox>>; 3],
+    timeout: Duration,
+    cancel: crate::transport::CancelToken,
+}
+
+impl crate::transport::Transport for LaneTransport {
+    fn party(&self) -> usize {
+        self.role
+    }
+
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<(), crate::error::MpcError> {
+        let mut t = self
+            .mesh
+            .lock()
+            .map_err(|_| crate::error::MpcError::Transport("mesh lock poisoned".into()))?;
+        Ok(t.link(to)?.send_with(msg, &[self.lane])?)
+    }
+
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>, crate::error::MpcError> {
+        let rx = self
+            .rx
+            .get(from)
+            .and_then(|r| r.as_ref())
+            .ok_or(crate::error::MpcError::BadParty(from))?;
+        match crate::transport::recv_cancellable(rx, self.timeout, Some(&self.cancel), from) {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => Err(e.into()),
+            Err(None) => Err(NetError::Timeout {
+                peer: from,
+                what: "waiting for a message",
+                secs: self.timeout.as_secs_f64(),
+            }
+            .into()),
+            Err(Some(crate::error::MpcError::Disconnected(p))) => {
+                Err(NetError::Disconnected { peer: p }.into())
+            }
+            Err(Some(e)) => Err(e),
         }
     }
 }

@@ -450,7 +450,14 @@ fn mesh(
         let p = h.peer;
         links[p] = Some(Link::new(p, h.conn, h.sock, timeout, max_frame)?);
     }
-    Ok((TlsTransport { role, links }, socks))
+    Ok((
+        TlsTransport {
+            role,
+            links,
+            laned: false,
+        },
+        socks,
+    ))
 }
 
 /// Closes `socks` if the session is still running after `limit` (drop the returned sender, or

@@ -88,6 +88,38 @@ pub struct SessionOptions {
     pub frac_bits: u32,
 }
 
+/// A stream: the images in batches of `batch`, the dealer's material for the next batches
+/// produced and sent while the current one is online, at most `depth` batches ahead
+/// ([`crate::pipeline`]). All three parties must pass the same settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSettings {
+    /// Images per batch (the last batch may be smaller).
+    pub batch: usize,
+    /// Batches of material queued ahead.
+    pub depth: usize,
+}
+
+/// One batch of a stream as one party saw it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Images in the batch.
+    pub images: usize,
+    /// When this party dealt / received the batch's material and evaluated it (Unix seconds).
+    pub times: crate::pipeline::BatchTimes,
+    /// This party's costs of the batch (offline and online), per label.
+    pub layers: Vec<crate::cost::LabelCost>,
+}
+
+/// A party's record of a stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamReport {
+    pub settings: StreamSettings,
+    pub batches: Vec<BatchReport>,
+    /// Whether the suite's offline phase ran in its own thread (false: a suite without offline
+    /// material, run batch after batch).
+    pub pipelined: bool,
+}
+
 /// The client's images.
 #[derive(Clone, Debug)]
 pub enum ImageSource {
@@ -207,6 +239,9 @@ pub struct PartyReport {
     pub online_end_unix: f64,
     /// This party's per-layer costs.
     pub layers: Vec<crate::cost::LabelCost>,
+    /// A stream's batches (`None` for a single batch).
+    #[serde(default)]
+    pub stream: Option<StreamReport>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -220,6 +255,9 @@ struct Announce {
     /// The session reuses its owner–helper pair's weight masks.
     #[serde(default)]
     fixed_masks: bool,
+    /// The images run as a pipelined stream.
+    #[serde(default)]
+    stream: Option<StreamSettings>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -517,10 +555,35 @@ pub fn run_with(
     opts: &SessionOptions,
     reuse: Option<&MaskReuse>,
 ) -> Result<PartyReport> {
+    run_full(mesh, model, images, opts, reuse, None)
+}
+
+/// [`run`] as a pipelined stream ([`crate::pipeline`]): the client's images in batches of
+/// `stream.batch`, the dealer's material for the next batches sent (over the same connections)
+/// while the current batch is online, and each batch's output shares sent to the client as soon
+/// as it is done. The report holds every batch's costs and times.
+pub fn run_stream(
+    mesh: TlsTransport,
+    model: Option<&Model>,
+    images: Option<&ImageSource>,
+    opts: &SessionOptions,
+    stream: StreamSettings,
+) -> Result<PartyReport> {
+    run_full(mesh, model, images, opts, None, Some(stream))
+}
+
+fn run_full(
+    mesh: TlsTransport,
+    model: Option<&Model>,
+    images: Option<&ImageSource>,
+    opts: &SessionOptions,
+    reuse: Option<&MaskReuse>,
+    stream: Option<StreamSettings>,
+) -> Result<PartyReport> {
     let start = Instant::now();
     let me = mesh.role();
     let mesh = Arc::new(Mutex::new(mesh));
-    let result = run_inner(&mesh, me, model, images, opts, reuse, start);
+    let result = run_inner(&mesh, me, model, images, opts, reuse, stream, start);
     // The suite (and its Comm) are gone; take the mesh back to close it.
     let mesh = Arc::try_unwrap(mesh).ok().and_then(|m| m.into_inner().ok());
     match (&result, mesh) {
@@ -533,6 +596,7 @@ pub fn run_with(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_inner(
     mesh: &Arc<Mutex<TlsTransport>>,
     me: usize,
@@ -540,8 +604,23 @@ fn run_inner(
     images: Option<&ImageSource>,
     opts: &SessionOptions,
     reuse: Option<&MaskReuse>,
+    stream: Option<StreamSettings>,
     start: Instant,
 ) -> Result<PartyReport> {
+    if let Some(st) = stream {
+        crate::pipeline::check_depth(st.depth)?;
+        if st.batch == 0 || st.batch > MAX_IMAGES {
+            return Err(MpcError::Param(format!(
+                "stream batches of 1 to {MAX_IMAGES} images (got {})",
+                st.batch
+            )));
+        }
+        if reuse.is_some() {
+            return Err(MpcError::Param(
+                "a stream does not reuse a serving pair's weight masks".into(),
+            ));
+        }
+    }
     if !PROTOCOLS.contains(&opts.protocol.as_str()) {
         return Err(MpcError::Param(format!(
             "protocol {:?} is not available over the network (use {})",
@@ -576,6 +655,7 @@ fn run_inner(
         input: images.is_some(),
         images: images.map_or(0, |i| i.count()),
         fixed_masks: reuse.is_some(),
+        stream,
     };
     let body = serde_json::to_vec(&mine).map_err(|e| MpcError::Param(e.to_string()))?;
     for &j in &others {
@@ -608,6 +688,12 @@ fn run_inner(
                 "party {j} {} the owner-helper pair's weight masks, this party {}",
                 says(a.fixed_masks),
                 says(mine.fixed_masks)
+            )));
+        }
+        if a.stream != mine.stream {
+            return Err(MpcError::Param(format!(
+                "party {j} runs {:?}, this party {:?} (stream settings must agree)",
+                a.stream, mine.stream
             )));
         }
         all[j] = a;
@@ -840,6 +926,81 @@ fn run_inner(
     for &j in &others {
         io.recv(j, TAG_READY, 0)?;
     }
+    if let Some(st) = stream {
+        let out = stream_protocol(mesh, suite, fm, &weights, &gp, x, n, st, client, costs)?;
+        let mut names: Vec<String> = vec!["model-setup".into(), "offline".into()];
+        names.extend(fm.layers.iter().map(|l| l.name().to_string()));
+        names.push("output".into());
+        let report = CostReport::from_parties(&[out.costs.clone()], &names);
+        let layers: Vec<_> = report
+            .layers
+            .iter()
+            .filter(|l| l.online_bytes + l.offline_bytes > 0 || l.online_rounds > 0)
+            .cloned()
+            .collect();
+        let first = out
+            .report
+            .batches
+            .first()
+            .map(|b| b.times)
+            .unwrap_or_default();
+        let last = out
+            .report
+            .batches
+            .last()
+            .map(|b| b.times)
+            .unwrap_or_default();
+        let (logits, classes) = match out.logits {
+            Some(l) => {
+                let c = l.iter().map(|c| crate::plain::argmax_fixed(c)).collect();
+                (
+                    Some(l.iter().map(|c| fm.fp.decode_vec(c)).collect()),
+                    Some(c),
+                )
+            }
+            None => (None, None),
+        };
+        return Ok(PartyReport {
+            role: me,
+            protocol: opts.protocol.clone(),
+            model_owner: me == owner,
+            client: me == client,
+            owner_role: owner,
+            client_role: client,
+            images: n,
+            arch,
+            logits,
+            classes,
+            offline_bytes: report.offline_bytes(),
+            online_bytes: report.online_bytes(),
+            online_rounds: report.online_rounds(),
+            offline_rounds: report.offline_rounds(),
+            setup_bytes: io.sent,
+            model_setup_bytes,
+            model_setup_rounds,
+            weight_masks: None,
+            client_bytes: out.client_bytes,
+            seconds: start.elapsed().as_secs_f64(),
+            online_seconds: out
+                .report
+                .batches
+                .iter()
+                .map(|b| b.times.online_end - b.times.online_start)
+                .sum(),
+            offline_seconds: out
+                .report
+                .batches
+                .iter()
+                .map(|b| b.times.offline_end - b.times.offline_start)
+                .sum(),
+            setup_seconds,
+            offline_start_unix: first.offline_start,
+            online_start_unix: first.online_start,
+            online_end_unix: last.online_end,
+            layers,
+            stream: Some(out.report),
+        });
+    }
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("offline");
     let offline_start_unix = unix_now();
@@ -934,6 +1095,168 @@ fn run_inner(
         online_start_unix,
         online_end_unix,
         layers,
+        stream: None,
+    })
+}
+
+/// What a party's stream produced.
+struct StreamOut {
+    /// Costs of all batches (and the model setup, merged in by the caller's `costs`).
+    costs: PartyCosts,
+    report: StreamReport,
+    client_bytes: u64,
+    /// The client's encoded logits, per image.
+    logits: Option<Vec<Vec<u64>>>,
+}
+
+/// Step 5 of a stream: split the mesh into lanes and run the batches through
+/// [`crate::pipeline::run_party`]; each batch's output shares go to the client on
+/// [`crate::pipeline::LANE_OUTPUT`] as soon as the batch is done.
+#[allow(clippy::too_many_arguments)]
+fn stream_protocol(
+    mesh: &Arc<Mutex<TlsTransport>>,
+    mut suite: Box<dyn Suite>,
+    fm: &FixedModel,
+    weights: &[WeightShare],
+    gp: &[Option<GroupShares>],
+    x: Shared,
+    n: usize,
+    st: StreamSettings,
+    client: usize,
+    mut costs: PartyCosts,
+) -> Result<StreamOut> {
+    use crate::pipeline::{self, LANES, LANE_CONTROL, LANE_OFFLINE, LANE_ONLINE, LANE_OUTPUT};
+    let me = suite.party();
+    let sizes = pipeline::batch_sizes(n, st.batch)?;
+    let mut plans: Vec<crate::suite::Plan> = Vec::new();
+    for &b in &sizes {
+        if !plans.iter().any(|p| p.n == b) {
+            plans.push(crate::runner::build_plan(fm, b, gp));
+        }
+    }
+    let by_batch: Vec<&crate::suite::Plan> = sizes
+        .iter()
+        .map(|&b| plans.iter().find(|p| p.n == b).expect("built above"))
+        .collect();
+    let mut inputs = Vec::with_capacity(sizes.len());
+    let mut off = 0;
+    for &b in &sizes {
+        let len = b * fm.input_len;
+        inputs.push(if me == 2 {
+            Vec::new()
+        } else {
+            x.get(off..off + len)
+                .ok_or_else(|| MpcError::Shape("input shares shorter than the images".into()))?
+                .to_vec()
+        });
+        off += len;
+    }
+    drop(x);
+    let cancel = crate::transport::CancelToken::new();
+    let timeout = mesh
+        .lock()
+        .map_err(|_| MpcError::Transport("mesh lock poisoned".into()))?
+        .timeout();
+    let mut lanes: Vec<Option<super::LaneTransport>> = TlsTransport::lanes(mesh, LANES, &cancel)?
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut lane = |i: usize| lanes[i].take().expect("each lane taken once");
+    let (online, offline, control, mut output) = (
+        lane(LANE_ONLINE),
+        lane(LANE_OFFLINE),
+        lane(LANE_CONTROL),
+        lane(LANE_OUTPUT),
+    );
+    suite.comm().replace_transport(Box::new(online))?;
+    let clock = unix_now;
+    let out_len = fm.output_len;
+    let mut logits: Vec<Vec<u64>> = Vec::new();
+    let mut client_bytes = 0u64;
+    let party = pipeline::StreamParty {
+        suite: suite.as_mut(),
+        offline: Comm::new(Box::new(offline)),
+        control: Box::new(control),
+        depth: st.depth,
+        timeout,
+        cancel: cancel.clone(),
+        clock: &clock,
+    };
+    let batches = pipeline::run_party(
+        party,
+        &by_batch,
+        weights,
+        inputs,
+        &fm.out_lens,
+        &mut |j, b| {
+            let want = b.n * out_len;
+            if me < 2 && me != client {
+                let s = b
+                    .output
+                    .as_ref()
+                    .ok_or_else(|| MpcError::Shape("no output share".into()))?;
+                Transport::send(&mut output, client, &crate::ring::u64s_to_bytes(s))?;
+                client_bytes += 8 * s.len() as u64;
+            }
+            if me == client {
+                let mut y = vec![0u64; want];
+                for p in 0..2 {
+                    let s = if p == me {
+                        b.output
+                            .clone()
+                            .ok_or_else(|| MpcError::Shape("no output share".into()))?
+                    } else {
+                        let m = Transport::recv(&mut output, p)?;
+                        crate::ring::bytes_to_u64s_n(&m, want, p).map_err(|_| {
+                            MpcError::from(NetError::Protocol {
+                                peer: p,
+                                reason: format!(
+                                    "output shares of batch {j}: {} bytes, expected {}",
+                                    m.len(),
+                                    8 * want
+                                ),
+                            })
+                        })?
+                    };
+                    crate::ring::check_len("output share", &s, want)?;
+                    crate::ring::add_assign(&mut y, &s);
+                }
+                logits.extend(y.chunks(out_len.max(1)).map(|c| c.to_vec()));
+            }
+            Ok(())
+        },
+    );
+    if batches.is_err() {
+        cancel.cancel();
+    }
+    let (batches, pipelined) = batches?;
+    drop(suite);
+    let mut names: Vec<String> = vec!["offline".into()];
+    names.extend(fm.layers.iter().map(|l| l.name().to_string()));
+    names.push("output".into());
+    let mut reports = Vec::with_capacity(batches.len());
+    for b in &batches {
+        crate::cost::merge_into(&mut costs, &b.costs);
+        let r = CostReport::from_parties(std::slice::from_ref(&b.costs), &names);
+        reports.push(BatchReport {
+            images: b.n,
+            times: b.times,
+            layers: r
+                .layers
+                .into_iter()
+                .filter(|l| l.online_bytes + l.offline_bytes > 0 || l.online_rounds > 0)
+                .collect(),
+        });
+    }
+    Ok(StreamOut {
+        costs,
+        report: StreamReport {
+            settings: st,
+            batches: reports,
+            pipelined,
+        },
+        client_bytes,
+        logits: (me == client).then_some(logits),
     })
 }
 

@@ -707,3 +707,101 @@ fn unknown_mask_state_and_mismatched_reuse_fail_clearly() {
         assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
     }
 }
+
+/// A pipelined stream over the TLS mesh (its lanes): 5 images in batches of 2, the dealer's
+/// material sent while the previous batch is online. Every batch costs each party what the same
+/// batch costs in a one-batch session, the client gets every image's plaintext result, and
+/// parties that disagree on the stream settings fail with a clear error.
+#[test]
+fn networked_stream_costs_equal_one_batch_sessions() {
+    use crate::net::session::{self, ImageSource, SessionOptions, StreamSettings};
+    use relushare_model::{presets, Arch, Model};
+    let model = Model::random(presets::build(Arch::Fmnist, "original").unwrap(), None, 9).unwrap();
+    let images: Vec<Vec<f32>> = session::random_images(4, 5, model.spec.input.len())
+        .into_iter()
+        .map(|v| v.into_iter().map(|x| x * 0.5).collect())
+        .collect();
+    let opts = SessionOptions {
+        protocol: "fast".into(),
+        frac_bits: 13,
+    };
+    let run = |imgs: Vec<Vec<f32>>, stream: [Option<StreamSettings>; 3]| {
+        let dir = session("stream", "s");
+        let handles = mesh(&dir, 20_000);
+        let mut workers = Vec::new();
+        for (role, h) in handles.into_iter().enumerate() {
+            let (opts, model, imgs) = (opts.clone(), model.clone(), imgs.clone());
+            workers.push(thread::spawn(move || {
+                let t = h.join().unwrap().unwrap();
+                let m = (role == 1).then_some(&model);
+                let i = (role == 0).then(|| ImageSource::Given(imgs));
+                match stream[role] {
+                    Some(st) => session::run_stream(t, m, i.as_ref(), &opts, st),
+                    None => session::run(t, m, i.as_ref(), &opts),
+                }
+            }));
+        }
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let st = StreamSettings { batch: 2, depth: 1 };
+    let reports: Vec<_> = run(images.clone(), [Some(st); 3])
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let single: Vec<_> = run(images[..2].to_vec(), [None; 3])
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    for (r, s) in reports.iter().zip(&single) {
+        let sr = r.stream.as_ref().unwrap();
+        assert!(sr.pipelined);
+        assert_eq!(
+            sr.batches.iter().map(|b| b.images).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        let key = |v: &[crate::cost::LabelCost]| {
+            v.iter()
+                .filter(|l| l.label != "model-setup")
+                .map(|l| {
+                    (
+                        l.label.clone(),
+                        l.online_bytes,
+                        l.offline_bytes,
+                        l.online_rounds,
+                        l.offline_rounds,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        for b in &sr.batches[..2] {
+            assert_eq!(key(&b.layers), key(&s.layers), "party {}", r.role);
+        }
+        assert_eq!(r.model_setup_bytes, s.model_setup_bytes);
+    }
+    assert_eq!(
+        reports[1].client_bytes,
+        8 * 5 * model.spec.num_classes as u64
+    );
+    let logits = reports[0].logits.clone().unwrap();
+    assert_eq!(logits.len(), 5);
+    for (img, got) in images.iter().zip(&logits) {
+        let plain = crate::plain::forward_fixed(&model, img, 13, &mut |_| false).unwrap();
+        for (a, b) in plain.iter().zip(got) {
+            assert!((a - b).abs() < 0.05, "{plain:?} vs {got:?}");
+        }
+    }
+    // Settings that differ between the parties.
+    let other = StreamSettings { batch: 3, depth: 1 };
+    let errs: Vec<String> = run(images, [Some(st), Some(other), Some(st)])
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("stream settings must agree")),
+        "{errs:?}"
+    );
+}
