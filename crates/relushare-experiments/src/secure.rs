@@ -147,6 +147,9 @@ pub struct SecureSummary {
     /// "calibrated" (deep networks: measured with a margin, see
     /// `relushare_mpc::fast::bounds::calibrate`); `None` for `securenn`.
     pub comparison_bounds: Option<String>,
+    /// With `--protocol auto`: the choice and its reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_choice: Option<relushare_mpc::auto::Choice>,
     pub per_image: Vec<ImageResult>,
 }
 
@@ -469,6 +472,7 @@ fn summarize(
         wall_seconds,
         truncation_failure_bound: bounds.map(|b| b.0),
         comparison_bounds: bounds.map(|b| b.1.to_string()),
+        protocol_choice: None,
         per_image,
     }
 }
@@ -521,4 +525,30 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// `--protocol auto`: the suite `relushare_mpc::auto` predicts fastest for `job` over `net`
+/// (`None`: in process, compute only), measured on the first image of `set`.
+pub fn choose_protocol(
+    model: &Model,
+    set: &ImageSet,
+    frac_bits: u32,
+    net: Option<NetProfile>,
+    job: relushare_mpc::auto::Job,
+    objective: relushare_mpc::auto::Objective,
+) -> Result<relushare_mpc::auto::Choice> {
+    if set.is_empty() {
+        bail!("no image to measure the suites on");
+    }
+    let fm = FixedModel::from_model(model, frac_bits)?;
+    let mut buf = vec![0f32; model.spec.input.len()];
+    model.spec.normalization.apply(set.image(0), &mut buf);
+    let x = fm.encode_input(&buf)?;
+    let link = relushare_mpc::auto::Link {
+        rtt_ms: net.map_or(0.0, |p| p.rtt_ms),
+        mbit: net.and_then(|p| p.mbit),
+    };
+    Ok(relushare_mpc::auto::choose_for_model(
+        model, &fm, &x, link, job, objective,
+    )?)
 }

@@ -61,6 +61,9 @@ pub struct StreamSummary {
     pub setup_seconds: f64,
     /// Wall-clock seconds of the whole job (process start, TLS and setup included).
     pub wall_seconds: f64,
+    /// With `--protocol auto`: the choice and its reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_choice: Option<relushare_mpc::auto::Choice>,
     /// Per batch: dealing and evaluation spans, seconds from the stream's start.
     pub batches: Vec<BatchTimes>,
 }
@@ -239,6 +242,7 @@ pub fn run(
         agree_with_plaintext: agree,
         setup_seconds,
         wall_seconds: t0.elapsed().as_secs_f64(),
+        protocol_choice: None,
         batches: times,
     })
 }

@@ -4,6 +4,7 @@
 //!
 //! Parties: P0 and P1 hold additive shares of the image and the weights; P2 helps (dealer).
 
+pub mod auto;
 pub mod cost;
 pub mod error;
 pub mod fast;

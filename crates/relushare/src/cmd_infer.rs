@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use relushare_data::{load, DatasetName, Split};
 use relushare_model::Model;
-use relushare_mpc::protocol::Protocol;
+use relushare_mpc::auto::{Job, Objective, ProtocolArg};
 
 use crate::image_args::{self, ImageArgs};
 use crate::model_args::ModelArgs;
@@ -19,9 +19,14 @@ use relushare_experiments::secure::{run_secure, run_secure_networked};
 pub struct Args {
     #[command(flatten)]
     pub source: ModelArgs,
-    /// Protocol suite: securenn (the paper's baseline), fast, fss.
+    /// Protocol suite: securenn (the paper's baseline), fast, fss, or auto (the suite a cost
+    /// model predicts fastest for the --network and the job: one image or a --stream).
     #[arg(long, default_value = "fast")]
-    pub protocol: Protocol,
+    pub protocol: ProtocolArg,
+    /// With --protocol auto and one image: minimise its total time (offline + online), or its
+    /// online time only (dealer material produced ahead).
+    #[arg(long, default_value = "total")]
+    pub objective: Objective,
     /// Image files to classify instead of dataset images.
     #[command(flatten)]
     pub files: ImageArgs,
@@ -112,18 +117,44 @@ pub fn run(a: Args) -> Result<()> {
     for w in &data.warnings {
         eprintln!("warning: {w}");
     }
+    let (protocol, choice) = match a.protocol {
+        ProtocolArg::Fixed(p) => (p, None),
+        ProtocolArg::Auto => {
+            let job = match a.stream {
+                Some(images) => Job::Stream {
+                    images,
+                    batch: a.batch,
+                },
+                None => Job::Image,
+            };
+            let c = relushare_experiments::secure::choose_protocol(
+                &model,
+                &data.set,
+                a.frac_bits,
+                network,
+                job,
+                a.objective,
+            )
+            .context("choosing the protocol")?;
+            if !a.json {
+                println!("protocol auto: {}", c.reason);
+            }
+            (c.chosen, Some(c))
+        }
+    };
     if let Some(n) = a.stream {
-        let s = relushare_experiments::stream::run(
+        let mut s = relushare_experiments::stream::run(
             &model,
             &data.set,
             n,
-            a.protocol,
+            protocol,
             a.batch,
             a.depth,
             a.frac_bits,
             network,
             std::time::Duration::from_secs_f64(a.timeout),
         )?;
+        s.protocol_choice = choice;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&s)?);
         } else {
@@ -138,25 +169,18 @@ pub fn run(a: Args) -> Result<()> {
         pb.set_message(format!(
             "{} images with {}",
             a.images.min(data.set.len()),
-            a.protocol
+            protocol
         ));
         pb.enable_steady_tick(std::time::Duration::from_millis(200));
         pb
     };
     let s = match network {
-        None => run_secure(
-            &model,
-            &data.set,
-            a.images,
-            a.protocol,
-            a.batch,
-            a.frac_bits,
-        ),
+        None => run_secure(&model, &data.set, a.images, protocol, a.batch, a.frac_bits),
         Some(net) => run_secure_networked(
             &model,
             &data.set,
             a.images,
-            a.protocol,
+            protocol,
             a.batch,
             a.frac_bits,
             net,
@@ -164,7 +188,8 @@ pub fn run(a: Args) -> Result<()> {
         ),
     };
     spinner.finish_and_clear();
-    let s = s?;
+    let mut s = s?;
+    s.protocol_choice = choice;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -210,7 +235,24 @@ fn run_files(a: &Args, model: &Model) -> Result<()> {
         vec![0; n],
         model.spec.num_classes.max(1),
     )?;
-    let s = run_secure(model, &set, n, a.protocol, a.batch, a.frac_bits)?;
+    let protocol = match a.protocol {
+        ProtocolArg::Fixed(p) => p,
+        ProtocolArg::Auto => {
+            let c = relushare_experiments::secure::choose_protocol(
+                model,
+                &set,
+                a.frac_bits,
+                None,
+                Job::Image,
+                a.objective,
+            )?;
+            if !a.json {
+                println!("protocol auto: {}", c.reason);
+            }
+            c.chosen
+        }
+    };
+    let s = run_secure(model, &set, n, protocol, a.batch, a.frac_bits)?;
     let classes: Vec<usize> = s.per_image.iter().map(|r| r.class).collect();
     let logits: Vec<Vec<f32>> = s.per_image.iter().map(|r| r.logits.clone()).collect();
     let rows = image_args::classified(&s.arch, &a.files.image, &classes, &logits);
