@@ -74,6 +74,16 @@ pub struct Args {
     /// ReLUs and a 53k-comparison sharing, with peak memory (unless --no-memory).
     #[arg(long)]
     pub resnet: bool,
+    /// With --network: measure streams of this many images instead (the dealer's material
+    /// pipelined over the same links; images/s and latency beside the --protocol auto model).
+    #[arg(long, requires = "network")]
+    pub stream: Option<usize>,
+    /// With --stream: batch sizes (comma-separated), one row each.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub stream_batch: Vec<usize>,
+    /// With --stream: batches of dealer material queued ahead.
+    #[arg(long, default_value_t = relushare_mpc::pipeline::DEFAULT_DEPTH)]
+    pub stream_depth: usize,
     /// Internal: run one secure inference ARCH:PRESET:PROTOCOL:BATCH and print its peak memory.
     #[arg(long, hide = true)]
     pub memory_probe: Option<String>,
@@ -651,6 +661,45 @@ fn run_network(a: &Args, archs: &[Arch], names: &[String]) -> Result<()> {
     let repeats = a.repeats.unwrap_or(if a.quick { 1 } else { 3 }).max(1);
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    if let Some(n) = a.stream {
+        if n == 0 || a.stream_batch.iter().any(|&b| b == 0) {
+            bail!("--stream and --stream-batch must be at least 1");
+        }
+        let rows = crate::bench_net::run_streams(
+            archs,
+            &presets,
+            &protocols,
+            &nets,
+            n,
+            &a.stream_batch,
+            a.stream_depth,
+            &model_for,
+            &|arch, n| images(arch, n, Split::Test),
+            &|msg| bar.set_message(msg.to_string()),
+        );
+        bar.finish_and_clear();
+        let rows = rows?;
+        crate::bench_net::print_streams(&rows);
+        if let Some(p) = &a.markdown {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let text = format!(
+                "Measured by `relushare {}`:\n{}",
+                args.join(" "),
+                crate::bench_net::markdown_streams(&rows)?
+            );
+            relushare_model::io::write_atomic(p, text.as_bytes())?;
+            eprintln!("wrote {}", p.display());
+        }
+        if let Some(p) = &a.json {
+            let bytes = serde_json::to_vec_pretty(&serde_json::json!({
+                "machine": machine(),
+                "streams": rows,
+            }))?;
+            relushare_model::io::write_atomic(p, &bytes)?;
+            eprintln!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     let r = crate::bench_net::run(
         archs,
         &presets,

@@ -7,6 +7,11 @@
 //! (`relushare_mpc::net::launch::run_networked`). The model of our run is
 //! `compute + rounds x RTT + bytes / bandwidth`, per phase; the paper's Table 8 and two other
 //! frameworks' published costs are modelled with the same formula and labelled as such.
+//!
+//! `--stream N` measures streams instead ([`run_streams`]): `N` images per row, in batches of
+//! each `--stream-batch`, the dealer's material pipelined (`relushare_mpc::pipeline`) over the
+//! same shaped links, beside the `--protocol auto` cost model's prediction of the same stream
+//! (`relushare_mpc::auto`).
 
 use anyhow::{Context, Result};
 use relushare_analysis::paper::{PaperNumbers, PEER_POINTS};
@@ -287,6 +292,197 @@ pub fn markdown(r: &NetReport, networks: &[NetProfile]) -> Result<String> {
                 p.name, p.mb, p.rounds, p.modelled_seconds
             )?;
         }
+    }
+    Ok(m)
+}
+
+/// One stream: architecture x preset x protocol x network x batch.
+#[derive(Serialize, Clone, Debug)]
+pub struct StreamRow {
+    pub arch: String,
+    pub preset: String,
+    pub protocol: String,
+    pub network: NetworkInfo,
+    pub images: usize,
+    pub batch: usize,
+    pub depth: usize,
+    pub pipelined: bool,
+    /// Measured.
+    pub images_per_second: f64,
+    pub seconds: f64,
+    pub first_result_seconds: f64,
+    pub steady_images_per_second: f64,
+    pub steady_latency_seconds: f64,
+    /// Per image (all parties).
+    pub online_bytes: f64,
+    pub offline_bytes: f64,
+    pub rounds: u64,
+    /// The `--protocol auto` model of the same stream (from the in-process probe of one image).
+    pub modelled_seconds: f64,
+    pub modelled_images_per_second: f64,
+    pub batches_cost_alike: bool,
+    pub agree_with_plaintext: f64,
+}
+
+/// Runs the stream rows.
+#[allow(clippy::too_many_arguments)]
+pub fn run_streams(
+    archs: &[Arch],
+    presets: &[String],
+    protocols: &[Protocol],
+    networks: &[NetProfile],
+    images: usize,
+    batches: &[usize],
+    depth: usize,
+    model_for: &dyn Fn(Arch, &str) -> Result<relushare_model::Model>,
+    images_for: &dyn Fn(Arch, usize) -> Result<relushare_data::ImageSet>,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<StreamRow>> {
+    use relushare_mpc::auto::{predict, probe, Job, Link, Objective};
+    let mut rows = Vec::new();
+    for &arch in archs {
+        for preset in presets {
+            if relushare_model::presets::build(arch, preset).is_err() {
+                continue;
+            }
+            let model = model_for(arch, preset)?;
+            let set = images_for(arch, images)?;
+            let fm = relushare_mpc::plain::FixedModel::from_model(&model, 13)?;
+            let mut buf = vec![0f32; model.spec.input.len()];
+            model.spec.normalization.apply(set.image(0), &mut buf);
+            let x = fm.encode_input(&buf)?;
+            for &protocol in protocols {
+                progress(&format!("{arch} {preset} {protocol} probe"));
+                let measured = probe(&model, &fm, &x, protocol)
+                    .with_context(|| format!("{arch} {preset} {protocol} probe"))?;
+                for net in networks {
+                    for &batch in batches {
+                        let name = net.name().unwrap_or("custom");
+                        progress(&format!(
+                            "{arch} {preset} {protocol} {name} stream of {images}, batch {batch}"
+                        ));
+                        let s = crate::stream::run(
+                            &model,
+                            &set,
+                            images,
+                            protocol,
+                            batch,
+                            depth,
+                            13,
+                            Some(*net),
+                            std::time::Duration::from_secs(180),
+                        )
+                        .with_context(|| {
+                            format!("{arch} {preset} {protocol} stream over {name}, batch {batch}")
+                        })?;
+                        let link = Link {
+                            rtt_ms: net.rtt_ms,
+                            mbit: net.mbit,
+                        };
+                        let pred = predict(
+                            &measured,
+                            &link,
+                            Job::Stream {
+                                images: s.images,
+                                batch,
+                            },
+                            Objective::Total,
+                        );
+                        rows.push(StreamRow {
+                            arch: arch.to_string(),
+                            preset: preset.clone(),
+                            protocol: protocol.name().into(),
+                            network: s.network.clone(),
+                            images: s.images,
+                            batch,
+                            depth,
+                            pipelined: s.pipelined,
+                            images_per_second: s.images_per_second,
+                            seconds: s.seconds,
+                            first_result_seconds: s.first_result_seconds,
+                            steady_images_per_second: s.steady_images_per_second,
+                            steady_latency_seconds: s.steady_latency_seconds,
+                            online_bytes: s.online_bytes,
+                            offline_bytes: s.offline_bytes,
+                            rounds: s.rounds,
+                            modelled_seconds: pred.job_seconds,
+                            modelled_images_per_second: pred.images_per_second,
+                            batches_cost_alike: s.batches_cost_alike,
+                            agree_with_plaintext: s.agree_with_plaintext,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Prints the stream rows as text.
+pub fn print_streams(rows: &[StreamRow]) {
+    println!(
+        "{:<8} {:<10} {:<9} {:<5} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "arch",
+        "preset",
+        "protocol",
+        "net",
+        "batch",
+        "img/s",
+        "model",
+        "first s",
+        "steady/s",
+        "latency",
+        "MB/image",
+        "agree"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<10} {:<9} {:<5} {:>6} {:>8.2} {:>9.2} {:>9.3} {:>9.2} {:>9.3} {:>10.2} {:>5.0}%",
+            r.arch,
+            r.preset,
+            r.protocol,
+            r.network.name,
+            r.batch,
+            r.images_per_second,
+            r.modelled_images_per_second,
+            r.first_result_seconds,
+            r.steady_images_per_second,
+            r.steady_latency_seconds,
+            (r.online_bytes + r.offline_bytes) / 1e6,
+            r.agree_with_plaintext * 100.0
+        );
+    }
+}
+
+/// Markdown table of the stream rows.
+pub fn markdown_streams(rows: &[StreamRow]) -> Result<String> {
+    use std::fmt::Write;
+    let mut m = String::new();
+    writeln!(m, "\n| arch | preset | suite | network | images | batch | images/s | model images/s | first result s | steady images/s | steady latency s (online of a batch) | online MB/image | offline MB/image | rounds/batch | agree |")?;
+    writeln!(
+        m,
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for r in rows {
+        writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.3} | {:.2} | {:.3} | {:.2} | {:.2} | {} | {:.0}% |",
+            r.arch,
+            r.preset,
+            r.protocol,
+            r.network.name,
+            r.images,
+            r.batch,
+            r.images_per_second,
+            r.modelled_images_per_second,
+            r.first_result_seconds,
+            r.steady_images_per_second,
+            r.steady_latency_seconds,
+            r.online_bytes / 1e6,
+            r.offline_bytes / 1e6,
+            r.rounds,
+            r.agree_with_plaintext * 100.0
+        )?;
     }
     Ok(m)
 }
