@@ -678,14 +678,21 @@ fn run_network(a: &Args, archs: &[Arch], names: &[String]) -> Result<()> {
             &|msg| bar.set_message(msg.to_string()),
         );
         bar.finish_and_clear();
-        let rows = rows?;
+        let (rows, skipped) = rows?;
         crate::bench_net::print_streams(&rows);
+        for s in &skipped {
+            println!("skipped {s}");
+        }
         if let Some(p) = &a.markdown {
             let args: Vec<String> = std::env::args().skip(1).collect();
             let text = format!(
-                "Measured by `relushare {}`:\n{}",
+                "Measured by `relushare {}`:\n{}{}",
                 args.join(" "),
-                crate::bench_net::markdown_streams(&rows)?
+                crate::bench_net::markdown_streams(&rows)?,
+                skipped
+                    .iter()
+                    .map(|s| format!("\nSkipped: {s}\n"))
+                    .collect::<String>()
             );
             relushare_model::io::write_atomic(p, text.as_bytes())?;
             eprintln!("wrote {}", p.display());
@@ -694,6 +701,7 @@ fn run_network(a: &Args, archs: &[Arch], names: &[String]) -> Result<()> {
             let bytes = serde_json::to_vec_pretty(&serde_json::json!({
                 "machine": machine(),
                 "streams": rows,
+                "skipped": skipped,
             }))?;
             relushare_model::io::write_atomic(p, &bytes)?;
             eprintln!("wrote {}", p.display());

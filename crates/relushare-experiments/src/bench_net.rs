@@ -324,7 +324,9 @@ pub struct StreamRow {
     pub agree_with_plaintext: f64,
 }
 
-/// Runs the stream rows.
+/// Runs the stream rows; a configuration a suite refuses (e.g. a model whose truncation bound
+/// the fast suites do not accept) is skipped with its reason (second value) instead of ending
+/// the run.
 #[allow(clippy::too_many_arguments)]
 pub fn run_streams(
     archs: &[Arch],
@@ -337,9 +339,10 @@ pub fn run_streams(
     model_for: &dyn Fn(Arch, &str) -> Result<relushare_model::Model>,
     images_for: &dyn Fn(Arch, usize) -> Result<relushare_data::ImageSet>,
     progress: &dyn Fn(&str),
-) -> Result<Vec<StreamRow>> {
+) -> Result<(Vec<StreamRow>, Vec<String>)> {
     use relushare_mpc::auto::{predict, probe, Job, Link, Objective};
     let mut rows = Vec::new();
+    let mut skipped = Vec::new();
     for &arch in archs {
         for preset in presets {
             if relushare_model::presets::build(arch, preset).is_err() {
@@ -353,8 +356,13 @@ pub fn run_streams(
             let x = fm.encode_input(&buf)?;
             for &protocol in protocols {
                 progress(&format!("{arch} {preset} {protocol} probe"));
-                let measured = probe(&model, &fm, &x, protocol)
-                    .with_context(|| format!("{arch} {preset} {protocol} probe"))?;
+                let measured = match probe(&model, &fm, &x, protocol) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        skipped.push(format!("{arch} {preset} {protocol}: {e}"));
+                        continue;
+                    }
+                };
                 for net in networks {
                     for &batch in batches {
                         let name = net.name().unwrap_or("custom");
@@ -415,7 +423,7 @@ pub fn run_streams(
             }
         }
     }
-    Ok(rows)
+    Ok((rows, skipped))
 }
 
 /// Prints the stream rows as text.
