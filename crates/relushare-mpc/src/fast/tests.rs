@@ -738,6 +738,70 @@ pub(super) mod e2e {
         check(Arch::Resnet20, "original", CmpMode::Tree, 1);
     }
 
+    /// A graph's max pool and adds cost what the formulas say: per tree level one ReLU on the
+    /// level's pairs (online bytes, rounds, dealer bytes); an add nothing.
+    #[test]
+    fn graph_layer_costs_match_formulas() {
+        let model = Model::random(relushare_model::resnet::tiny_graph(), None, 4).unwrap();
+        let fm = FixedModel::from_model(&model, 13).unwrap();
+        let cfg = config_for_model(&fm, &model).unwrap();
+        let lim = input_abs_max(&model.spec.normalization);
+        for mode in [CmpMode::Tree, CmpMode::Fss] {
+            let n = 2;
+            let imgs: Vec<Vec<u64>> = (0..n)
+                .map(|b| {
+                    fm.encode_input(&image(fm.input_len, 3 + b as u64, lim))
+                        .unwrap()
+                })
+                .collect();
+            let f = test_factory(cfg.clone(), mode, TestHooks::default());
+            let res = run_session(&fm, &[imgs], &f, &RunOptions::default()).unwrap();
+            let rep = &res.batches[0].report;
+            let Some(FixedLayer::MaxPool { geom, .. }) = fm
+                .layers
+                .iter()
+                .find(|l| matches!(l, FixedLayer::MaxPool { .. }))
+            else {
+                panic!("the tiny graph has a max pool")
+            };
+            let geom = crate::suite::MaxPoolGeom { n, ..*geom };
+            let levels = geom.level_pairs();
+            assert_eq!(levels.len(), 4);
+            assert_eq!(
+                levels.iter().sum::<usize>(),
+                n * relushare_model::count(&model.spec)
+                    .unwrap()
+                    .maxpool_comparisons
+            );
+            let k = cfg.bits["maxpool1"];
+            let l = rep.get("maxpool1").unwrap();
+            let (mut on, mut off, mut rounds) = (0, 0, 0);
+            for &p in &levels {
+                on += 2 * cmp::relu_online_bytes(p, k, mode).unwrap();
+                let (b1, b0) = cmp::relu_offline_bytes(p, k, mode).unwrap();
+                off += b1 + b0;
+                rounds += cmp::relu_rounds(k, mode).unwrap();
+            }
+            assert_eq!(l.online_bytes as usize, on, "{mode:?}");
+            assert_eq!(l.offline_bytes as usize, off, "{mode:?}");
+            assert_eq!(l.online_rounds as usize, rounds, "{mode:?}");
+            for add in ["add1", "add2"] {
+                let a = rep.get(add);
+                assert!(
+                    a.is_none_or(|a| a.online_bytes == 0 && a.online_rounds == 0),
+                    "{add}"
+                );
+            }
+            // The whole offline phase equals the plan's formula.
+            let plan = crate::runner::build_plan(&fm, n, &vec![None; fm.layers.len()]);
+            assert_eq!(
+                rep.offline_bytes() as usize,
+                super::super::offline_bytes(&plan, &cfg, mode).unwrap(),
+                "{mode:?}"
+            );
+        }
+    }
+
     #[test]
     fn cifar10_original_and_uniform32() {
         check(Arch::Cifar10, "original", CmpMode::Tree, 1);
