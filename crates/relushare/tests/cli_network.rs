@@ -101,3 +101,60 @@ fn bad_network_options_are_refused_before_anything_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `infer --stream` over an emulated network: every image agrees with the plaintext, the
+/// costs per image are the in-process ones, full batches cost alike, the dealer's material was
+/// pipelined, and the stream pays the emulated delays; `--protocol auto` says what it chose and
+/// why, and runs that suite.
+#[test]
+fn networked_stream_and_protocol_auto() {
+    let local = infer_json(MODEL);
+    let mut args = MODEL.to_vec();
+    args.extend([
+        "--rtt-ms", "4", "--mbit", "200", "--stream", "5", "--batch", "2", "--depth", "1",
+    ]);
+    let s = infer_json(&args);
+    assert_eq!(s["images"], 5);
+    assert_eq!(s["batch"], 2);
+    assert_eq!(s["pipelined"], true);
+    assert_eq!(s["batches_cost_alike"], true);
+    assert_eq!(s["agree_with_plaintext"].as_f64(), Some(1.0));
+    assert_eq!(s["batches"].as_array().unwrap().len(), 3);
+    for k in ["online_bytes", "offline_bytes"] {
+        let (a, b) = (s[k].as_f64().unwrap(), local[k].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6 * b.max(1.0), "{k}: {a} vs {b}");
+    }
+    assert_eq!(s["rounds"], local["rounds"]);
+    // Three batches one after another online: each round of each waits a one-way delay.
+    let rounds = s["rounds"].as_f64().unwrap();
+    let secs = s["seconds"].as_f64().unwrap();
+    assert!(
+        secs >= 3.0 * rounds * 0.002,
+        "{secs} s for 3 x {rounds} rounds"
+    );
+    assert!(s["images_per_second"].as_f64().unwrap() > 0.0);
+    assert!(s["first_result_seconds"].as_f64().unwrap() <= secs);
+
+    let mut auto: Vec<&str> = MODEL[..MODEL.len() - 1].to_vec();
+    auto.extend(["auto", "--rtt-ms", "4", "--mbit", "200"]);
+    let a = infer_json(&auto);
+    let c = &a["protocol_choice"];
+    let chosen = c["chosen"].as_str().unwrap();
+    assert_eq!(a["protocol"], chosen);
+    let cands = c["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 3);
+    assert_eq!(cands[0]["protocol"], chosen);
+    assert!(c["reason"].as_str().unwrap().starts_with(chosen));
+    assert_eq!(a["agree_with_plaintext"].as_f64(), Some(1.0));
+    let bad = infer(&[
+        "--arch",
+        "svhn",
+        "--preset",
+        "original",
+        "--random-weights",
+        "--protocol",
+        "nope",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("auto"));
+}
