@@ -11,6 +11,7 @@ pub mod fast;
 pub mod fixed;
 pub mod fss;
 pub mod kernels;
+pub mod mimo;
 pub mod net;
 pub mod pipeline;
 pub mod plain;

@@ -1,6 +1,7 @@
 //! Protocol selection: `securenn` (the paper's SecureNN baseline), `fast` (dealer-assisted
-//! suite with small-ring comparisons) and `fss` (the fast suite with function-secret-sharing
-//! comparisons), each turned into a runner factory for a given model.
+//! suite with small-ring comparisons), `fss` (the fast suite with function-secret-sharing
+//! comparisons) and `mimo` (masked-in/masked-out FSS gates: one online round per layer), each
+//! turned into a runner factory for a given model.
 
 use crate::error::{MpcError, Result};
 use crate::plain::FixedModel;
@@ -18,11 +19,18 @@ pub enum Protocol {
     Fast,
     /// The fast suite with FSS comparisons (one online round per comparison).
     Fss,
+    /// Masked-in/masked-out FSS gates (one online round per layer, [`crate::mimo`]).
+    Mimo,
 }
 
 impl Protocol {
     /// All protocols.
-    pub const ALL: [Protocol; 3] = [Protocol::Securenn, Protocol::Fast, Protocol::Fss];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Securenn,
+        Protocol::Fast,
+        Protocol::Fss,
+        Protocol::Mimo,
+    ];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
@@ -30,6 +38,7 @@ impl Protocol {
             Protocol::Securenn => "securenn",
             Protocol::Fast => "fast",
             Protocol::Fss => "fss",
+            Protocol::Mimo => "mimo",
         }
     }
 }
@@ -47,8 +56,9 @@ impl FromStr for Protocol {
             "securenn" => Ok(Protocol::Securenn),
             "fast" => Ok(Protocol::Fast),
             "fss" => Ok(Protocol::Fss),
+            "mimo" => Ok(Protocol::Mimo),
             _ => Err(MpcError::Param(format!(
-                "unknown protocol '{s}' (expected securenn, fast or fss)"
+                "unknown protocol '{s}' (expected securenn, fast, fss or mimo)"
             ))),
         }
     }
@@ -57,10 +67,10 @@ impl FromStr for Protocol {
 /// Adapt the fixed-point model to `protocol`, before running it and before computing the
 /// plaintext reference it is compared with: the fast suites fuse whole-channel gates with the
 /// convolution before them ([`crate::fast::gate::fuse`]; the model owner computes the folded
-/// deciders). Returns the fused layers' names.
+/// deciders; `mimo` runs the model as it is). Returns the fused layers' names.
 pub fn prepare_model(protocol: Protocol, fm: &mut FixedModel) -> Result<Vec<String>> {
     match protocol {
-        Protocol::Securenn => Ok(Vec::new()),
+        Protocol::Securenn | Protocol::Mimo => Ok(Vec::new()),
         Protocol::Fast | Protocol::Fss => crate::fast::gate::fuse(fm),
     }
 }
@@ -83,6 +93,10 @@ pub fn factory_for(
             };
             Box::new(crate::fast::factory(cfg, mode))
         }
+        Protocol::Mimo => {
+            let cfg = crate::mimo::config_for_model(fm, model)?;
+            Box::new(crate::mimo::factory(cfg))
+        }
     })
 }
 
@@ -99,7 +113,7 @@ pub fn check_input(
 ) -> Result<()> {
     match protocol {
         Protocol::Securenn => Ok(()),
-        Protocol::Fast | Protocol::Fss => {
+        Protocol::Fast | Protocol::Fss | Protocol::Mimo => {
             crate::fast::bounds::check_input(x, crate::fast::input_abs_max(norm), frac_bits)
         }
     }

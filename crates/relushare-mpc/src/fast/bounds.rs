@@ -173,7 +173,7 @@ impl Bounds {
 }
 
 /// The smallest `e` with `b < 2^e` (exact for powers of two, where `log2` may round).
-fn bitlen_bound(b: f64) -> u32 {
+pub(crate) fn bitlen_bound(b: f64) -> u32 {
     if !b.is_finite() {
         return 1024;
     }

@@ -314,6 +314,40 @@ impl Deal {
         }
     }
 
+    /// Shares mod `2^bits` of the dealer's secret `n` values: P0's share is drawn from its
+    /// stream, P1 receives `secret - share0 mod 2^bits` bit-packed (`ceil(n * bits / 8)` bytes).
+    pub fn corr_kbit(&mut self, n: usize, bits: u32, secret: Option<&[u64]>) -> Result<Vec<u64>> {
+        let mask = crate::fss::vdcf::ring_mask(bits);
+        match self.role {
+            Role::Dealer => {
+                let s = secret.ok_or_else(|| MpcError::Param("dealer secret missing".into()))?;
+                if s.len() != n {
+                    return Err(MpcError::Shape(format!(
+                        "dealer secret of {} for {n}",
+                        s.len()
+                    )));
+                }
+                let mut a = self.s0.as_mut().expect("dealer stream 0").gen_u64s(n);
+                for (y, x) in a.iter_mut().zip(s) {
+                    *y = x.wrapping_sub(*y) & mask;
+                }
+                self.corr.extend_from_slice(&bits::pack_kbit(&a, bits));
+                Ok(Vec::new())
+            }
+            Role::P0 => {
+                let mut a = self.s0.as_mut().expect("stream").gen_u64s(n);
+                for v in a.iter_mut() {
+                    *v &= mask;
+                }
+                Ok(a)
+            }
+            Role::P1 => {
+                let b = self.take((n * bits as usize).div_ceil(8))?.to_vec();
+                bits::unpack_kbit(&b, n, bits, 2)
+            }
+        }
+    }
+
     /// A correlated bit vector of `n` bits (`ceil(n/8)` bytes of correction).
     pub fn corr_bits(&mut self, n: usize, secret: Option<&[u64]>) -> Result<Plane> {
         let w = bits::words(n);

@@ -10,6 +10,7 @@
 //! price of the single round. The root seeds are derived from the dealer's PRG seeds.
 
 pub mod dcf;
+pub mod vdcf;
 
 use crate::error::{MpcError, Result};
 use crate::fast::bits::{self, Plane};

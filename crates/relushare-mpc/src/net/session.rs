@@ -77,7 +77,7 @@ fn tag_name(t: u8) -> String {
 }
 
 /// Protocol suites available over the network.
-pub const PROTOCOLS: &[&str] = &["fast", "fss", "securenn"];
+pub const PROTOCOLS: &[&str] = &["fast", "fss", "mimo", "securenn"];
 
 /// Settings every party passes (they must agree).
 #[derive(Clone, Debug)]
@@ -517,6 +517,11 @@ fn make_suite(
     fixed: Option<FixedMasks>,
 ) -> Result<Box<dyn Suite>> {
     let f = fp.frac_bits;
+    if protocol == "mimo" && fixed.is_some() {
+        return Err(MpcError::Param(
+            "mimo does not reuse an owner-helper pair's weight masks (serving runs fast)".into(),
+        ));
+    }
     let fast = |comm, mode| {
         let s = FastSuite::new(comm, f, cfg.clone(), mode);
         Box::new(match fixed {
@@ -527,6 +532,15 @@ fn make_suite(
     match protocol {
         "fast" => Ok(fast(comm, CmpMode::Tree)),
         "fss" => Ok(fast(comm, CmpMode::Fss)),
+        "mimo" => Ok(Box::new(crate::mimo::MimoSuite::new(
+            comm,
+            f,
+            crate::mimo::MimoConfig {
+                bits: cfg.bits.clone(),
+                default_bits: cfg.default_bits,
+                default_bits_2f: cfg.default_bits_2f,
+            },
+        ))),
         "securenn" => crate::securenn::factory(comm, fp),
         p => Err(MpcError::Param(format!(
             "protocol {p:?} is not available over the network (use {})",
@@ -736,10 +750,17 @@ fn run_inner(
             FixedModel::from_model(model, opts.frac_bits)?,
             &opts.protocol,
         )?;
-        cmp_cfg = if opts.protocol == "securenn" {
-            FastConfig::defaults(opts.frac_bits)
-        } else {
-            crate::fast::config_for_model(&fm_secret, model)?
+        cmp_cfg = match opts.protocol.as_str() {
+            "securenn" => FastConfig::defaults(opts.frac_bits),
+            "mimo" => {
+                let c = crate::mimo::config_for_model(&fm_secret, model)?;
+                FastConfig {
+                    bits: c.bits,
+                    default_bits: c.default_bits,
+                    default_bits_2f: c.default_bits_2f,
+                }
+            }
+            _ => crate::fast::config_for_model(&fm_secret, model)?,
         };
         let msg = ModelMsg {
             spec: model.spec.clone(),
@@ -761,7 +782,7 @@ fn run_inner(
                 reason: format!("bad model message: {e}"),
             })
         })?;
-        let bits_ok = |b: u32| (3..=MAX_CMP_BITS).contains(&b);
+        let bits_ok = |b: u32| (2..=MAX_CMP_BITS).contains(&b);
         if !msg.cmp_bits.values().all(|&b| bits_ok(b))
             || !bits_ok(msg.default_bits)
             || !bits_ok(msg.default_bits_2f)

@@ -1,0 +1,1521 @@
+//! The `mimo` protocol suite: masked-in/masked-out function-secret-sharing gates, after Boyle
+//! et al. 2021 ("Function Secret Sharing for Mixed-Mode and Fixed-Point Secure Computation"),
+//! LLAMA and Orca. Semi-honest; P0/P1 compute, P2 is a dealer that is idle online.
+//!
+//! # Representation
+//! Every tensor between two gates is held as a **public masked value** `x^ = x + r mod 2^b`:
+//! P0 and P1 both know `x^`, the dealer knows `r`, and P0/P1 hold additive shares of `r`
+//! (seed-derived where `r` is fresh randomness, dealt where it is a function of other masks).
+//! The ring `b` of each tensor is the smallest its consumer needs ([`layout`]): a linear layer
+//! needs its input modulo `2^(R+f)` where `R` is its own output ring, a ReLU only modulo its
+//! comparison ring `2^k`, the client's output modulo `2^64`. Nothing is ever computed modulo more
+//! than the consumer can observe, so all openings are as narrow as correctness allows.
+//!
+//! # Gates (one online round each, P0 <-> P1)
+//! * **Input**: P0/P1 open `x + r_in` (the client's shares plus seed-derived masks).
+//! * **Linear** (conv, fc): with masked weights `F = W - B` (public to P0/P1, opened once per
+//!   model as in `fast`), `W x = F x^ + B x^ - F r - B r`; the dealer deals shares of `B r`
+//!   (one correction per output element), each party adds the bias and its share of a fresh
+//!   output mask `r_y` and they open `y^ = W x + b + r_y mod 2^(R+f)`. **Truncation is free and
+//!   never fails**: `t^ = y^ >> f` is the masked truncated value with mask `r' = (r_y mod
+//!   2^(R+f)) >> f` (the dealer deals shares of `r'`), and `t^ - r' mod 2^R` equals
+//!   `floor(y / 2^f)` or that plus one, for every `y` (the wrap-around of `y + r_y` cancels
+//!   modulo `2^R`), the same one-unit error as local truncation without its failure event.
+//!   The last layer, whose output goes to the client, computes 64-bit shares locally (no
+//!   round) and truncates them locally as `fast` does.
+//! * **Average pooling**: local, `p^ = (c * window_sum(x^) mod 2^(R+f)) >> f` with the dealt mask
+//!   `(c * window_sum(r) mod 2^(R+f)) >> f`, the same truncation argument.
+//! * **ReLU** on `t` with `|t| < 2^(k-1)` (`k` proven per layer by `fast::bounds`): one DCF
+//!   key with point `r' = r mod 2^k` and payload `(1, r')` in `Z_2^m` (`m` = the output ring),
+//!   evaluated at the two public points `c = t^ + 2^(k-1)` and `c' = t^ mod 2^k` (one key, two
+//!   evaluations, as Boyle et al.'s interval containment): with `N = 2^k`, `a = [c >= N/2]`,
+//!   `L = [c < r']`, `L' = [c' < r']`:
+//!   `d = [t >= 0] = a + L - L'` and, since `u = t + N/2 = c - r' + N L` and `L L' = a L + (1 -
+//!   a) L'`, `ReLU(t) = d t = d c - d r' + N (L - (1 - a) L') - (N/2) d` (mod `2^m`), linear in
+//!   the shares of `L, L r', L', L' r'` (the DCF outputs) and of `r'` (dealt). Each party adds
+//!   its share of a fresh mask and they open `ReLU(t) + r_out mod 2^m`: the output is already
+//!   sign-extended to the ring the next layer needs.
+//! * **Partial ReLU**: the ReLU gate on its channels; the identity channels keep their masked
+//!   values (their producer opened them wide enough).
+//! * **ReLU sharing** (gReLU): one DCF key per group on its decision value, payload `(1, r_i for
+//!   every member i)` (with noise: `(1 - 2 nb_i, (1 - 2 nb_i) r_i)` per member plus dealt shares
+//!   of `nb_i` and `nb_i r_i`); member `i`'s output `d_g t_i = d_g x^_i - d_g r_i` (with noise
+//!   `keep_i t_i`, `keep_i = nb_i XOR d_g`) is linear in the DCF outputs; members are known
+//!   modulo the output ring, so no sign extension is needed. A one-hot decider compares the
+//!   leader's masked value directly (one round); a learned/FC decider's `z_g = sum v_i t_i
+//!   (+ b_g)` is computed like a linear layer from the masked members and opened first (one
+//!   more round: the decision depends on the truncated members, so it cannot ride with the
+//!   producer's opening).
+//! * Identity, dropout, flatten: nothing.
+//!
+//! # Costs
+//! [`op_costs`] gives every layer's online bytes, rounds and dealer bytes; the suite checks
+//! every dealt message against them and the tests assert the measured totals. The DCF key size
+//! is `(k - et)(129 + w m) + 2^et w m` bits ([`crate::fss::vdcf`]), sent to both parties.
+//!
+//! # Leakage
+//! As `fast`: the per-layer rings (`k` for comparisons, `b` for every opened tensor) are public
+//! and reveal power-of-two bounds on the activations, derived from the plaintext weights by the
+//! model owner. Every opened value is masked by a uniform mask of its ring.
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod view_tests;
+
+use crate::cost::Comm;
+use crate::error::{MpcError, Result};
+use crate::fast::bits;
+use crate::fast::deal::Deal;
+use crate::fast::linear::{LinOp, MaskedWeight};
+use crate::fixed;
+use crate::fss::vdcf::{self, ring_mask, Shape};
+use crate::kernels;
+use crate::prg::{self, Prg};
+use crate::suite::{
+    DeciderKind, GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare,
+};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Comparison rings per layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MimoConfig {
+    /// Comparison bits per layer name (ReLU: the pre-activation; sharing: the group value).
+    pub bits: BTreeMap<String, u32>,
+    /// Bits for `f`-bit comparison inputs of layers not in `bits`.
+    pub default_bits: u32,
+    /// Bits for `2f`-bit group values of layers not in `bits`.
+    pub default_bits_2f: u32,
+}
+
+impl MimoConfig {
+    /// Safe defaults for `f` fractional bits (values below `2^19` in magnitude).
+    pub fn defaults(frac_bits: u32) -> MimoConfig {
+        MimoConfig {
+            bits: BTreeMap::new(),
+            default_bits: (frac_bits + 20).min(63),
+            default_bits_2f: (2 * frac_bits + 20).min(63),
+        }
+    }
+
+    fn for_layer(&self, name: &str, double: bool) -> u32 {
+        self.bits.get(name).copied().unwrap_or(if double {
+            self.default_bits_2f
+        } else {
+            self.default_bits
+        })
+    }
+}
+
+/// The proven comparison rings of a model for `mimo`: from the same interval bounds as `fast`
+/// ([`crate::fast::bounds`]), `k = bitlen(B) + 1` (a DCF needs no spare bit and no odd size:
+/// `|t| <= B < 2^(k-1)` is all the gate uses). Refuses what `fast` refuses (a truncation failure
+/// bound above the limit; `mimo` itself truncates locally only in the last layer).
+pub fn config_for_model(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+) -> Result<MimoConfig> {
+    crate::fast::config_for_model(fm, model)?;
+    let lim = crate::fast::input_abs_max(&model.spec.normalization);
+    let b = crate::fast::bounds::analyse(fm, lim)?;
+    let mut cfg = MimoConfig::defaults(fm.fp.frac_bits);
+    for c in b.comparisons {
+        let k = (crate::fast::bounds::bitlen_bound(c.bound) + 1).max(2);
+        if k > 63 {
+            return Err(MpcError::Model(format!(
+                "{}: comparison inputs need a {k}-bit ring (at most 63)",
+                c.name
+            )));
+        }
+        cfg.bits.insert(c.name, k);
+    }
+    Ok(cfg)
+}
+
+/// The ring (bits) of every op's output and of the model input, from the consumers backwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Bits of the masked input opened at the start.
+    pub input: u32,
+    /// Per op: bits its output is known modulo (64 for the last op: the client's shares).
+    pub out: Vec<u32>,
+    /// Per op: bits it needs of its input.
+    pub inp: Vec<u32>,
+}
+
+fn lin_parts(op: &PlanOp) -> Option<LinOp> {
+    match op {
+        PlanOp::Conv { geom, .. } => Some(LinOp::Conv(*geom)),
+        PlanOp::Linear { geom, .. } => Some(LinOp::Fc {
+            n: geom.n,
+            in_f: geom.in_f,
+            out_f: geom.out_f,
+        }),
+        _ => None,
+    }
+}
+
+/// Indices of the ops the runner hands to a suite (identity ops never reach it).
+fn visible(plan: &Plan) -> Vec<usize> {
+    (0..plan.ops.len())
+        .filter(|&i| !matches!(plan.ops[i], PlanOp::Identity { .. }))
+        .collect()
+}
+
+/// Whether op `i` is the last op a suite runs (its output goes to the client).
+fn is_last(plan: &Plan, i: usize) -> bool {
+    plan.ops[i + 1..]
+        .iter()
+        .all(|op| matches!(op, PlanOp::Identity { .. }))
+}
+
+/// The rings of `plan` (see the module docs).
+pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
+    let nops = plan.ops.len();
+    let mut out = vec![0u32; nops];
+    let mut inp = vec![0u32; nops];
+    let mut need = 64u32;
+    for i in (0..nops).rev() {
+        out[i] = need;
+        let op = &plan.ops[i];
+        let last = is_last(plan, i);
+        inp[i] = match op {
+            PlanOp::Conv { .. } | PlanOp::Linear { .. } => {
+                if last {
+                    64
+                } else if need + f > 64 {
+                    return Err(MpcError::Model(format!(
+                        "{}: its consumer needs {need} bits, more than 64 - f",
+                        op.name()
+                    )));
+                } else {
+                    need + f
+                }
+            }
+            PlanOp::AvgPool { geom, .. } => {
+                let c = fixed::pool_factor(geom.k, f);
+                let tz = if c == 0 { 0 } else { c.trailing_zeros() };
+                (need + f).saturating_sub(tz).clamp(1, 64)
+            }
+            PlanOp::Relu { name, .. } => cfg.for_layer(name, false),
+            PlanOp::Partial { name, .. } => cfg.for_layer(name, false).max(need),
+            PlanOp::SharedRelu { name, plan: gp } => {
+                if gp.fused.is_some() {
+                    return Err(MpcError::Model(format!(
+                        "{name}: mimo runs unfused models only"
+                    )));
+                }
+                let double = gp.decider != DeciderKind::OneHot;
+                cfg.for_layer(name, double).max(need)
+            }
+            PlanOp::Identity { .. } => need,
+        };
+        need = inp[i];
+    }
+    Ok(Layout {
+        input: need,
+        out,
+        inp,
+    })
+}
+
+fn kb(n: usize, bits: u32) -> usize {
+    (n * bits as usize).div_ceil(8)
+}
+
+/// Costs of one op of a plan: online bytes (both parties), online rounds, dealer bytes to P1
+/// and to P0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCost {
+    /// Online bytes, both parties together.
+    pub online: usize,
+    /// Online rounds.
+    pub rounds: usize,
+    /// Dealer bytes to P1.
+    pub to_p1: usize,
+    /// Dealer bytes to P0.
+    pub to_p0: usize,
+}
+
+/// The DCF shape of a ReLU gate (`k`-bit points, payload `(1, r')` mod `2^m`).
+pub fn relu_shape(k: u32, m: u32) -> Result<Shape> {
+    Shape::new(k, 2, m)
+}
+
+/// Buckets of a sharing layer's groups by size (the DCF shape depends on the payload width):
+/// `(members, groups of that size per image)`, ascending.
+fn group_sizes(gp: &GroupPlan) -> Vec<(usize, usize)> {
+    let mut size = vec![0usize; gp.num_groups];
+    for &g in &gp.group_of {
+        size[g as usize] += 1;
+    }
+    let mut by: BTreeMap<usize, usize> = BTreeMap::new();
+    for s in size {
+        *by.entry(s).or_default() += 1;
+    }
+    by.into_iter().collect()
+}
+
+/// Payload elements of a group of `members` (one shared "1" plus one mask per member, or two
+/// per member with noise).
+fn group_w(members: usize, noisy: bool) -> usize {
+    if noisy {
+        2 * members
+    } else {
+        1 + members
+    }
+}
+
+/// Every op's costs for `plan` (op 0 includes the opening of the input).
+pub fn op_costs(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Vec<OpCost>> {
+    let lay = layout(plan, cfg, f)?;
+    let n = plan.n;
+    let nops = plan.ops.len();
+    let mut out = Vec::with_capacity(nops);
+    let first = visible(plan).first().copied();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let mut c = OpCost::default();
+        if Some(i) == first {
+            c.online += 2 * kb(n * plan.input_len, lay.input);
+            c.rounds += 1;
+        }
+        let r = lay.out[i];
+        match op {
+            PlanOp::Conv { .. } | PlanOp::Linear { .. } => {
+                let lop = lin_parts(op).expect("linear op");
+                let o = lop.out_len();
+                if is_last(plan, i) {
+                    c.to_p1 += 8 * o;
+                } else {
+                    c.to_p1 += kb(o, r + f) + kb(o, r);
+                    c.online += 2 * kb(o, r + f);
+                    c.rounds += 1;
+                }
+            }
+            PlanOp::AvgPool { geom, .. } => {
+                c.to_p1 += kb(geom.n * geom.c * geom.oh() * geom.ow(), r);
+            }
+            PlanOp::Relu { name, len } => {
+                let cnt = n * len;
+                relu_cost(&mut c, cnt, cfg.for_layer(name, false), r)?;
+            }
+            PlanOp::Partial {
+                name,
+                plane,
+                relu_channels,
+                ..
+            } => {
+                let cnt = n * relu_channels * plane;
+                relu_cost(&mut c, cnt, cfg.for_layer(name, false), r)?;
+            }
+            PlanOp::SharedRelu { name, plan: gp } => {
+                let double = gp.decider != DeciderKind::OneHot;
+                let k = cfg.for_layer(name, double);
+                let noisy = gp.noise > 0.0;
+                let total = n * gp.len;
+                let groups = n * gp.num_groups;
+                if double {
+                    // The decision values: dealt sum of B_v r per group, fresh mask, opening.
+                    c.to_p1 += kb(groups, k);
+                    c.online += 2 * kb(groups, k);
+                    c.rounds += 1;
+                }
+                for (members, count) in group_sizes(gp) {
+                    let s = Shape::new(k, group_w(members, noisy), r)?;
+                    let b = s.bytes(n * count);
+                    c.to_p1 += b;
+                    c.to_p0 += b;
+                }
+                if noisy {
+                    c.to_p1 += 2 * kb(total, r);
+                }
+                c.online += 2 * kb(total, r);
+                c.rounds += 1;
+            }
+            PlanOp::Identity { .. } => {}
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+fn relu_cost(c: &mut OpCost, cnt: usize, k: u32, m: u32) -> Result<()> {
+    let s = relu_shape(k, m)?;
+    c.to_p1 += s.bytes(cnt) + kb(cnt, m);
+    c.to_p0 += s.bytes(cnt);
+    c.online += 2 * kb(cnt, m);
+    c.rounds += 1;
+    Ok(())
+}
+
+/// Totals of [`op_costs`]: (online bytes, online rounds, offline bytes).
+pub fn totals(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<(usize, usize, usize)> {
+    let c = op_costs(plan, cfg, f)?;
+    Ok((
+        c.iter().map(|x| x.online).sum(),
+        c.iter().map(|x| x.rounds).sum(),
+        c.iter().map(|x| x.to_p1 + x.to_p0).sum(),
+    ))
+}
+
+/// Largest dealer material one batch may need (held in memory until used).
+pub const MAX_OFFLINE_BYTES: usize = 4_000_000_000;
+
+/// A masked tensor: public `hat` (mod `2^bits`) and this party's share of the mask (dealer: the
+/// mask itself).
+#[derive(Clone, Debug, Default)]
+struct Masked {
+    hat: Vec<u64>,
+    r: Vec<u64>,
+    bits: u32,
+}
+
+/// A batch of DCF keys: shape, this party's roots, the shared corrections.
+struct Keys {
+    shape: Shape,
+    root: Vec<u128>,
+    cw: vdcf::Cws,
+}
+
+/// Dealer material of one op (P0/P1 side).
+enum Mat {
+    Lin {
+        pre: Vec<u64>,
+        rt: Vec<u64>,
+    },
+    Pool {
+        rp: Vec<u64>,
+    },
+    Relu {
+        keys: Keys,
+        rk: Vec<u64>,
+        rout: Vec<u64>,
+    },
+    Group(Box<GroupMat>),
+    Nothing,
+}
+
+/// Material of a sharing layer.
+struct GroupMat {
+    /// Per size bucket: the member count and the keys of its groups.
+    buckets: Vec<(usize, Keys)>,
+    /// Learned/Fc: this party's share of `-F r - sum B_v r + r_z (+ bias)` per group.
+    zpre: Vec<u64>,
+    /// Noise: shares of `nb_i` and `nb_i r_i`.
+    nb: Vec<u64>,
+    nbr: Vec<u64>,
+    rout: Vec<u64>,
+}
+
+fn to_u128(v: &[u64]) -> Vec<u128> {
+    v.chunks_exact(2)
+        .map(|c| (c[0] as u128) << 64 | c[1] as u128)
+        .collect()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test only: this party opens its raw input share instead of the masked one (the view
+    /// tests' control must catch it).
+    pub(crate) static PLANT_RAW_SHARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test-only control of the dealer's randomness.
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TestHooks {
+    /// The seeds the dealer shares with P0 / P1.
+    pub seeds: [Option<prg::Seed>; 2],
+    /// The dealer's private noise source.
+    pub noise_seed: Option<prg::Seed>,
+}
+
+/// The `mimo` suite as run by one party.
+pub struct MimoSuite {
+    comm: Comm,
+    frac: u32,
+    cfg: MimoConfig,
+    deal: Option<Deal>,
+    weights: BTreeMap<String, MaskedWeight>,
+    lay: Option<Layout>,
+    input_mask: Vec<u64>,
+    queue: VecDeque<Mat>,
+    cur: Option<Masked>,
+    noise_rng: Option<Prg>,
+    /// Count of the online ops run so far (the runner skips identity ops).
+    pos: usize,
+    /// Plan indices of the ops the suite runs, and every op's name.
+    visible: Vec<usize>,
+    names: Vec<String>,
+    last: usize,
+    #[cfg(test)]
+    test: TestHooks,
+}
+
+/// `x` of P0/P1 with P0 adding a public value (`[c] = c` for P0, `0` for P1).
+#[inline]
+fn pub_share(me: usize, c: u64) -> u64 {
+    if me == 0 {
+        c
+    } else {
+        0
+    }
+}
+
+/// Open a vector shared mod `2^bits` (one round).
+fn open_bits(comm: &mut Comm, mine: &[u64], bits: u32) -> Result<Vec<u64>> {
+    let me = comm.party();
+    let peer = 1 - me;
+    let mask = ring_mask(bits);
+    let got = comm.round(vec![(peer, bits::pack_kbit(mine, bits))], &[peer])?;
+    let theirs = bits::unpack_kbit(&got[0], mine.len(), bits, peer)?;
+    Ok(mine
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| a.wrapping_add(*b) & mask)
+        .collect())
+}
+
+impl MimoSuite {
+    /// A suite for the party behind `comm`.
+    pub fn new(comm: Comm, frac_bits: u32, cfg: MimoConfig) -> MimoSuite {
+        MimoSuite {
+            comm,
+            frac: frac_bits,
+            cfg,
+            deal: None,
+            weights: BTreeMap::new(),
+            lay: None,
+            input_mask: Vec::new(),
+            queue: VecDeque::new(),
+            cur: None,
+            noise_rng: None,
+            pos: 0,
+            visible: Vec::new(),
+            names: Vec::new(),
+            last: 0,
+            #[cfg(test)]
+            test: TestHooks::default(),
+        }
+    }
+
+    /// Test only: fix the dealer's seeds / noise source.
+    #[cfg(test)]
+    pub(crate) fn set_test_hooks(&mut self, hooks: TestHooks) {
+        self.test = hooks;
+    }
+
+    fn dealer_seed(&self, party: usize) -> Result<prg::Seed> {
+        #[cfg(test)]
+        if let Some(s) = self.test.seeds[party] {
+            return Ok(s);
+        }
+        let _ = party;
+        prg::os_seed()
+    }
+
+    fn noise_source(&self) -> Result<Prg> {
+        #[cfg(test)]
+        if let Some(s) = self.test.noise_seed {
+            return Ok(Prg::from_seed(s));
+        }
+        Prg::from_os()
+    }
+
+    /// Take back the metered connection.
+    pub fn into_comm(self) -> Comm {
+        self.comm
+    }
+
+    fn me(&self) -> usize {
+        self.comm.party()
+    }
+
+    fn deal_mut(&mut self) -> Result<&mut Deal> {
+        self.deal
+            .as_mut()
+            .ok_or_else(|| MpcError::Param("mimo suite used before prepare".into()))
+    }
+
+    /// Run a dealing step: P0/P1 receive the dealer's message for it (P1: `bytes.0`, P0:
+    /// `bytes.1`), everyone runs `f`, the dealer ships what `f` dealt (checked against the
+    /// cost formula).
+    fn dealt<T>(
+        &mut self,
+        bytes: (usize, usize),
+        f: impl FnOnce(&mut Deal, Option<&mut Prg>) -> Result<T>,
+    ) -> Result<T> {
+        let me = self.me();
+        let expect = match me {
+            0 => bytes.1,
+            1 => bytes.0,
+            _ => 0,
+        };
+        if me != 2 && expect > 0 {
+            let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
+            let d = self.deal_mut()?;
+            if me == 0 {
+                d.feed0(got);
+            } else {
+                d.feed(got);
+            }
+        }
+        let deal = self
+            .deal
+            .as_mut()
+            .ok_or_else(|| MpcError::Param("mimo suite used before prepare".into()))?;
+        let out = f(deal, self.noise_rng.as_mut())?;
+        if me != 2 {
+            deal.finish()?;
+        } else {
+            let c1 = deal.take_corrections();
+            let c0 = deal.take_public0();
+            if c1.len() != bytes.0 || c0.len() != bytes.1 {
+                return Err(MpcError::Param(format!(
+                    "internal: mimo dealt ({}, {}) bytes, cost formula says {bytes:?}",
+                    c1.len(),
+                    c0.len()
+                )));
+            }
+            let mut msgs = Vec::new();
+            if !c0.is_empty() {
+                msgs.push((0, c0));
+            }
+            if !c1.is_empty() {
+                msgs.push((1, c1));
+            }
+            if !msgs.is_empty() {
+                self.comm.round(msgs, &[])?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn weight(&self, key: &str) -> Result<&MaskedWeight> {
+        self.weights
+            .get(key)
+            .ok_or_else(|| MpcError::Model(format!("weight {key} was not prepared")))
+    }
+
+    /// The masked input of the next op (opening the client's shares first if it is the first).
+    fn take_input(&mut self, x: &Shared) -> Result<Masked> {
+        if let Some(m) = self.cur.take() {
+            return Ok(m);
+        }
+        if self.pos != 0 {
+            return Err(MpcError::Param(
+                "mimo suite: no masked value (op out of order)".into(),
+            ));
+        }
+        let lay = self
+            .lay
+            .as_ref()
+            .ok_or_else(|| MpcError::Param("mimo suite: offline() was not run".into()))?;
+        let bits = lay.input;
+        let r = std::mem::take(&mut self.input_mask);
+        crate::ring::check_len("mimo input", x, r.len())?;
+        let mask = ring_mask(bits);
+        #[cfg(test)]
+        let plant = PLANT_RAW_SHARE.with(|c| c.get());
+        #[cfg(not(test))]
+        let plant = false;
+        let mine: Vec<u64> = x
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| {
+                if plant {
+                    *a & mask
+                } else {
+                    a.wrapping_add(*b) & mask
+                }
+            })
+            .collect();
+        let hat = open_bits(&mut self.comm, &mine, bits)?;
+        Ok(Masked { hat, r, bits })
+    }
+
+    /// The shares this party returns for a masked value (P0: `x^ - r0`, P1: `-r1`): their sum
+    /// is the value modulo its ring (exact 64-bit shares for the last op).
+    fn shares_of(&self, m: &Masked) -> Shared {
+        let me = self.me();
+        m.hat
+            .iter()
+            .zip(&m.r)
+            .map(|(h, r)| pub_share(me, *h).wrapping_sub(*r))
+            .collect()
+    }
+
+    /// The plan index of the op now running.
+    fn op_index(&self) -> Result<usize> {
+        self.visible.get(self.pos).copied().ok_or_else(|| {
+            MpcError::Param("mimo suite: more ops than the plan of offline()".into())
+        })
+    }
+
+    /// The output ring of the op now running.
+    fn out_ring(&self) -> Result<u32> {
+        let i = self.op_index()?;
+        Ok(self.lay.as_ref().expect("offline ran").out[i])
+    }
+
+    fn next_mat(&mut self, what: &str) -> Result<Mat> {
+        self.queue.pop_front().ok_or_else(|| {
+            MpcError::Param(format!(
+                "mimo suite: no {what} material (was offline() run?)"
+            ))
+        })
+    }
+
+    /// Finish an online op: store the output, return its shares.
+    fn emit(&mut self, m: Masked) -> Shared {
+        self.pos += 1;
+        let s = self.shares_of(&m);
+        self.cur = Some(m);
+        s
+    }
+
+    fn lin_online(&mut self, x: &Shared, wname: &str, lop: &LinOp) -> Result<Shared> {
+        let me = self.me();
+        let mat = self.next_mat("linear")?;
+        if me == 2 {
+            self.pos += 1;
+            return Ok(Vec::new());
+        }
+        let inp = self.take_input(x)?;
+        let Mat::Lin { pre, rt } = mat else {
+            return Err(MpcError::Param(format!(
+                "mimo suite: expected linear material for {wname}"
+            )));
+        };
+        let i = self.op_index()?;
+        let last = i == self.last;
+        let r = self.out_ring()?;
+        let want = if last { 64 } else { r + self.frac };
+        if inp.bits < want {
+            return Err(MpcError::Param(format!(
+                "mimo suite: {wname} got its input modulo 2^{}, needs 2^{want}",
+                inp.bits
+            )));
+        }
+        let mw = self.weight(wname)?;
+        let mut y = lop.apply(&inp.hat, &mw.online)?;
+        crate::ring::add_assign(&mut y, &pre);
+        if last {
+            fixed::trunc_share_vec(&mut y, self.frac, me);
+            self.pos += 1;
+            self.cur = None;
+            return Ok(y);
+        }
+        let f = self.frac;
+        let yh = open_bits(&mut self.comm, &y, r + f)?;
+        let hat = yh.iter().map(|v| v >> f).collect();
+        Ok(self.emit(Masked {
+            hat,
+            r: rt,
+            bits: r,
+        }))
+    }
+
+    fn pool_online(&mut self, x: &Shared, g: &PoolGeom) -> Result<Shared> {
+        let me = self.me();
+        let mat = self.next_mat("pooling")?;
+        if me == 2 {
+            self.pos += 1;
+            return Ok(Vec::new());
+        }
+        let inp = self.take_input(x)?;
+        let Mat::Pool { rp } = mat else {
+            return Err(MpcError::Param(
+                "mimo suite: expected pooling material".into(),
+            ));
+        };
+        let r = self.out_ring()?;
+        let hat = pool_masked(&inp.hat, g, self.frac, r)?;
+        Ok(self.emit(Masked {
+            hat,
+            r: rp,
+            bits: r,
+        }))
+    }
+
+    /// ReLU on the elements `idx` of the masked input; the others pass unchanged (reduced to
+    /// the output ring).
+    fn relu_online(&mut self, x: &Shared, idx: Option<Vec<usize>>) -> Result<Shared> {
+        let me = self.me();
+        let mat = self.next_mat("ReLU")?;
+        if me == 2 {
+            self.pos += 1;
+            return Ok(Vec::new());
+        }
+        let inp = self.take_input(x)?;
+        let Mat::Relu { keys, rk, rout } = mat else {
+            return Err(MpcError::Param("mimo suite: expected ReLU material".into()));
+        };
+        let m = self.out_ring()?;
+        let mmask = ring_mask(m);
+        if inp.bits < keys.shape.n {
+            return Err(MpcError::Param(format!(
+                "mimo suite: a ReLU got its input modulo 2^{}, compares on {} bits",
+                inp.bits, keys.shape.n
+            )));
+        }
+        let sel: Vec<usize> = idx.unwrap_or_else(|| (0..inp.hat.len()).collect());
+        let th: Vec<u64> = sel.iter().map(|&i| inp.hat[i]).collect();
+        let mut y = relu_gate_eval(me, &keys, &th, &rk)?;
+        crate::ring::add_assign(&mut y, &rout);
+        let yh = open_bits(&mut self.comm, &y, m)?;
+        let mut hat: Vec<u64> = inp.hat.iter().map(|v| v & mmask).collect();
+        let mut r: Vec<u64> = inp.r.iter().map(|v| v & mmask).collect();
+        for (j, &i) in sel.iter().enumerate() {
+            hat[i] = yh[j];
+            r[i] = rout[j];
+        }
+        Ok(self.emit(Masked { hat, r, bits: m }))
+    }
+
+    fn group_online(&mut self, x: &Shared, n: usize, gp: &GroupPlan) -> Result<Shared> {
+        let me = self.me();
+        let name = self.names[self.op_index()?].clone();
+        let name = name.as_str();
+        let mat = self.next_mat("ReLU-sharing")?;
+        if me == 2 {
+            self.pos += 1;
+            return Ok(Vec::new());
+        }
+        let inp = self.take_input(x)?;
+        let Mat::Group(gm) = mat else {
+            return Err(MpcError::Param(
+                "mimo suite: expected ReLU-sharing material".into(),
+            ));
+        };
+        let m = self.out_ring()?;
+        let double = gp.decider != DeciderKind::OneHot;
+        let k = self.cfg.for_layer(name, double);
+        let kmask = ring_mask(k);
+        let groups = n * gp.num_groups;
+        // The masked decision values.
+        let zh: Vec<u64> = if double {
+            let mv = self.weight(&v_key(name))?;
+            let mut z = gm.zpre.clone();
+            for img in 0..n {
+                for (i, &g) in gp.group_of.iter().enumerate() {
+                    let e = img * gp.len + i;
+                    let gi = img * gp.num_groups + g as usize;
+                    z[gi] = z[gi].wrapping_add(mv.online[i].wrapping_mul(inp.hat[e]));
+                }
+            }
+            open_bits(&mut self.comm, &z, k)?
+        } else {
+            (0..groups)
+                .map(|gi| {
+                    let (img, g) = (gi / gp.num_groups, gi % gp.num_groups);
+                    inp.hat[img * gp.len + gp.leaders[g] as usize] & kmask
+                })
+                .collect()
+        };
+        let y = group_gate_eval(me, &gm, gp, n, &zh, &inp, k, m)?;
+        let yh = open_bits(&mut self.comm, &y, m)?;
+        Ok(self.emit(Masked {
+            hat: yh,
+            r: gm.rout,
+            bits: m,
+        }))
+    }
+}
+
+/// `(c * window_sum(x) mod 2^(r+f)) >> f` of a masked (or mask) tensor.
+fn pool_masked(x: &[u64], g: &PoolGeom, f: u32, r: u32) -> Result<Vec<u64>> {
+    crate::ring::check_len("pool input", x, g.n * g.c * g.h * g.w)?;
+    let c = fixed::pool_factor(g.k, f);
+    let mask = ring_mask(r + f);
+    Ok(kernels::pool_sums(x, g.n, g.c, g.h, g.w, g.k, g.stride)
+        .into_iter()
+        .map(|s| (s.wrapping_mul(c) & mask) >> f)
+        .collect())
+}
+
+/// The two-point evaluation of a batch of keys at `c = t^ + N/2` and `c' = t^` (mod `N = 2^k`):
+/// returns `(a, out(c), out(c'))`.
+fn two_point(me: usize, keys: &Keys, th: &[u64]) -> Result<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let k = keys.shape.n;
+    let kmask = ring_mask(k);
+    let half = 1u64 << (k - 1);
+    let c: Vec<u64> = th.iter().map(|t| t.wrapping_add(half) & kmask).collect();
+    let c2: Vec<u64> = th.iter().map(|t| t & kmask).collect();
+    let prg = vdcf::Prg::new();
+    let o1 = vdcf::eval(&prg, &keys.shape, me as u8, &keys.root, &keys.cw, &c)?;
+    let o2 = vdcf::eval(&prg, &keys.shape, me as u8, &keys.root, &keys.cw, &c2)?;
+    let a = c.iter().map(|v| (v >> (k - 1)) & 1).collect();
+    Ok((a, o1, o2))
+}
+
+/// Shares of `ReLU(t) mod 2^m` (see the module docs) from the masked `t^` (mod `2^k`), the
+/// keys with payload `(1, r')` and the shares `rk` of `r'` mod `2^m`.
+fn relu_gate_eval(me: usize, keys: &Keys, th: &[u64], rk: &[u64]) -> Result<Vec<u64>> {
+    let (k, m) = (keys.shape.n, keys.shape.m);
+    crate::ring::check_len("ReLU mask shares", rk, th.len())?;
+    let (a, o1, o2) = two_point(me, keys, th)?;
+    let kmask = ring_mask(k);
+    let half = 1u64 << (k - 1);
+    let nn = if k >= 64 { 0 } else { 1u64 << k };
+    let mmask = ring_mask(m);
+    Ok((0..th.len())
+        .map(|j| {
+            let c = th[j].wrapping_add(half) & kmask;
+            let (l, lr) = (o1[2 * j], o1[2 * j + 1]);
+            let (l2, l2r) = (o2[2 * j], o2[2 * j + 1]);
+            let aj = a[j];
+            let d = pub_share(me, aj).wrapping_add(l).wrapping_sub(l2);
+            let dr = aj.wrapping_mul(rk[j]).wrapping_add(lr).wrapping_sub(l2r);
+            let lterm = l.wrapping_sub((1 - aj).wrapping_mul(l2));
+            d.wrapping_mul(c)
+                .wrapping_sub(dr)
+                .wrapping_add(nn.wrapping_mul(lterm))
+                .wrapping_sub(half.wrapping_mul(d))
+                & mmask
+        })
+        .collect())
+}
+
+/// Shares of every member's gated output mod `2^m`, plus its output mask share.
+#[allow(clippy::too_many_arguments)]
+fn group_gate_eval(
+    me: usize,
+    gm: &GroupMat,
+    gp: &GroupPlan,
+    n: usize,
+    zh: &[u64],
+    inp: &Masked,
+    k: u32,
+    m: u32,
+) -> Result<Vec<u64>> {
+    let mmask = ring_mask(m);
+    let noisy = gp.noise > 0.0;
+    let members = members_of(gp);
+    let mut y = vec![0u64; n * gp.len];
+    // Keys are laid out bucket by bucket, image by image, groups ascending.
+    for (size, keys) in &gm.buckets {
+        let gs: Vec<usize> = (0..gp.num_groups)
+            .filter(|&g| members[g].len() == *size)
+            .collect();
+        let pts: Vec<u64> = (0..n)
+            .flat_map(|img| gs.iter().map(move |&g| (img, g)))
+            .map(|(img, g)| zh[img * gp.num_groups + g])
+            .collect();
+        let (a, o1, o2) = two_point(me, keys, &pts)?;
+        let w = keys.shape.w;
+        debug_assert_eq!(keys.shape.n, k);
+        for (j, (img, g)) in (0..n)
+            .flat_map(|img| gs.iter().map(move |&g| (img, g)))
+            .enumerate()
+        {
+            let aj = a[j];
+            // [beta * d] = a [beta] + [L beta] - [L' beta] for payload element c.
+            let bd = |c: usize, beta_share: u64| {
+                aj.wrapping_mul(beta_share)
+                    .wrapping_add(o1[j * w + c])
+                    .wrapping_sub(o2[j * w + c])
+            };
+            for (mi, &e) in members[g].iter().enumerate() {
+                let idx = img * gp.len + e;
+                let (h, r) = (inp.hat[idx], inp.r[idx]);
+                let v = if noisy {
+                    let (nb, nbr) = (gm.nb[idx], gm.nbr[idx]);
+                    let p = pub_share(me, 1).wrapping_sub(nb.wrapping_mul(2));
+                    let q = r.wrapping_sub(nbr.wrapping_mul(2));
+                    nb.wrapping_mul(h)
+                        .wrapping_sub(nbr)
+                        .wrapping_add(bd(2 * mi, p).wrapping_mul(h))
+                        .wrapping_sub(bd(2 * mi + 1, q))
+                } else {
+                    bd(0, pub_share(me, 1))
+                        .wrapping_mul(h)
+                        .wrapping_sub(bd(1 + mi, r))
+                };
+                y[idx] = v.wrapping_add(gm.rout[idx]) & mmask;
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Members (element indices, ascending) of every group.
+fn members_of(gp: &GroupPlan) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); gp.num_groups];
+    for (i, &g) in gp.group_of.iter().enumerate() {
+        out[g as usize].push(i);
+    }
+    out
+}
+
+/// The weight key of a decider `v` of sharing layer `name` (as `fast`'s mask layout).
+fn v_key(name: &str) -> String {
+    format!("{name}.v")
+}
+
+/// Deal the DCF keys of one batch: points `alpha`, payloads `beta` (dealer only).
+fn deal_keys(
+    d: &mut Deal,
+    shape: Shape,
+    count: usize,
+    alpha: Option<&[u64]>,
+    beta: Option<&[u64]>,
+) -> Result<Keys> {
+    let (mine, both) = d.rand_u64_both(2 * count);
+    let len = shape.bytes(count);
+    let cw_bytes = match (&both, alpha, beta) {
+        (Some((r0, r1)), Some(a), Some(b)) => {
+            let cw = vdcf::gen(&vdcf::Prg::new(), &shape, a, b, &to_u128(r0), &to_u128(r1))?;
+            Some(cw.to_bytes(&shape, count))
+        }
+        _ => None,
+    };
+    let got = d.public_bytes(len, cw_bytes.as_deref())?;
+    if d.is_dealer() {
+        return Ok(Keys {
+            shape,
+            root: Vec::new(),
+            cw: vdcf::Cws::default(),
+        });
+    }
+    let cw = vdcf::Cws::from_bytes(&got, &shape, count).ok_or_else(|| MpcError::Malformed {
+        from: 2,
+        reason: "DCF correction words".into(),
+    })?;
+    Ok(Keys {
+        shape,
+        root: to_u128(&mine),
+        cw,
+    })
+}
+
+impl MimoSuite {
+    /// Offline: deal op `i` given the current mask (`mask`, this party's share or the dealer's
+    /// value); returns the material and the output mask.
+    fn deal_op(
+        &mut self,
+        plan: &Plan,
+        i: usize,
+        weights: &[WeightShare],
+        mask: Vec<u64>,
+        cost: OpCost,
+    ) -> Result<(Mat, Vec<u64>)> {
+        let me = self.me();
+        let dealer = me == 2;
+        let f = self.frac;
+        let lay = self.lay.clone().expect("set by offline");
+        let r = lay.out[i];
+        let n = plan.n;
+        let last = is_last(plan, i);
+        let bytes = (cost.to_p1, cost.to_p0);
+        let op = &plan.ops[i];
+        match op {
+            PlanOp::Conv { weight, .. } | PlanOp::Linear { weight, .. } => {
+                let lop = lin_parts(op).expect("linear op");
+                let w = weights
+                    .get(*weight)
+                    .ok_or_else(|| MpcError::Model("weight index".into()))?;
+                let mw = self.weight(&w.name)?.clone();
+                // Dealer: B r; parties: F r_b (before the message, to overlap).
+                let prod = if dealer {
+                    lop.apply(&mask, &mw.b)?
+                } else {
+                    lop.apply(&mask, &mw.f)?
+                };
+                let o = lop.out_len();
+                let plane = lop.bias_plane();
+                let bias = w.bias.clone();
+                self.dealt(bytes, move |d, _| {
+                    if last {
+                        let c = d.corr_u64(o, dealer.then_some(&prod[..]))?;
+                        if dealer {
+                            return Ok((Mat::Nothing, Vec::new()));
+                        }
+                        let mut pre: Vec<u64> = prod
+                            .iter()
+                            .zip(&c)
+                            .map(|(p, c)| p.wrapping_add(*c).wrapping_neg())
+                            .collect();
+                        if !bias.is_empty() {
+                            kernels::add_channel_bias(&mut pre, &bias, plane);
+                        }
+                        let m = Mat::Lin {
+                            pre,
+                            rt: Vec::new(),
+                        };
+                        return Ok((m, Vec::new()));
+                    }
+                    let c = d.corr_kbit(o, r + f, dealer.then_some(&prod[..]))?;
+                    let ry = d.rand_u64(o);
+                    let mrf = ring_mask(r + f);
+                    let rt_secret: Option<Vec<u64>> = ry
+                        .secret
+                        .as_ref()
+                        .map(|s| s.iter().map(|v| (v & mrf) >> f).collect());
+                    let rt = d.corr_kbit(o, r, rt_secret.as_deref())?;
+                    if dealer {
+                        return Ok((Mat::Nothing, rt_secret.expect("dealer")));
+                    }
+                    let mut pre: Vec<u64> = prod
+                        .iter()
+                        .zip(&c)
+                        .zip(&ry.mine)
+                        .map(|((p, c), y)| y.wrapping_sub(*p).wrapping_sub(*c))
+                        .collect();
+                    if !bias.is_empty() {
+                        kernels::add_channel_bias(&mut pre, &bias, plane);
+                    }
+                    Ok((
+                        Mat::Lin {
+                            pre,
+                            rt: rt.clone(),
+                        },
+                        rt,
+                    ))
+                })
+            }
+            PlanOp::AvgPool { geom, .. } => {
+                let g = *geom;
+                let secret = if dealer {
+                    Some(pool_masked(&mask, &g, f, r)?)
+                } else {
+                    None
+                };
+                let o = g.n * g.c * g.oh() * g.ow();
+                self.dealt(bytes, move |d, _| {
+                    let rp = d.corr_kbit(o, r, secret.as_deref())?;
+                    if dealer {
+                        let s = secret.expect("dealer");
+                        return Ok((Mat::Nothing, s));
+                    }
+                    Ok((Mat::Pool { rp: rp.clone() }, rp))
+                })
+            }
+            PlanOp::Relu { name, .. } | PlanOp::Partial { name, .. } => {
+                let k = self.cfg.for_layer(name, false);
+                let sel: Vec<usize> = match op {
+                    PlanOp::Partial {
+                        c,
+                        plane,
+                        relu_channels,
+                        ..
+                    } => (0..n)
+                        .flat_map(|img| {
+                            let base = img * c * plane;
+                            (base..base + relu_channels * plane).collect::<Vec<_>>()
+                        })
+                        .collect(),
+                    PlanOp::Relu { len, .. } => (0..n * len).collect(),
+                    _ => unreachable!("matched above"),
+                };
+                let cnt = sel.len();
+                let shape = relu_shape(k, r)?;
+                let kmask = ring_mask(k);
+                let mmask = ring_mask(r);
+                let alpha: Option<Vec<u64>> =
+                    dealer.then(|| sel.iter().map(|&i| mask[i] & kmask).collect());
+                self.dealt(bytes, move |d, _| {
+                    let beta: Option<Vec<u64>> = alpha
+                        .as_ref()
+                        .map(|a| a.iter().flat_map(|&x| [1u64, x & mmask]).collect());
+                    let keys = deal_keys(d, shape, cnt, alpha.as_deref(), beta.as_deref())?;
+                    let rk = d.corr_kbit(cnt, r, alpha.as_deref())?;
+                    let ro = d.rand_u64(cnt);
+                    // The output mask: fresh on the ReLU elements, the input's elsewhere.
+                    let mut out: Vec<u64> = mask.iter().map(|v| v & mmask).collect();
+                    let rout: Vec<u64> = match &ro.secret {
+                        Some(s) => s.iter().map(|v| v & mmask).collect(),
+                        None => ro.mine.iter().map(|v| v & mmask).collect(),
+                    };
+                    for (j, &i) in sel.iter().enumerate() {
+                        out[i] = rout[j];
+                    }
+                    if dealer {
+                        return Ok((Mat::Nothing, out));
+                    }
+                    Ok((Mat::Relu { keys, rk, rout }, out))
+                })
+            }
+            PlanOp::SharedRelu { name, plan: gp } => {
+                let double = gp.decider != DeciderKind::OneHot;
+                let k = self.cfg.for_layer(name, double);
+                let mv = if double {
+                    Some(self.weight(&v_key(name))?.clone())
+                } else {
+                    None
+                };
+                let gp = gp.clone();
+                self.dealt(bytes, move |d, rng| {
+                    deal_group(d, rng, &gp, n, k, r, f, mv.as_ref(), mask, dealer)
+                })
+            }
+            PlanOp::Identity { .. } => Ok((Mat::Nothing, mask)),
+        }
+    }
+}
+
+/// Deal a sharing layer (see the module docs); returns the material and the output mask.
+#[allow(clippy::too_many_arguments)]
+fn deal_group(
+    d: &mut Deal,
+    rng: Option<&mut Prg>,
+    gp: &GroupPlan,
+    n: usize,
+    k: u32,
+    m: u32,
+    f: u32,
+    mv: Option<&MaskedWeight>,
+    mask: Vec<u64>,
+    dealer: bool,
+) -> Result<(Mat, Vec<u64>)> {
+    let _ = f;
+    let kmask = ring_mask(k);
+    let mmask = ring_mask(m);
+    let total = n * gp.len;
+    let groups = n * gp.num_groups;
+    let noisy = gp.noise > 0.0;
+    crate::ring::check_len("sharing mask", &mask, total)?;
+    // Decision masks and (Learned/Fc) the decision values' precomputation.
+    let (zpre, rz): (Vec<u64>, Vec<u64>) = match mv {
+        Some(mv) => {
+            // Dealer: sum_{i in g} B_v,i r_i; parties: sum F_v,i r_i.
+            let mut prod = vec![0u64; groups];
+            let wv = if dealer { &mv.b } else { &mv.f };
+            crate::ring::check_len("decider mask", wv, gp.len)?;
+            for img in 0..n {
+                for (i, &g) in gp.group_of.iter().enumerate() {
+                    let gi = img * gp.num_groups + g as usize;
+                    prod[gi] = prod[gi].wrapping_add(wv[i].wrapping_mul(mask[img * gp.len + i]));
+                }
+            }
+            let c = d.corr_kbit(groups, k, dealer.then_some(&prod[..]))?;
+            let rzr = d.rand_u64(groups);
+            if dealer {
+                let s = rzr.secret.expect("dealer");
+                (Vec::new(), s.iter().map(|v| v & kmask).collect())
+            } else {
+                let mut pre: Vec<u64> = prod
+                    .iter()
+                    .zip(&c)
+                    .zip(&rzr.mine)
+                    .map(|((p, c), z)| z.wrapping_sub(*p).wrapping_sub(*c))
+                    .collect();
+                if gp.decider == DeciderKind::Fc {
+                    for img in 0..n {
+                        crate::ring::add_assign(
+                            &mut pre[img * gp.num_groups..(img + 1) * gp.num_groups],
+                            &gp.bias,
+                        );
+                    }
+                }
+                (pre, rzr.mine)
+            }
+        }
+        None => {
+            let rz: Vec<u64> = (0..groups)
+                .map(|gi| {
+                    let (img, g) = (gi / gp.num_groups, gi % gp.num_groups);
+                    mask[img * gp.len + gp.leaders[g] as usize] & kmask
+                })
+                .collect();
+            (Vec::new(), rz)
+        }
+    };
+    // Noise bits (dealer's secret) and shares of nb_i, nb_i r_i.
+    let nb_secret: Option<Vec<u64>> = if noisy && dealer {
+        let rng = rng.ok_or_else(|| MpcError::Param("dealer noise source missing".into()))?;
+        Some(
+            rng.bernoulli(total, gp.noise as f64)
+                .into_iter()
+                .map(u64::from)
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let members = members_of(gp);
+    let mut buckets = Vec::new();
+    for (size, _) in group_sizes(gp) {
+        let gs: Vec<usize> = (0..gp.num_groups)
+            .filter(|&g| members[g].len() == size)
+            .collect();
+        let shape = Shape::new(k, group_w(size, noisy), m)?;
+        let count = n * gs.len();
+        let (alpha, beta) = if dealer {
+            let mut a = Vec::with_capacity(count);
+            let mut b = Vec::with_capacity(count * shape.w);
+            for img in 0..n {
+                for &g in &gs {
+                    a.push(rz[img * gp.num_groups + g]);
+                    if !noisy {
+                        b.push(1);
+                    }
+                    for &e in &members[g] {
+                        let idx = img * gp.len + e;
+                        let ri = mask[idx] & mmask;
+                        match &nb_secret {
+                            Some(nb) => {
+                                let p = 1u64.wrapping_sub(2 * nb[idx]) & mmask;
+                                b.push(p);
+                                b.push(p.wrapping_mul(ri) & mmask);
+                            }
+                            None => b.push(ri),
+                        }
+                    }
+                }
+            }
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        let keys = deal_keys(d, shape, count, alpha.as_deref(), beta.as_deref())?;
+        buckets.push((size, keys));
+    }
+    let (nb, nbr) = if noisy {
+        let nbr_secret: Option<Vec<u64>> = nb_secret.as_ref().map(|nb| {
+            nb.iter()
+                .zip(&mask)
+                .map(|(b, r)| b.wrapping_mul(*r) & mmask)
+                .collect()
+        });
+        (
+            d.corr_kbit(total, m, nb_secret.as_deref())?,
+            d.corr_kbit(total, m, nbr_secret.as_deref())?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let ro = d.rand_u64(total);
+    if dealer {
+        let out = ro
+            .secret
+            .expect("dealer")
+            .iter()
+            .map(|v| v & mmask)
+            .collect();
+        return Ok((Mat::Nothing, out));
+    }
+    let rout: Vec<u64> = ro.mine.iter().map(|v| v & mmask).collect();
+    let mask_out = rout.clone();
+    Ok((
+        Mat::Group(Box::new(GroupMat {
+            buckets,
+            zpre,
+            nb,
+            nbr,
+            rout,
+        })),
+        mask_out,
+    ))
+}
+
+impl Suite for MimoSuite {
+    fn name(&self) -> &'static str {
+        "mimo"
+    }
+
+    fn comm(&mut self) -> &mut Comm {
+        &mut self.comm
+    }
+
+    fn frac_bits(&self) -> u32 {
+        self.frac
+    }
+
+    fn prepare(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
+        let me = self.me();
+        let deal = match me {
+            2 => {
+                let s0 = self.dealer_seed(0)?;
+                let s1 = self.dealer_seed(1)?;
+                self.comm
+                    .round(vec![(0, s0.to_vec()), (1, s1.to_vec())], &[])?;
+                self.noise_rng = Some(self.noise_source()?);
+                Deal::dealer(Prg::from_seed(s0), Prg::from_seed(s1))
+            }
+            _ => {
+                let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
+                let s: prg::Seed = got.as_slice().try_into().map_err(|_| MpcError::Malformed {
+                    from: 2,
+                    reason: format!("seed of {} bytes", got.len()),
+                })?;
+                if me == 0 {
+                    Deal::p0(Prg::from_seed(s))
+                } else {
+                    Deal::p1(Prg::from_seed(s))
+                }
+            }
+        };
+        self.deal = Some(deal);
+        if plan
+            .ops
+            .iter()
+            .any(|op| matches!(op, PlanOp::SharedRelu { plan, .. } if plan.fused.is_some()))
+        {
+            return Err(MpcError::Model(
+                "mimo runs unfused models only (prepare the model for mimo)".into(),
+            ));
+        }
+        // Mask every weight tensor and decider once, as `fast` does.
+        let layout = crate::fast::mask_layout(plan, weights)?;
+        let deal = self.deal.as_mut().expect("set above");
+        let mut masked_all = Vec::new();
+        let mut bs = Vec::new();
+        for m in &layout {
+            let b = deal.rand_u64(m.len);
+            if me == 2 {
+                bs.push(b.secret.expect("dealer"));
+            } else {
+                crate::ring::check_len("weight share", m.w, m.len)?;
+                masked_all.extend(m.w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
+                bs.push(b.mine);
+            }
+        }
+        let f_all = if me == 2 {
+            Vec::new()
+        } else {
+            crate::fast::cmp::open_u64(&mut self.comm, &masked_all)?
+        };
+        let mut off = 0;
+        for (m, b) in layout.into_iter().zip(bs) {
+            let len = m.len;
+            let mw = if me == 2 {
+                MaskedWeight {
+                    f: Vec::new(),
+                    online: Vec::new(),
+                    b,
+                }
+            } else {
+                let f = f_all[off..off + len].to_vec();
+                let online = if me == 0 {
+                    crate::ring::add(&f, &b)
+                } else {
+                    b.clone()
+                };
+                MaskedWeight { f, online, b }
+            };
+            off += len;
+            self.weights.insert(m.key, mw);
+        }
+        Ok(())
+    }
+
+    fn offline(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
+        self.queue.clear();
+        self.cur = None;
+        self.pos = 0;
+        self.visible = visible(plan);
+        self.names = plan.ops.iter().map(|op| op.name().to_string()).collect();
+        self.last = *self
+            .visible
+            .last()
+            .ok_or_else(|| MpcError::Model("mimo: a model without layers".into()))?;
+        let f = self.frac;
+        let costs = op_costs(plan, &self.cfg, f)?;
+        let need: usize = costs.iter().map(|c| c.to_p1 + c.to_p0).sum();
+        if need > MAX_OFFLINE_BYTES {
+            return Err(MpcError::Param(format!(
+                "the mimo offline material of this batch of {} would be {:.1} GB (held by each \
+                 party until used); run smaller batches",
+                plan.n,
+                need as f64 / 1e9
+            )));
+        }
+        self.lay = Some(layout(plan, &self.cfg, f)?);
+        let me = self.me();
+        // The input mask (seed-derived; the dealer knows the sum).
+        self.comm.set_label(plan.ops[self.visible[0]].name());
+        let r = self.deal_mut()?.rand_u64(plan.n * plan.input_len);
+        let inbits = self.lay.as_ref().expect("set").input;
+        let im = ring_mask(inbits);
+        let mut mask: Vec<u64> = if me == 2 {
+            r.secret.expect("dealer").iter().map(|v| v & im).collect()
+        } else {
+            r.mine.iter().map(|v| v & im).collect()
+        };
+        self.input_mask = if me == 2 { Vec::new() } else { mask.clone() };
+        for i in self.visible.clone() {
+            self.comm.set_label(plan.ops[i].name());
+            let (mat, out) = self.deal_op(plan, i, weights, mask, costs[i])?;
+            self.queue.push_back(mat);
+            mask = out;
+        }
+        Ok(())
+    }
+
+    fn conv2d(&mut self, x: &Shared, w: &WeightShare, g: &kernels::ConvGeom) -> Result<Shared> {
+        self.lin_online(x, &w.name, &LinOp::Conv(*g))
+    }
+
+    fn linear(&mut self, x: &Shared, w: &WeightShare, g: &LinearGeom) -> Result<Shared> {
+        self.lin_online(
+            x,
+            &w.name,
+            &LinOp::Fc {
+                n: g.n,
+                in_f: g.in_f,
+                out_f: g.out_f,
+            },
+        )
+    }
+
+    fn avg_pool(&mut self, x: &Shared, g: &PoolGeom) -> Result<Shared> {
+        self.pool_online(x, g)
+    }
+
+    fn relu(&mut self, x: &Shared, _len: usize) -> Result<Shared> {
+        self.relu_online(x, None)
+    }
+
+    fn partial_relu(
+        &mut self,
+        x: &Shared,
+        n: usize,
+        c: usize,
+        plane: usize,
+        relu_channels: usize,
+    ) -> Result<Shared> {
+        if relu_channels > c {
+            return Err(MpcError::Shape(format!(
+                "partial ReLU on {relu_channels} of {c} channels"
+            )));
+        }
+        let sel = (0..n)
+            .flat_map(|img| {
+                let base = img * c * plane;
+                base..base + relu_channels * plane
+            })
+            .collect();
+        self.relu_online(x, Some(sel))
+    }
+
+    fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
+        if plan.fused.is_some() {
+            return Err(MpcError::Model(
+                "mimo runs unfused models only (a fused gate reached shared_relu)".into(),
+            ));
+        }
+        self.group_online(x, n, plan)
+    }
+}
+
+/// A runner factory ([`crate::runner::SuiteFactory`]) for the `mimo` suite with the rings of
+/// `cfg` (see [`config_for_model`]).
+pub fn factory(
+    cfg: MimoConfig,
+) -> impl Fn(Comm, crate::fixed::FixedPoint) -> Result<Box<dyn Suite>> + Sync {
+    move |comm, fp| Ok(Box::new(MimoSuite::new(comm, fp.frac_bits, cfg.clone())) as Box<dyn Suite>)
+}
+
+/// [`factory`] with test hooks on the dealer.
+#[cfg(test)]
+pub(crate) fn test_factory(
+    cfg: MimoConfig,
+    hooks: TestHooks,
+) -> impl Fn(Comm, crate::fixed::FixedPoint) -> Result<Box<dyn Suite>> + Sync {
+    move |comm, fp| {
+        let mut s = MimoSuite::new(comm, fp.frac_bits, cfg.clone());
+        s.set_test_hooks(hooks.clone());
+        Ok(Box::new(s) as Box<dyn Suite>)
+    }
+}
