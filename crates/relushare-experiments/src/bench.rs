@@ -654,10 +654,14 @@ fn run_network(a: &Args, archs: &[Arch], names: &[String]) -> Result<()> {
         .presets
         .clone()
         .unwrap_or_else(|| vec!["original".into(), "uniform32".into()]);
-    let protocols = a
-        .protocols
-        .clone()
-        .unwrap_or_else(|| vec![Protocol::Fast, Protocol::Fss, Protocol::Securenn]);
+    let protocols = a.protocols.clone().unwrap_or_else(|| {
+        vec![
+            Protocol::Fast,
+            Protocol::Fss,
+            Protocol::Mimo,
+            Protocol::Securenn,
+        ]
+    });
     let repeats = a.repeats.unwrap_or(if a.quick { 1 } else { 3 }).max(1);
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));

@@ -19,8 +19,9 @@ use relushare_experiments::secure::{run_secure, run_secure_networked};
 pub struct Args {
     #[command(flatten)]
     pub source: ModelArgs,
-    /// Protocol suite: securenn (the paper's baseline), fast, fss, or auto (the suite a cost
-    /// model predicts fastest for the --network and the job: one image or a --stream).
+    /// Protocol suite: securenn (the paper's baseline), fast, fss, mimo (one online round per
+    /// layer), or auto (the suite a cost model predicts fastest for the --network and the job:
+    /// one image or a --stream).
     #[arg(long, default_value = "fast")]
     pub protocol: ProtocolArg,
     /// With --protocol auto and one image: minimise its total time (offline + online), or its

@@ -48,7 +48,7 @@ pub struct Args {
     /// Session id to require from peers (default: the keys directory's session-id).
     #[arg(long)]
     pub session_id: Option<String>,
-    /// Protocol suite (all parties must agree): fast, fss or securenn.
+    /// Protocol suite (all parties must agree): fast, fss, mimo or securenn.
     #[arg(long, default_value = "fast")]
     pub protocol: String,
     /// Fixed-point fractional bits (all parties must agree).

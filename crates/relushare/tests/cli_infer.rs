@@ -66,7 +66,7 @@ fn securenn_json_matches_table1_and_plaintext() {
 
 #[test]
 fn every_protocol_agrees_with_plaintext() {
-    for p in ["securenn", "fast", "fss"] {
+    for p in ["securenn", "fast", "fss", "mimo"] {
         let j = infer_json(&[
             "--arch",
             "fmnist",
@@ -85,7 +85,7 @@ fn every_protocol_agrees_with_plaintext() {
         assert!(j["online_bytes"].as_f64().unwrap() > 0.0, "{p}");
         // Output shares to the client: P0 and P1 each send 10 logits of 8 bytes per image.
         assert_eq!(j["client_bytes"].as_f64().unwrap(), 2.0 * 8.0 * 10.0, "{p}");
-        // Agreement with the unfused trained model: securenn runs it unfused, so both
+        // Agreement with the unfused trained model: securenn and mimo run it unfused, so both
         // figures coincide; the fast suites run fused gates (uniform32's first block).
         let images = j["per_image"].as_array().unwrap();
         let unfused = images
@@ -97,7 +97,7 @@ fn every_protocol_agrees_with_plaintext() {
         for r in images {
             assert_eq!(r["client_bytes"].as_f64().unwrap(), 160.0, "{p}");
             assert_eq!(r["agree_unfused"], r["class"] == r["unfused_class"], "{p}");
-            if p == "securenn" {
+            if p == "securenn" || p == "mimo" {
                 assert_eq!(r["unfused_class"], r["plaintext_class"]);
             }
         }

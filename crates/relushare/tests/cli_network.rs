@@ -68,6 +68,26 @@ fn networked_run_matches_the_in_process_costs_and_pays_the_delays() {
     assert!(off_bytes > 0.0);
 }
 
+/// The round-optimal `mimo` suite over the networked parties: the in-process costs exactly
+/// (SVHN: 5 online rounds, one per layer but the last, plus the input), the plaintext class.
+#[test]
+fn mimo_networked_run_matches_the_in_process_costs() {
+    let model: Vec<&str> = MODEL
+        .iter()
+        .map(|a| if *a == "fast" { "mimo" } else { a })
+        .collect();
+    let local = infer_json(&model);
+    let mut args = model.clone();
+    args.extend(["--rtt-ms", "4", "--mbit", "1000"]);
+    let net = infer_json(&args);
+    for k in ["online_bytes", "offline_bytes", "rounds", "offline_rounds"] {
+        assert_eq!(net[k], local[k], "{k}");
+    }
+    assert_eq!(net["rounds"].as_u64(), Some(5));
+    assert_eq!(net["protocol"], "mimo");
+    assert_eq!(net["agree_with_plaintext"].as_f64(), Some(1.0));
+}
+
 /// Parties that cannot finish (here: a connection window shorter than the TLS handshake over a
 /// 200 ms RTT) end the run with an error naming a party, quickly, and leave no process behind.
 #[test]

@@ -160,14 +160,14 @@ fn payload_from(blocks: &[u128], w: usize, mask: u64, out: &mut [u64]) {
     }
 }
 
-/// The correction words of a batch of keys (shared by both parties' keys).
+/// The correction words of a batch of keys (shared by both parties' keys), key-major.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cws {
-    /// Seed corrections (bit 0 clear), level-major: `scw[level * keys + j]`.
+    /// Seed corrections (bit 0 clear): `scw[j * levels + level]`.
     pub scw: Vec<u128>,
-    /// Control-bit corrections, level-major: bit 0 = left, bit 1 = right.
+    /// Control-bit corrections (bit 0 = left, bit 1 = right): `tcw[j * levels + level]`.
     pub tcw: Vec<u8>,
-    /// Payload corrections, level-major: `vcw[(level * keys + j) * w + c]`.
+    /// Payload corrections: `vcw[(j * levels + level) * w + c]`.
     pub vcw: Vec<u64>,
     /// Leaf corrections: `leaf[(j * 2^et + slot) * w + c]`.
     pub leaf: Vec<u64>,
@@ -196,15 +196,17 @@ impl BitWriter {
         let v = v & ring_mask(bits);
         self.acc |= (v as u128) << self.nb;
         self.nb += bits;
-        while self.nb >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.nb -= 8;
+        if self.nb >= 64 {
+            self.out.extend_from_slice(&(self.acc as u64).to_le_bytes());
+            self.acc >>= 64;
+            self.nb -= 64;
         }
     }
     fn finish(mut self) -> Vec<u8> {
-        if self.nb > 0 {
+        while self.nb > 0 {
             self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.nb = self.nb.saturating_sub(8);
         }
         self.out
     }
@@ -224,12 +226,16 @@ impl BitReader<'_> {
         }
         let byte = self.pos / 8;
         let off = (self.pos % 8) as u32;
-        let mut buf = [0u8; 16];
-        let end = (byte + 16).min(self.b.len());
-        buf[..end - byte].copy_from_slice(&self.b[byte..end]);
-        let v = (u128::from_le_bytes(buf) >> off) as u64 & ring_mask(bits);
+        let v = if byte + 16 <= self.b.len() {
+            u128::from_le_bytes(self.b[byte..byte + 16].try_into().expect("16 bytes"))
+        } else {
+            let mut buf = [0u8; 16];
+            let end = self.b.len();
+            buf[..end - byte].copy_from_slice(&self.b[byte..end]);
+            u128::from_le_bytes(buf)
+        };
         self.pos += bits as usize;
-        v
+        (v >> off) as u64 & ring_mask(bits)
     }
 }
 
@@ -237,22 +243,24 @@ impl Cws {
     /// Serialise `keys` keys of shape `s` (exactly [`Shape::bytes`] bytes).
     pub fn to_bytes(&self, s: &Shape, keys: usize) -> Vec<u8> {
         let (w, m, lv) = (s.w, s.m, s.levels() as usize);
-        let mut bw = BitWriter::with_capacity(s.bytes(keys));
+        let mut bw = BitWriter::with_capacity(s.bytes(keys) + 16);
         for j in 0..keys {
             for l in 0..lv {
-                let c = self.scw[l * keys + j] >> 1;
+                let c = self.scw[j * lv + l] >> 1;
                 bw.put(c as u64, 64);
                 bw.put((c >> 64) as u64, 63);
-                bw.put(self.tcw[l * keys + j] as u64, 2);
+                bw.put(self.tcw[j * lv + l] as u64, 2);
                 for c in 0..w {
-                    bw.put(self.vcw[(l * keys + j) * w + c], m);
+                    bw.put(self.vcw[(j * lv + l) * w + c], m);
                 }
             }
             for v in &self.leaf[j * s.leaf_len()..(j + 1) * s.leaf_len()] {
                 bw.put(*v, m);
             }
         }
-        bw.finish()
+        let mut out = bw.finish();
+        out.truncate(s.bytes(keys));
+        out
     }
 
     /// Parse `keys` keys of shape `s`; `None` if the length is wrong.
@@ -272,10 +280,10 @@ impl Cws {
             for l in 0..lv {
                 let lo = br.get(64) as u128;
                 let hi = br.get(63) as u128;
-                c.scw[l * keys + j] = (lo | hi << 64) << 1;
-                c.tcw[l * keys + j] = br.get(2) as u8;
+                c.scw[j * lv + l] = (lo | hi << 64) << 1;
+                c.tcw[j * lv + l] = br.get(2) as u8;
                 for e in 0..w {
-                    c.vcw[(l * keys + j) * w + e] = br.get(m);
+                    c.vcw[(j * lv + l) * w + e] = br.get(m);
                 }
             }
             for v in &mut c.leaf[j * s.leaf_len()..(j + 1) * s.leaf_len()] {
@@ -285,6 +293,9 @@ impl Cws {
         Some(c)
     }
 }
+
+/// Keys per parallel chunk.
+const CHUNK: usize = 256;
 
 /// Generate the correction words of `alpha.len()` keys with points `alpha[j]` (low `n` bits)
 /// and payloads `beta[j * w .. (j + 1) * w]` from the parties' root seeds.
@@ -296,8 +307,9 @@ pub fn gen(
     root0: &[u128],
     root1: &[u128],
 ) -> Result<Cws> {
+    use rayon::prelude::*;
     let keys = alpha.len();
-    let (w, q) = (s.w, s.q());
+    let w = s.w;
     if beta.len() != keys * w || root0.len() != keys || root1.len() != keys {
         return Err(MpcError::Shape(format!(
             "DCF gen: {keys} points, {} payload elements (expected {}), {}/{} roots",
@@ -307,6 +319,69 @@ pub fn gen(
             root1.len()
         )));
     }
+    let lv = s.levels() as usize;
+    let ll = s.leaf_len();
+    let mut cw = Cws {
+        scw: vec![0; lv * keys],
+        tcw: vec![0; lv * keys],
+        vcw: vec![0; lv * keys * w],
+        leaf: vec![0; keys * ll],
+    };
+    cw.scw
+        .par_chunks_mut(CHUNK * lv.max(1))
+        .zip(cw.tcw.par_chunks_mut(CHUNK * lv.max(1)))
+        .zip(cw.vcw.par_chunks_mut(CHUNK * lv.max(1) * w))
+        .zip(cw.leaf.par_chunks_mut(CHUNK * ll))
+        .enumerate()
+        .for_each(|(ci, (((scw, tcw), vcw), leaf))| {
+            let j0 = ci * CHUNK;
+            let j1 = (j0 + CHUNK).min(keys);
+            gen_chunk(
+                prg,
+                s,
+                &alpha[j0..j1],
+                &beta[j0 * w..j1 * w],
+                &root0[j0..j1],
+                &root1[j0..j1],
+                scw,
+                tcw,
+                vcw,
+                leaf,
+            );
+        });
+    if lv == 0 {
+        // No tree levels: the chunks above never ran over the (empty) level vectors.
+        gen_chunk(
+            prg,
+            s,
+            alpha,
+            beta,
+            root0,
+            root1,
+            &mut [],
+            &mut [],
+            &mut [],
+            &mut cw.leaf,
+        );
+    }
+    Ok(cw)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gen_chunk(
+    prg: &Prg,
+    s: &Shape,
+    alpha: &[u64],
+    beta: &[u64],
+    root0: &[u128],
+    root1: &[u128],
+    scw_out: &mut [u128],
+    tcw_out: &mut [u8],
+    vcw_out: &mut [u64],
+    leaf_out: &mut [u64],
+) {
+    let keys = alpha.len();
+    let (w, q) = (s.w, s.q());
     let mask = ring_mask(s.m);
     let lv = s.levels() as usize;
     let mut s0: Vec<u128> = root0.iter().map(|v| v & !1).collect();
@@ -314,15 +389,9 @@ pub fn gen(
     let mut t0 = vec![0u8; keys];
     let mut t1 = vec![1u8; keys];
     let mut va = vec![0u64; keys * w];
-    let mut cw = Cws {
-        scw: vec![0; lv * keys],
-        tcw: vec![0; lv * keys],
-        vcw: vec![0; lv * keys * w],
-        leaf: vec![0; keys * s.leaf_len()],
-    };
     let (mut e0, mut e1, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
     let per = 2 + 2 * q;
-    let (mut v0, mut v1) = (vec![0u64; 4 * w], vec![0u64; 4 * w]);
+    let (mut v0, mut v1) = (vec![0u64; 2 * w], vec![0u64; 2 * w]);
     for l in 0..lv {
         let bitpos = s.n - 1 - l as u32;
         prg.blocks(&s0, per, |_| 0, &mut scratch, &mut e0);
@@ -337,14 +406,11 @@ pub fn gen(
             payload_from(&b1[2..2 + q], w, mask, &mut v1[..w]);
             payload_from(&b1[2 + q..2 + 2 * q], w, mask, &mut v1[w..2 * w]);
             let (keep, lose) = if a == 0 { (0, 1) } else { (1, 0) };
-            let sl = |b: &[u128], side: usize| (b[side] & !1, (b[side] & 1) as u8);
-            let (sk0, tk0) = sl(b0, keep);
-            let (sk1, tk1) = sl(b1, keep);
-            let (slo0, _) = sl(b0, lose);
-            let (slo1, _) = sl(b1, lose);
+            let (sk0, tk0) = (b0[keep] & !1, (b0[keep] & 1) as u8);
+            let (sk1, tk1) = (b1[keep] & !1, (b1[keep] & 1) as u8);
+            let scw = (b0[lose] ^ b1[lose]) & !1;
             let (tl0, tr0) = ((b0[0] & 1) as u8, (b0[1] & 1) as u8);
             let (tl1, tr1) = ((b1[0] & 1) as u8, (b1[1] & 1) as u8);
-            let scw = slo0 ^ slo1;
             let neg = t1[j] == 1;
             let sign = |v: u64| if neg { v.wrapping_neg() } else { v };
             for c in 0..w {
@@ -356,7 +422,7 @@ pub fn gen(
                     inner = inner.wrapping_add(beta[j * w + c]);
                 }
                 let vcw = sign(inner) & mask;
-                cw.vcw[(l * keys + j) * w + c] = vcw;
+                vcw_out[(j * lv + l) * w + c] = vcw;
                 va[j * w + c] = va[j * w + c]
                     .wrapping_sub(vk1)
                     .wrapping_add(vk0)
@@ -365,8 +431,8 @@ pub fn gen(
             let tcwl = tl0 ^ tl1 ^ a ^ 1;
             let tcwr = tr0 ^ tr1 ^ a;
             let tcwk = if a == 0 { tcwl } else { tcwr };
-            cw.scw[l * keys + j] = scw;
-            cw.tcw[l * keys + j] = tcwl | (tcwr << 1);
+            scw_out[j * lv + l] = scw;
+            tcw_out[j * lv + l] = tcwl | (tcwr << 1);
             s0[j] = sk0 ^ if t0[j] == 1 { scw } else { 0 };
             s1[j] = sk1 ^ if t1[j] == 1 { scw } else { 0 };
             t0[j] = tk0 ^ (t0[j] & tcwk);
@@ -393,63 +459,115 @@ pub fn gen(
                 if (slot as u64) < alow {
                     inner = inner.wrapping_add(beta[j * w + c]);
                 }
-                cw.leaf[j * ll + i] = if neg { inner.wrapping_neg() } else { inner } & mask;
+                leaf_out[j * ll + i] = if neg { inner.wrapping_neg() } else { inner } & mask;
             }
         }
     }
-    Ok(cw)
 }
 
 /// Evaluate party `b`'s keys (root seeds `root`, shared corrections `cw`) at the points `x`;
 /// returns `w` payload shares per key (`out[j * w + c]`, mod `2^m`).
 pub fn eval(prg: &Prg, s: &Shape, b: u8, root: &[u128], cw: &Cws, x: &[u64]) -> Result<Vec<u64>> {
+    use rayon::prelude::*;
     let keys = x.len();
-    let (w, q) = (s.w, s.q());
+    let w = s.w;
     let lv = s.levels() as usize;
+    let ll = s.leaf_len();
     if root.len() != keys
         || cw.scw.len() != lv * keys
         || cw.vcw.len() != lv * keys * w
-        || cw.leaf.len() != keys * s.leaf_len()
+        || cw.leaf.len() != keys * ll
     {
         return Err(MpcError::Shape(format!(
             "DCF eval: {keys} points, {} roots, correction words for {} keys",
             root.len(),
-            cw.scw.len() / lv.max(1)
+            cw.leaf.len() / ll.max(1)
         )));
     }
+    let mut out = vec![0u64; keys * w];
+    out.par_chunks_mut(CHUNK * w)
+        .enumerate()
+        .for_each(|(ci, o)| {
+            let j0 = ci * CHUNK;
+            let j1 = (j0 + CHUNK).min(keys);
+            eval_chunk(
+                prg,
+                s,
+                b,
+                &root[j0..j1],
+                &cw.scw[j0 * lv..j1 * lv],
+                &cw.tcw[j0 * lv..j1 * lv],
+                &cw.vcw[j0 * lv * w..j1 * lv * w],
+                &cw.leaf[j0 * ll..j1 * ll],
+                &x[j0..j1],
+                o,
+            )
+        });
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_chunk(
+    prg: &Prg,
+    s: &Shape,
+    b: u8,
+    root: &[u128],
+    scw: &[u128],
+    tcw: &[u8],
+    vcw: &[u64],
+    leafcw: &[u64],
+    x: &[u64],
+    acc: &mut [u64],
+) {
+    let keys = x.len();
+    let (w, q) = (s.w, s.q());
+    let lv = s.levels() as usize;
     let mask = ring_mask(s.m);
     let mut seed: Vec<u128> = root.iter().map(|v| v & !1).collect();
     let mut t = vec![b; keys];
-    let mut acc = vec![0u64; keys * w];
-    let (mut e, mut pv, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut e, mut scratch) = (Vec::new(), Vec::new());
     let mut v = vec![0u64; w];
+    let per = 1 + q;
     for l in 0..lv {
         let bitpos = s.n - 1 - l as u32;
-        let side = |j: usize| ((x[j] >> bitpos) & 1) as usize;
-        // The child seeds (blocks 0, 1) and the followed side's payload.
-        prg.blocks(&seed, 2, |_| 0, &mut scratch, &mut e);
-        prg.blocks(
-            &seed,
-            q,
-            |j| (2 + side(j) * q) as u128,
-            &mut scratch,
-            &mut pv,
-        );
+        // Per key: the followed child (block `side`) and its payload (blocks 2 + side q ..).
+        scratch.clear();
         for j in 0..keys {
-            let sd = side(j);
-            let h = e[2 * j + sd];
+            let sd = ((x[j] >> bitpos) & 1) as u128;
+            let sj = seed[j];
+            scratch.push(aes::Block::from((sj ^ sd).to_le_bytes()));
+            for i in 0..q as u128 {
+                scratch.push(aes::Block::from(
+                    (sj ^ (2 + sd * q as u128 + i)).to_le_bytes(),
+                ));
+            }
+        }
+        prg.aes.encrypt_blocks(&mut scratch);
+        e.clear();
+        for j in 0..keys {
+            let sd = ((x[j] >> bitpos) & 1) as u128;
+            let sj = seed[j];
+            e.push(u128::from_le_bytes(scratch[j * per].into()) ^ sj ^ sd);
+            for i in 0..q as u128 {
+                let blk = u128::from_le_bytes(scratch[j * per + 1 + i as usize].into());
+                e.push(blk ^ sj ^ (2 + sd * q as u128 + i));
+            }
+        }
+        for j in 0..keys {
+            let sd = ((x[j] >> bitpos) & 1) as usize;
+            let h = e[j * per];
             let mut sx = h & !1;
             let mut tx = (h & 1) as u8;
             let tj = t[j];
-            payload_from(&pv[j * q..(j + 1) * q], w, mask, &mut v);
+            payload_from(&e[j * per + 1..(j + 1) * per], w, mask, &mut v);
             if tj == 1 {
-                sx ^= cw.scw[l * keys + j];
-                tx ^= (cw.tcw[l * keys + j] >> sd) & 1;
+                sx ^= scw[j * lv + l];
+                tx ^= (tcw[j * lv + l] >> sd) & 1;
             }
             for c in 0..w {
                 let mut add = v[c];
                 if tj == 1 {
-                    add = add.wrapping_add(cw.vcw[(l * keys + j) * w + c]);
+                    add = add.wrapping_add(vcw[(j * lv + l) * w + c]);
                 }
                 acc[j * w + c] = acc[j * w + c].wrapping_add(add);
             }
@@ -469,13 +587,12 @@ pub fn eval(prg: &Prg, s: &Shape, b: u8, root: &[u128], cw: &Cws, x: &[u64]) -> 
         for c in 0..w {
             let mut add = leaf[slot * w + c];
             if t[j] == 1 {
-                add = add.wrapping_add(cw.leaf[j * ll + slot * w + c]);
+                add = add.wrapping_add(leafcw[j * ll + slot * w + c]);
             }
             let a = acc[j * w + c].wrapping_add(add);
             acc[j * w + c] = if b == 1 { a.wrapping_neg() } else { a } & mask;
         }
     }
-    Ok(acc)
 }
 
 #[cfg(test)]

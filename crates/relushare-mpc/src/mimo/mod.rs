@@ -115,11 +115,10 @@ pub fn config_for_model(
     fm: &crate::plain::FixedModel,
     model: &relushare_model::Model,
 ) -> Result<MimoConfig> {
-    crate::fast::config_for_model(fm, model)?;
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
     let b = crate::fast::bounds::analyse(fm, lim)?;
     let mut cfg = MimoConfig::defaults(fm.fp.frac_bits);
-    for c in b.comparisons {
+    for c in b.comparisons.iter().cloned() {
         let k = (crate::fast::bounds::bitlen_bound(c.bound) + 1).max(2);
         if k > 63 {
             return Err(MpcError::Model(format!(
@@ -129,6 +128,29 @@ pub fn config_for_model(
         }
         cfg.bits.insert(c.name, k);
     }
+    // Failure events: the last layer's local truncation and capped outputs' wrap-around (every
+    // other truncation is exact up to one unit).
+    let f = fm.fp.frac_bits;
+    let plan = crate::runner::build_plan(fm, 1, &vec![None; fm.layers.len()]);
+    let lay = layout(&plan, &cfg, f)?;
+    let last = visible(&plan)
+        .last()
+        .map(|&i| plan.ops[i].name().to_string())
+        .unwrap_or_default();
+    let trunc: f64 = b
+        .truncations
+        .iter()
+        .filter(|t| t.name == last)
+        .map(|t| t.elements as f64 * t.per_element())
+        .sum();
+    let p = trunc + wrap_failure(&plan, &lay, f, &b)?;
+    if p > crate::fast::bounds::MAX_TRUNC_FAILURE {
+        return Err(MpcError::Model(format!(
+            "mimo: the proven failure bound per inference is {p:.3e} (last layer's local \
+             truncation {trunc:.3e}), above {}; use fewer --frac-bits",
+            crate::fast::bounds::MAX_TRUNC_FAILURE
+        )));
+    }
     Ok(cfg)
 }
 
@@ -137,8 +159,13 @@ pub fn config_for_model(
 pub struct Layout {
     /// Bits of the masked input opened at the start.
     pub input: u32,
-    /// Per op: bits its output is known modulo (64 for the last op: the client's shares).
+    /// Per op: bits its output is known modulo (64 for the last op: the client's shares); the
+    /// ring of the shares of its mask.
     pub out: Vec<u32>,
+    /// Per op: bits of its public masked output (`out`, except a linear layer whose consumer
+    /// needs more than `64 - f` bits: it opens all 64 and its masked output has `64 - f` bits;
+    /// the consumer then uses it as an integer, see [`wrap_failure`]).
+    pub open: Vec<u32>,
     /// Per op: bits it needs of its input.
     pub inp: Vec<u32>,
 }
@@ -173,23 +200,26 @@ fn is_last(plan: &Plan, i: usize) -> bool {
 pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
     let nops = plan.ops.len();
     let mut out = vec![0u32; nops];
+    let mut open = vec![0u32; nops];
     let mut inp = vec![0u32; nops];
     let mut need = 64u32;
+    if f >= 32 {
+        return Err(MpcError::Param(format!(
+            "mimo: {f} fractional bits (at most 31)"
+        )));
+    }
     for i in (0..nops).rev() {
         out[i] = need;
+        open[i] = need;
         let op = &plan.ops[i];
         let last = is_last(plan, i);
         inp[i] = match op {
             PlanOp::Conv { .. } | PlanOp::Linear { .. } => {
                 if last {
                     64
-                } else if need + f > 64 {
-                    return Err(MpcError::Model(format!(
-                        "{}: its consumer needs {need} bits, more than 64 - f",
-                        op.name()
-                    )));
                 } else {
-                    need + f
+                    open[i] = need.min(64 - f);
+                    open[i] + f
                 }
             }
             PlanOp::AvgPool { geom, .. } => {
@@ -215,8 +245,37 @@ pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
     Ok(Layout {
         input: need,
         out,
+        open,
         inp,
     })
+}
+
+/// Upper bound on the probability that a capped linear output ([`Layout::open`] below
+/// [`Layout::out`]) wraps around: its consumer uses `t = t^ - r'` as an integer (`r'` uniform in
+/// `[0, 2^(64-f))`), which is wrong only if `t + r'` leaves `[0, 2^(64-f))`, with probability at
+/// most `B_t / 2^(64-f)` per element for `|t| <= B_t` (union bound over the elements of one
+/// image). `bounds`: the model's per-layer truncation bounds (before truncation, `2f` bits).
+pub fn wrap_failure(
+    plan: &Plan,
+    lay: &Layout,
+    f: u32,
+    bounds: &crate::fast::bounds::Bounds,
+) -> Result<f64> {
+    let mut p = 0.0;
+    for (i, op) in plan.ops.iter().enumerate() {
+        if lay.open[i] >= lay.out[i] {
+            continue;
+        }
+        let lop = lin_parts(op).expect("only linear layers are capped");
+        let b = bounds
+            .truncations
+            .iter()
+            .find(|t| t.name == op.name())
+            .ok_or_else(|| MpcError::Model(format!("{}: no proven bound", op.name())))?;
+        let bt = b.bound / 2f64.powi(f as i32) + 1.0;
+        p += (lop.out_len() / plan.n.max(1)) as f64 * bt / 2f64.powi((64 - f) as i32);
+    }
+    Ok(p)
 }
 
 fn kb(n: usize, bits: u32) -> usize {
@@ -287,8 +346,9 @@ pub fn op_costs(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Vec<OpCost>> {
                 if is_last(plan, i) {
                     c.to_p1 += 8 * o;
                 } else {
-                    c.to_p1 += kb(o, r + f) + kb(o, r);
-                    c.online += 2 * kb(o, r + f);
+                    let op_bits = lay.open[i] + f;
+                    c.to_p1 += kb(o, op_bits) + kb(o, r);
+                    c.online += 2 * kb(o, op_bits);
                     c.rounds += 1;
                 }
             }
@@ -689,7 +749,7 @@ impl MimoSuite {
         };
         let i = self.op_index()?;
         let last = i == self.last;
-        let r = self.out_ring()?;
+        let r = self.lay.as_ref().expect("offline ran").open[i];
         let want = if last { 64 } else { r + self.frac };
         if inp.bits < want {
             return Err(MpcError::Param(format!(
@@ -709,10 +769,11 @@ impl MimoSuite {
         let f = self.frac;
         let yh = open_bits(&mut self.comm, &y, r + f)?;
         let hat = yh.iter().map(|v| v >> f).collect();
+        let known = self.out_ring()?;
         Ok(self.emit(Masked {
             hat,
             r: rt,
-            bits: r,
+            bits: known,
         }))
     }
 
@@ -1005,6 +1066,7 @@ impl MimoSuite {
         let f = self.frac;
         let lay = self.lay.clone().expect("set by offline");
         let r = lay.out[i];
+        let ropen = lay.open[i];
         let n = plan.n;
         let last = is_last(plan, i);
         let bytes = (cost.to_p1, cost.to_p0);
@@ -1045,9 +1107,9 @@ impl MimoSuite {
                         };
                         return Ok((m, Vec::new()));
                     }
-                    let c = d.corr_kbit(o, r + f, dealer.then_some(&prod[..]))?;
+                    let c = d.corr_kbit(o, ropen + f, dealer.then_some(&prod[..]))?;
                     let ry = d.rand_u64(o);
-                    let mrf = ring_mask(r + f);
+                    let mrf = ring_mask(ropen + f);
                     let rt_secret: Option<Vec<u64>> = ry
                         .secret
                         .as_ref()
