@@ -123,7 +123,7 @@ impl Prg {
         seeds: &[u128],
         count: usize,
         tweak: impl Fn(usize) -> u128,
-        scratch: &mut Vec<aes::Block>,
+        scratch: &mut Vec<u128>,
         out: &mut Vec<u128>,
     ) {
         scratch.clear();
@@ -131,18 +131,38 @@ impl Prg {
         for (j, s) in seeds.iter().enumerate() {
             let t = tweak(j);
             for i in 0..count as u128 {
-                scratch.push(aes::Block::from((s ^ (t + i)).to_le_bytes()));
+                scratch.push(s ^ (t + i));
             }
         }
-        self.aes.encrypt_blocks(scratch);
+        self.mmo(scratch, out);
+    }
+
+    /// `out[i] = AES(inp[i]) ^ inp[i]` (Matyas-Meyer-Oseas), blocks as little-endian `u128`.
+    fn mmo(&self, inp: &[u128], out: &mut Vec<u128>) {
         out.clear();
-        out.reserve(scratch.len());
-        for (j, s) in seeds.iter().enumerate() {
-            let t = tweak(j);
-            for i in 0..count {
-                let b = u128::from_le_bytes(scratch[j * count + i].into());
-                out.push(b ^ s ^ (t + i as u128));
+        out.extend_from_slice(inp);
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: `aes::Block` is a `repr(transparent)` array of 16 bytes (alignment 1), and
+            // on a little-endian target a `u128`'s memory is its `to_le_bytes`.
+            let blocks = unsafe {
+                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut aes::Block, out.len())
+            };
+            self.aes.encrypt_blocks(blocks);
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            let mut blocks: Vec<aes::Block> = out
+                .iter()
+                .map(|v| aes::Block::from(v.to_le_bytes()))
+                .collect();
+            self.aes.encrypt_blocks(&mut blocks);
+            for (o, b) in out.iter_mut().zip(&blocks) {
+                *o = u128::from_le_bytes((*b).into());
             }
+        }
+        for (o, i) in out.iter_mut().zip(inp) {
+            *o ^= i;
         }
     }
 }
@@ -160,14 +180,15 @@ fn payload_from(blocks: &[u128], w: usize, mask: u64, out: &mut [u64]) {
     }
 }
 
-/// The correction words of a batch of keys (shared by both parties' keys), key-major.
+/// The correction words of a batch of keys (shared by both parties' keys), level-major, so that
+/// a level-synchronous evaluation streams through them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cws {
-    /// Seed corrections (bit 0 clear): `scw[j * levels + level]`.
+    /// Seed corrections (bit 0 clear): `scw[level * keys + j]`.
     pub scw: Vec<u128>,
-    /// Control-bit corrections (bit 0 = left, bit 1 = right): `tcw[j * levels + level]`.
+    /// Control-bit corrections (bit 0 = left, bit 1 = right): `tcw[level * keys + j]`.
     pub tcw: Vec<u8>,
-    /// Payload corrections: `vcw[(j * levels + level) * w + c]`.
+    /// Payload corrections: `vcw[(level * keys + j) * w + c]`.
     pub vcw: Vec<u64>,
     /// Leaf corrections: `leaf[(j * 2^et + slot) * w + c]`.
     pub leaf: Vec<u64>,
@@ -244,19 +265,19 @@ impl Cws {
     pub fn to_bytes(&self, s: &Shape, keys: usize) -> Vec<u8> {
         let (w, m, lv) = (s.w, s.m, s.levels() as usize);
         let mut bw = BitWriter::with_capacity(s.bytes(keys) + 16);
-        for j in 0..keys {
-            for l in 0..lv {
-                let c = self.scw[j * lv + l] >> 1;
+        for l in 0..lv {
+            for j in 0..keys {
+                let c = self.scw[l * keys + j] >> 1;
                 bw.put(c as u64, 64);
                 bw.put((c >> 64) as u64, 63);
-                bw.put(self.tcw[j * lv + l] as u64, 2);
+                bw.put(self.tcw[l * keys + j] as u64, 2);
                 for c in 0..w {
-                    bw.put(self.vcw[(j * lv + l) * w + c], m);
+                    bw.put(self.vcw[(l * keys + j) * w + c], m);
                 }
             }
-            for v in &self.leaf[j * s.leaf_len()..(j + 1) * s.leaf_len()] {
-                bw.put(*v, m);
-            }
+        }
+        for v in &self.leaf {
+            bw.put(*v, m);
         }
         let mut out = bw.finish();
         out.truncate(s.bytes(keys));
@@ -276,19 +297,19 @@ impl Cws {
             leaf: vec![0; keys * s.leaf_len()],
         };
         let mut br = BitReader { b, pos: 0 };
-        for j in 0..keys {
-            for l in 0..lv {
+        for l in 0..lv {
+            for j in 0..keys {
                 let lo = br.get(64) as u128;
                 let hi = br.get(63) as u128;
-                c.scw[j * lv + l] = (lo | hi << 64) << 1;
-                c.tcw[j * lv + l] = br.get(2) as u8;
+                c.scw[l * keys + j] = (lo | hi << 64) << 1;
+                c.tcw[l * keys + j] = br.get(2) as u8;
                 for e in 0..w {
-                    c.vcw[(j * lv + l) * w + e] = br.get(m);
+                    c.vcw[(l * keys + j) * w + e] = br.get(m);
                 }
             }
-            for v in &mut c.leaf[j * s.leaf_len()..(j + 1) * s.leaf_len()] {
-                *v = br.get(m);
-            }
+        }
+        for v in &mut c.leaf {
+            *v = br.get(m);
         }
         Some(c)
     }
@@ -321,21 +342,19 @@ pub fn gen(
     }
     let lv = s.levels() as usize;
     let ll = s.leaf_len();
-    let mut cw = Cws {
-        scw: vec![0; lv * keys],
-        tcw: vec![0; lv * keys],
-        vcw: vec![0; lv * keys * w],
-        leaf: vec![0; keys * ll],
-    };
-    cw.scw
-        .par_chunks_mut(CHUNK * lv.max(1))
-        .zip(cw.tcw.par_chunks_mut(CHUNK * lv.max(1)))
-        .zip(cw.vcw.par_chunks_mut(CHUNK * lv.max(1) * w))
-        .zip(cw.leaf.par_chunks_mut(CHUNK * ll))
-        .enumerate()
-        .for_each(|(ci, (((scw, tcw), vcw), leaf))| {
+    // Chunks in parallel, each level-major over its own keys, then merged level by level.
+    let parts: Vec<Cws> = (0..keys.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|ci| {
             let j0 = ci * CHUNK;
             let j1 = (j0 + CHUNK).min(keys);
+            let ck = j1 - j0;
+            let mut c = Cws {
+                scw: vec![0; lv * ck],
+                tcw: vec![0; lv * ck],
+                vcw: vec![0; lv * ck * w],
+                leaf: vec![0; ck * ll],
+            };
             gen_chunk(
                 prg,
                 s,
@@ -343,31 +362,32 @@ pub fn gen(
                 &beta[j0 * w..j1 * w],
                 &root0[j0..j1],
                 &root1[j0..j1],
-                scw,
-                tcw,
-                vcw,
-                leaf,
+                &mut c,
             );
-        });
-    if lv == 0 {
-        // No tree levels: the chunks above never ran over the (empty) level vectors.
-        gen_chunk(
-            prg,
-            s,
-            alpha,
-            beta,
-            root0,
-            root1,
-            &mut [],
-            &mut [],
-            &mut [],
-            &mut cw.leaf,
-        );
+            c
+        })
+        .collect();
+    let mut cw = Cws {
+        scw: vec![0; lv * keys],
+        tcw: vec![0; lv * keys],
+        vcw: vec![0; lv * keys * w],
+        leaf: Vec::with_capacity(keys * ll),
+    };
+    for (ci, p) in parts.into_iter().enumerate() {
+        let j0 = ci * CHUNK;
+        let ck = p.leaf.len() / ll;
+        for l in 0..lv {
+            let (a, b) = (l * keys + j0, l * ck);
+            cw.scw[a..a + ck].copy_from_slice(&p.scw[b..b + ck]);
+            cw.tcw[a..a + ck].copy_from_slice(&p.tcw[b..b + ck]);
+            cw.vcw[a * w..(a + ck) * w].copy_from_slice(&p.vcw[b * w..(b + ck) * w]);
+        }
+        cw.leaf.extend_from_slice(&p.leaf);
     }
     Ok(cw)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// [`gen`] on one chunk of keys into `out` (level-major over the chunk's keys).
 fn gen_chunk(
     prg: &Prg,
     s: &Shape,
@@ -375,11 +395,14 @@ fn gen_chunk(
     beta: &[u64],
     root0: &[u128],
     root1: &[u128],
-    scw_out: &mut [u128],
-    tcw_out: &mut [u8],
-    vcw_out: &mut [u64],
-    leaf_out: &mut [u64],
+    out: &mut Cws,
 ) {
+    let Cws {
+        scw: scw_out,
+        tcw: tcw_out,
+        vcw: vcw_out,
+        leaf: leaf_out,
+    } = out;
     let keys = alpha.len();
     let (w, q) = (s.w, s.q());
     let mask = ring_mask(s.m);
@@ -422,7 +445,7 @@ fn gen_chunk(
                     inner = inner.wrapping_add(beta[j * w + c]);
                 }
                 let vcw = sign(inner) & mask;
-                vcw_out[(j * lv + l) * w + c] = vcw;
+                vcw_out[(l * keys + j) * w + c] = vcw;
                 va[j * w + c] = va[j * w + c]
                     .wrapping_sub(vk1)
                     .wrapping_add(vk0)
@@ -431,8 +454,8 @@ fn gen_chunk(
             let tcwl = tl0 ^ tl1 ^ a ^ 1;
             let tcwr = tr0 ^ tr1 ^ a;
             let tcwk = if a == 0 { tcwl } else { tcwr };
-            scw_out[j * lv + l] = scw;
-            tcw_out[j * lv + l] = tcwl | (tcwr << 1);
+            scw_out[l * keys + j] = scw;
+            tcw_out[l * keys + j] = tcwl | (tcwr << 1);
             s0[j] = sk0 ^ if t0[j] == 1 { scw } else { 0 };
             s1[j] = sk1 ^ if t1[j] == 1 { scw } else { 0 };
             t0[j] = tk0 ^ (t0[j] & tcwk);
@@ -490,36 +513,27 @@ pub fn eval(prg: &Prg, s: &Shape, b: u8, root: &[u128], cw: &Cws, x: &[u64]) -> 
         .for_each(|(ci, o)| {
             let j0 = ci * CHUNK;
             let j1 = (j0 + CHUNK).min(keys);
-            eval_chunk(
-                prg,
-                s,
-                b,
-                &root[j0..j1],
-                &cw.scw[j0 * lv..j1 * lv],
-                &cw.tcw[j0 * lv..j1 * lv],
-                &cw.vcw[j0 * lv * w..j1 * lv * w],
-                &cw.leaf[j0 * ll..j1 * ll],
-                &x[j0..j1],
-                o,
-            )
+            eval_chunk(prg, s, b, &root[j0..j1], cw, keys, j0, &x[j0..j1], o)
         });
     Ok(out)
 }
 
+/// [`eval`] on the chunk of keys `j0 .. j0 + x.len()` of a batch of `total` keys.
 #[allow(clippy::too_many_arguments)]
 fn eval_chunk(
     prg: &Prg,
     s: &Shape,
     b: u8,
     root: &[u128],
-    scw: &[u128],
-    tcw: &[u8],
-    vcw: &[u64],
-    leafcw: &[u64],
+    cw: &Cws,
+    total: usize,
+    j0: usize,
     x: &[u64],
     acc: &mut [u64],
 ) {
     let keys = x.len();
+    let ll = s.leaf_len();
+    let leafcw = &cw.leaf[j0 * ll..(j0 + keys) * ll];
     let (w, q) = (s.w, s.q());
     let lv = s.levels() as usize;
     let mask = ring_mask(s.m);
@@ -535,24 +549,16 @@ fn eval_chunk(
         for j in 0..keys {
             let sd = ((x[j] >> bitpos) & 1) as u128;
             let sj = seed[j];
-            scratch.push(aes::Block::from((sj ^ sd).to_le_bytes()));
+            scratch.push(sj ^ sd);
             for i in 0..q as u128 {
-                scratch.push(aes::Block::from(
-                    (sj ^ (2 + sd * q as u128 + i)).to_le_bytes(),
-                ));
+                scratch.push(sj ^ (2 + sd * q as u128 + i));
             }
         }
-        prg.aes.encrypt_blocks(&mut scratch);
-        e.clear();
-        for j in 0..keys {
-            let sd = ((x[j] >> bitpos) & 1) as u128;
-            let sj = seed[j];
-            e.push(u128::from_le_bytes(scratch[j * per].into()) ^ sj ^ sd);
-            for i in 0..q as u128 {
-                let blk = u128::from_le_bytes(scratch[j * per + 1 + i as usize].into());
-                e.push(blk ^ sj ^ (2 + sd * q as u128 + i));
-            }
-        }
+        prg.mmo(&scratch, &mut e);
+        let base = l * total + j0;
+        let scw = &cw.scw[base..base + keys];
+        let tcw = &cw.tcw[base..base + keys];
+        let vcw = &cw.vcw[base * w..(base + keys) * w];
         for j in 0..keys {
             let sd = ((x[j] >> bitpos) & 1) as usize;
             let h = e[j * per];
@@ -561,13 +567,13 @@ fn eval_chunk(
             let tj = t[j];
             payload_from(&e[j * per + 1..(j + 1) * per], w, mask, &mut v);
             if tj == 1 {
-                sx ^= scw[j * lv + l];
-                tx ^= (tcw[j * lv + l] >> sd) & 1;
+                sx ^= scw[j];
+                tx ^= (tcw[j] >> sd) & 1;
             }
             for c in 0..w {
                 let mut add = v[c];
                 if tj == 1 {
-                    add = add.wrapping_add(vcw[(j * lv + l) * w + c]);
+                    add = add.wrapping_add(vcw[j * w + c]);
                 }
                 acc[j * w + c] = acc[j * w + c].wrapping_add(add);
             }
@@ -575,7 +581,6 @@ fn eval_chunk(
             t[j] = tx;
         }
     }
-    let ll = s.leaf_len();
     let lb = ll.div_ceil(2);
     let per = (2 + 2 * q) as u128;
     prg.blocks(&seed, lb, |_| per, &mut scratch, &mut e);
