@@ -208,6 +208,28 @@ pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
             "mimo: {f} fractional bits (at most 31)"
         )));
     }
+    let seq = plan.srcs.is_empty()
+        || plan
+            .srcs
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.as_slice() == [i]);
+    if let Some(op) = plan
+        .ops
+        .iter()
+        .find(|op| matches!(op, PlanOp::Add { .. } | PlanOp::MaxPool { .. }))
+    {
+        return Err(MpcError::Model(format!(
+            "{}: mimo runs sequential models only (no residual add or max pooling yet; use \
+             fast or fss for graphs)",
+            op.name()
+        )));
+    }
+    if !seq {
+        return Err(MpcError::Model(
+            "mimo runs sequential models only (this plan is a graph; use fast or fss)".into(),
+        ));
+    }
     for i in (0..nops).rev() {
         out[i] = need;
         open[i] = need;
@@ -239,6 +261,7 @@ pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
                 cfg.for_layer(name, double).max(need)
             }
             PlanOp::Identity { .. } => need,
+            PlanOp::Add { .. } | PlanOp::MaxPool { .. } => unreachable!("refused above"),
         };
         need = inp[i];
     }
@@ -392,7 +415,7 @@ pub fn op_costs(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Vec<OpCost>> {
                 c.online += 2 * kb(total, r);
                 c.rounds += 1;
             }
-            PlanOp::Identity { .. } => {}
+            PlanOp::Identity { .. } | PlanOp::Add { .. } | PlanOp::MaxPool { .. } => {}
         }
         out.push(c);
     }
@@ -1212,6 +1235,10 @@ impl MimoSuite {
                 })
             }
             PlanOp::Identity { .. } => Ok((Mat::Nothing, mask)),
+            PlanOp::Add { .. } | PlanOp::MaxPool { .. } => Err(MpcError::Model(format!(
+                "{}: mimo runs sequential models only",
+                op.name()
+            ))),
         }
     }
 }
@@ -1549,6 +1576,18 @@ impl Suite for MimoSuite {
             })
             .collect();
         self.relu_online(x, Some(sel))
+    }
+
+    fn add(&mut self, _a: &Shared, _b: &Shared) -> Result<Shared> {
+        Err(MpcError::Model(
+            "mimo runs sequential models only (no residual add yet)".into(),
+        ))
+    }
+
+    fn max_pool(&mut self, _x: &Shared, _g: &crate::suite::MaxPoolGeom) -> Result<Shared> {
+        Err(MpcError::Model(
+            "mimo runs sequential models only (no max pooling yet)".into(),
+        ))
     }
 
     fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {

@@ -67,6 +67,7 @@ fn relu_gate_exact_and_costs_match_formulas() {
             n: 1,
             input_len: n,
             output_len: n,
+            srcs: Vec::new(),
             ops: vec![PlanOp::Relu {
                 name: "act".into(),
                 len: n,

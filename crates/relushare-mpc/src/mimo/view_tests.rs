@@ -250,6 +250,7 @@ fn relu_case(n: usize, secrets: [i64; 2]) -> impl Fn(usize, &mut Splitter) -> [P
             n: 1,
             input_len: n,
             output_len: n,
+            srcs: Vec::new(),
             ops: vec![PlanOp::Relu {
                 name: "act".into(),
                 len: n,
@@ -351,6 +352,7 @@ fn shared_case(
                     n: 1,
                     input_len: len,
                     output_len: len,
+                    srcs: Vec::new(),
                     ops: vec![PlanOp::SharedRelu {
                         name: "act".into(),
                         plan: Box::new(gp),
@@ -389,9 +391,7 @@ fn network_case(
     let m = Model::random(presets::build(arch, preset).unwrap(), None, 3).unwrap();
     let mut fm = FixedModel::from_model(&m, 13).unwrap();
     if let Some(l) = layers {
-        fm.layers.truncate(l);
-        fm.out_lens.truncate(l);
-        fm.output_len = fm.out_lens[l - 1];
+        fm.truncate(l);
     }
     let cfg = config_for_model(&fm, &m).unwrap();
     let build = move |s: usize, sp: &mut Splitter| {
