@@ -64,7 +64,7 @@ pub struct Args {
     /// Measure over emulated networks instead (comma-separated: lan, wan): the parties as
     /// separate processes over TLS through shaping relays, beside the in-process compute time
     /// and the model compute + rounds x RTT + bytes / bandwidth. Only these rows are run; the
-    /// defaults become presets original,uniform32 and protocols fast,fss,securenn.
+    /// defaults become presets original,uniform32 and protocols fast,fss,mimo,securenn.
     #[arg(long, value_delimiter = ',')]
     pub network: Option<Vec<String>>,
     /// With --network: images per row over the network (one launch each).
