@@ -538,6 +538,7 @@ mod tests {
         for (arch, preset, protocol) in [
             (Arch::Fmnist, "original", Protocol::Fast),
             (Arch::Fmnist, "uniform32", Protocol::Fss),
+            (Arch::Svhn, "original", Protocol::Mimo),
             (Arch::Svhn, "original", Protocol::Securenn),
         ] {
             let m = model(arch, preset);

@@ -1578,6 +1578,71 @@ impl Suite for MimoSuite {
         self.relu_online(x, Some(sel))
     }
 
+    fn offline_twin(&mut self, comm: Comm) -> Result<Option<Box<dyn Suite>>> {
+        if self.deal.is_none() {
+            return Err(MpcError::Param(
+                "mimo suite: an offline twin needs a prepared suite".into(),
+            ));
+        }
+        if comm.party() != self.me() {
+            return Err(MpcError::Param(format!(
+                "mimo suite: an offline twin of party {} on party {}'s connection",
+                self.me(),
+                comm.party()
+            )));
+        }
+        // The dealer streams and noise source move to the twin (only `offline` draws from
+        // them); the masked weights are shared.
+        let mut twin = MimoSuite::new(comm, self.frac, self.cfg.clone());
+        twin.deal = self.deal.take();
+        twin.noise_rng = self.noise_rng.take();
+        twin.weights = self.weights.clone();
+        #[cfg(test)]
+        {
+            twin.test = self.test.clone();
+        }
+        Ok(Some(Box::new(twin)))
+    }
+
+    fn take_material(&mut self) -> Result<crate::suite::Material> {
+        Ok(Box::new(MimoMaterial {
+            queue: std::mem::take(&mut self.queue),
+            input_mask: std::mem::take(&mut self.input_mask),
+            lay: self.lay.take(),
+            visible: std::mem::take(&mut self.visible),
+            names: std::mem::take(&mut self.names),
+            last: self.last,
+        }))
+    }
+
+    fn install_material(&mut self, m: crate::suite::Material) -> Result<()> {
+        if !self.queue.is_empty() {
+            return Err(MpcError::Param(
+                "mimo suite: material installed before the previous batch used up its own".into(),
+            ));
+        }
+        let m = m
+            .downcast::<MimoMaterial>()
+            .map_err(|_| MpcError::Param("mimo suite: material of another suite".into()))?;
+        let MimoMaterial {
+            queue,
+            input_mask,
+            lay,
+            visible,
+            names,
+            last,
+        } = *m;
+        self.queue = queue;
+        self.input_mask = input_mask;
+        self.lay = lay;
+        self.visible = visible;
+        self.names = names;
+        self.last = last;
+        self.cur = None;
+        self.pos = 0;
+        Ok(())
+    }
+
     fn add(&mut self, _a: &Shared, _b: &Shared) -> Result<Shared> {
         Err(MpcError::Model(
             "mimo runs sequential models only (no residual add yet)".into(),
@@ -1598,6 +1663,17 @@ impl Suite for MimoSuite {
         }
         self.group_online(x, n, plan)
     }
+}
+
+/// One batch's dealer material and the plan facts its online phase needs (pipelining: dealt by
+/// the offline twin, installed in the online suite).
+struct MimoMaterial {
+    queue: VecDeque<Mat>,
+    input_mask: Vec<u64>,
+    lay: Option<Layout>,
+    visible: Vec<usize>,
+    names: Vec<String>,
+    last: usize,
 }
 
 /// A runner factory ([`crate::runner::SuiteFactory`]) for the `mimo` suite with the rings of
