@@ -91,7 +91,7 @@ pub fn run(a: Args) -> Result<()> {
         (Some(c), Some(l)) => (c.clone(), l.clone()),
         _ => bail!("the session ended without a result"),
     };
-    let rows = image_args::classified(&report.arch, &a.images.image, &classes, &logits);
+    let rows = image_args::classified(&report.arch, &[], &a.images.image, &classes, &logits);
     if a.json {
         println!(
             "{}",

@@ -17,8 +17,9 @@ pub struct Args {
     /// Free-form per-layer spec applied on top of the preset, e.g. "act1=patch3,act2=channel:fc:noise0.2".
     #[arg(long)]
     pub spec: Option<String>,
-    /// Count a saved model file instead of an architecture/preset.
-    #[arg(long, conflicts_with_all = ["arch", "spec"])]
+    /// Count a saved model file (trained or imported) instead of an architecture/preset;
+    /// --spec applies on top of it (e.g. "relu3=channel" on an imported model).
+    #[arg(long, conflicts_with = "arch")]
     pub model: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -32,11 +33,14 @@ pub fn spec_from(
     freeform: Option<&str>,
     model: Option<&PathBuf>,
 ) -> Result<ModelSpec> {
-    if let Some(p) = model {
-        return Ok(Model::load(p)?.spec);
-    }
-    let arch = arch.context("--arch is required (cifar10, svhn, fmnist, resnet20 or resnet18)")?;
-    let mut spec = presets::build(arch, preset)?;
+    let mut spec = match model {
+        Some(p) => Model::load(p)?.spec,
+        None => {
+            let arch =
+                arch.context("--arch is required (cifar10, svhn, fmnist, resnet20 or resnet18)")?;
+            presets::build(arch, preset)?
+        }
+    };
     if let Some(f) = freeform {
         presets::apply_freeform(&mut spec, f)?;
     }
@@ -51,25 +55,33 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     println!("{} / {}", c.arch, c.preset);
+    let w = c
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .chain(c.max_pools.iter().map(|p| p.name.len()))
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<6} {:<44} {:>11} {:>11} {:>9} {:>11}",
+        "{:<w$} {:<44} {:>11} {:>11} {:>9} {:>11}",
         "layer", "kind", "activations", "comparisons", "per chan", "mults"
     );
     for l in &c.layers {
         println!(
-            "{:<6} {:<44} {:>11} {:>11} {:>9} {:>11}",
+            "{:<w$} {:<44} {:>11} {:>11} {:>9} {:>11}",
             l.name, l.kind, l.activations, l.relus, l.relus_per_channel, l.mults
         );
     }
     println!(
-        "{:<6} {:<44} {:>11} {:>11} {:>9} {:>11}",
+        "{:<w$} {:<44} {:>11} {:>11} {:>9} {:>11}",
         "total", "", "", c.total_relus, "", c.total_mults
     );
     if !c.max_pools.is_empty() {
         println!("max pooling (comparisons counted apart from the ReLUs):");
         for p in &c.max_pools {
             println!(
-                "{:<6} {:<44} {:>11} {:>11} {:>9}",
+                "{:<w$} {:<44} {:>11} {:>11} {:>9}",
                 p.name,
                 format!("max pool, tree depth {}", p.depth),
                 p.outputs,
@@ -83,6 +95,9 @@ pub fn run(a: Args) -> Result<()> {
             c.maxpool_comparisons,
             c.total_comparisons()
         );
+    }
+    if !spec.class_names.is_empty() {
+        println!("classes: {}", spec.class_names.join(", "));
     }
     Ok(())
 }

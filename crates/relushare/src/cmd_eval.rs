@@ -70,6 +70,7 @@ pub fn run(a: Args) -> Result<()> {
             "correct": ev.correct,
             "total": ev.total,
             "relus": relus,
+            "class_names": model.spec.class_names,
             "seconds": ev.seconds,
             "images_per_second": ev.images_per_second,
         });

@@ -72,8 +72,8 @@ fn load_model(a: &Args) -> Result<Model> {
         .source
         .load()?
         .context("give --model FILE, or --arch A --preset P --random-weights")?;
-    if a.source.random_weights {
-        // random weights carry no normalization: use the dataset's
+    if a.source.random_weights && a.source.model.is_none() {
+        // random weights of an architecture carry no normalization: use the dataset's
         let n = relushare_data::normalization(a.dataset, model.spec.input.c);
         model.spec.normalization = relushare_model::Normalization {
             mean: n.mean,
@@ -256,7 +256,13 @@ fn run_files(a: &Args, model: &Model) -> Result<()> {
     let s = run_secure(model, &set, n, protocol, a.batch, a.frac_bits)?;
     let classes: Vec<usize> = s.per_image.iter().map(|r| r.class).collect();
     let logits: Vec<Vec<f32>> = s.per_image.iter().map(|r| r.logits.clone()).collect();
-    let rows = image_args::classified(&s.arch, &a.files.image, &classes, &logits);
+    let rows = image_args::classified(
+        &s.arch,
+        &model.spec.class_names,
+        &a.files.image,
+        &classes,
+        &logits,
+    );
     if a.json {
         println!(
             "{}",

@@ -249,7 +249,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut value = serde_json::to_value(&report)?;
     if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
         if !a.files.image.is_empty() {
-            let rows = image_args::classified(&report.arch, &a.files.image, classes, logits);
+            let rows = image_args::classified(&report.arch, &[], &a.files.image, classes, logits);
             value["classified"] = serde_json::to_value(&rows)?;
         }
     }
@@ -285,7 +285,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
         if !a.files.image.is_empty() {
-            let rows = image_args::classified(&report.arch, &a.files.image, classes, logits);
+            let rows = image_args::classified(&report.arch, &[], &a.files.image, classes, logits);
             image_args::print_classified(&rows);
             return Ok(());
         }

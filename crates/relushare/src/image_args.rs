@@ -70,9 +70,20 @@ pub struct Classified {
     pub logits: Vec<f32>,
 }
 
-/// The classes of `logits`/`classes` with their names (`arch`'s class names).
+/// The name of class `index`: the model's own class names where it carries them (`import
+/// --classes`), else `arch`'s dataset names, else `class-N`.
+pub fn class_label(names: &[String], arch: &str, index: usize) -> String {
+    names
+        .get(index)
+        .cloned()
+        .unwrap_or_else(|| class_name(arch, index))
+}
+
+/// The classes of `logits`/`classes` with their names ([`class_label`]: `names`, the model's
+/// class names when known, then `arch`'s).
 pub fn classified(
     arch: &str,
+    names: &[String],
     files: &[PathBuf],
     classes: &[usize],
     logits: &[Vec<f32>],
@@ -84,7 +95,7 @@ pub fn classified(
         .map(|(i, (&c, l))| Classified {
             file: files.get(i).map(|p| p.display().to_string()),
             index: c,
-            name: class_name(arch, c),
+            name: class_label(names, arch, c),
             logits: l.clone(),
         })
         .collect()

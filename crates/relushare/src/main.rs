@@ -12,6 +12,7 @@ mod cmd_count;
 mod cmd_data;
 mod cmd_demo;
 mod cmd_eval;
+mod cmd_import;
 mod cmd_infer;
 mod cmd_keys;
 mod cmd_pareto;
@@ -54,6 +55,8 @@ enum Command {
     Classify(cmd_classify::Args),
     /// Datasets: download the official files (`data fetch`) or inspect a split (`data info`).
     Data(cmd_data::Args),
+    /// Import an ONNX model (e.g. from torch.onnx.export) as a model file, with its input normalisation and class names.
+    Import(cmd_import::Args),
     /// Train an architecture/preset on a dataset (Burn) and write the model file.
     Train(cmd_train::Args),
     /// Accuracy of a model file on a dataset split.
@@ -82,6 +85,7 @@ fn main() {
         Command::Cluster(a) => cmd_cluster::run(a),
         Command::Pareto(a) => cmd_pareto::run(a),
         Command::Reproduce(a) => cmd_reproduce::run(a),
+        Command::Import(a) => cmd_import::run(a),
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Infer(a) => cmd_infer::run(a),

@@ -8,8 +8,9 @@ use relushare_model::{presets, Arch, ClusterMaps, Model};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model file written by `relushare train`.
-    #[arg(long, conflicts_with_all = ["arch", "random_weights"])]
+    /// Model file written by `relushare train` or `relushare import` (with --random-weights:
+    /// its network with fresh weights).
+    #[arg(long, conflicts_with = "arch")]
     pub model: Option<PathBuf>,
     /// Architecture (cifar10, svhn, fmnist, resnet20, resnet18) for a model with random weights.
     #[arg(long, requires = "random_weights")]
@@ -21,8 +22,8 @@ pub struct ModelArgs {
     /// `relushare count --help`); with --random-weights.
     #[arg(long, requires = "random_weights")]
     pub spec: Option<String>,
-    /// Use freshly initialised weights for --arch/--preset; requires --arch.
-    #[arg(long, requires = "arch")]
+    /// Use freshly initialised weights for --arch/--preset, or for the network of --model.
+    #[arg(long)]
     pub random_weights: bool,
     /// Cluster-map file (from `relushare cluster`) for cluster presets with --random-weights.
     #[arg(long)]
@@ -35,28 +36,45 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The selected model, or `None` when neither `--model` nor `--random-weights` is given.
     pub fn load(&self) -> Result<Option<Model>> {
-        if let Some(p) = &self.model {
-            return Model::load(p)
-                .with_context(|| format!("loading model {}", p.display()))
-                .map(Some);
-        }
+        let file = match &self.model {
+            Some(p) => {
+                let m = Model::load(p).with_context(|| format!("loading model {}", p.display()))?;
+                if !self.random_weights {
+                    return Ok(Some(m));
+                }
+                Some(m.spec)
+            }
+            None => None,
+        };
         if !self.random_weights {
             return Ok(None);
         }
-        let arch = self.arch.context("--random-weights needs --arch")?;
-        let mut spec = presets::build(arch, &self.preset)?;
-        if let Some(free) = &self.spec {
-            presets::apply_freeform(&mut spec, free)?;
-            spec.preset = format!("{}+{free}", spec.preset);
-        }
-        let maps = match &self.cluster_map {
-            Some(p) => Some(
-                ClusterMaps::load(p)
-                    .with_context(|| format!("loading cluster map {}", p.display()))?,
-            ),
-            None => None,
+        let mut spec = match file {
+            Some(spec) => spec,
+            None => {
+                let arch = self
+                    .arch
+                    .context("--random-weights needs --arch (or --model for a file's network)")?;
+                presets::build(arch, &self.preset)?
+            }
         };
+        if let Some(free) = &self.spec {
+            let preset = spec.preset.clone();
+            presets::apply_freeform(&mut spec, free)?;
+            spec.preset = format!("{preset}+{free}");
+        }
+        let maps = self.cluster_maps()?;
         Ok(Some(Model::random(spec, maps.as_ref(), self.seed)?))
+    }
+
+    /// The maps of --cluster-map, if given.
+    fn cluster_maps(&self) -> Result<Option<ClusterMaps>> {
+        self.cluster_map
+            .as_ref()
+            .map(|p| {
+                ClusterMaps::load(p).with_context(|| format!("loading cluster map {}", p.display()))
+            })
+            .transpose()
     }
 
     /// As [`ModelArgs::load`]; a model with random weights gets the normalization of its
@@ -65,7 +83,7 @@ impl ModelArgs {
         let Some(mut m) = self.load()? else {
             return Ok(None);
         };
-        if self.random_weights {
+        if self.random_weights && self.model.is_none() {
             if let Ok(d) = m.spec.arch.name().parse::<relushare_data::DatasetName>() {
                 let n = relushare_data::normalization(d, m.spec.input.c);
                 m.spec.normalization = relushare_model::Normalization {
