@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use relushare_data::image::{Decoded, Fit};
-use relushare_model::{count, reference, Layer, Model, Normalization};
+use relushare_model::{count, reference, Layer, Model, ModelSpec, Normalization};
 use relushare_onnx::{import_file, ImportOptions, Imported};
 use serde_json::Value;
 
@@ -112,6 +112,12 @@ fn imported_models_give_pytorchs_logits() {
             .layers
             .iter()
             .any(|l| matches!(l, Layer::BatchNorm { .. })));
+        // The paper's networks, batch norms folded, are the architectures relushare defines.
+        if let Some(arch) = name.strip_prefix("paper_") {
+            let ours = ModelSpec::original(arch.parse().unwrap());
+            assert_eq!(folded.spec.dims().unwrap(), ours.dims().unwrap(), "{name}");
+            assert_eq!(count(&ours).unwrap().total_relus, c.total_relus, "{name}");
+        }
         let mut worst = 0f32;
         for (png, x, want) in images(e, m) {
             for (what, model) in [("as imported", m), ("batch norm folded", &folded)] {
@@ -173,10 +179,8 @@ fn tract_runs_the_same_files_and_agrees() {
 }
 
 /// Secure inference (three parties on threads) equals the plaintext fixed-point reference of
-/// the same suite: `fast` on the max-pooling CNN and the paper's SVHN network, `securenn` on
-/// the ResNet-20. (`fast` sizes its comparison rings from provable worst-case bounds of the
-/// weights, which a 19-layer residual network exceeds: relushare-mpc refuses it, naming the
-/// bound; SecureNN compares on the whole ring.)
+/// the same suite: `fast` on the max-pooling CNN and the ResNet-20 (its comparison rings
+/// calibrated: too deep for interval proofs), `securenn` on the paper's SVHN network.
 #[test]
 fn secure_inference_equals_the_fixed_point_reference() {
     use relushare_mpc::plain::{self, FixedModel};
@@ -185,8 +189,8 @@ fn secure_inference_equals_the_fixed_point_reference() {
     for e in manifest() {
         let name = e["name"].as_str().unwrap();
         let protocol = match name {
-            "small_maxpool" | "paper_svhn" => Protocol::Fast,
-            n if n.starts_with("resnet20") => Protocol::Securenn,
+            "paper_svhn" => Protocol::Securenn,
+            n if n == "small_maxpool" || n.starts_with("resnet20") => Protocol::Fast,
             _ => continue,
         };
         let imp = import(&e);

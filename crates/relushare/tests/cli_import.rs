@@ -74,7 +74,14 @@ fn import_count_share_and_classify() {
     assert_eq!(m.spec.class_names, names);
     assert_eq!(m.spec.normalization.mean, [0.29]);
     // The table form names the ReLUs and the comparisons.
-    let text = ok(&["import", "--onnx", onnx.to_str().unwrap(), "--out", o]);
+    let plain = dir.path().join("plain.safetensors");
+    let text = ok(&[
+        "import",
+        "--onnx",
+        onnx.to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
     assert!(
         text.contains("relu3") && text.contains("comparisons: "),
         "{text}"
