@@ -163,7 +163,7 @@ fn ring_bounds(model: &Model, protocol: Protocol, frac_bits: u32) -> Option<(f64
     let mut fm = FixedModel::from_model(model, frac_bits).ok()?;
     prepare_model(protocol, &mut fm).ok()?;
     let lim = relushare_mpc::fast::input_abs_max(&model.spec.normalization);
-    let (_, kind) = bounds::comparison_bits_or_calibrated(&fm, lim).ok()?;
+    let (_, kind) = relushare_mpc::fast::rings_for_model(&fm, model).ok()?;
     let b = match kind {
         bounds::BoundsKind::Proven => bounds::analyse(&fm, lim).ok()?,
         bounds::BoundsKind::Calibrated => bounds::calibrate(&fm, lim).ok()?,

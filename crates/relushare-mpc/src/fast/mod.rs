@@ -494,28 +494,43 @@ pub fn config_for_model(
     fm: &crate::plain::FixedModel,
     model: &relushare_model::Model,
 ) -> Result<FastConfig> {
+    rings_for_model(fm, model).map(|(c, _)| c)
+}
+
+/// [`config_for_model`] with where its rings come from: the interval proof, or for graph
+/// models (residual networks, whose worst cases compound past 2^63) where the proof fails,
+/// calibration ([`bounds::calibrate`]). A sequential model is never calibrated: it is refused
+/// with the `--frac-bits` that would meet the proof.
+pub fn rings_for_model(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+) -> Result<(FastConfig, bounds::BoundsKind)> {
     let lim = input_abs_max(&model.spec.normalization);
-    bounds::comparison_bits_or_calibrated(fm, lim)
-        .map(|(c, _)| c)
-        .map_err(|e| {
-            let f = fm.fp.frac_bits;
-            let fused = fm.layers.iter().any(
-                |l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()),
-            );
-            let meets = |g: u32| -> bool {
-                let Ok(mut fg) = crate::plain::FixedModel::from_model(model, g) else {
-                    return false;
-                };
-                if fused && gate::fuse(&mut fg).is_err() {
-                    return false;
-                }
-                bounds::analyse(&fg, lim).is_ok_and(|b| b.check_truncation().is_ok())
+    let found = if model.spec.is_sequential() {
+        bounds::comparison_bits(fm, lim).map(|c| (c, bounds::BoundsKind::Proven))
+    } else {
+        bounds::comparison_bits_or_calibrated(fm, lim)
+    };
+    found.map_err(|e| {
+        let f = fm.fp.frac_bits;
+        let fused = fm
+            .layers
+            .iter()
+            .any(|l| matches!(l, crate::plain::FixedLayer::Shared { s, .. } if s.fused.is_some()));
+        let meets = |g: u32| -> bool {
+            let Ok(mut fg) = crate::plain::FixedModel::from_model(model, g) else {
+                return false;
             };
-            match (1..f).rev().find(|&g| meets(g)) {
-                Some(g) => MpcError::Model(format!("{e}; rescale with --frac-bits {g} (or less)")),
-                None => e,
+            if fused && gate::fuse(&mut fg).is_err() {
+                return false;
             }
-        })
+            bounds::analyse(&fg, lim).is_ok_and(|b| b.check_truncation().is_ok())
+        };
+        match (1..f).rev().find(|&g| meets(g)) {
+            Some(g) => MpcError::Model(format!("{e}; rescale with --frac-bits {g} (or less)")),
+            None => e,
+        }
+    })
 }
 
 /// One tensor masked in the one-time setup: its weight key, this party's share of it (the
