@@ -9,6 +9,7 @@
 //! - [`train()`](train::train): SGD/Adam training with schedules, weight decay, checkpoints
 //!   and resume, per-epoch metrics; [`evaluate`](eval::evaluate): accuracy of a model file.
 //! - [`conv`]: a faster convolution (im2col + GEMM, hand-written backward) for training on flex.
+//! - [`norm`]: training-mode batch norm with a hand-written backward on flex.
 //! - [`pool`]: average pooling with a hand-written backward for training on flex.
 //! - [`backend`]: the Burn device (CPU `flex` by default; `wgpu`, `cuda`, `tch` behind features).
 //!
@@ -21,6 +22,7 @@ pub mod eval;
 pub mod finetune;
 pub mod gate;
 pub mod net;
+pub mod norm;
 pub mod pool;
 pub mod train;
 

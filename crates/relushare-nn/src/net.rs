@@ -574,7 +574,8 @@ fn batch_norm<const D: usize>(x: Tensor<D>, p: &BnParams, eps: f32, train: bool)
     if train {
         let dims = x.dims();
         let n: usize = dims.iter().product::<usize>() / dims[1].max(1);
-        let out = burn::tensor::module::batch_norm_train(x, p.weight.val(), p.bias.val(), eps);
+        let (y, batch_mean, batch_var) =
+            crate::norm::batch_norm_train(x, p.weight.val(), p.bias.val(), eps);
         let m = BN_MOMENTUM;
         let unbias = if n > 1 {
             n as f64 / (n - 1) as f64
@@ -583,11 +584,11 @@ fn batch_norm<const D: usize>(x: Tensor<D>, p: &BnParams, eps: f32, train: bool)
         };
         let mean = p.running_mean.value_sync().to_device(&device);
         let var = p.running_var.value_sync().to_device(&device);
-        let mean = mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
-        let var = var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbias);
+        let mean = mean.mul_scalar(1.0 - m) + batch_mean.detach().mul_scalar(m);
+        let var = var.mul_scalar(1.0 - m) + batch_var.detach().mul_scalar(m * unbias);
         p.running_mean.update(mean.detach());
         p.running_var.update(var.detach());
-        out.output
+        y
     } else {
         let mean = p.running_mean.value_sync().to_device(&device);
         let var = p.running_var.value_sync().to_device(&device);
