@@ -66,7 +66,7 @@ fn hostile_spec_dimensions_are_refused_before_allocating() {
             r#"\"h\":18446744073709551615,\"w\":2"#,
         ),
         (r#"\"padding\":0"#, r#"\"padding\":9223372036854775807"#),
-        (r#"\"format_version\":1"#, r#"\"format_version\":99"#),
+        (r#"\"format_version\":2"#, r#"\"format_version\":99"#),
     ] {
         let evil = with_header(&bytes, |h| {
             assert!(h.contains(from), "{from} not in header");
