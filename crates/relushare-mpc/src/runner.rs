@@ -484,20 +484,7 @@ pub fn run_session(
                 s.spawn(move || run_party(Box::new(t), skeleton, factory, inp, sizes, opts))
             })
             .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(p, h)| {
-                h.join().unwrap_or_else(|e| {
-                    let reason = e
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panic".into());
-                    Err(MpcError::PartyFailed { party: p, reason })
-                })
-            })
-            .collect()
+        join_parties(handles)
     });
     let outs = root_cause(results)?;
     let names: Vec<String> = fm.layers.iter().map(|l| l.name().to_string()).collect();
@@ -777,20 +764,7 @@ pub(crate) fn run_stream_paced(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .enumerate()
-            .map(|(p, h)| {
-                h.join().unwrap_or_else(|e| {
-                    let reason = e
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panic".into());
-                    Err(MpcError::PartyFailed { party: p, reason })
-                })
-            })
-            .collect()
+        join_parties(handles)
     });
     let outs = root_cause(results)?;
     let names: Vec<String> = fm.layers.iter().map(|l| l.name().to_string()).collect();
@@ -859,4 +833,23 @@ mod tests {
             assert!(matches!(e, Err(MpcError::Param(_))));
         }
     }
+}
+
+/// Join the party threads in order; a thread that panicked becomes
+/// [`MpcError::PartyFailed`] with the panic's message.
+fn join_parties<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T>>>) -> Vec<Result<T>> {
+    handles
+        .into_iter()
+        .enumerate()
+        .map(|(p, h)| {
+            h.join().unwrap_or_else(|e| {
+                let reason = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(MpcError::PartyFailed { party: p, reason })
+            })
+        })
+        .collect()
 }
