@@ -809,17 +809,18 @@ pub fn to_model(module: &NetModule, plan: &Plan) -> Result<Model, NnError> {
                 }
             }
             Layer::BatchNorm { name, .. } => {
+                // `valid()` merges the running statistics' updates from every thread.
                 let p = &module.bns[bn];
                 bn += 1;
                 params.insert(format!("{name}.weight"), host(p.weight.val())?);
                 params.insert(format!("{name}.bias"), host(p.bias.val())?);
                 params.insert(
                     format!("{name}.running_mean"),
-                    host(p.running_mean.value_sync())?,
+                    host(p.running_mean.valid().value())?,
                 );
                 params.insert(
                     format!("{name}.running_var"),
-                    host(p.running_var.value_sync())?,
+                    host(p.running_var.valid().value())?,
                 );
             }
             _ => {}
