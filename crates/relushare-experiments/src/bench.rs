@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use relushare_data::{load, DatasetName, ImageSet, Split};
-use relushare_model::{count, presets, reference, Arch, Model, Normalization};
+use relushare_model::{count, presets, reference, Arch, Model};
 use relushare_mpc::net::emu::NetProfile;
 use relushare_mpc::plain::{self, FixedModel};
 use relushare_mpc::protocol::Protocol;
@@ -242,11 +242,7 @@ fn machine() -> Machine {
 
 fn model_for(arch: Arch, preset: &str) -> Result<Model> {
     let mut spec = crate::bench_resnet::build_preset(arch, preset)?;
-    let n = relushare_data::normalization(DatasetName::Synthetic, spec.input.c);
-    spec.normalization = Normalization {
-        mean: n.mean,
-        std: n.std,
-    };
+    spec.normalization = crate::secure::random_weights_normalization(&spec, DatasetName::Synthetic);
     Ok(Model::random(spec, None, 1)?)
 }
 

@@ -153,6 +153,27 @@ pub struct SecureSummary {
     pub per_image: Vec<ImageResult>,
 }
 
+/// The input normalization a model with random weights is given: that of its architecture's
+/// dataset (a CIFAR-10 network is run on CIFAR-10-normalized inputs, whatever images a run
+/// feeds it), or `fallback`'s for an architecture with no dataset of its own (ResNets, imported
+/// graphs). A trained model file carries its own normalization and never comes here. The
+/// proven rings and truncation bounds of the fast suites scale with the input range this sets.
+pub fn random_weights_normalization(
+    spec: &relushare_model::ModelSpec,
+    fallback: relushare_data::DatasetName,
+) -> relushare_model::Normalization {
+    let d = spec
+        .arch
+        .name()
+        .parse::<relushare_data::DatasetName>()
+        .unwrap_or(fallback);
+    let n = relushare_data::normalization(d, spec.input.c);
+    relushare_model::Normalization {
+        mean: n.mean,
+        std: n.std,
+    }
+}
+
 /// [`SecureSummary::truncation_failure_bound`] and [`SecureSummary::comparison_bounds`] of
 /// `model` under `protocol`: from the proof where it holds, else from calibration.
 fn ring_bounds(model: &Model, protocol: Protocol, frac_bits: u32) -> Option<(f64, &'static str)> {

@@ -73,12 +73,10 @@ fn load_model(a: &Args) -> Result<Model> {
         .load()?
         .context("give --model FILE, or --arch A --preset P --random-weights")?;
     if a.source.random_weights && a.source.model.is_none() {
-        // random weights of an architecture carry no normalization: use the dataset's
-        let n = relushare_data::normalization(a.dataset, model.spec.input.c);
-        model.spec.normalization = relushare_model::Normalization {
-            mean: n.mean,
-            std: n.std,
-        };
+        // random weights carry no normalization: their architecture's dataset's, else the
+        // images' dataset's
+        model.spec.normalization =
+            relushare_experiments::secure::random_weights_normalization(&model.spec, a.dataset);
     }
     Ok(model)
 }

@@ -83,14 +83,18 @@ impl ModelArgs {
         let Some(mut m) = self.load()? else {
             return Ok(None);
         };
-        if self.random_weights && self.model.is_none() {
-            if let Ok(d) = m.spec.arch.name().parse::<relushare_data::DatasetName>() {
-                let n = relushare_data::normalization(d, m.spec.input.c);
-                m.spec.normalization = relushare_model::Normalization {
-                    mean: n.mean,
-                    std: n.std,
-                };
-            }
+        if self.random_weights
+            && self.model.is_none()
+            && m.spec
+                .arch
+                .name()
+                .parse::<relushare_data::DatasetName>()
+                .is_ok()
+        {
+            m.spec.normalization = relushare_experiments::secure::random_weights_normalization(
+                &m.spec,
+                relushare_data::DatasetName::Synthetic,
+            );
         }
         Ok(Some(m))
     }
