@@ -188,11 +188,8 @@ fn residual_graph_matches_reference() {
     assert_matches_reference(&random_model(spec, 8), "resnet20");
 }
 
-/// One training-mode forward pass moves the running statistics by PyTorch's rule
-/// (momentum 0.1, unbiased batch variance); evaluation then uses them.
-#[test]
-fn batchnorm_running_statistics() {
-    // BN straight on the input, so the batch statistics are those of the images.
+/// A batch norm straight on a 2x4x4 input, so the batch statistics are those of the images.
+fn bn_only_model() -> Model {
     let mut spec = ModelSpec {
         layers: vec![
             Layer::BatchNorm {
@@ -211,7 +208,14 @@ fn batchnorm_running_statistics() {
     spec.input = Dims::new(2, 4, 4);
     spec.normalization = Normalization::identity(2);
     spec.inputs.clear();
-    let model = random_model(spec, 3);
+    random_model(spec, 3)
+}
+
+/// One training-mode forward pass moves the running statistics by PyTorch's rule
+/// (momentum 0.1, unbiased batch variance); evaluation then uses them.
+#[test]
+fn batchnorm_running_statistics() {
+    let model = bn_only_model();
     let (b, plane) = (5, 16);
     let x = images(&model, b, 8);
     let device = Device::flex().autodiff();
@@ -271,6 +275,40 @@ fn batchnorm_running_statistics() {
         diff > 1e-3,
         "training mode should normalise with batch statistics"
     );
+}
+
+/// Burn keeps a running state's updates per thread until they are merged: statistics moved
+/// by a training pass on another thread than the one exporting the model are exported too,
+/// equal to those of the same pass on the exporting thread.
+#[test]
+fn batchnorm_statistics_trained_on_another_thread_are_exported() {
+    let model = bn_only_model();
+    let b = 5;
+    let x = images(&model, b, 8);
+    let device = Device::flex().autodiff();
+    let pass = |net: &Net| {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut mode = ForwardMode {
+            train: true,
+            noise: false,
+            temperature: 1.0,
+            rng: &mut rng,
+        };
+        net.forward(images_tensor(x.clone(), b, 2, 4, 4, &device), &mut mode);
+    };
+    let here = Net::from_model(&model, &device).unwrap();
+    pass(&here);
+    let there = Net::from_model(&model, &device).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| pass(&there));
+    });
+    let (here, there) = (here.to_model().unwrap(), there.to_model().unwrap());
+    for p in ["bn.running_mean", "bn.running_var"] {
+        assert_ne!(there.params[p], model.params[p], "{p} not exported");
+        for (a, b) in there.params[p].data.iter().zip(&here.params[p].data) {
+            assert!((a - b).abs() < 1e-6, "{p}: {a} vs {b}");
+        }
+    }
 }
 
 fn normalized(set: &ImageSet, norm: &Normalization, i: usize) -> Vec<f32> {

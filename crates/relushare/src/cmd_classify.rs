@@ -91,7 +91,13 @@ pub fn run(a: Args) -> Result<()> {
         (Some(c), Some(l)) => (c.clone(), l.clone()),
         _ => bail!("the session ended without a result"),
     };
-    let rows = image_args::classified(&report.arch, &[], &a.images.image, &classes, &logits);
+    let rows = image_args::classified(
+        &report.arch,
+        &report.class_names,
+        &a.images.image,
+        &classes,
+        &logits,
+    );
     if a.json {
         println!(
             "{}",

@@ -167,7 +167,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--timeout must be between 0 and 86400 seconds");
     }
     // Everything local is checked before touching the network.
-    let model = a.source.load()?;
+    let model = a.source.load_normalized()?;
     let mut labels = None;
     let json_file = match a.files.image.as_slice() {
         [p] if p
@@ -249,7 +249,13 @@ pub fn run(a: Args) -> Result<()> {
     let mut value = serde_json::to_value(&report)?;
     if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
         if !a.files.image.is_empty() {
-            let rows = image_args::classified(&report.arch, &[], &a.files.image, classes, logits);
+            let rows = image_args::classified(
+                &report.arch,
+                &report.class_names,
+                &a.files.image,
+                classes,
+                logits,
+            );
             value["classified"] = serde_json::to_value(&rows)?;
         }
     }
@@ -285,7 +291,13 @@ pub fn run(a: Args) -> Result<()> {
     );
     if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
         if !a.files.image.is_empty() {
-            let rows = image_args::classified(&report.arch, &[], &a.files.image, classes, logits);
+            let rows = image_args::classified(
+                &report.arch,
+                &report.class_names,
+                &a.files.image,
+                classes,
+                logits,
+            );
             image_args::print_classified(&rows);
             return Ok(());
         }

@@ -625,6 +625,7 @@ mod tests {
         PartyReport {
             role,
             arch: "fmnist".into(),
+            class_names: Vec::new(),
             client_bytes: 0,
             protocol: "fast".into(),
             model_owner: role == 1,

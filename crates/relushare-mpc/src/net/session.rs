@@ -195,6 +195,10 @@ pub struct PartyReport {
     pub images: usize,
     /// The model's architecture (public: part of the structure every party receives).
     pub arch: String,
+    /// The model's class names, where it carries them (public: part of the same structure),
+    /// so that a client can name the classes of a model it has never seen.
+    #[serde(default)]
+    pub class_names: Vec<String>,
     /// Client only: decoded logits per image.
     pub logits: Option<Vec<Vec<f32>>>,
     /// Client only: class per image.
@@ -741,11 +745,13 @@ fn run_inner(
     let normalization;
     let input_dims;
     let arch;
+    let class_names;
     let fm = if me == owner {
         let model = model.expect("owner has the model");
         normalization = model.spec.normalization.clone();
         input_dims = model.spec.input;
         arch = model.spec.arch.name().to_string();
+        class_names = model.spec.class_names.clone();
         fm_secret = prepared(
             FixedModel::from_model(model, opts.frac_bits)?,
             &opts.protocol,
@@ -801,6 +807,7 @@ fn run_inner(
         normalization = msg.spec.normalization.clone();
         input_dims = msg.spec.input;
         arch = msg.spec.arch.name().to_string();
+        class_names = msg.spec.class_names.clone();
         fm_secret = prepared(
             FixedModel::from_model(&skeleton(msg)?, opts.frac_bits)?,
             &opts.protocol,
@@ -990,6 +997,7 @@ fn run_inner(
             client_role: client,
             images: n,
             arch,
+            class_names,
             logits,
             classes,
             offline_bytes: report.offline_bytes(),
@@ -1097,6 +1105,7 @@ fn run_inner(
         client_role: client,
         images: n,
         arch,
+        class_names,
         logits,
         classes,
         offline_bytes: report.offline_bytes(),
