@@ -956,16 +956,7 @@ fn run_inner(
     }
     if let Some(st) = stream {
         let out = stream_protocol(mesh, suite, fm, &weights, &gp, x, n, st, client, costs)?;
-        let mut names: Vec<String> = vec!["model-setup".into(), "offline".into()];
-        names.extend(fm.layers.iter().map(|l| l.name().to_string()));
-        names.push("output".into());
-        let report = CostReport::from_parties(&[out.costs.clone()], &names);
-        let layers: Vec<_> = report
-            .layers
-            .iter()
-            .filter(|l| l.online_bytes + l.offline_bytes > 0 || l.online_rounds > 0)
-            .cloned()
-            .collect();
+        let (report, layers) = party_costs(fm, &out.costs);
         let first = out
             .report
             .batches
@@ -979,13 +970,7 @@ fn run_inner(
             .map(|b| b.times)
             .unwrap_or_default();
         let (logits, classes) = match out.logits {
-            Some(l) => {
-                let c = l.iter().map(|c| crate::plain::argmax_fixed(c)).collect();
-                (
-                    Some(l.iter().map(|c| fm.fp.decode_vec(c)).collect()),
-                    Some(c),
-                )
-            }
+            Some(l) => decoded(fm, &l),
             None => (None, None),
         };
         return Ok(PartyReport {
@@ -1082,20 +1067,10 @@ fn run_inner(
             crate::ring::add_assign(&mut y, &s);
         }
         let per: Vec<Vec<u64>> = y.chunks(fm.output_len.max(1)).map(|c| c.to_vec()).collect();
-        classes = Some(per.iter().map(|c| crate::plain::argmax_fixed(c)).collect());
-        logits = Some(per.iter().map(|c| fm.fp.decode_vec(c)).collect());
+        (logits, classes) = decoded(fm, &per);
     }
 
-    let mut names: Vec<String> = vec!["model-setup".into(), "offline".into()];
-    names.extend(fm.layers.iter().map(|l| l.name().to_string()));
-    names.push("output".into());
-    let report = CostReport::from_parties(&[costs.clone()], &names);
-    let layers: Vec<_> = report
-        .layers
-        .iter()
-        .filter(|l| l.online_bytes + l.offline_bytes > 0 || l.online_rounds > 0)
-        .cloned()
-        .collect();
+    let (report, layers) = party_costs(fm, &costs);
     Ok(PartyReport {
         role: me,
         protocol: opts.protocol.clone(),
@@ -1127,6 +1102,31 @@ fn run_inner(
         layers,
         stream: None,
     })
+}
+
+/// One party's costs per label (model setup, offline, every layer, output), and the labels
+/// that cost anything.
+fn party_costs(fm: &FixedModel, costs: &PartyCosts) -> (CostReport, Vec<crate::cost::LabelCost>) {
+    let mut names: Vec<String> = vec!["model-setup".into(), "offline".into()];
+    names.extend(fm.layers.iter().map(|l| l.name().to_string()));
+    names.push("output".into());
+    let report = CostReport::from_parties(std::slice::from_ref(costs), &names);
+    let layers = report
+        .layers
+        .iter()
+        .filter(|l| l.online_bytes + l.offline_bytes > 0 || l.online_rounds > 0)
+        .cloned()
+        .collect();
+    (report, layers)
+}
+
+/// The client's decoded logits and classes of its encoded outputs, one vector per image.
+type Decoded = (Option<Vec<Vec<f32>>>, Option<Vec<usize>>);
+fn decoded(fm: &FixedModel, per: &[Vec<u64>]) -> Decoded {
+    (
+        Some(per.iter().map(|c| fm.fp.decode_vec(c)).collect()),
+        Some(per.iter().map(|c| crate::plain::argmax_fixed(c)).collect()),
+    )
 }
 
 /// What a party's stream produced.
