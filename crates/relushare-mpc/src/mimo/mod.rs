@@ -73,7 +73,8 @@ use crate::fss::vdcf::{self, ring_mask, Shape};
 use crate::kernels;
 use crate::prg::{self, Prg};
 use crate::suite::{
-    DeciderKind, GroupPlan, LinearGeom, Plan, PlanOp, PoolGeom, Shared, Suite, WeightShare,
+    DeciderKind, GroupPlan, LinearGeom, MaxPoolGeom, Plan, PlanOp, PoolGeom, Shared, Suite,
+    WeightShare,
 };
 use std::collections::{BTreeMap, VecDeque};
 
@@ -107,16 +108,49 @@ impl MimoConfig {
     }
 }
 
-/// The proven comparison rings of a model for `mimo`: from the same interval bounds as `fast`
+/// The comparison rings of a model for `mimo`: from the same interval bounds as `fast`
 /// ([`crate::fast::bounds`]), `k = bitlen(B) + 1` (a DCF needs no spare bit and no odd size:
-/// `|t| <= B < 2^(k-1)` is all the gate uses). Refuses what `fast` refuses (a truncation failure
-/// bound above the limit; `mimo` itself truncates locally only in the last layer).
+/// `|t| <= B < 2^(k-1)` is all the gate uses; a max pool's `B` bounds the differences of window
+/// members). Refuses what `fast` refuses (a truncation failure bound above the limit; `mimo`
+/// itself truncates locally only in the last layer). Graph models whose proof overflows (a
+/// ResNet's bounds compound past 2^63) take calibrated bounds as `fast` does
+/// ([`rings_for_model`]).
 pub fn config_for_model(
     fm: &crate::plain::FixedModel,
     model: &relushare_model::Model,
 ) -> Result<MimoConfig> {
+    rings_for_model(fm, model).map(|(c, _)| c)
+}
+
+/// [`config_for_model`] with where its rings come from: the interval proof
+/// ([`crate::fast::bounds::analyse`]), or for a graph model where the proof fails, calibration
+/// ([`crate::fast::bounds::calibrate`], as [`crate::fast::rings_for_model`]). A sequential model
+/// is never calibrated.
+pub fn rings_for_model(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+) -> Result<(MimoConfig, crate::fast::bounds::BoundsKind)> {
+    use crate::fast::bounds::{self, BoundsKind};
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
-    let b = crate::fast::bounds::analyse(fm, lim)?;
+    let proven = bounds::analyse(fm, lim).and_then(|b| config_from_bounds(fm, &b));
+    match proven {
+        Ok(c) => Ok((c, BoundsKind::Proven)),
+        Err(e) if !model.spec.is_sequential() => {
+            let cal = bounds::calibrate(fm, lim)
+                .and_then(|b| config_from_bounds(fm, &b))
+                .map_err(|c| MpcError::Model(format!("{e}; calibrated bounds fail too: {c}")))?;
+            Ok((cal, BoundsKind::Calibrated))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The rings of `fm` from `b` (proven or calibrated bounds), refused where the failure bound
+/// per inference exceeds [`crate::fast::bounds::MAX_TRUNC_FAILURE`].
+fn config_from_bounds(
+    fm: &crate::plain::FixedModel,
+    b: &crate::fast::bounds::Bounds,
+) -> Result<MimoConfig> {
     let mut cfg = MimoConfig::defaults(fm.fp.frac_bits);
     for c in b.comparisons.iter().cloned() {
         let k = (crate::fast::bounds::bitlen_bound(c.bound) + 1).max(2);
@@ -143,10 +177,10 @@ pub fn config_for_model(
         .filter(|t| t.name == last)
         .map(|t| t.elements as f64 * t.per_element())
         .sum();
-    let p = trunc + wrap_failure(&plan, &lay, f, &b)?;
+    let p = trunc + wrap_failure(&plan, &lay, f, b)?;
     if p > crate::fast::bounds::MAX_TRUNC_FAILURE {
         return Err(MpcError::Model(format!(
-            "mimo: the proven failure bound per inference is {p:.3e} (last layer's local \
+            "mimo: the failure bound per inference is {p:.3e} (last layer's local \
              truncation {trunc:.3e}), above {}; use fewer --frac-bits",
             crate::fast::bounds::MAX_TRUNC_FAILURE
         )));
@@ -196,61 +230,121 @@ fn is_last(plan: &Plan, i: usize) -> bool {
         .all(|op| matches!(op, PlanOp::Identity { .. }))
 }
 
-/// The rings of `plan` (see the module docs).
+/// The plan as a graph of the ops a suite runs: every op's input tensors with identity ops
+/// resolved to the tensor they pass on (`0` the input, `i + 1` the output of op `i`), and the
+/// last op that reads each tensor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Graph {
+    /// Per op: its input tensors (an identity op: the tensor its output stands for).
+    srcs: Vec<Vec<usize>>,
+    /// Per tensor: the last non-identity op reading it (`usize::MAX`: none).
+    last_use: Vec<usize>,
+}
+
+fn graph(plan: &Plan) -> Result<Graph> {
+    let edges = plan.edges();
+    let nops = plan.ops.len();
+    if edges.len() != nops {
+        return Err(MpcError::Model(format!(
+            "mimo: a plan of {nops} ops with {} edge lists",
+            edges.len()
+        )));
+    }
+    let mut alias: Vec<usize> = (0..=nops).collect();
+    let mut srcs = Vec::with_capacity(nops);
+    let mut last_use = vec![usize::MAX; nops + 1];
+    for (i, op) in plan.ops.iter().enumerate() {
+        let want = if matches!(op, PlanOp::Add { .. }) {
+            2
+        } else {
+            1
+        };
+        let e = &edges[i];
+        if e.len() != want || e.iter().any(|&t| t > i) {
+            return Err(MpcError::Model(format!(
+                "{}: mimo: reads tensors {e:?} (expects {want} earlier tensor(s))",
+                op.name()
+            )));
+        }
+        let r: Vec<usize> = e.iter().map(|&t| alias[t]).collect();
+        if matches!(op, PlanOp::Identity { .. }) {
+            alias[i + 1] = r[0];
+        } else {
+            for &t in &r {
+                last_use[t] = i;
+            }
+        }
+        srcs.push(r);
+    }
+    // The client's output is the last computed tensor (the last linear layer computes 64-bit
+    // shares locally and stores no masked value).
+    let last = visible(plan).last().copied();
+    if let Some(l) = last {
+        if alias[nops] != l + 1 {
+            return Err(MpcError::Model(format!(
+                "mimo: the model's output must be the output of its last step ({})",
+                plan.ops[l].name()
+            )));
+        }
+    }
+    Ok(Graph { srcs, last_use })
+}
+
+/// The tree levels of a max pool: pairs compared per level (the whole batch, as
+/// [`crate::suite::MaxPoolGeom::level_pairs`]) and the ring of the level's results: the output
+/// ring `out` at the last level, `max(k, out)` before it (the next level compares them on `k`
+/// bits).
+fn max_pool_levels(g: &MaxPoolGeom, k: u32, out: u32) -> Vec<(usize, u32)> {
+    let pairs = g.level_pairs();
+    let nl = pairs.len();
+    pairs
+        .into_iter()
+        .enumerate()
+        .map(|(l, p)| (p, if l + 1 == nl { out } else { k.max(out) }))
+        .collect()
+}
+
+/// The rings of `plan` (see the module docs): every tensor is known modulo the largest ring its
+/// consumers need, computed from the client's output (64 bits) backwards.
 pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
     let nops = plan.ops.len();
     let mut out = vec![0u32; nops];
     let mut open = vec![0u32; nops];
     let mut inp = vec![0u32; nops];
-    let mut need = 64u32;
     if f >= 32 {
         return Err(MpcError::Param(format!(
             "mimo: {f} fractional bits (at most 31)"
         )));
     }
-    let seq = plan.srcs.is_empty()
-        || plan
-            .srcs
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.as_slice() == [i]);
-    if let Some(op) = plan
-        .ops
-        .iter()
-        .find(|op| matches!(op, PlanOp::Add { .. } | PlanOp::MaxPool { .. }))
-    {
-        return Err(MpcError::Model(format!(
-            "{}: mimo runs sequential models only (no residual add or max pooling yet; use \
-             fast or fss for graphs)",
-            op.name()
-        )));
-    }
-    if !seq {
-        return Err(MpcError::Model(
-            "mimo runs sequential models only (this plan is a graph; use fast or fss)".into(),
-        ));
-    }
+    let g = graph(plan)?;
+    // Per tensor: the largest ring a consumer needs (0: none seen yet; an unread tensor, the
+    // client's output included, is computed on 64 bits).
+    let mut need = vec![0u32; nops + 1];
     for i in (0..nops).rev() {
-        out[i] = need;
-        open[i] = need;
         let op = &plan.ops[i];
+        if matches!(op, PlanOp::Identity { .. }) {
+            continue;
+        }
+        let o = if need[i + 1] == 0 { 64 } else { need[i + 1] };
+        out[i] = o;
+        open[i] = o;
         let last = is_last(plan, i);
         inp[i] = match op {
             PlanOp::Conv { .. } | PlanOp::Linear { .. } => {
                 if last {
                     64
                 } else {
-                    open[i] = need.min(64 - f);
+                    open[i] = o.min(64 - f);
                     open[i] + f
                 }
             }
             PlanOp::AvgPool { geom, .. } => {
                 let c = fixed::pool_factor(geom.k, f);
                 let tz = if c == 0 { 0 } else { c.trailing_zeros() };
-                (need + f).saturating_sub(tz).clamp(1, 64)
+                (o + f).saturating_sub(tz).clamp(1, 64)
             }
             PlanOp::Relu { name, .. } => cfg.for_layer(name, false),
-            PlanOp::Partial { name, .. } => cfg.for_layer(name, false).max(need),
+            PlanOp::Partial { name, .. } => cfg.for_layer(name, false).max(o),
             PlanOp::SharedRelu { name, plan: gp } => {
                 if gp.fused.is_some() {
                     return Err(MpcError::Model(format!(
@@ -258,15 +352,34 @@ pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
                     )));
                 }
                 let double = gp.decider != DeciderKind::OneHot;
-                cfg.for_layer(name, double).max(need)
+                cfg.for_layer(name, double).max(o)
             }
-            PlanOp::Identity { .. } => need,
-            PlanOp::Add { .. } | PlanOp::MaxPool { .. } => unreachable!("refused above"),
+            // Local: the operands modulo the sum's ring.
+            PlanOp::Add { .. } => o,
+            // The differences on `k` bits, the winners carried to the output ring.
+            PlanOp::MaxPool { name, geom } => {
+                if geom.level_pairs().is_empty() {
+                    o
+                } else {
+                    cfg.for_layer(name, false).max(o)
+                }
+            }
+            PlanOp::Identity { .. } => unreachable!("skipped above"),
         };
-        need = inp[i];
+        for &t in &g.srcs[i] {
+            need[t] = need[t].max(inp[i]);
+        }
+    }
+    // Identity ops stand for the tensor they pass on.
+    for i in 0..nops {
+        if matches!(plan.ops[i], PlanOp::Identity { .. }) {
+            let t = g.srcs[i][0];
+            let r = if t == 0 { need[0] } else { out[t - 1] };
+            (out[i], open[i], inp[i]) = (r, r, r);
+        }
     }
     Ok(Layout {
-        input: need,
+        input: need[0].max(1),
         out,
         open,
         inp,
@@ -415,7 +528,15 @@ pub fn op_costs(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Vec<OpCost>> {
                 c.online += 2 * kb(total, r);
                 c.rounds += 1;
             }
-            PlanOp::Identity { .. } | PlanOp::Add { .. } | PlanOp::MaxPool { .. } => {}
+            PlanOp::MaxPool { name, geom } => {
+                // One ReLU gate per tree level on the level's differences.
+                let k = cfg.for_layer(name, false);
+                for (pairs, m) in max_pool_levels(geom, k, r) {
+                    relu_cost(&mut c, pairs, k, m)?;
+                }
+            }
+            // An add is local: no round, no dealer bytes.
+            PlanOp::Identity { .. } | PlanOp::Add { .. } => {}
         }
         out.push(c);
     }
@@ -475,7 +596,17 @@ enum Mat {
         rout: Vec<u64>,
     },
     Group(Box<GroupMat>),
+    /// Max pooling: one ReLU gate per tree level.
+    MaxPool(Vec<ReluLevel>),
     Nothing,
+}
+
+/// One level of a max pool's comparison tree: the ReLU keys of its differences, the shares of
+/// their masks (mod the level's ring) and of the fresh masks of the results.
+struct ReluLevel {
+    keys: Keys,
+    rk: Vec<u64>,
+    rout: Vec<u64>,
 }
 
 /// Material of a sharing layer.
@@ -523,7 +654,12 @@ pub struct MimoSuite {
     lay: Option<Layout>,
     input_mask: Vec<u64>,
     queue: VecDeque<Mat>,
-    cur: Option<Masked>,
+    /// The masked tensors still to be read, by tensor (`0` the input, `i + 1` op `i`'s output).
+    vals: Vec<Option<Masked>>,
+    /// Whether the input was opened (this batch).
+    opened: bool,
+    /// The plan's tensors and their readers.
+    graph: Graph,
     noise_rng: Option<Prg>,
     /// Count of the online ops run so far (the runner skips identity ops).
     pos: usize,
@@ -571,7 +707,9 @@ impl MimoSuite {
             lay: None,
             input_mask: Vec::new(),
             queue: VecDeque::new(),
-            cur: None,
+            vals: Vec::new(),
+            opened: false,
+            graph: Graph::default(),
             noise_rng: None,
             pos: 0,
             visible: Vec::new(),
@@ -680,16 +818,48 @@ impl MimoSuite {
             .ok_or_else(|| MpcError::Model(format!("weight {key} was not prepared")))
     }
 
-    /// The masked input of the next op (opening the client's shares first if it is the first).
+    /// The masked input of the op now running (its first input tensor).
     fn take_input(&mut self, x: &Shared) -> Result<Masked> {
-        if let Some(m) = self.cur.take() {
-            return Ok(m);
+        self.input_of(0, x)
+    }
+
+    /// The masked value of input `j` of the op now running: taken at its last reader, copied
+    /// before; the client's input (`x`: this party's shares of it) is opened at its first
+    /// reader.
+    fn input_of(&mut self, j: usize, x: &Shared) -> Result<Masked> {
+        let i = self.op_index()?;
+        let t = *self
+            .graph
+            .srcs
+            .get(i)
+            .and_then(|s| s.get(j))
+            .ok_or_else(|| MpcError::Param(format!("mimo suite: op {i} has no input {j}")))?;
+        if t == 0 && !self.opened {
+            let m = self.open_input(x)?;
+            self.opened = true;
+            if let Some(v) = self.vals.get_mut(0) {
+                *v = Some(m);
+            }
         }
-        if self.pos != 0 {
-            return Err(MpcError::Param(
-                "mimo suite: no masked value (op out of order)".into(),
-            ));
-        }
+        let once = self.graph.srcs[i].iter().filter(|&&s| s == t).count() == 1;
+        let slot = self
+            .vals
+            .get_mut(t)
+            .ok_or_else(|| MpcError::Param(format!("mimo suite: tensor {t} is not in the plan")))?;
+        let m = if once && self.graph.last_use.get(t) == Some(&i) {
+            slot.take()
+        } else {
+            slot.clone()
+        };
+        m.ok_or_else(|| {
+            MpcError::Param(format!(
+                "mimo suite: no masked value of tensor {t} (op out of order)"
+            ))
+        })
+    }
+
+    /// Open the client's input (`x`: this party's shares) under the input mask.
+    fn open_input(&mut self, x: &Shared) -> Result<Masked> {
         let lay = self
             .lay
             .as_ref()
@@ -749,12 +919,36 @@ impl MimoSuite {
         })
     }
 
-    /// Finish an online op: store the output, return its shares.
+    /// Finish an online op: drop the inputs it read last, store the output (if it is read
+    /// later), return its shares.
     fn emit(&mut self, m: Masked) -> Shared {
-        self.pos += 1;
         let s = self.shares_of(&m);
-        self.cur = Some(m);
+        if let Ok(i) = self.op_index() {
+            self.release(i);
+            if let Some(v) = self.vals.get_mut(i + 1) {
+                if self
+                    .graph
+                    .last_use
+                    .get(i + 1)
+                    .is_some_and(|&l| l != usize::MAX)
+                {
+                    *v = Some(m);
+                }
+            }
+        }
+        self.pos += 1;
         s
+    }
+
+    /// Drop the tensors op `i` read last.
+    fn release(&mut self, i: usize) {
+        for &t in self.graph.srcs.get(i).into_iter().flatten() {
+            if self.graph.last_use.get(t) == Some(&i) {
+                if let Some(v) = self.vals.get_mut(t) {
+                    *v = None;
+                }
+            }
+        }
     }
 
     fn lin_online(&mut self, x: &Shared, wname: &str, lop: &LinOp) -> Result<Shared> {
@@ -785,8 +979,8 @@ impl MimoSuite {
         crate::ring::add_assign(&mut y, &pre);
         if last {
             fixed::trunc_share_vec(&mut y, self.frac, me);
+            self.release(i);
             self.pos += 1;
-            self.cur = None;
             return Ok(y);
         }
         let f = self.frac;
@@ -1235,11 +1429,253 @@ impl MimoSuite {
                 })
             }
             PlanOp::Identity { .. } => Ok((Mat::Nothing, mask)),
-            PlanOp::Add { .. } | PlanOp::MaxPool { .. } => Err(MpcError::Model(format!(
-                "{}: mimo runs sequential models only",
+            PlanOp::Add { .. } | PlanOp::MaxPool { .. } => Err(MpcError::Param(format!(
+                "internal: mimo: {} is dealt by its own step",
                 op.name()
             ))),
         }
+    }
+}
+
+/// The candidates of every max-pool output of a batch (image-major, windows in order):
+/// `pick(element)` of each window member.
+fn window_candidates<T>(g: &MaxPoolGeom, mut pick: impl FnMut(usize) -> T) -> Vec<Vec<T>> {
+    let il = g.in_len();
+    let wins = g.windows();
+    let mut out = Vec::with_capacity(g.n * wins.len());
+    for img in 0..g.n {
+        for w in &wins {
+            out.push(w.iter().map(|&e| pick(img * il + e as usize)).collect());
+        }
+    }
+    out
+}
+
+/// One level of the comparison tree on masked (or mask) candidates: `max(a, b) = b + ReLU(a -
+/// b)` per pair in order (an odd last candidate waits), given the level's ReLU results `relu`
+/// (one per pair); every candidate reduced modulo `2^m`.
+fn tree_level<T: Copy>(
+    cands: &mut [Vec<T>],
+    relu: &[T],
+    m: u32,
+    add: impl Fn(T, T, u64) -> T,
+    reduce: impl Fn(T, u64) -> T,
+) -> Result<()> {
+    let mmask = ring_mask(m);
+    let mut j = 0;
+    for c in cands.iter_mut() {
+        let odd = (c.len() % 2 == 1).then(|| reduce(c[c.len() - 1], mmask));
+        let mut next = Vec::with_capacity(c.len().div_ceil(2));
+        for p in c.chunks_exact(2) {
+            let r = *relu.get(j).ok_or_else(|| {
+                MpcError::Param("internal: mimo: fewer ReLU results than pairs".into())
+            })?;
+            next.push(add(p[1], r, mmask));
+            j += 1;
+        }
+        next.extend(odd);
+        *c = next;
+    }
+    if j != relu.len() {
+        return Err(MpcError::Param(format!(
+            "internal: mimo: {} ReLU results for {j} pairs",
+            relu.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The differences `a - b mod 2^k` of every pair of a tree level, in order.
+fn tree_diffs(cands: &[Vec<u64>], k: u32) -> Vec<u64> {
+    let kmask = ring_mask(k);
+    cands
+        .iter()
+        .flat_map(|c| c.chunks_exact(2).map(|p| p[0].wrapping_sub(p[1]) & kmask))
+        .collect()
+}
+
+impl MimoSuite {
+    /// Offline, residual add: the output mask is the sum of the operands' masks modulo the
+    /// output ring (the dealer adds its masks, the parties their shares): nothing is dealt.
+    fn deal_add(&mut self, i: usize, ins: Vec<Vec<u64>>) -> Result<(Mat, Vec<u64>)> {
+        let r = self
+            .lay
+            .as_ref()
+            .ok_or_else(|| MpcError::Param("mimo suite: no layout".into()))?
+            .out[i];
+        let [a, b] = <[Vec<u64>; 2]>::try_from(ins)
+            .map_err(|_| MpcError::Param("internal: mimo: an add of two masks".into()))?;
+        crate::ring::check_len("add mask", &b, a.len())?;
+        let m = ring_mask(r);
+        let out = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| x.wrapping_add(*y) & m)
+            .collect();
+        Ok((Mat::Nothing, out))
+    }
+
+    /// Offline, max pooling: per tree level, the ReLU keys of the differences (point
+    /// `r_a - r_b mod 2^k`, payload `(1, r')` mod the level's ring), the shares of `r'` and the
+    /// fresh masks of the results; the winners' masks are `r_b + r_out`.
+    fn deal_max_pool(
+        &mut self,
+        i: usize,
+        g: &MaxPoolGeom,
+        k: u32,
+        mask: Vec<u64>,
+        cost: OpCost,
+    ) -> Result<(Mat, Vec<u64>)> {
+        g.validate()?;
+        let dealer = self.me() == 2;
+        let out_ring = self
+            .lay
+            .as_ref()
+            .ok_or_else(|| MpcError::Param("mimo suite: no layout".into()))?
+            .out[i];
+        let levels = max_pool_levels(g, k, out_ring);
+        crate::ring::check_len("max-pool mask", &mask, g.n * g.in_len())?;
+        let mut cands = window_candidates(g, |e| mask[e]);
+        self.dealt((cost.to_p1, cost.to_p0), move |d, _| {
+            let mut mats = Vec::with_capacity(levels.len());
+            for &(cnt, m) in &levels {
+                let shape = relu_shape(k, m)?;
+                let mmask = ring_mask(m);
+                let alpha: Option<Vec<u64>> = dealer.then(|| tree_diffs(&cands, k));
+                if let Some(a) = &alpha {
+                    if a.len() != cnt {
+                        return Err(MpcError::Param(format!(
+                            "internal: mimo: {} max-pool pairs, the plan says {cnt}",
+                            a.len()
+                        )));
+                    }
+                }
+                let beta: Option<Vec<u64>> = alpha
+                    .as_ref()
+                    .map(|a| a.iter().flat_map(|&x| [1u64, x & mmask]).collect());
+                let keys = deal_keys(d, shape, cnt, alpha.as_deref(), beta.as_deref())?;
+                let rk = d.corr_kbit(cnt, m, alpha.as_deref())?;
+                let ro = d.rand_u64(cnt);
+                let rout: Vec<u64> = ro
+                    .secret
+                    .as_ref()
+                    .unwrap_or(&ro.mine)
+                    .iter()
+                    .map(|v| v & mmask)
+                    .collect();
+                tree_level(
+                    &mut cands,
+                    &rout,
+                    m,
+                    |b, r, mm| b.wrapping_add(r) & mm,
+                    |v, mm| v & mm,
+                )?;
+                mats.push(ReluLevel { keys, rk, rout });
+            }
+            let om = ring_mask(out_ring);
+            let out: Vec<u64> = cands
+                .iter()
+                .map(|c| c.first().map_or(0, |v| v & om))
+                .collect();
+            if dealer {
+                return Ok((Mat::Nothing, out));
+            }
+            Ok((Mat::MaxPool(mats), out))
+        })
+    }
+
+    /// Online, residual add: `x^ + y^` with mask shares `r_x + r_y`, modulo the output ring
+    /// (local).
+    fn add_online(&mut self, a: &Shared, b: &Shared) -> Result<Shared> {
+        let me = self.me();
+        let mat = self.next_mat("add")?;
+        if me == 2 {
+            self.pos += 1;
+            return Ok(Vec::new());
+        }
+        if !matches!(mat, Mat::Nothing) {
+            return Err(MpcError::Param("mimo suite: expected add material".into()));
+        }
+        let x = self.input_of(0, a)?;
+        let y = self.input_of(1, b)?;
+        let r = self.out_ring()?;
+        if x.bits < r || y.bits < r {
+            return Err(MpcError::Param(format!(
+                "mimo suite: an add of values modulo 2^{} and 2^{} into 2^{r}",
+                x.bits, y.bits
+            )));
+        }
+        crate::ring::check_len("add operand", &y.hat, x.hat.len())?;
+        let m = ring_mask(r);
+        let hat = x
+            .hat
+            .iter()
+            .zip(&y.hat)
+            .map(|(u, v)| u.wrapping_add(*v) & m)
+            .collect();
+        let rr =
+            x.r.iter()
+                .zip(&y.r)
+                .map(|(u, v)| u.wrapping_add(*v) & m)
+                .collect();
+        Ok(self.emit(Masked {
+            hat,
+            r: rr,
+            bits: r,
+        }))
+    }
+
+    /// Online, max pooling: per tree level one ReLU gate on the masked differences `a^ - b^`
+    /// (mask `r_a - r_b`), opened modulo the level's ring, then the local add `b + ReLU(a - b)`.
+    fn max_pool_online(&mut self, x: &Shared, g: &MaxPoolGeom) -> Result<Shared> {
+        let me = self.me();
+        let mat = self.next_mat("max-pool")?;
+        if me == 2 {
+            self.pos += 1;
+            return Ok(Vec::new());
+        }
+        g.validate()?;
+        let inp = self.take_input(x)?;
+        let Mat::MaxPool(levels) = mat else {
+            return Err(MpcError::Param(
+                "mimo suite: expected max-pool material".into(),
+            ));
+        };
+        let i = self.op_index()?;
+        let want = self.lay.as_ref().expect("offline ran").inp[i];
+        if inp.bits < want {
+            return Err(MpcError::Param(format!(
+                "mimo suite: {} got its input modulo 2^{}, needs 2^{want}",
+                self.names[i], inp.bits
+            )));
+        }
+        crate::ring::check_len("max_pool input", &inp.hat, g.n * g.in_len())?;
+        let mut hats = window_candidates(g, |e| inp.hat[e]);
+        let mut rs = window_candidates(g, |e| inp.r[e]);
+        for lv in levels {
+            let (k, m) = (lv.keys.shape.n, lv.keys.shape.m);
+            let th = tree_diffs(&hats, k);
+            crate::ring::check_len("max-pool level", &th, lv.rout.len())?;
+            let mut y = relu_gate_eval(me, &lv.keys, &th, &lv.rk)?;
+            crate::ring::add_assign(&mut y, &lv.rout);
+            let yh = open_bits(&mut self.comm, &y, m)?;
+            let add = |b: u64, r: u64, mm: u64| b.wrapping_add(r) & mm;
+            let red = |v: u64, mm: u64| v & mm;
+            tree_level(&mut hats, &yh, m, add, red)?;
+            tree_level(&mut rs, &lv.rout, m, add, red)?;
+        }
+        let out = self.out_ring()?;
+        let om = ring_mask(out);
+        let first = |c: Vec<Vec<u64>>| -> Vec<u64> {
+            c.into_iter()
+                .map(|v| v.first().map_or(0, |x| x & om))
+                .collect()
+        };
+        Ok(self.emit(Masked {
+            hat: first(hats),
+            r: first(rs),
+            bits: out,
+        }))
     }
 }
 
@@ -1491,8 +1927,10 @@ impl Suite for MimoSuite {
 
     fn offline(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
         self.queue.clear();
-        self.cur = None;
         self.pos = 0;
+        self.graph = graph(plan)?;
+        self.vals = vec![None; plan.ops.len() + 1];
+        self.opened = false;
         self.visible = visible(plan);
         self.names = plan.ops.iter().map(|op| op.name().to_string()).collect();
         self.last = *self
@@ -1517,17 +1955,51 @@ impl Suite for MimoSuite {
         let r = self.deal_mut()?.rand_u64(plan.n * plan.input_len);
         let inbits = self.lay.as_ref().expect("set").input;
         let im = ring_mask(inbits);
-        let mut mask: Vec<u64> = if me == 2 {
+        let mask: Vec<u64> = if me == 2 {
             r.secret.expect("dealer").iter().map(|v| v & im).collect()
         } else {
             r.mine.iter().map(|v| v & im).collect()
         };
         self.input_mask = if me == 2 { Vec::new() } else { mask.clone() };
+        // Every tensor's mask (the dealer's value, a party's share) until its last reader.
+        let g = self.graph.clone();
+        let mut masks: Vec<Option<Vec<u64>>> = vec![None; plan.ops.len() + 1];
+        masks[0] = Some(mask);
         for i in self.visible.clone() {
             self.comm.set_label(plan.ops[i].name());
-            let (mat, out) = self.deal_op(plan, i, weights, mask, costs[i])?;
+            let mut ins = Vec::with_capacity(g.srcs[i].len());
+            for &t in &g.srcs[i] {
+                let once = g.srcs[i].iter().filter(|&&s| s == t).count() == 1;
+                let m = if once && g.last_use[t] == i {
+                    masks[t].take()
+                } else {
+                    masks[t].clone()
+                };
+                ins.push(m.ok_or_else(|| {
+                    MpcError::Param(format!("internal: mimo: no mask of tensor {t}"))
+                })?);
+            }
+            for &t in &g.srcs[i] {
+                if g.last_use[t] == i {
+                    masks[t] = None;
+                }
+            }
+            let (mat, out) = match &plan.ops[i] {
+                PlanOp::Add { .. } => self.deal_add(i, ins)?,
+                PlanOp::MaxPool { name, geom } => {
+                    let k = self.cfg.for_layer(name, false);
+                    let m = ins.pop().unwrap_or_default();
+                    self.deal_max_pool(i, geom, k, m, costs[i])?
+                }
+                _ => {
+                    let m = ins.pop().unwrap_or_default();
+                    self.deal_op(plan, i, weights, m, costs[i])?
+                }
+            };
             self.queue.push_back(mat);
-            mask = out;
+            if g.last_use[i + 1] != usize::MAX {
+                masks[i + 1] = Some(out);
+            }
         }
         Ok(())
     }
@@ -1612,6 +2084,7 @@ impl Suite for MimoSuite {
             visible: std::mem::take(&mut self.visible),
             names: std::mem::take(&mut self.names),
             last: self.last,
+            graph: std::mem::take(&mut self.graph),
         }))
     }
 
@@ -1631,6 +2104,7 @@ impl Suite for MimoSuite {
             visible,
             names,
             last,
+            graph,
         } = *m;
         self.queue = queue;
         self.input_mask = input_mask;
@@ -1638,21 +2112,19 @@ impl Suite for MimoSuite {
         self.visible = visible;
         self.names = names;
         self.last = last;
-        self.cur = None;
+        self.vals = vec![None; graph.srcs.len() + 1];
+        self.opened = false;
+        self.graph = graph;
         self.pos = 0;
         Ok(())
     }
 
-    fn add(&mut self, _a: &Shared, _b: &Shared) -> Result<Shared> {
-        Err(MpcError::Model(
-            "mimo runs sequential models only (no residual add yet)".into(),
-        ))
+    fn add(&mut self, a: &Shared, b: &Shared) -> Result<Shared> {
+        self.add_online(a, b)
     }
 
-    fn max_pool(&mut self, _x: &Shared, _g: &crate::suite::MaxPoolGeom) -> Result<Shared> {
-        Err(MpcError::Model(
-            "mimo runs sequential models only (no max pooling yet)".into(),
-        ))
+    fn max_pool(&mut self, x: &Shared, g: &MaxPoolGeom) -> Result<Shared> {
+        self.max_pool_online(x, g)
     }
 
     fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
@@ -1674,6 +2146,7 @@ struct MimoMaterial {
     visible: Vec<usize>,
     names: Vec<String>,
     last: usize,
+    graph: Graph,
 }
 
 /// A runner factory ([`crate::runner::SuiteFactory`]) for the `mimo` suite with the rings of
