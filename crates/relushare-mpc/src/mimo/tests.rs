@@ -119,7 +119,14 @@ fn check(arch: Arch, preset: &str, free: Option<&str>, batch: usize) -> CostRepo
         presets::apply_freeform(&mut spec, f).unwrap();
         spec.preset = f.to_string();
     }
-    let model = Model::random(spec, None, 11).unwrap();
+    check_model(&Model::random(spec, None, 11).unwrap(), batch)
+}
+
+/// [`check`] of a model (sequential or a graph: every layer against the plaintext of its
+/// inputs as the suite returned them).
+fn check_model(model: &Model, batch: usize) -> CostReport {
+    let (arch, preset, free) = (model.spec.arch, model.spec.preset.clone(), None::<&str>);
+    let model = model.clone();
     let fm = FixedModel::from_model(&model, 13).unwrap();
     let cfg = config_for_model(&fm, &model).unwrap();
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
@@ -162,35 +169,47 @@ fn check(arch: Arch, preset: &str, free: Option<&str>, batch: usize) -> CostRepo
     let lay = layout(&plan, &cfg, 13).unwrap();
     let br = &res.batches[0];
     let tr = br.trace.as_ref().unwrap();
-    let ring_in = |li: usize| {
-        // The ring the input of layer li is known modulo.
-        (0..li)
-            .rev()
-            .find(|&j| !matches!(plan.ops[j], PlanOp::Identity { .. }))
-            .map(|j| lay.out[j])
-            .unwrap_or(64)
-    };
-    for (li, l) in fm.layers.iter().enumerate() {
-        let per_in = if li == 0 {
+    // The ring tensor t is known modulo (the input: the client's 64-bit shares; an identity
+    // op's output: its input's).
+    fn ring_of(plan: &Plan, lay: &Layout, t: usize) -> u32 {
+        match t.checked_sub(1) {
+            None => 64,
+            Some(p) if matches!(plan.ops[p], PlanOp::Identity { .. }) => {
+                ring_of(plan, lay, plan.edges()[p][0])
+            }
+            Some(p) => lay.out[p],
+        }
+    }
+    let len_of = |t: usize| {
+        if t == 0 {
             fm.input_len
         } else {
-            fm.out_lens[li - 1]
-        };
+            fm.out_lens[t - 1]
+        }
+    };
+    for (li, l) in fm.layers.iter().enumerate() {
         let per_out = fm.out_lens[li];
-        let (bin, bout) = (ring_in(li), lay.out[li]);
+        let bout = lay.out[li];
         let mo = ring_mask(bout);
         for img in 0..batch {
-            let xin: Vec<u64> = tr[li][img * per_in..(img + 1) * per_in]
+            let xins: Vec<Vec<u64>> = fm.srcs[li]
                 .iter()
-                .map(|&v| sext(v, bin))
+                .map(|&t| {
+                    let bin = ring_of(&plan, &lay, t);
+                    tr[t][img * len_of(t)..(img + 1) * len_of(t)]
+                        .iter()
+                        .map(|&v| sext(v, bin))
+                        .collect()
+                })
                 .collect();
+            let xins: Vec<&[u64]> = xins.iter().map(|v| v.as_slice()).collect();
             let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
             let mut bits = noise
                 .get(&li)
                 .map(|b| b[img * per_out..(img + 1) * per_out].iter())
                 .into_iter()
                 .flatten();
-            let want = plain::eval_layer(fm.fp, l, &xin, &mut |_| {
+            let want = plain::eval_node(fm.fp, l, &xins, &mut |_| {
                 *bits.next().expect("a noise bit per member") == 1
             })
             .unwrap();
@@ -298,4 +317,255 @@ fn sharing_layers_end_to_end() {
     assert_eq!(r.online_rounds(), 5, "a one-hot layer costs one round");
     let r = check(Arch::Svhn, "original", Some("act1=channel"), 1);
     assert_eq!(r.online_rounds(), 6, "a learned decider costs one more");
+}
+
+/// Online rounds of a plan: the input opening, one per linear layer but the last (whose shares
+/// go to the client), one per ReLU layer (two for a learned/FC sharing layer), one per level of
+/// every max pool's comparison tree; adds, average pooling and identities none.
+fn expected_rounds(plan: &Plan) -> usize {
+    let last = visible(plan).last().copied();
+    1 + plan
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| match op {
+            PlanOp::Conv { .. } | PlanOp::Linear { .. } => usize::from(Some(i) != last),
+            PlanOp::Relu { .. } | PlanOp::Partial { .. } => 1,
+            PlanOp::SharedRelu { plan: gp, .. } => {
+                1 + usize::from(gp.decider != DeciderKind::OneHot)
+            }
+            PlanOp::MaxPool { geom, .. } => geom.level_pairs().len(),
+            PlanOp::Add { .. } | PlanOp::AvgPool { .. } | PlanOp::Identity { .. } => 0,
+        })
+        .sum::<usize>()
+}
+
+/// Graph models: residual adds, a 3x3/2 max pool with padding (4 tree levels), global average
+/// pooling and folded batch norms, every layer against the plaintext fixed point (exact for
+/// adds, max pools and ReLUs), a batch of two, and sharing layers on a graph's activations.
+#[test]
+fn tiny_graph_layer_by_layer() {
+    let tiny = relushare_model::resnet::tiny_graph();
+    for (free, batch) in [(None, 2), (Some("relu2=patch2,relu4=channel:onehot"), 1)] {
+        let mut spec = tiny.clone();
+        if let Some(f) = free {
+            presets::apply_freeform(&mut spec, f).unwrap();
+        }
+        let model = Model::random(spec, None, 11).unwrap();
+        let fm = FixedModel::from_model(&model, 13).unwrap();
+        let plan = crate::runner::build_plan(&fm, batch, &vec![None; fm.layers.len()]);
+        let r = check_model(&model, batch);
+        assert_eq!(
+            r.online_rounds() as usize,
+            expected_rounds(&plan),
+            "{free:?}"
+        );
+    }
+    // conv1 + maxpool (4 levels) + 5 convs (the shortcut's too) + relu1..relu5 + the input.
+    let model = Model::random(tiny, None, 11).unwrap();
+    assert_eq!(check_model(&model, 1).online_rounds(), 1 + 1 + 4 + 5 + 5);
+}
+
+/// ResNet-20 (calibrated rings: its interval bounds compound past 63 bits), layer by layer:
+/// 41 online rounds (the input, 21 convolutions, 19 ReLU layers; adds and pooling are local).
+#[test]
+fn resnet20_layer_by_layer() {
+    let m = Model::random(
+        presets::build(Arch::Resnet20, "original").unwrap(),
+        None,
+        11,
+    )
+    .unwrap();
+    let fm = FixedModel::from_model(&m, 13).unwrap();
+    let (_, kind) = rings_for_model(&fm, &m).unwrap();
+    assert_eq!(kind, crate::fast::bounds::BoundsKind::Calibrated);
+    let r = check_model(&m, 1);
+    let plan = crate::runner::build_plan(&fm, 1, &vec![None; fm.layers.len()]);
+    assert_eq!(r.online_rounds() as usize, expected_rounds(&plan));
+    assert_eq!(r.online_rounds(), 41);
+}
+
+/// The rings of a graph: a tensor read by several ops is known modulo the largest ring they
+/// need (the residual input of a block: its convolution's `R + f` and the add's), an add's
+/// operands modulo the add's output ring, a max pool's input modulo `max(k, out)`.
+#[test]
+fn layout_of_a_graph() {
+    let m = Model::random(relushare_model::resnet::tiny_graph(), None, 2).unwrap();
+    let fm = FixedModel::from_model(&m, 13).unwrap();
+    let cfg = config_for_model(&fm, &m).unwrap();
+    let plan = crate::runner::build_plan(&fm, 1, &vec![None; fm.layers.len()]);
+    let lay = layout(&plan, &cfg, 13).unwrap();
+    let g = graph(&plan).unwrap();
+    let edges = plan.edges();
+    for (i, op) in plan.ops.iter().enumerate() {
+        if matches!(op, PlanOp::Identity { .. }) {
+            continue;
+        }
+        // Every tensor's ring is the largest its readers need.
+        let readers: Vec<usize> = (0..plan.ops.len())
+            .filter(|&j| {
+                !matches!(plan.ops[j], PlanOp::Identity { .. }) && g.srcs[j].contains(&(i + 1))
+            })
+            .collect();
+        let want = readers.iter().map(|&j| lay.inp[j]).max().unwrap_or(64);
+        assert_eq!(lay.out[i], want, "{}", op.name());
+        match op {
+            PlanOp::Add { .. } => {
+                assert_eq!(lay.inp[i], lay.out[i]);
+                for &t in &edges[i] {
+                    assert!(t > 0 && lay.out[t - 1] >= lay.out[i], "{}", op.name());
+                }
+            }
+            PlanOp::MaxPool { name, .. } => {
+                assert_eq!(lay.inp[i], cfg.for_layer(name, false).max(lay.out[i]));
+            }
+            _ => {}
+        }
+    }
+    // A block's input feeds its first convolution and its add: the larger of the two.
+    let idx = |n: &str| plan.ops.iter().position(|o| o.name() == n).unwrap();
+    let add1 = idx("add1");
+    let shortcut = edges[add1]
+        .iter()
+        .copied()
+        .find(|&t| t > 0 && !matches!(plan.ops[t - 1], PlanOp::Conv { .. }))
+        .unwrap();
+    let readers: Vec<usize> = (0..plan.ops.len())
+        .filter(|&j| g.srcs[j].contains(&shortcut))
+        .collect();
+    assert!(readers.len() >= 2, "the residual input has two readers");
+    assert_eq!(
+        lay.out[shortcut - 1],
+        readers.iter().map(|&j| lay.inp[j]).max().unwrap()
+    );
+}
+
+/// The max pool and the adds cost what the formulas say: per tree level a ReLU gate on the
+/// level's pairs (online `2 * pairs * m` bits, one round, a key to each party and `[r']` to P1),
+/// an add nothing; and every dealt message was checked against them by the suite.
+#[test]
+fn graph_layer_costs_match_formulas() {
+    let model = Model::random(relushare_model::resnet::tiny_graph(), None, 4).unwrap();
+    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let cfg = config_for_model(&fm, &model).unwrap();
+    let n = 2;
+    let lim = crate::fast::input_abs_max(&model.spec.normalization);
+    let imgs: Vec<Vec<u64>> = (0..n)
+        .map(|b| {
+            let mut r = Prg::from_seed([21 + b as u8; 16]);
+            let img: Vec<f32> = (0..fm.input_len)
+                .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
+                .collect();
+            fm.encode_input(&img).unwrap()
+        })
+        .collect();
+    let f = test_factory(cfg.clone(), TestHooks::default());
+    let res = run_session(&fm, &[imgs], &f, &RunOptions::default()).unwrap();
+    let rep = &res.batches[0].report;
+    let plan = crate::runner::build_plan(&fm, n, &vec![None; fm.layers.len()]);
+    let lay = layout(&plan, &cfg, 13).unwrap();
+    let i = plan
+        .ops
+        .iter()
+        .position(|o| matches!(o, PlanOp::MaxPool { .. }))
+        .unwrap();
+    let PlanOp::MaxPool { name, geom } = &plan.ops[i] else {
+        unreachable!()
+    };
+    let k = cfg.bits[name];
+    let levels = geom.level_pairs();
+    assert_eq!(levels.len(), 4, "3x3 windows: ceil(log2 9) levels");
+    assert_eq!(
+        levels.iter().sum::<usize>(),
+        n * relushare_model::count(&model.spec)
+            .unwrap()
+            .maxpool_comparisons
+    );
+    let (mut on, mut off) = (0, 0);
+    for (l, &p) in levels.iter().enumerate() {
+        let m = if l + 1 == levels.len() {
+            lay.out[i]
+        } else {
+            k.max(lay.out[i])
+        };
+        let key = relu_shape(k, m).unwrap().bytes(p);
+        on += 2 * (p * m as usize).div_ceil(8);
+        off += 2 * key + (p * m as usize).div_ceil(8);
+    }
+    let l = rep.get(name).unwrap();
+    assert_eq!(l.online_bytes as usize, on);
+    assert_eq!(l.online_rounds as usize, levels.len());
+    assert_eq!(l.offline_bytes as usize, off);
+    let c = op_costs(&plan, &cfg, 13).unwrap();
+    assert_eq!(
+        (c[i].online, c[i].rounds, c[i].to_p1 + c[i].to_p0),
+        (on, 4, off)
+    );
+    for add in ["add1", "add2"] {
+        let j = plan.ops.iter().position(|o| o.name() == add).unwrap();
+        assert_eq!(c[j], OpCost::default(), "{add}");
+        let a = rep.get(add);
+        assert!(
+            a.is_none_or(|a| a.online_bytes == 0 && a.online_rounds == 0 && a.offline_bytes == 0),
+            "{add}"
+        );
+    }
+    let (on, rounds, off) = totals(&plan, &cfg, 13).unwrap();
+    assert_eq!(rep.online_bytes() as usize, on);
+    assert_eq!(rep.online_rounds() as usize, rounds);
+    assert_eq!(rep.offline_bytes() as usize, off);
+}
+
+/// A max pool compares exactly at the edges of its ring: differences of `+-(2^(k-1) - 1)`,
+/// ties, and windows cut by the padding (1, 2, 4 and 6 candidates).
+#[test]
+fn max_pool_gate_exact_at_the_ring_edges() {
+    let k = 12u32;
+    let lim = (1i64 << (k - 2)) - 1; // |a - b| <= 2 lim < 2^(k-1)
+    let (c, h, w) = (3usize, 5usize, 5usize);
+    let mut rng = Prg::from_seed([17; 16]);
+    let vals: Vec<i64> = (0..c * h * w)
+        .map(|i| match i % 7 {
+            0 => lim,
+            1 => -lim,
+            2 => 0,
+            3 => lim - 1,
+            _ => (rng.next_u64() % (2 * lim as u64 + 1)) as i64 - lim,
+        })
+        .collect();
+    for (kk, stride, pad) in [(2usize, 2usize, 0usize), (3, 2, 1), (2, 1, 1)] {
+        let geom = MaxPoolGeom {
+            n: 1,
+            c,
+            h,
+            w,
+            k: kk,
+            stride,
+            pad,
+        };
+        let mut cfg = MimoConfig::defaults(13);
+        cfg.bits.insert("pool".into(), k);
+        let plan = Plan {
+            n: 1,
+            input_len: c * h * w,
+            output_len: geom.out_len(),
+            srcs: Vec::new(),
+            ops: vec![PlanOp::MaxPool {
+                name: "pool".into(),
+                geom,
+            }],
+        };
+        let x: Vec<u64> = vals.iter().map(|&v| v as u64).collect();
+        let (y, rep) = run_plan(plan.clone(), cfg.clone(), x.clone());
+        for (o, win) in geom.windows().iter().enumerate() {
+            let want = win.iter().map(|&e| vals[e as usize]).max().unwrap();
+            assert_eq!(y[o] as i64, want, "{kk}/{stride}/{pad} output {o}");
+        }
+        let c = op_costs(&plan, &cfg, 13).unwrap();
+        let l = rep.get("pool").unwrap();
+        assert_eq!(l.online_bytes as usize, c[0].online);
+        assert_eq!(l.online_rounds as usize, c[0].rounds);
+        assert_eq!(l.online_rounds as usize, 1 + geom.level_pairs().len());
+        assert_eq!(l.offline_bytes as usize, c[0].to_p1 + c[0].to_p0);
+    }
 }
