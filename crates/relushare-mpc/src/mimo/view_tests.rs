@@ -24,7 +24,7 @@ use crate::plain::{FixedLayer, FixedModel};
 use crate::prg::Seed;
 use crate::runner::exec_op;
 use crate::suite::Suite as _;
-use crate::suite::{GroupPlan, GroupShares, PlanOp, Shared, WeightShare};
+use crate::suite::{GroupPlan, GroupShares, MaxPoolGeom, PlanOp, Shared, WeightShare};
 use crate::transport::{MemTransport, Transport};
 use relushare_model::{presets, Arch, Model};
 use std::sync::{Arc, Mutex};
@@ -111,9 +111,18 @@ fn run_once(cfg: &MimoConfig, ins: [PartyIn; 3], hooks: TestHooks, plant: bool) 
                 sn.prepare(&inp.plan, &inp.weights).expect("prepare");
                 sn.offline(&inp.plan, &inp.weights).expect("offline");
                 sn.comm().set_phase(Phase::Online);
-                let mut x = inp.x;
-                for op in &inp.plan.ops {
-                    x = exec_op(&mut sn, op, &x, inp.plan.n, &inp.weights).expect("op");
+                // Along the plan's edges (a graph's add reads two tensors).
+                let edges = inp.plan.edges();
+                let mut vals = vec![inp.x];
+                for (i, op) in inp.plan.ops.iter().enumerate() {
+                    let y = match (op, edges[i].as_slice()) {
+                        (PlanOp::Add { .. }, &[a, b]) => sn.add(&vals[a], &vals[b]).expect("add"),
+                        (_, &[a]) => {
+                            exec_op(&mut sn, op, &vals[a], inp.plan.n, &inp.weights).expect("op")
+                        }
+                        _ => panic!("{}: edges {:?}", op.name(), edges[i]),
+                    };
+                    vals.push(y);
                 }
             });
         }
@@ -388,7 +397,20 @@ fn network_case(
     MimoConfig,
     impl Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync,
 ) {
-    let m = Model::random(presets::build(arch, preset).unwrap(), None, 3).unwrap();
+    model_case(
+        Model::random(presets::build(arch, preset).unwrap(), None, 3).unwrap(),
+        layers,
+    )
+}
+
+/// [`network_case`] of a model.
+fn model_case(
+    m: Model,
+    layers: Option<usize>,
+) -> (
+    MimoConfig,
+    impl Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync,
+) {
     let mut fm = FixedModel::from_model(&m, 13).unwrap();
     if let Some(l) = layers {
         fm.truncate(l);
@@ -457,4 +479,94 @@ fn network_views_do_not_depend_on_the_secret() {
         let w = check(&cfg, &build, false);
         assert_private(&format!("{arch} {preset}"), &w);
     }
+}
+
+/// A graph of the gates a model graph adds: a ReLU, the residual add of its input and output
+/// (local, masks add), a 2x2 max pool on the sum (two tree levels of ReLU gates on masked
+/// differences, then local adds) and a ReLU on the pooled values, on the constant secrets
+/// `secrets[s]` (opposite signs: every comparison decides the other way).
+fn add_max_pool_case(secrets: [i64; 2]) -> impl Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync {
+    let (c, h, w) = (4usize, 16usize, 16usize);
+    let len = c * h * w;
+    let geom = MaxPoolGeom {
+        n: 1,
+        c,
+        h,
+        w,
+        k: 2,
+        stride: 2,
+        pad: 0,
+    };
+    let mut rng = Prg::from_seed([8; 16]);
+    // Per-element offsets, so the window members differ; the same for both secrets.
+    let offs: Vec<i64> = (0..len)
+        .map(|_| (rng.next_u64() % (1 << 12)) as i64 - (1 << 11))
+        .collect();
+    move |s, sp| {
+        let plan = Plan {
+            n: 1,
+            input_len: len,
+            output_len: geom.out_len(),
+            srcs: vec![vec![0], vec![0, 1], vec![2], vec![3]],
+            ops: vec![
+                PlanOp::Relu {
+                    name: "act".into(),
+                    len,
+                },
+                PlanOp::Add {
+                    name: "add".into(),
+                    len,
+                },
+                PlanOp::MaxPool {
+                    name: "pool".into(),
+                    geom,
+                },
+                PlanOp::Relu {
+                    name: "act2".into(),
+                    len: geom.out_len(),
+                },
+            ],
+        };
+        let x: Vec<u64> = offs.iter().map(|o| (secrets[s] + o) as u64).collect();
+        sp.split(&x).map(|x| PartyIn {
+            plan: plan.clone(),
+            weights: Vec::new(),
+            x,
+        })
+    }
+}
+
+/// The graph gates: a residual add and a max pool (on a hand-built graph and on the whole
+/// `tiny_graph` model: convolutions, folded batch norms, a 3x3/2 max pool with padding, two
+/// residual blocks, global average pooling).
+#[test]
+fn add_and_max_pool_views_do_not_depend_on_the_secret() {
+    let mut cfg = MimoConfig::defaults(13);
+    for (l, k) in [("act", 24), ("pool", 26), ("act2", 26)] {
+        cfg.bits.insert(l.into(), k);
+    }
+    for secrets in [[5 << 13, -3 << 13], [0, -(1 << 13)]] {
+        let w = check(&cfg, &add_max_pool_case(secrets), false);
+        assert_private(&format!("add + max pool {secrets:?}"), &w);
+    }
+    let m = Model::random(relushare_model::resnet::tiny_graph(), None, 3).unwrap();
+    let (cfg, build) = model_case(m, None);
+    let w = check(&cfg, &build, false);
+    assert_private("tiny_graph", &w);
+}
+
+/// The planted raw-share bug is caught on the graph case too.
+#[test]
+fn raw_share_leak_is_caught_on_a_graph() {
+    let mut cfg = MimoConfig::defaults(13);
+    for (l, k) in [("act", 24), ("pool", 26), ("act2", 26)] {
+        cfg.bits.insert(l.into(), k);
+    }
+    let w = check(&cfg, &add_max_pool_case([5 << 13, -3 << 13]), true);
+    assert!(
+        w.z >= Z_LIMIT,
+        "the planted raw share was not detected (worst z = {:.1} at {})",
+        w.z,
+        w.at
+    );
 }
