@@ -140,8 +140,9 @@ pub struct SecureSummary {
     /// Wall-clock seconds of the whole session.
     pub wall_seconds: f64,
     /// The fast suites' per-image bound on the probability that a local truncation fails
-    /// (union bound over the truncated elements; models above 2^-6 are refused); `None` for
-    /// `securenn`, which does not truncate locally.
+    /// (union bound over the truncated elements; models above 2^-6 are refused); for `mimo`
+    /// its failure events (the last layer's local truncation, capped outputs' wrap-around);
+    /// `None` for `securenn`, which does not truncate locally.
     pub truncation_failure_bound: Option<f64>,
     /// Where the comparison rings and that bound come from: "proven" (interval arithmetic) or
     /// "calibrated" (deep networks: measured with a margin, see
@@ -183,6 +184,11 @@ fn ring_bounds(model: &Model, protocol: Protocol, frac_bits: u32) -> Option<(f64
     }
     let mut fm = FixedModel::from_model(model, frac_bits).ok()?;
     prepare_model(protocol, &mut fm).ok()?;
+    if protocol == Protocol::Mimo {
+        // Only mimo's last layer truncates locally (its other truncations never fail).
+        let (p, kind) = relushare_mpc::mimo::failure_bound(&fm, model).ok()?;
+        return Some((p, kind.name()));
+    }
     let lim = relushare_mpc::fast::input_abs_max(&model.spec.normalization);
     let (_, kind) = relushare_mpc::fast::rings_for_model(&fm, model).ok()?;
     let b = match kind {

@@ -6,10 +6,14 @@
 //! Every tensor between two gates is held as a **public masked value** `x^ = x + r mod 2^b`:
 //! P0 and P1 both know `x^`, the dealer knows `r`, and P0/P1 hold additive shares of `r`
 //! (seed-derived where `r` is fresh randomness, dealt where it is a function of other masks).
-//! The ring `b` of each tensor is the smallest its consumer needs ([`layout`]): a linear layer
-//! needs its input modulo `2^(R+f)` where `R` is its own output ring, a ReLU only modulo its
-//! comparison ring `2^k`, the client's output modulo `2^64`. Nothing is ever computed modulo more
-//! than the consumer can observe, so all openings are as narrow as correctness allows.
+//! The ring `b` of each tensor is the smallest its consumers need ([`layout`], backwards over the
+//! plan's graph): a linear layer needs its input modulo `2^(R+f)` where `R` is its own output
+//! ring, a ReLU only modulo its comparison ring `2^k`, an add its operands modulo its own output
+//! ring, a max pool its input modulo `max(k, R)`, the client's output modulo `2^64`; a tensor
+//! read by several ops (a residual block's input) is known modulo the largest of their rings.
+//! Nothing is ever computed modulo more than the consumers can observe, so all openings are as
+//! narrow as correctness allows. The suite keeps every masked tensor until its last reader
+//! (model graphs: [`crate::suite::Plan::srcs`]; identity ops stand for their input).
 //!
 //! # Gates (one online round each, P0 <-> P1)
 //! * **Input**: P0/P1 open `x + r_in` (the client's shares plus seed-derived masks).
@@ -46,12 +50,29 @@
 //!   (+ b_g)` is computed like a linear layer from the masked members and opened first (one
 //!   more round: the decision depends on the truncated members, so it cannot ride with the
 //!   producer's opening).
-//! * Identity, dropout, flatten: nothing.
+//! * **Residual add**: local, `(x^ + y^) mod 2^R` is the sum masked by `r_x + r_y` (the dealer
+//!   adds its masks, each party its shares): no round, no dealer bytes.
+//! * **Max pooling**: the balanced tree of [`crate::suite::default_max_pool`] (the plaintext
+//!   reference's), `max(a, b) = b + ReLU(a - b)`. With both candidates masked, `a^ - b^ mod 2^k`
+//!   is `a - b` masked by `r_a - r_b`, so every tree level is one ReLU gate over all its pairs
+//!   (the dealer's key has point `(r_a - r_b) mod 2^k`; `|a - b| < 2^(k-1)` with `k` from the
+//!   max pool's comparison bound) whose opened output `ReLU(a - b) + r_o` plus `b^` is the winner
+//!   masked by `r_b + r_o`; an odd candidate waits. One round per level (`ceil(log2 9) = 4` for a
+//!   3x3 window, 2 for 2x2); a level's results are opened modulo `max(k, R)` (the next level
+//!   compares them), the last level's modulo the output ring `R`. Exact: the results equal the
+//!   plaintext fixed point.
+//! * Batch norm is folded into the convolution before the plan is built, global average pooling
+//!   is average pooling over the whole plane; identity, dropout, flatten: nothing.
 //!
 //! # Costs
 //! [`op_costs`] gives every layer's online bytes, rounds and dealer bytes; the suite checks
 //! every dealt message against them and the tests assert the measured totals. The DCF key size
 //! is `(k - et)(129 + w m) + 2^et w m` bits ([`crate::fss::vdcf`]), sent to both parties.
+//!
+//! # Rings of graph models
+//! [`config_for_model`] sizes `k` from `fast`'s interval proof; where it overflows (ResNets:
+//! worst cases compound past 2^63) a graph model takes `fast`'s calibrated bounds instead
+//! ([`rings_for_model`] says which, as [`crate::fast::rings_for_model`]).
 //!
 //! # Leakage
 //! As `fast`: the per-layer rings (`k` for comparisons, `b` for every opened tensor) are public
@@ -162,11 +183,29 @@ fn config_from_bounds(
         }
         cfg.bits.insert(c.name, k);
     }
-    // Failure events: the last layer's local truncation and capped outputs' wrap-around (every
-    // other truncation is exact up to one unit).
+    let (p, trunc) = failure_parts(fm, &cfg, b)?;
+    if p > crate::fast::bounds::MAX_TRUNC_FAILURE {
+        return Err(MpcError::Model(format!(
+            "mimo: the failure bound per inference is {p:.3e} (last layer's local \
+             truncation {trunc:.3e}), above {}; use fewer --frac-bits",
+            crate::fast::bounds::MAX_TRUNC_FAILURE
+        )));
+    }
+    Ok(cfg)
+}
+
+/// The failure bound per inference of `fm` under the rings of `cfg` with bounds `b`, and its
+/// part from the last layer's local truncation. Failure events: the last layer's local
+/// truncation and capped outputs' wrap-around ([`wrap_failure`]); every other truncation is
+/// exact up to one unit.
+fn failure_parts(
+    fm: &crate::plain::FixedModel,
+    cfg: &MimoConfig,
+    b: &crate::fast::bounds::Bounds,
+) -> Result<(f64, f64)> {
     let f = fm.fp.frac_bits;
     let plan = crate::runner::build_plan(fm, 1, &vec![None; fm.layers.len()]);
-    let lay = layout(&plan, &cfg, f)?;
+    let lay = layout(&plan, cfg, f)?;
     let last = visible(&plan)
         .last()
         .map(|&i| plan.ops[i].name().to_string())
@@ -177,15 +216,23 @@ fn config_from_bounds(
         .filter(|t| t.name == last)
         .map(|t| t.elements as f64 * t.per_element())
         .sum();
-    let p = trunc + wrap_failure(&plan, &lay, f, b)?;
-    if p > crate::fast::bounds::MAX_TRUNC_FAILURE {
-        return Err(MpcError::Model(format!(
-            "mimo: the failure bound per inference is {p:.3e} (last layer's local \
-             truncation {trunc:.3e}), above {}; use fewer --frac-bits",
-            crate::fast::bounds::MAX_TRUNC_FAILURE
-        )));
-    }
-    Ok(cfg)
+    Ok((trunc + wrap_failure(&plan, &lay, f, b)?, trunc))
+}
+
+/// The failure bound per inference of `fm` under `mimo` (see [`failure_parts`]) and where its
+/// bounds come from (as [`rings_for_model`]).
+pub fn failure_bound(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+) -> Result<(f64, crate::fast::bounds::BoundsKind)> {
+    use crate::fast::bounds::{self, BoundsKind};
+    let (cfg, kind) = rings_for_model(fm, model)?;
+    let lim = crate::fast::input_abs_max(&model.spec.normalization);
+    let b = match kind {
+        BoundsKind::Proven => bounds::analyse(fm, lim)?,
+        BoundsKind::Calibrated => bounds::calibrate(fm, lim)?,
+    };
+    Ok((failure_parts(fm, &cfg, &b)?.0, kind))
 }
 
 /// The ring (bits) of every op's output and of the model input, from the consumers backwards.
