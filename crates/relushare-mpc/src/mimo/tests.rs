@@ -569,3 +569,59 @@ fn max_pool_gate_exact_at_the_ring_edges() {
         assert_eq!(l.offline_bytes as usize, c[0].to_p1 + c[0].to_p0);
     }
 }
+
+/// Pipelined streams run graphs too (the offline twin hands each batch's material, with the
+/// plan's tensors and readers, to the online suite): every batch costs per layer what the same
+/// batch costs run alone, and the logits are the plaintext fixed point's.
+#[test]
+fn tiny_graph_streams_like_sequential_runs() {
+    let model = Model::random(relushare_model::resnet::tiny_graph(), None, 5).unwrap();
+    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let cfg = config_for_model(&fm, &model).unwrap();
+    let f = factory(cfg);
+    let lim = crate::fast::input_abs_max(&model.spec.normalization);
+    let imgs: Vec<Vec<u64>> = (0..5)
+        .map(|b| {
+            let mut r = Prg::from_seed([40 + b as u8; 16]);
+            let img: Vec<f32> = (0..fm.input_len)
+                .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
+                .collect();
+            fm.encode_input(&img).unwrap()
+        })
+        .collect();
+    let batches = vec![imgs[0..2].to_vec(), imgs[2..4].to_vec(), imgs[4..].to_vec()];
+    let opts = RunOptions::default();
+    let seq = run_session(&fm, &batches, &f, &opts).unwrap();
+    let st = crate::runner::run_stream(&fm, &batches, &f, &opts, 1).unwrap();
+    assert_eq!(st.batches.len(), 3);
+    let key = |r: &CostReport| {
+        r.layers
+            .iter()
+            .map(|l| {
+                (
+                    l.label.clone(),
+                    l.online_bytes,
+                    l.offline_bytes,
+                    l.online_rounds,
+                    l.offline_rounds,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    for (a, b) in st.batches.iter().zip(&seq.batches) {
+        assert_eq!(key(&a.report), key(&b.report));
+    }
+    let outs: Vec<&Vec<u64>> = st.batches.iter().flat_map(|b| &b.outputs).collect();
+    assert_eq!(outs.len(), 5);
+    for (x, out) in imgs.iter().zip(outs) {
+        let t = plain::forward_fixed_trace(&fm, x, &mut |_| false).unwrap();
+        for (a, b) in fm
+            .fp
+            .decode_vec(out)
+            .iter()
+            .zip(fm.fp.decode_vec(t.last().unwrap()))
+        {
+            assert!((a - b).abs() < 0.01 + 0.01 * b.abs(), "{a} vs {b}");
+        }
+    }
+}
