@@ -393,7 +393,7 @@ pub fn batch_sizes(images: usize, batch: usize) -> Result<Vec<usize>> {
         )));
     }
     let mut v = vec![batch; images / batch];
-    if images % batch > 0 {
+    if !images.is_multiple_of(batch) {
         v.push(images % batch);
     }
     Ok(v)

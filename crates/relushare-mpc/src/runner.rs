@@ -801,6 +801,25 @@ pub(crate) fn run_stream_paced(
     })
 }
 
+/// Join the party threads in order; a thread that panicked becomes
+/// [`MpcError::PartyFailed`] with the panic's message.
+fn join_parties<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T>>>) -> Vec<Result<T>> {
+    handles
+        .into_iter()
+        .enumerate()
+        .map(|(p, h)| {
+            h.join().unwrap_or_else(|e| {
+                let reason = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                Err(MpcError::PartyFailed { party: p, reason })
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,23 +852,4 @@ mod tests {
             assert!(matches!(e, Err(MpcError::Param(_))));
         }
     }
-}
-
-/// Join the party threads in order; a thread that panicked becomes
-/// [`MpcError::PartyFailed`] with the panic's message.
-fn join_parties<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T>>>) -> Vec<Result<T>> {
-    handles
-        .into_iter()
-        .enumerate()
-        .map(|(p, h)| {
-            h.join().unwrap_or_else(|e| {
-                let reason = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
-                Err(MpcError::PartyFailed { party: p, reason })
-            })
-        })
-        .collect()
 }

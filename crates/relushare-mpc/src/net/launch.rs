@@ -547,6 +547,10 @@ fn summarise(
     })
 }
 
+/// One label's costs as a batch's shape: (label, online bytes, offline bytes, online rounds,
+/// offline rounds).
+type LabelShape = (String, u64, u64, u64, u64);
+
 /// The stream part of a summary: per batch, the parties' costs merged like a single run's and
 /// their times merged over the shared clock.
 fn summarise_stream(parties: &[PartyReport], st: StreamSettings) -> Result<NetworkedStream> {
@@ -567,7 +571,7 @@ fn summarise_stream(parties: &[PartyReport], st: StreamSettings) -> Result<Netwo
     }
     let mut batch_bytes = Vec::with_capacity(nb);
     let mut batch_rounds = Vec::with_capacity(nb);
-    let mut shapes: Vec<(usize, Vec<(String, u64, u64, u64, u64)>)> = Vec::new();
+    let mut shapes: Vec<(usize, Vec<LabelShape>)> = Vec::new();
     for j in 0..nb {
         let parts: Vec<(usize, &[LabelCost])> = parties
             .iter()

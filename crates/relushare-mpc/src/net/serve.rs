@@ -165,8 +165,12 @@ impl Verdict {
 #[derive(Debug)]
 pub struct DenyList {
     path: PathBuf,
-    state: Mutex<(Option<(SystemTime, u64)>, HashSet<String>)>,
+    /// The file's (modification time, size) when last read, and the names it denied.
+    state: Mutex<(Option<FileStamp>, HashSet<String>)>,
 }
+
+/// A file's modification time and size.
+type FileStamp = (SystemTime, u64);
 
 impl DenyList {
     /// The deny list of keys directory `dir` (`dir/revoked`).

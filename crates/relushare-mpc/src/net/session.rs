@@ -138,11 +138,12 @@ pub enum ImageSource {
 /// Makes `c x h x w` CHW `u8` pixels for each image, given the model's input dims `(c, h, w)`;
 /// `Err` explains why the images do not fit the model.
 #[derive(Clone)]
-pub struct PixelLoader(
-    pub  Arc<
-        dyn Fn((usize, usize, usize)) -> std::result::Result<Vec<Vec<u8>>, String> + Send + Sync,
-    >,
-);
+pub struct PixelLoader(pub Arc<LoadPixels>);
+
+/// The function behind a [`PixelLoader`]: the model's input dims `(c, h, w)` to one CHW `u8`
+/// vector per image.
+pub type LoadPixels =
+    dyn Fn((usize, usize, usize)) -> std::result::Result<Vec<Vec<u8>>, String> + Send + Sync;
 
 impl std::fmt::Debug for PixelLoader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
