@@ -67,10 +67,12 @@ impl FromStr for Protocol {
 /// Adapt the fixed-point model to `protocol`, before running it and before computing the
 /// plaintext reference it is compared with: the fast suites fuse whole-channel gates with the
 /// convolution before them ([`crate::fast::gate::fuse`]; the model owner computes the folded
-/// deciders; `mimo` runs the model as it is). Returns the fused layers' names.
+/// deciders; `mimo` fuses learned whole-channel gates in Fold mode, [`crate::mimo::fuse`]).
+/// Returns the fused layers' names.
 pub fn prepare_model(protocol: Protocol, fm: &mut FixedModel) -> Result<Vec<String>> {
     match protocol {
-        Protocol::Securenn | Protocol::Mimo => Ok(Vec::new()),
+        Protocol::Securenn => Ok(Vec::new()),
+        Protocol::Mimo => crate::mimo::fuse(fm),
         Protocol::Fast | Protocol::Fss => crate::fast::gate::fuse(fm),
     }
 }

@@ -89,6 +89,22 @@ pub fn unfused_bytes(geom: &ConvGeom) -> usize {
 /// step; parties without weights get zeros of the right sizes and receive shares). Returns the
 /// fused gates' names. Idempotent.
 pub fn fuse(fm: &mut FixedModel) -> Result<Vec<String>> {
+    fuse_by(fm, |geom, pool, _| {
+        let (mode, bytes) = block_bytes(geom, pool)
+            .into_iter()
+            .filter_map(|(m, b)| b.map(|b| (m, b)))
+            .min_by_key(|&(_, b)| b)?;
+        (bytes < unfused_bytes(geom)).then_some(mode)
+    })
+}
+
+/// [`fuse`] with the choice of mode per eligible block left to `pick` (the convolution, the
+/// average pooling after the gate if one matches it, the gate; `None`: leave it unfused).
+/// Already fused gates are kept as they are. Returns the fused gates' names.
+pub fn fuse_by(
+    fm: &mut FixedModel,
+    pick: impl Fn(&ConvGeom, Option<&PoolGeom>, &FixedShared) -> Option<GateMode>,
+) -> Result<Vec<String>> {
     let f = fm.fp.frac_bits;
     let mut names = Vec::new();
     for i in 0..fm.layers.len().saturating_sub(1) {
@@ -115,13 +131,13 @@ pub fn fuse(fm: &mut FixedModel) -> Result<Vec<String>> {
             continue;
         }
         let pool = pool.filter(|p| p.c == geom.o && p.h == geom.oh() && p.w == geom.ow());
-        let best = block_bytes(geom, pool.as_ref())
-            .into_iter()
-            .filter_map(|(m, b)| b.map(|b| (m, b)))
-            .min_by_key(|&(_, b)| b);
-        let Some((mode, bytes)) = best else { continue };
-        if bytes >= unfused_bytes(geom) {
+        let Some(mode) = pick(geom, pool.as_ref(), s) else {
             continue;
+        };
+        if mode == GateMode::Pool && pool.is_none() {
+            return Err(MpcError::Model(format!(
+                "{name}: a pooled fused gate needs the average pooling after it"
+            )));
         }
         let (u, beta) = fold_decider(geom, w, b, s, f)?;
         s.fused = Some(Box::new(FusedGate {

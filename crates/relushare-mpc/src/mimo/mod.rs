@@ -92,6 +92,7 @@ use crate::fast::linear::{LinOp, MaskedWeight};
 use crate::fixed;
 use crate::fss::vdcf::{self, ring_mask, Shape};
 use crate::kernels;
+use crate::plain::GateMode;
 use crate::prg::{self, Prg};
 use crate::suite::{
     DeciderKind, GroupPlan, LinearGeom, MaxPoolGeom, Plan, PlanOp, PoolGeom, Shared, Suite,
@@ -127,6 +128,20 @@ impl MimoConfig {
             self.default_bits
         })
     }
+}
+
+/// Fuse every noise-free whole-channel gate with a learned decider with the convolution before
+/// it, in [`GateMode::Fold`] (the model owner's step, see [`crate::fast::gate::fuse`]): its
+/// decisions `z = U x + beta` are then computed from the convolution's own masked input and
+/// opened with the convolution's output, so the gate costs no round of its own. `Fold` is the
+/// mode whose semantics `mimo` meets exactly (the gate scales the truncated convolution output).
+/// One-hot gates stay unfused: they already decide on the leader's masked value in the gate's
+/// own round, on an `f`-bit ring. Gates already fused (in `Fold` mode) are kept. Returns the
+/// fused gates' names.
+pub fn fuse(fm: &mut crate::plain::FixedModel) -> Result<Vec<String>> {
+    crate::fast::gate::fuse_by(fm, |_, _, s| {
+        (s.decider == DeciderKind::Learned).then_some(GateMode::Fold)
+    })
 }
 
 /// The comparison rings of a model for `mimo`: from the same interval bounds as `fast`
@@ -270,6 +285,29 @@ fn visible(plan: &Plan) -> Vec<usize> {
         .collect()
 }
 
+/// The fused gate that op `i` feeds (a convolution followed by a ReLU-sharing layer whose
+/// decisions are folded through it, see [`fuse`]): the gate's name and plan.
+fn fused_after(plan: &Plan, i: usize) -> Option<(&str, &GroupPlan)> {
+    match (plan.ops.get(i), plan.ops.get(i + 1)) {
+        (Some(PlanOp::Conv { .. }), Some(PlanOp::SharedRelu { name, plan: gp }))
+            if gp.fused.is_some() =>
+        {
+            Some((name.as_str(), gp))
+        }
+        _ => None,
+    }
+}
+
+/// Comparison bits of the decision values of sharing layer `name`: `2f`-bit values for
+/// learned/FC deciders and fused gates (decisions on the exact convolution output), `f` bits
+/// for an unfused one-hot decider.
+fn group_bits(cfg: &MimoConfig, name: &str, gp: &GroupPlan) -> u32 {
+    cfg.for_layer(
+        name,
+        gp.fused.is_some() || gp.decider != DeciderKind::OneHot,
+    )
+}
+
 /// Whether op `i` is the last op a suite runs (its output goes to the client).
 fn is_last(plan: &Plan, i: usize) -> bool {
     plan.ops[i + 1..]
@@ -382,7 +420,9 @@ pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
                     64
                 } else {
                     open[i] = o.min(64 - f);
-                    open[i] + f
+                    // A fused gate's decisions are computed from this layer's input.
+                    let zk = fused_after(plan, i).map_or(0, |(g, gp)| group_bits(cfg, g, gp));
+                    (open[i] + f).max(zk)
                 }
             }
             PlanOp::AvgPool { geom, .. } => {
@@ -392,15 +432,25 @@ pub fn layout(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Layout> {
             }
             PlanOp::Relu { name, .. } => cfg.for_layer(name, false),
             PlanOp::Partial { name, .. } => cfg.for_layer(name, false).max(o),
-            PlanOp::SharedRelu { name, plan: gp } => {
-                if gp.fused.is_some() {
-                    return Err(MpcError::Model(format!(
-                        "{name}: mimo runs unfused models only"
-                    )));
+            PlanOp::SharedRelu { name, plan: gp } => match &gp.fused {
+                Some(fp) => {
+                    if fp.mode != GateMode::Fold {
+                        return Err(MpcError::Model(format!(
+                            "{name}: mimo runs fused gates in Fold mode only (prepare the \
+                             model for mimo)"
+                        )));
+                    }
+                    if i == 0 || fused_after(plan, i - 1).is_none() || g.srcs[i] != [i] {
+                        return Err(MpcError::Model(format!(
+                            "{name}: a fused gate must directly follow its convolution"
+                        )));
+                    }
+                    // The decisions come with the convolution's opening; the members are
+                    // only needed modulo the output ring.
+                    o
                 }
-                let double = gp.decider != DeciderKind::OneHot;
-                cfg.for_layer(name, double).max(o)
-            }
+                None => group_bits(cfg, name, gp).max(o),
+            },
             // Local: the operands modulo the sum's ring.
             PlanOp::Add { .. } => o,
             // The differences on `k` bits, the winners carried to the output ring.
@@ -533,6 +583,13 @@ pub fn op_costs(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Vec<OpCost>> {
                     c.to_p1 += kb(o, op_bits) + kb(o, r);
                     c.online += 2 * kb(o, op_bits);
                     c.rounds += 1;
+                    if let Some((g, gp)) = fused_after(plan, i) {
+                        // The fused gate's decisions ride with this opening: the dealt
+                        // `B_U r` per decision and the opened `z^`.
+                        let (groups, k) = (n * gp.num_groups, group_bits(cfg, g, gp));
+                        c.to_p1 += kb(groups, k);
+                        c.online += 2 * kb(groups, k);
+                    }
                 }
             }
             PlanOp::AvgPool { geom, .. } => {
@@ -552,12 +609,11 @@ pub fn op_costs(plan: &Plan, cfg: &MimoConfig, f: u32) -> Result<Vec<OpCost>> {
                 relu_cost(&mut c, cnt, cfg.for_layer(name, false), r)?;
             }
             PlanOp::SharedRelu { name, plan: gp } => {
-                let double = gp.decider != DeciderKind::OneHot;
-                let k = cfg.for_layer(name, double);
+                let k = group_bits(cfg, name, gp);
                 let noisy = gp.noise > 0.0;
                 let total = n * gp.len;
                 let groups = n * gp.num_groups;
-                if double {
+                if gp.fused.is_none() && gp.decider != DeciderKind::OneHot {
                     // The decision values: dealt sum of B_v r per group, fresh mask, opening.
                     c.to_p1 += kb(groups, k);
                     c.online += 2 * kb(groups, k);
@@ -633,6 +689,7 @@ enum Mat {
     Lin {
         pre: Vec<u64>,
         rt: Vec<u64>,
+        gate: Option<Box<LinGate>>,
     },
     Pool {
         rp: Vec<u64>,
@@ -654,6 +711,21 @@ struct ReluLevel {
     keys: Keys,
     rk: Vec<u64>,
     rout: Vec<u64>,
+}
+
+/// The decisions of the fused gate after a convolution, opened with its output:
+/// `z^ = U x^ + zpre mod 2^k` per image.
+struct LinGate {
+    /// The weight key of `U` (`groups x in_len` per image).
+    ukey: String,
+    /// Decisions per image.
+    groups: usize,
+    /// Convolution input elements per image.
+    in_len: usize,
+    /// Comparison ring of the decisions.
+    k: u32,
+    /// This party's share of `-F_U r - B_U r + beta + r_z` per decision.
+    zpre: Vec<u64>,
 }
 
 /// Material of a sharing layer.
@@ -710,6 +782,11 @@ pub struct MimoSuite {
     noise_rng: Option<Prg>,
     /// Count of the online ops run so far (the runner skips identity ops).
     pos: usize,
+    /// Offline (dealer): the decision masks `r_z` a convolution dealt for the fused gate after
+    /// it.
+    fused_rz: Option<Vec<u64>>,
+    /// Online (P0/P1): the masked decisions a convolution opened for the fused gate after it.
+    fused_zh: Option<Vec<u64>>,
     /// Plan indices of the ops the suite runs, and every op's name.
     visible: Vec<usize>,
     names: Vec<String>,
@@ -742,6 +819,39 @@ fn open_bits(comm: &mut Comm, mine: &[u64], bits: u32) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// Open two vectors shared mod `2^abits` and `2^bbits` in one round (one message each way).
+fn open_two(
+    comm: &mut Comm,
+    a: &[u64],
+    abits: u32,
+    b: &[u64],
+    bbits: u32,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let me = comm.party();
+    let peer = 1 - me;
+    let mut msg = bits::pack_kbit(a, abits);
+    let alen = msg.len();
+    msg.extend(bits::pack_kbit(b, bbits));
+    let got = comm.round(vec![(peer, msg)], &[peer])?;
+    let got = &got[0];
+    if got.len() < alen {
+        return Err(MpcError::Malformed {
+            from: peer,
+            reason: format!("an opening of {} bytes", got.len()),
+        });
+    }
+    let ta = bits::unpack_kbit(&got[..alen], a.len(), abits, peer)?;
+    let tb = bits::unpack_kbit(&got[alen..], b.len(), bbits, peer)?;
+    let sum = |mine: &[u64], theirs: &[u64], bits: u32| -> Vec<u64> {
+        let mask = ring_mask(bits);
+        mine.iter()
+            .zip(theirs)
+            .map(|(x, y)| x.wrapping_add(*y) & mask)
+            .collect()
+    };
+    Ok((sum(a, &ta, abits), sum(b, &tb, bbits)))
+}
+
 impl MimoSuite {
     /// A suite for the party behind `comm`.
     pub fn new(comm: Comm, frac_bits: u32, cfg: MimoConfig) -> MimoSuite {
@@ -759,6 +869,8 @@ impl MimoSuite {
             graph: Graph::default(),
             noise_rng: None,
             pos: 0,
+            fused_rz: None,
+            fused_zh: None,
             visible: Vec::new(),
             names: Vec::new(),
             last: 0,
@@ -1006,7 +1118,7 @@ impl MimoSuite {
             return Ok(Vec::new());
         }
         let inp = self.take_input(x)?;
-        let Mat::Lin { pre, rt } = mat else {
+        let Mat::Lin { pre, rt, gate } = mat else {
             return Err(MpcError::Param(format!(
                 "mimo suite: expected linear material for {wname}"
             )));
@@ -1014,7 +1126,8 @@ impl MimoSuite {
         let i = self.op_index()?;
         let last = i == self.last;
         let r = self.lay.as_ref().expect("offline ran").open[i];
-        let want = if last { 64 } else { r + self.frac };
+        let zk = gate.as_ref().map_or(0, |g| g.k);
+        let want = if last { 64 } else { (r + self.frac).max(zk) };
         if inp.bits < want {
             return Err(MpcError::Param(format!(
                 "mimo suite: {wname} got its input modulo 2^{}, needs 2^{want}",
@@ -1031,7 +1144,22 @@ impl MimoSuite {
             return Ok(y);
         }
         let f = self.frac;
-        let yh = open_bits(&mut self.comm, &y, r + f)?;
+        let yh = match gate {
+            None => open_bits(&mut self.comm, &y, r + f)?,
+            Some(g) => {
+                let n = inp.hat.len() / g.in_len.max(1);
+                let u = LinOp::Fc {
+                    n,
+                    in_f: g.in_len,
+                    out_f: g.groups,
+                };
+                let mut z = u.apply(&inp.hat, &self.weight(&g.ukey)?.online)?;
+                crate::ring::add_assign(&mut z, &g.zpre);
+                let (yh, zh) = open_two(&mut self.comm, &y, r + f, &z, g.k)?;
+                self.fused_zh = Some(zh);
+                yh
+            }
+        };
         let hat = yh.iter().map(|v| v >> f).collect();
         let known = self.out_ring()?;
         Ok(self.emit(Masked {
@@ -1114,12 +1242,19 @@ impl MimoSuite {
             ));
         };
         let m = self.out_ring()?;
-        let double = gp.decider != DeciderKind::OneHot;
-        let k = self.cfg.for_layer(name, double);
+        let k = group_bits(&self.cfg, name, gp);
         let kmask = ring_mask(k);
         let groups = n * gp.num_groups;
         // The masked decision values.
-        let zh: Vec<u64> = if double {
+        let zh: Vec<u64> = if gp.fused.is_some() {
+            let zh = self.fused_zh.take().ok_or_else(|| {
+                MpcError::Param(format!(
+                    "mimo suite: {name}: no decisions from the convolution before it"
+                ))
+            })?;
+            crate::ring::check_len("fused decisions", &zh, groups)?;
+            zh
+        } else if gp.decider != DeciderKind::OneHot {
             let mv = self.weight(&v_key(name))?;
             let mut z = gm.zpre.clone();
             for img in 0..n {
@@ -1351,11 +1486,38 @@ impl MimoSuite {
                 let o = lop.out_len();
                 let plane = lop.bias_plane();
                 let bias = w.bias.clone();
-                self.dealt(bytes, move |d, _| {
+                // A fused gate after this convolution: its decisions' precomputation, from the
+                // same input mask (dealer: `B_U r`; parties: `F_U r_b`).
+                let zdeal = match fused_after(plan, i) {
+                    Some((g, gp)) => {
+                        let fp = gp.fused.as_ref().expect("fused_after checks");
+                        let ukey = crate::fast::gate::u_key(g);
+                        let mu = self.weight(&ukey)?;
+                        let uop = LinOp::Fc {
+                            n,
+                            in_f: fp.in_len,
+                            out_f: gp.num_groups,
+                        };
+                        let zprod = uop.apply(&mask, if dealer { &mu.b } else { &mu.f })?;
+                        if !dealer {
+                            crate::ring::check_len("fused gate beta", &fp.beta, gp.num_groups)?;
+                        }
+                        Some((
+                            ukey,
+                            gp.num_groups,
+                            fp.in_len,
+                            group_bits(&self.cfg, g, gp),
+                            zprod,
+                            fp.beta.clone(),
+                        ))
+                    }
+                    None => None,
+                };
+                let (out, rz) = self.dealt(bytes, move |d, _| {
                     if last {
                         let c = d.corr_u64(o, dealer.then_some(&prod[..]))?;
                         if dealer {
-                            return Ok((Mat::Nothing, Vec::new()));
+                            return Ok(((Mat::Nothing, Vec::new()), None));
                         }
                         let mut pre: Vec<u64> = prod
                             .iter()
@@ -1368,8 +1530,9 @@ impl MimoSuite {
                         let m = Mat::Lin {
                             pre,
                             rt: Vec::new(),
+                            gate: None,
                         };
-                        return Ok((m, Vec::new()));
+                        return Ok(((m, Vec::new()), None));
                     }
                     let c = d.corr_kbit(o, ropen + f, dealer.then_some(&prod[..]))?;
                     let ry = d.rand_u64(o);
@@ -1379,8 +1542,41 @@ impl MimoSuite {
                         .as_ref()
                         .map(|s| s.iter().map(|v| (v & mrf) >> f).collect());
                     let rt = d.corr_kbit(o, r, rt_secret.as_deref())?;
+                    // The fused gate's decisions: `z^ = U x^ - U r + beta + r_z mod 2^k`.
+                    let gate = match zdeal {
+                        Some((ukey, groups, in_len, k, zprod, beta)) => {
+                            let cnt = n * groups;
+                            let c = d.corr_kbit(cnt, k, dealer.then_some(&zprod[..]))?;
+                            let rzr = d.rand_u64(cnt);
+                            if dealer {
+                                let kmask = ring_mask(k);
+                                let s = rzr.secret.expect("dealer");
+                                return Ok((
+                                    (Mat::Nothing, rt_secret.expect("dealer")),
+                                    Some(s.iter().map(|v| v & kmask).collect()),
+                                ));
+                            }
+                            let mut zpre: Vec<u64> = zprod
+                                .iter()
+                                .zip(&c)
+                                .zip(&rzr.mine)
+                                .map(|((p, c), z)| z.wrapping_sub(*p).wrapping_sub(*c))
+                                .collect();
+                            for img in zpre.chunks_exact_mut(groups) {
+                                crate::ring::add_assign(img, &beta);
+                            }
+                            Some(Box::new(LinGate {
+                                ukey,
+                                groups,
+                                in_len,
+                                k,
+                                zpre,
+                            }))
+                        }
+                        None => None,
+                    };
                     if dealer {
-                        return Ok((Mat::Nothing, rt_secret.expect("dealer")));
+                        return Ok(((Mat::Nothing, rt_secret.expect("dealer")), None));
                     }
                     let mut pre: Vec<u64> = prod
                         .iter()
@@ -1392,13 +1588,19 @@ impl MimoSuite {
                         kernels::add_channel_bias(&mut pre, &bias, plane);
                     }
                     Ok((
-                        Mat::Lin {
-                            pre,
-                            rt: rt.clone(),
-                        },
-                        rt,
+                        (
+                            Mat::Lin {
+                                pre,
+                                rt: rt.clone(),
+                                gate,
+                            },
+                            rt,
+                        ),
+                        None,
                     ))
-                })
+                })?;
+                self.fused_rz = rz;
+                Ok(out)
             }
             PlanOp::AvgPool { geom, .. } => {
                 let g = *geom;
@@ -1463,16 +1665,23 @@ impl MimoSuite {
                 })
             }
             PlanOp::SharedRelu { name, plan: gp } => {
-                let double = gp.decider != DeciderKind::OneHot;
-                let k = self.cfg.for_layer(name, double);
-                let mv = if double {
+                let k = group_bits(&self.cfg, name, gp);
+                let mv = if gp.fused.is_none() && gp.decider != DeciderKind::OneHot {
                     Some(self.weight(&v_key(name))?.clone())
                 } else {
                     None
                 };
+                // Fused: the decision masks the convolution dealt (dealer only).
+                let rz = self.fused_rz.take();
+                if gp.fused.is_some() && dealer && rz.is_none() {
+                    return Err(MpcError::Param(format!(
+                        "mimo suite: {name}: no decision masks from the convolution before it"
+                    )));
+                }
+                let rz = if gp.fused.is_some() { rz } else { None };
                 let gp = gp.clone();
                 self.dealt(bytes, move |d, rng| {
-                    deal_group(d, rng, &gp, n, k, r, f, mv.as_ref(), mask, dealer)
+                    deal_group(d, rng, &gp, n, k, r, f, mv.as_ref(), rz, mask, dealer)
                 })
             }
             PlanOp::Identity { .. } => Ok((Mat::Nothing, mask)),
@@ -1737,6 +1946,7 @@ fn deal_group(
     m: u32,
     f: u32,
     mv: Option<&MaskedWeight>,
+    fused_rz: Option<Vec<u64>>,
     mask: Vec<u64>,
     dealer: bool,
 ) -> Result<(Mat, Vec<u64>)> {
@@ -1748,8 +1958,15 @@ fn deal_group(
     let noisy = gp.noise > 0.0;
     crate::ring::check_len("sharing mask", &mask, total)?;
     // Decision masks and (Learned/Fc) the decision values' precomputation.
-    let (zpre, rz): (Vec<u64>, Vec<u64>) = match mv {
-        Some(mv) => {
+    let (zpre, rz): (Vec<u64>, Vec<u64>) = match (mv, fused_rz) {
+        // Fused gate: the decisions were opened with the convolution (the dealer knows their
+        // masks; P0/P1 need nothing here).
+        (_, Some(rz)) => {
+            crate::ring::check_len("fused decision masks", &rz, groups)?;
+            (Vec::new(), rz)
+        }
+        (None, None) if gp.fused.is_some() => (Vec::new(), Vec::new()),
+        (Some(mv), None) => {
             // Dealer: sum_{i in g} B_v,i r_i; parties: sum F_v,i r_i.
             let mut prod = vec![0u64; groups];
             let wv = if dealer { &mv.b } else { &mv.f };
@@ -1783,7 +2000,7 @@ fn deal_group(
                 (pre, rzr.mine)
             }
         }
-        None => {
+        (None, None) => {
             let rz: Vec<u64> = (0..groups)
                 .map(|gi| {
                     let (img, g) = (gi / gp.num_groups, gi % gp.num_groups);
@@ -1919,17 +2136,21 @@ impl Suite for MimoSuite {
             }
         };
         self.deal = Some(deal);
-        if plan
-            .ops
-            .iter()
-            .any(|op| matches!(op, PlanOp::SharedRelu { plan, .. } if plan.fused.is_some()))
-        {
-            return Err(MpcError::Model(
-                "mimo runs unfused models only (prepare the model for mimo)".into(),
-            ));
-        }
-        // Mask every weight tensor and decider once, as `fast` does.
-        let layout = crate::fast::mask_layout(plan, weights)?;
+        // Mask every weight tensor, decider and fused gate's `U` once, as `fast` does (`mimo`
+        // adds a fused convolution's bias shares as any other's: no masked copy).
+        let folded: Vec<String> = (0..plan.ops.len())
+            .filter(|&i| fused_after(plan, i).is_some())
+            .filter_map(|i| match &plan.ops[i] {
+                PlanOp::Conv { weight, .. } => weights
+                    .get(*weight)
+                    .map(|w| crate::fast::gate::bias_key(&w.name)),
+                _ => None,
+            })
+            .collect();
+        let layout: Vec<_> = crate::fast::mask_layout(plan, weights)?
+            .into_iter()
+            .filter(|m| !folded.contains(&m.key))
+            .collect();
         let deal = self.deal.as_mut().expect("set above");
         let mut masked_all = Vec::new();
         let mut bs = Vec::new();
@@ -1978,6 +2199,8 @@ impl Suite for MimoSuite {
         self.graph = graph(plan)?;
         self.vals = vec![None; plan.ops.len() + 1];
         self.opened = false;
+        self.fused_rz = None;
+        self.fused_zh = None;
         self.visible = visible(plan);
         self.names = plan.ops.iter().map(|op| op.name().to_string()).collect();
         self.last = *self
@@ -2163,6 +2386,7 @@ impl Suite for MimoSuite {
         self.opened = false;
         self.graph = graph;
         self.pos = 0;
+        self.fused_zh = None;
         Ok(())
     }
 
@@ -2175,11 +2399,6 @@ impl Suite for MimoSuite {
     }
 
     fn shared_relu(&mut self, x: &Shared, n: usize, plan: &GroupPlan) -> Result<Shared> {
-        if plan.fused.is_some() {
-            return Err(MpcError::Model(
-                "mimo runs unfused models only (a fused gate reached shared_relu)".into(),
-            ));
-        }
         self.group_online(x, n, plan)
     }
 }

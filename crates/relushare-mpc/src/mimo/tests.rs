@@ -111,23 +111,43 @@ fn layout_of_cifar10() {
 
 /// Secure == plaintext per layer (each layer re-evaluated in plaintext on the secure input,
 /// modulo the rings of the layout: exact for ReLU and sharing layers, 0 or +1 in the last place
-/// after truncation), the logits end to end, and every layer's bytes and rounds equal the
-/// formulas.
+/// after truncation; a fused gate as a block with its convolution: exact decisions on the
+/// convolution's input, exactly zero where a channel is gated off, the truncated convolution
+/// output elsewhere), the logits end to end, and every layer's bytes and rounds equal the
+/// formulas. The model is prepared for mimo ([`fuse`]) first.
 fn check(arch: Arch, preset: &str, free: Option<&str>, batch: usize) -> CostReport {
+    check_fused(arch, preset, free, batch).0
+}
+
+/// [`check`], also returning the fused gates' names and the count of (kept, gated-off)
+/// channels over the batch.
+fn check_fused(
+    arch: Arch,
+    preset: &str,
+    free: Option<&str>,
+    batch: usize,
+) -> (CostReport, Vec<String>, (usize, usize)) {
     let mut spec = presets::build(arch, preset).unwrap();
     if let Some(f) = free {
         presets::apply_freeform(&mut spec, f).unwrap();
         spec.preset = f.to_string();
     }
-    check_model(&Model::random(spec, None, 11).unwrap(), batch)
+    check_model_fused(&Model::random(spec, None, 11).unwrap(), batch)
 }
 
 /// [`check`] of a model (sequential or a graph: every layer against the plaintext of its
 /// inputs as the suite returned them).
 fn check_model(model: &Model, batch: usize) -> CostReport {
+    check_model_fused(model, batch).0
+}
+
+/// [`check_model`], also returning the fused gates' names and the count of (kept, gated-off)
+/// channels over the batch.
+fn check_model_fused(model: &Model, batch: usize) -> (CostReport, Vec<String>, (usize, usize)) {
     let (arch, preset, free) = (model.spec.arch, model.spec.preset.clone(), None::<&str>);
     let model = model.clone();
-    let fm = FixedModel::from_model(&model, 13).unwrap();
+    let mut fm = FixedModel::from_model(&model, 13).unwrap();
+    let fused = crate::protocol::prepare_model(crate::protocol::Protocol::Mimo, &mut fm).unwrap();
     let cfg = config_for_model(&fm, &model).unwrap();
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
     let imgs: Vec<Vec<u64>> = (0..batch)
@@ -187,10 +207,51 @@ fn check_model(model: &Model, batch: usize) -> CostReport {
             fm.out_lens[t - 1]
         }
     };
+    let mut gates = (0, 0);
     for (li, l) in fm.layers.iter().enumerate() {
         let per_out = fm.out_lens[li];
         let bout = lay.out[li];
         let mo = ring_mask(bout);
+        if li > 0 && plain::fused_at(&fm, li - 1).is_some() {
+            // The gate of a fused block: the block's reference on the convolution's input.
+            let (fg, _) = plain::fused_at(&fm, li - 1).unwrap();
+            let t = fm.srcs[li - 1][0];
+            let (pin, cin) = (len_of(t), ring_of(&plan, &lay, t));
+            for img in 0..batch {
+                let xin: Vec<u64> = tr[t][img * pin..(img + 1) * pin]
+                    .iter()
+                    .map(|&v| sext(v, cin))
+                    .collect();
+                let keep: Vec<bool> = fg
+                    .decisions(&xin)
+                    .unwrap()
+                    .iter()
+                    .map(|&z| (z as i64) >= 0)
+                    .collect();
+                let want = plain::eval_fused_block(&fm, li - 1, &xin).unwrap();
+                let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
+                let plane = per_out / keep.len();
+                for (i, (a, b)) in got.iter().zip(&want[1]).enumerate() {
+                    let d = a.wrapping_sub(*b) & mo;
+                    let kept = keep[i / plane];
+                    if i % plane == 0 {
+                        if kept {
+                            gates.0 += 1;
+                        } else {
+                            gates.1 += 1;
+                        }
+                    }
+                    assert!(
+                        d == 0 || (kept && d == 1),
+                        "{arch} {preset} {free:?} {} (fused) [{i}]: {} vs {} (kept {kept})",
+                        l.name(),
+                        sext(*a & mo, bout) as i64,
+                        sext(*b & mo, bout) as i64
+                    );
+                }
+            }
+            continue;
+        }
         for img in 0..batch {
             let xins: Vec<Vec<u64>> = fm.srcs[li]
                 .iter()
@@ -280,7 +341,7 @@ fn check_model(model: &Model, batch: usize) -> CostReport {
     assert_eq!(br.report.online_bytes() as usize, on);
     assert_eq!(br.report.online_rounds() as usize, rounds);
     assert_eq!(br.report.offline_bytes() as usize, off);
-    br.report.clone()
+    (br.report.clone(), fused, gates)
 }
 
 /// One online round per linear layer (but the last) and per activation layer, plus the input
@@ -316,7 +377,84 @@ fn sharing_layers_end_to_end() {
     let r = check(Arch::Svhn, "original", Some("act1=channel:onehot"), 1);
     assert_eq!(r.online_rounds(), 5, "a one-hot layer costs one round");
     let r = check(Arch::Svhn, "original", Some("act1=channel"), 1);
-    assert_eq!(r.online_rounds(), 6, "a learned decider costs one more");
+    assert_eq!(
+        r.online_rounds(),
+        5,
+        "a fused learned channel gate costs one round"
+    );
+    let r = check(Arch::Svhn, "original", Some("act1=patch2"), 1);
+    assert_eq!(
+        r.online_rounds(),
+        6,
+        "an unfused learned decider costs one more"
+    );
+}
+
+/// CIFAR-10 `uniform32` (learned whole-channel gates after conv1 and conv2): both gates are
+/// fused with their convolutions, so 15 online rounds as `original` (one per linear layer but
+/// the last, one per ReLU/gReLU layer, the input opening); random weights gate off some channels
+/// and keep others. SVHN / Fashion-MNIST `uniform32` as their `original`.
+#[test]
+fn uniform32_fused_gates_add_no_round() {
+    let (r, fused, (kept, off)) = check_fused(Arch::Cifar10, "uniform32", None, 2);
+    assert_eq!(fused, vec!["act1".to_string(), "act2".to_string()]);
+    assert_eq!(r.online_rounds(), 15);
+    assert!(kept > 0 && off > 0, "kept {kept}, gated off {off}");
+    let (r, fused, _) = check_fused(Arch::Svhn, "uniform32", None, 1);
+    assert_eq!(fused, vec!["act1".to_string()]);
+    assert_eq!(r.online_rounds(), 5);
+    let (r, _, _) = check_fused(Arch::Fmnist, "uniform32", None, 1);
+    assert_eq!(r.online_rounds(), 7);
+}
+
+/// The fused gate's decisions ride with its convolution's opening: that layer opens its
+/// output and one `k`-bit decision per channel and image, and its dealer sends `B_U r` per
+/// decision; the gate layer opens only its members.
+#[test]
+fn fused_gate_costs() {
+    let mut spec = presets::build(Arch::Svhn, "uniform32").unwrap();
+    spec.preset = "uniform32".into();
+    let model = Model::random(spec, None, 3).unwrap();
+    let mut fm = FixedModel::from_model(&model, 13).unwrap();
+    assert_eq!(fuse(&mut fm).unwrap(), vec!["act1".to_string()]);
+    let cfg = config_for_model(&fm, &model).unwrap();
+    let unfused_fm = FixedModel::from_model(&model, 13).unwrap();
+    let ucfg = config_for_model(&unfused_fm, &model).unwrap();
+    for n in [1usize, 3] {
+        let plan = crate::runner::build_plan(&fm, n, &vec![None; fm.layers.len()]);
+        let uplan = crate::runner::build_plan(&unfused_fm, n, &vec![None; fm.layers.len()]);
+        let (c, uc) = (
+            op_costs(&plan, &cfg, 13).unwrap(),
+            op_costs(&uplan, &ucfg, 13).unwrap(),
+        );
+        let gi = plan.ops.iter().position(|o| o.name() == "act1").unwrap();
+        let ci = gi - 1;
+        assert!(matches!(plan.ops[ci], PlanOp::Conv { .. }));
+        let PlanOp::SharedRelu { plan: gp, .. } = &plan.ops[gi] else {
+            panic!("act1 is a sharing layer")
+        };
+        let k = cfg.for_layer("act1", true);
+        let dz = kb(n * gp.num_groups, k);
+        assert_eq!(c[ci].online, uc[ci].online + 2 * dz, "n={n}");
+        assert_eq!(c[ci].rounds, uc[ci].rounds);
+        assert_eq!(c[ci].to_p1, uc[ci].to_p1 + dz);
+        assert_eq!(c[gi].rounds, 1);
+        assert_eq!(uc[gi].rounds, 2);
+        let (_, rounds, _) = totals(&plan, &cfg, 13).unwrap();
+        let (_, urounds, _) = totals(&uplan, &ucfg, 13).unwrap();
+        assert_eq!(rounds + 1, urounds);
+    }
+}
+
+/// A model fused for `fast` in Pool mode is refused with a clear error (mimo meets the Fold
+/// semantics only).
+#[test]
+fn pooled_fused_gates_are_refused() {
+    let model = Model::random(presets::build(Arch::Svhn, "uniform32").unwrap(), None, 1).unwrap();
+    let mut fm = FixedModel::from_model(&model, 13).unwrap();
+    crate::fast::gate::fuse(&mut fm).unwrap();
+    let e = config_for_model(&fm, &model).unwrap_err().to_string();
+    assert!(e.contains("Fold mode"), "{e}");
 }
 
 /// Online rounds of a plan: the input opening, one per linear layer but the last (whose shares
