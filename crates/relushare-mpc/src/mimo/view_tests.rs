@@ -16,7 +16,10 @@
 //!
 //! **Control.** [`raw_share_leak_is_caught`] plants the raw-share bug in the input gate
 //! ([`PLANT_RAW_SHARE`]: a party opens its share of `x` instead of `x + r_in`) and requires these
-//! tests to detect it.
+//! tests to detect it, on a ReLU layer and on a fused gate's block
+//! ([`fused_gate_views_do_not_depend_on_the_secret`]). (A bug whose message is masked by other
+//! public randomness, e.g. decisions opened without `r_z` but with the party's `U_b x^`, needs a
+//! joint statistic of several messages; the per-message histograms do not see it.)
 
 use super::*;
 use crate::cost::Phase;
@@ -388,7 +391,9 @@ fn shared_relu_views_do_not_depend_on_the_secret() {
     }
 }
 
-/// and -1.5, the fast suites' fusing applied, weights and deciders shared like the inputs.
+/// The first `layers` layers (all if `None`) of a random `arch`/`preset` model on the constant
+/// images 1.5 and -1.5, prepared for mimo ([`fuse`]: learned whole-channel gates fused with
+/// their convolutions), weights, deciders and fused gates' `U`/`beta` shared like the inputs.
 fn network_case(
     arch: Arch,
     preset: &str,
@@ -415,6 +420,7 @@ fn model_case(
     if let Some(l) = layers {
         fm.truncate(l);
     }
+    fuse(&mut fm).unwrap();
     let cfg = config_for_model(&fm, &m).unwrap();
     let build = move |s: usize, sp: &mut Splitter| {
         let mut weights: [Vec<WeightShare>; 3] = Default::default();
@@ -464,8 +470,6 @@ fn model_case(
     };
     (cfg, build)
 }
-
-/// Fused whole-channel blocks (Fold: CIFAR-10 `uniform32`'s first block; Pool: the whole
 
 /// Whole networks: SVHN `original` (conv, ReLU, pooling, linear) and the first five layers of
 /// Fashion-MNIST `fc-noise` (noisy FC-decider sharing and pooling).
@@ -566,6 +570,34 @@ fn raw_share_leak_is_caught_on_a_graph() {
     assert!(
         w.z >= Z_LIMIT,
         "the planted raw share was not detected (worst z = {:.1} at {})",
+        w.z,
+        w.at
+    );
+}
+
+/// A fused gate (SVHN `uniform32`'s first block: the convolution opens its output and the
+/// channels' decisions `z^ = U x^ + ...` in one round, the gate decides on them): the views do
+/// not depend on the secret, and the planted raw input share is caught on this block too.
+#[test]
+fn fused_gate_views_do_not_depend_on_the_secret() {
+    let (cfg, build) = network_case(Arch::Svhn, "uniform32", Some(2));
+    let ins = build(
+        0,
+        &mut Splitter {
+            r: 0,
+            mine: Prg::from_seed(FIXED_SHARES),
+        },
+    );
+    assert!(
+        matches!(&ins[0].plan.ops[1], PlanOp::SharedRelu { plan, .. } if plan.fused.is_some()),
+        "the block is fused"
+    );
+    let w = check(&cfg, &build, false);
+    assert_private("SVHN uniform32 fused block", &w);
+    let w = check(&cfg, &build, true);
+    assert!(
+        w.z >= Z_LIMIT,
+        "the planted raw share was not detected on the fused block (worst z = {:.1} at {})",
         w.z,
         w.at
     );
