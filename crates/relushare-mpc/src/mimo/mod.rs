@@ -46,10 +46,23 @@
 //!   of `nb_i` and `nb_i r_i`); member `i`'s output `d_g t_i = d_g x^_i - d_g r_i` (with noise
 //!   `keep_i t_i`, `keep_i = nb_i XOR d_g`) is linear in the DCF outputs; members are known
 //!   modulo the output ring, so no sign extension is needed. A one-hot decider compares the
-//!   leader's masked value directly (one round); a learned/FC decider's `z_g = sum v_i t_i
-//!   (+ b_g)` is computed like a linear layer from the masked members and opened first (one
+//!   leader's masked value directly (one round). An unfused learned/FC decider's `z_g = sum v_i
+//!   t_i (+ b_g)` is computed like a linear layer from the masked members and opened first (one
 //!   more round: the decision depends on the truncated members, so it cannot ride with the
 //!   producer's opening).
+//! * **Fused gate** (a learned whole-channel gate after a convolution, fused by the model owner
+//!   with [`fuse`] in [`GateMode::Fold`], see [`crate::fast::gate`]): the decisions are a linear
+//!   function of the convolution's input, `z = U x + beta` (`U = round_f(v o W)`, 2f bits, no
+//!   truncation), so they ride with the convolution's own opening: with `U = F_U + B_U` masked
+//!   once per model like a weight, `z^ = F_U x^ + B_U x^ - F_U r - [B_U r] + beta + r_z mod 2^k`
+//!   (the dealer deals `[B_U r]`, `k` bits per decision; `r_z` is seed-derived) is opened in the
+//!   same message as `y^`, the convolution's input is taken modulo `2^max(R+f, k)`, and the gate
+//!   is the sharing gate above on the opened `z^` (its DCF point is `r_z`), one round for the
+//!   members only. The decision is exact (`|z| < 2^(k-1)` from `fast::bounds`' bound on fused
+//!   decisions), the output `[z_c >= 0] * t` with `t` the convolution's truncated output, i.e.
+//!   the plaintext `Fold` semantics of [`crate::plain`] up to the one-unit truncation error.
+//!   `Pool`-mode gates (the exact output pooled before truncation) are refused: [`fuse`] never
+//!   picks them. Noisy, FC and patch-group deciders stay unfused.
 //! * **Residual add**: local, `(x^ + y^) mod 2^R` is the sum masked by `r_x + r_y` (the dealer
 //!   adds its masks, each party its shares): no round, no dealer bytes.
 //! * **Max pooling**: the balanced tree of [`crate::suite::default_max_pool`] (the plaintext
@@ -63,6 +76,9 @@
 //!   plaintext fixed point.
 //! * Batch norm is folded into the convolution before the plan is built, global average pooling
 //!   is average pooling over the whole plane; identity, dropout, flatten: nothing.
+//!
+//! So a model takes one online round per linear layer (but the last) and per ReLU/gReLU layer,
+//! plus the input opening, when its learned deciders are fused (CIFAR-10 `uniform32`: 15).
 //!
 //! # Costs
 //! [`op_costs`] gives every layer's online bytes, rounds and dealer bytes; the suite checks
