@@ -11,7 +11,8 @@
 //! * sharing: `z_g = sum v_i x_i (+ b_c)` (2f bits, Learned/Fc) or `x_leader` (OneHot),
 //!   `keep_i = [z_g >= 0] XOR flip_i`, `y_i = x_i * keep_i` (no truncation anywhere);
 //! * a whole-channel gate *fused* with the convolution before it ([`FusedGate`], chosen by
-//!   [`crate::fast::gate::fuse`] for the fast suites): the channel's decision value is
+//!   [`crate::fast::gate::fuse`] for the fast suites, by [`crate::mimo::fuse`] (learned
+//!   deciders, always `Fold`) for `mimo`): the channel's decision value is
 //!   `z_c = sum_q U[c, q] x_q + beta_c` on the convolution's *input* `x` (2f bits; `U` and `beta`
 //!   are the decider folded through the convolution by the model owner), and
 //!   - [`GateMode::Fold`]: the convolution's output is `[z_c >= 0] * trunc_f(conv)`, the gate
