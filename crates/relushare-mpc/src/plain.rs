@@ -16,7 +16,9 @@
 //!   `z_c = sum_q U[c, q] x_q + beta_c` on the convolution's *input* `x` (2f bits; `U` and `beta`
 //!   are the decider folded through the convolution by the model owner), and
 //!   - [`GateMode::Fold`]: the convolution's output is `[z_c >= 0] * trunc_f(conv)`, the gate
-//!     layer passes it on;
+//!     layer passes it on (a noisy gate, fused for `mimo` only: member `i` keeps
+//!     `[z_c >= 0] XOR flip_i`, flips drawn in element order as for the unfused layer; an FC
+//!     decider's bias is part of `beta`);
 //!   - [`GateMode::Pool`]: the average pooling after the gate pools the *exact* convolution
 //!     output: `[z_c >= 0] * trunc_f(trunc_f(window sum(conv + b)) * round(2^f/k^2))`; the
 //!     convolution and gate layers are not materialized (their trace entries are zeros).
@@ -647,7 +649,7 @@ pub fn forward_fixed_trace(
             .get(i)
             .ok_or_else(|| MpcError::Model(format!("layer {i} has no inputs")))?;
         if let Some((fg, conv)) = fused_at(fm, i) {
-            let used = eval_fused(fm, i, fg, conv, &trace[src[0]])?;
+            let used = eval_fused(fm, i, fg, conv, &trace[src[0]], flip)?;
             trace.extend(used);
             i = trace.len() - 1;
             continue;
@@ -676,9 +678,20 @@ pub fn fused_at(fm: &FixedModel, i: usize) -> Option<(&FusedGate, &FixedLayer)> 
 /// Reference outputs of the layers of the fused block starting at convolution `i` (two layers
 /// for [`GateMode::Fold`], three for [`GateMode::Pool`]) on the block input `x_in`.
 pub fn eval_fused_block(fm: &FixedModel, i: usize, x_in: &[u64]) -> Result<Vec<Vec<u64>>> {
+    eval_fused_block_noisy(fm, i, x_in, &mut |_| false)
+}
+
+/// [`eval_fused_block`] of a noisy gate: `flip(p)` is called once per member (element order)
+/// and returns that member's noise bit.
+pub fn eval_fused_block_noisy(
+    fm: &FixedModel,
+    i: usize,
+    x_in: &[u64],
+    flip: &mut dyn FnMut(f32) -> bool,
+) -> Result<Vec<Vec<u64>>> {
     let (fg, conv) =
         fused_at(fm, i).ok_or_else(|| MpcError::Model(format!("no fused gate at layer {i}")))?;
-    eval_fused(fm, i, fg, conv, x_in)
+    eval_fused(fm, i, fg, conv, x_in, flip)
 }
 
 fn eval_fused(
@@ -687,10 +700,15 @@ fn eval_fused(
     fg: &FusedGate,
     conv: &FixedLayer,
     x_in: &[u64],
+    flip: &mut dyn FnMut(f32) -> bool,
 ) -> Result<Vec<Vec<u64>>> {
     let f = fm.fp.frac_bits;
     let FixedLayer::Conv { geom, w, b, .. } = conv else {
         return Err(MpcError::Model("fused gate without a convolution".into()));
+    };
+    let noise = match fm.layers.get(i + 1) {
+        Some(FixedLayer::Shared { s, .. }) => s.noise,
+        _ => 0.0,
     };
     crate::ring::check_len("conv input", x_in, geom.in_len())?;
     let keep: Vec<bool> = fg
@@ -707,7 +725,8 @@ fn eval_fused(
                 .iter()
                 .enumerate()
                 .map(|(j, &v)| {
-                    if keep[j / plane] {
+                    let flipped = noise > 0.0 && flip(noise);
+                    if keep[j / plane] != flipped {
                         fixed::trunc_plain(v, f)
                     } else {
                         0
@@ -717,6 +736,11 @@ fn eval_fused(
             Ok(vec![y.clone(), y])
         }
         GateMode::Pool => {
+            if noise > 0.0 {
+                return Err(MpcError::Model(
+                    "a noisy gate is fused in Fold mode only".into(),
+                ));
+            }
             let Some(FixedLayer::AvgPool { geom: pg, .. }) = fm.layers.get(i + 2) else {
                 return Err(MpcError::Model(
                     "a pooled fused gate must be followed by average pooling".into(),

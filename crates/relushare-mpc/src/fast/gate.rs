@@ -54,12 +54,18 @@ pub fn bias_key(conv: &str) -> String {
     format!("{conv}.bias")
 }
 
-/// Is `s` a noise-free whole-channel gate (Learned or OneHot) over the output of `geom`?
+/// Is `s` a noise-free whole-channel gate (Learned or OneHot) over the output of `geom` (the
+/// gates the fast suites fuse)?
 fn whole_channel(geom: &ConvGeom, s: &FixedShared) -> bool {
-    let plane = geom.oh() * geom.ow();
     s.noise == 0.0
         && matches!(s.decider, DeciderKind::Learned | DeciderKind::OneHot)
-        && s.num_groups == geom.o
+        && channel_groups(geom, s)
+}
+
+/// Are `s`'s groups the output channels of `geom` (any decider, any noise)?
+fn channel_groups(geom: &ConvGeom, s: &FixedShared) -> bool {
+    let plane = geom.oh() * geom.ow();
+    s.num_groups == geom.o
         && s.len == geom.o * plane
         && s.group_of.len() == s.len
         && s.group_of
@@ -89,7 +95,10 @@ pub fn unfused_bytes(geom: &ConvGeom) -> usize {
 /// step; parties without weights get zeros of the right sizes and receive shares). Returns the
 /// fused gates' names. Idempotent.
 pub fn fuse(fm: &mut FixedModel) -> Result<Vec<String>> {
-    fuse_by(fm, |geom, pool, _| {
+    fuse_by(fm, |geom, pool, s| {
+        if !whole_channel(geom, s) {
+            return None;
+        }
         let (mode, bytes) = block_bytes(geom, pool)
             .into_iter()
             .filter_map(|(m, b)| b.map(|b| (m, b)))
@@ -98,8 +107,10 @@ pub fn fuse(fm: &mut FixedModel) -> Result<Vec<String>> {
     })
 }
 
-/// [`fuse`] with the choice of mode per eligible block left to `pick` (the convolution, the
-/// average pooling after the gate if one matches it, the gate; `None`: leave it unfused).
+/// [`fuse`] with the choice of mode per block of a convolution and a gate whose groups are its
+/// output channels left to `pick` (the convolution, the average pooling after the gate if one
+/// matches it, the gate; `None`: leave it unfused). A noisy gate may be fused in `Fold` mode
+/// only (member `i` keeps `[z_c >= 0] XOR flip_i`), an FC decider's bias is folded into `beta`.
 /// Already fused gates are kept as they are. Returns the fused gates' names.
 pub fn fuse_by(
     fm: &mut FixedModel,
@@ -127,7 +138,7 @@ pub fn fuse_by(
             names.push(name.clone());
             continue;
         }
-        if !whole_channel(geom, s) {
+        if !channel_groups(geom, s) {
             continue;
         }
         let pool = pool.filter(|p| p.c == geom.o && p.h == geom.oh() && p.w == geom.ow());
@@ -137,6 +148,11 @@ pub fn fuse_by(
         if mode == GateMode::Pool && pool.is_none() {
             return Err(MpcError::Model(format!(
                 "{name}: a pooled fused gate needs the average pooling after it"
+            )));
+        }
+        if mode == GateMode::Pool && s.noise > 0.0 {
+            return Err(MpcError::Model(format!(
+                "{name}: a noisy gate is fused in Fold mode only"
             )));
         }
         let (u, beta) = fold_decider(geom, w, b, s, f)?;
@@ -151,8 +167,9 @@ pub fn fuse_by(
     Ok(names)
 }
 
-/// `U = round_f(v o W)` and `beta = round_f(b * sum v)` (Learned), or the leader's convolution
-/// row and the bias (OneHot); both give 2f-bit decision values.
+/// `U = round_f(v o W)` and `beta = round_f(b * sum v)` (Learned; FC adds its 2f-bit bias to
+/// `beta`), or the leader's convolution row and the bias (OneHot); all give 2f-bit decision
+/// values.
 fn fold_decider(
     geom: &ConvGeom,
     w: &[u64],
@@ -170,6 +187,10 @@ fn fold_decider(
     let one_hot = s.decider == DeciderKind::OneHot;
     if !one_hot && s.v.len() != s.len {
         return Err(MpcError::Shape("fused gate: decider length".into()));
+    }
+    let fc = s.decider == DeciderKind::Fc;
+    if fc && s.bias.len() != geom.o {
+        return Err(MpcError::Shape("fused gate: FC decider bias length".into()));
     }
     let shift = if one_hot { 0 } else { f };
     let round = |acc: i128| -> u64 {
@@ -220,7 +241,8 @@ fn fold_decider(
             }
         }
         u.extend(acc.iter().map(|&a| round(a)));
-        beta.push(round(b[c] as i64 as i128 * vsum));
+        let fc_bias = if fc { s.bias[c] } else { 0 };
+        beta.push(round(b[c] as i64 as i128 * vsum).wrapping_add(fc_bias));
     }
     Ok((u, beta))
 }

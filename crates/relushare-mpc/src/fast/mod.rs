@@ -155,6 +155,12 @@ pub(crate) fn gate_geom(
         return Ok(None);
     };
     let fp = gp.fused.as_ref().expect("fused_head checks");
+    if gp.noise > 0.0 || gp.decider == DeciderKind::Fc {
+        return Err(MpcError::Model(format!(
+            "{act}: the fast suites run noise-free learned/one-hot fused gates only (prepare \
+             the model for fast)"
+        )));
+    }
     let pool: Option<PoolGeom> = match (fp.mode, ops.get(i + 2)) {
         (GateMode::Pool, Some(PlanOp::AvgPool { geom, .. })) => Some(*geom),
         (GateMode::Pool, _) => {

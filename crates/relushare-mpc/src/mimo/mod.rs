@@ -50,10 +50,11 @@
 //!   t_i (+ b_g)` is computed like a linear layer from the masked members and opened first (one
 //!   more round: the decision depends on the truncated members, so it cannot ride with the
 //!   producer's opening).
-//! * **Fused gate** (a learned whole-channel gate after a convolution, fused by the model owner
-//!   with [`fuse`] in [`GateMode::Fold`], see [`crate::fast::gate`]): the decisions are a linear
-//!   function of the convolution's input, `z = U x + beta` (`U = round_f(v o W)`, 2f bits, no
-//!   truncation), so they ride with the convolution's own opening: with `U = F_U + B_U` masked
+//! * **Fused gate** (a learned or FC whole-channel gate after a convolution, noisy or not, fused
+//!   by the model owner with [`fuse`] in [`GateMode::Fold`], see [`crate::fast::gate`]): the
+//!   decisions are a linear function of the convolution's input, `z = U x + beta` (`U =
+//!   round_f(v o W)`, `beta` with the FC bias, 2f bits, no truncation), so they ride with the
+//!   convolution's own opening: with `U = F_U + B_U` masked
 //!   once per model like a weight, `z^ = F_U x^ + B_U x^ - F_U r - [B_U r] + beta + r_z mod 2^k`
 //!   (the dealer deals `[B_U r]`, `k` bits per decision; `r_z` is seed-derived) is opened in the
 //!   same message as `y^`, the convolution's input is taken modulo `2^max(R+f, k)`, and the gate
@@ -61,8 +62,9 @@
 //!   members only. The decision is exact (`|z| < 2^(k-1)` from `fast::bounds`' bound on fused
 //!   decisions), the output `[z_c >= 0] * t` with `t` the convolution's truncated output, i.e.
 //!   the plaintext `Fold` semantics of [`crate::plain`] up to the one-unit truncation error.
-//!   `Pool`-mode gates (the exact output pooled before truncation) are refused: [`fuse`] never
-//!   picks them. Noisy, FC and patch-group deciders stay unfused.
+//!   Noise is the sharing gate's (`keep_i = [z_c >= 0] XOR nb_i`). `Pool`-mode gates (the exact
+//!   output pooled before truncation) are refused: [`fuse`] never picks them. Patch-group and
+//!   one-hot deciders stay unfused.
 //! * **Residual add**: local, `(x^ + y^) mod 2^R` is the sum masked by `r_x + r_y` (the dealer
 //!   adds its masks, each party its shares): no round, no dealer bytes.
 //! * **Max pooling**: the balanced tree of [`crate::suite::default_max_pool`] (the plaintext
@@ -78,7 +80,8 @@
 //!   is average pooling over the whole plane; identity, dropout, flatten: nothing.
 //!
 //! So a model takes one online round per linear layer (but the last) and per ReLU/gReLU layer,
-//! plus the input opening, when its learned deciders are fused (CIFAR-10 `uniform32`: 15).
+//! plus the input opening, when its learned/FC deciders are fused (CIFAR-10 `uniform32` and
+//! `fc-noise`: 15).
 //!
 //! # Costs
 //! [`op_costs`] gives every layer's online bytes, rounds and dealer bytes; the suite checks
@@ -146,17 +149,19 @@ impl MimoConfig {
     }
 }
 
-/// Fuse every noise-free whole-channel gate with a learned decider with the convolution before
-/// it, in [`GateMode::Fold`] (the model owner's step, see [`crate::fast::gate::fuse`]): its
-/// decisions `z = U x + beta` are then computed from the convolution's own masked input and
-/// opened with the convolution's output, so the gate costs no round of its own. `Fold` is the
-/// mode whose semantics `mimo` meets exactly (the gate scales the truncated convolution output).
-/// One-hot gates stay unfused: they already decide on the leader's masked value in the gate's
-/// own round, on an `f`-bit ring. Gates already fused (in `Fold` mode) are kept. Returns the
-/// fused gates' names.
+/// Fuse every whole-channel gate with a learned or FC decider (noisy or not) with the
+/// convolution before it, in [`GateMode::Fold`] (the model owner's step, see
+/// [`crate::fast::gate::fuse_by`]): its decisions `z = U x + beta` are then computed from the
+/// convolution's own masked input and opened with the convolution's output, so the gate costs
+/// no round of its own. `Fold` is the mode whose semantics `mimo` meets exactly (the gate
+/// scales the truncated convolution output). One-hot gates stay unfused: they already decide on
+/// the leader's masked value in the gate's own round, on an `f`-bit ring. Gates whose groups
+/// are not whole channels stay unfused (a dense `U` of one row per group would be far larger
+/// than the convolution). Gates already fused (in `Fold` mode) are kept. Returns the fused
+/// gates' names.
 pub fn fuse(fm: &mut crate::plain::FixedModel) -> Result<Vec<String>> {
     crate::fast::gate::fuse_by(fm, |_, _, s| {
-        (s.decider == DeciderKind::Learned).then_some(GateMode::Fold)
+        matches!(s.decider, DeciderKind::Learned | DeciderKind::Fc).then_some(GateMode::Fold)
     })
 }
 

@@ -228,12 +228,22 @@ fn check_model_fused(model: &Model, batch: usize) -> (CostReport, Vec<String>, (
                     .iter()
                     .map(|&z| (z as i64) >= 0)
                     .collect();
-                let want = plain::eval_fused_block(&fm, li - 1, &xin).unwrap();
+                let nb: Vec<bool> = noise.get(&li).map_or(vec![false; per_out], |b| {
+                    b[img * per_out..(img + 1) * per_out]
+                        .iter()
+                        .map(|&v| v == 1)
+                        .collect()
+                });
+                let mut bits = nb.iter();
+                let want = plain::eval_fused_block_noisy(&fm, li - 1, &xin, &mut |_| {
+                    *bits.next().expect("a noise bit per member")
+                })
+                .unwrap();
                 let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
                 let plane = per_out / keep.len();
                 for (i, (a, b)) in got.iter().zip(&want[1]).enumerate() {
                     let d = a.wrapping_sub(*b) & mo;
-                    let kept = keep[i / plane];
+                    let kept = keep[i / plane] != nb[i];
                     if i % plane == 0 {
                         if kept {
                             gates.0 += 1;
@@ -382,6 +392,12 @@ fn sharing_layers_end_to_end() {
         5,
         "a fused learned channel gate costs one round"
     );
+    let r = check(Arch::Svhn, "original", Some("act1=channel:fc:noise0.2"), 1);
+    assert_eq!(
+        r.online_rounds(),
+        5,
+        "so does a fused noisy FC channel gate"
+    );
     let r = check(Arch::Svhn, "original", Some("act1=patch2"), 1);
     assert_eq!(
         r.online_rounds(),
@@ -405,6 +421,16 @@ fn uniform32_fused_gates_add_no_round() {
     assert_eq!(r.online_rounds(), 5);
     let (r, _, _) = check_fused(Arch::Fmnist, "uniform32", None, 1);
     assert_eq!(r.online_rounds(), 7);
+}
+
+/// CIFAR-10 `fc-noise` (noisy FC deciders on whole channels after conv1 and conv2): fused too,
+/// 15 online rounds; the noise bits flip members of kept and gated-off channels alike.
+#[test]
+fn fc_noise_fused_gates_add_no_round() {
+    let (r, fused, (kept, off)) = check_fused(Arch::Cifar10, "fc-noise", None, 1);
+    assert_eq!(fused, vec!["act1".to_string(), "act2".to_string()]);
+    assert_eq!(r.online_rounds(), 15);
+    assert!(kept > 0 && off > 0, "kept {kept}, gated off {off}");
 }
 
 /// The fused gate's decisions ride with its convolution's opening: that layer opens its
@@ -458,7 +484,7 @@ fn pooled_fused_gates_are_refused() {
 }
 
 /// Online rounds of a plan: the input opening, one per linear layer but the last (whose shares
-/// go to the client), one per ReLU layer (two for a learned/FC sharing layer), one per level of
+/// go to the client), one per ReLU layer (two for an unfused learned/FC sharing layer), one per level of
 /// every max pool's comparison tree; adds, average pooling and identities none.
 fn expected_rounds(plan: &Plan) -> usize {
     let last = visible(plan).last().copied();
@@ -470,7 +496,7 @@ fn expected_rounds(plan: &Plan) -> usize {
             PlanOp::Conv { .. } | PlanOp::Linear { .. } => usize::from(Some(i) != last),
             PlanOp::Relu { .. } | PlanOp::Partial { .. } => 1,
             PlanOp::SharedRelu { plan: gp, .. } => {
-                1 + usize::from(gp.decider != DeciderKind::OneHot)
+                1 + usize::from(gp.fused.is_none() && gp.decider != DeciderKind::OneHot)
             }
             PlanOp::MaxPool { geom, .. } => geom.level_pairs().len(),
             PlanOp::Add { .. } | PlanOp::AvgPool { .. } | PlanOp::Identity { .. } => 0,
@@ -762,4 +788,23 @@ fn tiny_graph_streams_like_sequential_runs() {
             assert!((a - b).abs() < 0.01 + 0.01 * b.abs(), "{a} vs {b}");
         }
     }
+}
+
+/// A model fused for mimo with a noisy FC gate is refused by the fast suites (they fuse
+/// noise-free learned/one-hot gates only) with an error, not run with the wrong semantics.
+#[test]
+fn fast_refuses_noisy_fused_gates() {
+    let mut spec = presets::build(Arch::Svhn, "original").unwrap();
+    presets::apply_freeform(&mut spec, "act1=channel:fc:noise0.2").unwrap();
+    let model = Model::random(spec, None, 2).unwrap();
+    let mut fm = FixedModel::from_model(&model, 13).unwrap();
+    assert_eq!(fuse(&mut fm).unwrap(), vec!["act1".to_string()]);
+    let cfg = crate::fast::config_for_model(&fm, &model).unwrap();
+    let f = crate::fast::factory(cfg, crate::fast::CmpMode::Tree);
+    let x = fm.encode_input(&vec![0.5; fm.input_len]).unwrap();
+    let e = match run_session(&fm, &[vec![x]], &f, &RunOptions::default()) {
+        Ok(_) => panic!("fast ran a noisy fused gate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("noise-free"), "{e}");
 }
