@@ -472,7 +472,7 @@ fn model_case(
 }
 
 /// Whole networks: SVHN `original` (conv, ReLU, pooling, linear) and the first five layers of
-/// Fashion-MNIST `fc-noise` (noisy FC-decider sharing and pooling).
+/// Fashion-MNIST `fc-noise` (a noisy FC channel gate, fused with its convolution, and pooling).
 #[test]
 fn network_views_do_not_depend_on_the_secret() {
     for (arch, preset, layers) in [
