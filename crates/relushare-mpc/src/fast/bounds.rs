@@ -33,7 +33,8 @@
 //! [`MAX_TRUNC_FAILURE`] = 2^-6 ([`crate::fast::config_for_model`] then names the largest
 //! `--frac-bits` that meets it: the rescaling).
 //!
-//! Per image at f = 13 with random weights (`Model::random`): CIFAR-10 `original` truncates
+//! Per image at f = 13 with the tests' random weights (`Model::random`, seed 3, the presets'
+//! normalization): CIFAR-10 `original` truncates
 //! 193,546 values and the bound is 1.2e-3 (the deep layers' worst cases reach 2^39-2^44);
 //! `uniform32` (fused) 144,394 and 4.7e-3 (shared layers keep negative values, so fewer signs
 //! are known); SVHN 31,818 and 2.3e-6; Fashion-MNIST 47,178 and 2.9e-6. For comparison, the

@@ -772,6 +772,24 @@ thread_local! {
     /// Test only: this party opens its raw input share instead of the masked one (the view
     /// tests' control must catch it).
     pub(crate) static PLANT_RAW_SHARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Test only: the ReLU gate opens its output without the fresh output mask (the view
+    /// tests' second control: each message alone still looks uniform, the opened value does
+    /// not).
+    pub(crate) static PLANT_UNMASKED_RELU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Test only: when set, every value this party opens is appended (as little-endian `u64`s),
+    /// so that the view tests can test the opened values, which a party computes from its own
+    /// and the received share, jointly rather than message by message.
+    pub(crate) static OPENED: std::cell::RefCell<Option<Vec<Vec<u8>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Test only: record an opened vector (see [`OPENED`]).
+#[cfg(test)]
+fn record_opened(v: &[u64]) {
+    OPENED.with(|o| {
+        if let Some(log) = o.borrow_mut().as_mut() {
+            log.push(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+    });
 }
 
 /// Test-only control of the dealer's randomness.
@@ -833,11 +851,14 @@ fn open_bits(comm: &mut Comm, mine: &[u64], bits: u32) -> Result<Vec<u64>> {
     let mask = ring_mask(bits);
     let got = comm.round(vec![(peer, bits::pack_kbit(mine, bits))], &[peer])?;
     let theirs = bits::unpack_kbit(&got[0], mine.len(), bits, peer)?;
-    Ok(mine
+    let opened: Vec<u64> = mine
         .iter()
         .zip(&theirs)
         .map(|(a, b)| a.wrapping_add(*b) & mask)
-        .collect())
+        .collect();
+    #[cfg(test)]
+    record_opened(&opened);
+    Ok(opened)
 }
 
 /// Open two vectors shared mod `2^abits` and `2^bbits` in one round (one message each way).
@@ -870,7 +891,13 @@ fn open_two(
             .map(|(x, y)| x.wrapping_add(*y) & mask)
             .collect()
     };
-    Ok((sum(a, &ta, abits), sum(b, &tb, bbits)))
+    let (oa, ob) = (sum(a, &ta, abits), sum(b, &tb, bbits));
+    #[cfg(test)]
+    {
+        record_opened(&oa);
+        record_opened(&ob);
+    }
+    Ok((oa, ob))
 }
 
 impl MimoSuite {
@@ -1236,7 +1263,13 @@ impl MimoSuite {
         let sel: Vec<usize> = idx.unwrap_or_else(|| (0..inp.hat.len()).collect());
         let th: Vec<u64> = sel.iter().map(|&i| inp.hat[i]).collect();
         let mut y = relu_gate_eval(me, &keys, &th, &rk)?;
-        crate::ring::add_assign(&mut y, &rout);
+        #[cfg(test)]
+        let plant = PLANT_UNMASKED_RELU.with(|c| c.get());
+        #[cfg(not(test))]
+        let plant = false;
+        if !plant {
+            crate::ring::add_assign(&mut y, &rout);
+        }
         let yh = open_bits(&mut self.comm, &y, m)?;
         let mut hat: Vec<u64> = inp.hat.iter().map(|v| v & mmask).collect();
         let mut r: Vec<u64> = inp.r.iter().map(|v| v & mmask).collect();

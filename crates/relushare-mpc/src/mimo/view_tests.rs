@@ -9,17 +9,23 @@
 //! instead of a masked one) is, here, a fixed function of the secret and differs at once.
 //!
 //! **Statistic.** Every message `r` (and the dealer) receives is tested, whatever its size:
-//! seeds, the weight opening, dealer material, every opening (an empty one by its length). Message `i` of a party is
+//! seeds, the weight opening, dealer material, every opening (an empty one by its length);
+//! and every value `r` opens (its own share plus the received one, recorded by the suite's
+//! openings under `cfg(test)`), which catches a message that is uniform alone but completes
+//! `r`'s own share to the secret. Message `i` of a party is
 //! gathered over [`RUNS`] runs per secret, and the byte histograms of each offset mod 8 of the
 //! two secrets are compared with a two-sample chi-square test (z-score below [`Z_LIMIT`]). The
 //! message pattern (count and sizes) must be identical.
 //!
 //! **Control.** [`raw_share_leak_is_caught`] plants the raw-share bug in the input gate
 //! ([`PLANT_RAW_SHARE`]: a party opens its share of `x` instead of `x + r_in`) and requires these
-//! tests to detect it, on a ReLU layer and on a fused gate's block
-//! ([`fused_gate_views_do_not_depend_on_the_secret`]). (A bug whose message is masked by other
-//! public randomness, e.g. decisions opened without `r_z` but with the party's `U_b x^`, needs a
-//! joint statistic of several messages; the per-message histograms do not see it.)
+//! tests to detect it, on a ReLU layer, on a graph and on a fused gate's block
+//! ([`fused_gate_views_do_not_depend_on_the_secret`]); [`unmasked_relu_output_is_caught`]
+//! plants a ReLU gate that opens its output without the fresh mask ([`PLANT_UNMASKED_RELU`]),
+//! which no single message shows and the opened values do. (A bug whose opened value is still
+//! hidden by other randomness the receiver does not hold, e.g. decisions opened without `r_z`
+//! but with the other party's `U_b x^` term, would need a statistic joint with the public
+//! masked inputs; these tests do not see it.)
 
 use super::*;
 use crate::cost::Phase;
@@ -42,8 +48,22 @@ const FIXED_SEED: Seed = [0x5a; 16];
 const FIXED_SHARES: Seed = [0xa5; 16];
 
 type Log = Arc<Mutex<Vec<Vec<u8>>>>;
-/// Every message each party received, in order.
-type Views = [Vec<Vec<u8>>; 3];
+/// Every message each party received, in order (`[p]`), and every value data party `p`
+/// opened (`[3 + p]`, as little-endian `u64`s: computed from its own and the received share).
+type Views = [Vec<Vec<u8>>; 6];
+
+/// A bug planted in both data parties, which the view tests must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plant {
+    Nothing,
+    /// The input gate opens the raw share instead of `x + r_in`.
+    RawShare,
+    /// The ReLU gate opens `ReLU(t)` without its fresh output mask: every message alone is
+    /// still uniform (the other party's share is masked by the DCF key's pseudo-random
+    /// output), only the opened value, i.e. a message together with the receiver's own
+    /// share, carries the secret.
+    UnmaskedRelu,
+}
 
 /// A transport that records every message it receives.
 struct Recording {
@@ -96,15 +116,18 @@ impl Splitter {
 type Build<'a> = dyn Fn(usize, &mut Splitter) -> [PartyIn; 3] + Sync + 'a;
 
 /// One run: prepare, offline and every op of the plan online; returns what each party received.
-fn run_once(cfg: &MimoConfig, ins: [PartyIn; 3], hooks: TestHooks, plant: bool) -> Views {
+fn run_once(cfg: &MimoConfig, ins: [PartyIn; 3], hooks: TestHooks, plant: Plant) -> Views {
     let ts = MemTransport::trio();
-    let logs: Vec<Log> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let logs: Vec<Log> = (0..6).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     std::thread::scope(|s| {
         for ((p, t), inp) in ts.into_iter().enumerate().zip(ins) {
             let log = logs[p].clone();
+            let log_opened = logs[3 + p].clone();
             let (cfg, hooks) = (cfg.clone(), hooks.clone());
             s.spawn(move || {
-                PLANT_RAW_SHARE.with(|c| c.set(plant && p < 2));
+                PLANT_RAW_SHARE.with(|c| c.set(plant == Plant::RawShare && p < 2));
+                PLANT_UNMASKED_RELU.with(|c| c.set(plant == Plant::UnmaskedRelu && p < 2));
+                OPENED.with(|o| *o.borrow_mut() = Some(Vec::new()));
                 let rec = Recording { inner: t, log };
                 let mut sn = MimoSuite::new(Comm::new(Box::new(rec)), 13, cfg);
                 if p == 2 {
@@ -127,6 +150,9 @@ fn run_once(cfg: &MimoConfig, ins: [PartyIn; 3], hooks: TestHooks, plant: bool) 
                     };
                     vals.push(y);
                 }
+                // The values this party opened.
+                let opened = OPENED.with(|o| o.borrow_mut().take()).unwrap_or_default();
+                log_opened.lock().expect("log").extend(opened);
             });
         }
     });
@@ -140,7 +166,7 @@ fn gather(
     build: &Build<'_>,
     r: usize,
     fixed: bool,
-    plant: bool,
+    plant: Plant,
 ) -> [Vec<Views>; 2] {
     std::array::from_fn(|secret| {
         (0..RUNS)
@@ -217,7 +243,11 @@ fn compare(va: &[Views], vb: &[Views], parties: &[usize]) -> Worst {
                 let z = chi_z(ha, hb);
                 if z > w.z {
                     w.z = z;
-                    w.at = format!("party {p} message {k} ({len} bytes) offset {o}");
+                    w.at = if p >= 3 {
+                        format!("party {} opened value {k} ({len} bytes) offset {o}", p - 3)
+                    } else {
+                        format!("party {p} message {k} ({len} bytes) offset {o}")
+                    };
                 }
             }
         }
@@ -227,7 +257,7 @@ fn compare(va: &[Views], vb: &[Views], parties: &[usize]) -> Worst {
 
 /// The new-design check: for each receiving party, its view (and the dealer's) must not
 /// depend on the secret. Returns the worst comparison over both receivers.
-fn check(cfg: &MimoConfig, build: &Build<'_>, plant: bool) -> Worst {
+fn check(cfg: &MimoConfig, build: &Build<'_>, plant: Plant) -> Worst {
     let mut worst = Worst {
         z: f64::MIN,
         at: String::new(),
@@ -235,7 +265,7 @@ fn check(cfg: &MimoConfig, build: &Build<'_>, plant: bool) -> Worst {
     };
     for r in 0..2 {
         let [va, vb] = gather(cfg, build, r, true, plant);
-        let w = compare(&va, &vb, &[r, 2]);
+        let w = compare(&va, &vb, &[r, 2, 3 + r]);
         assert!(w.total > 0, "receiver {r}: no messages");
         worst.total += w.total;
         if w.z > worst.z {
@@ -287,15 +317,36 @@ fn relu_cfg() -> MimoConfig {
 fn relu_views_do_not_depend_on_the_secret() {
     // 0 vs -1 ulp (opposite decisions at the edge), then +5.0 vs -3.0.
     for secrets in [[0i64, -1], [5 << 13, -3 << 13]] {
-        let w = check(&relu_cfg(), &relu_case(1024, secrets), false);
+        let w = check(&relu_cfg(), &relu_case(1024, secrets), Plant::Nothing);
         assert_private(&format!("ReLU {secrets:?}"), &w);
     }
+}
+
+/// A ReLU gate that opens its output without the fresh mask is caught by the opened values,
+/// though no single message shows it.
+#[test]
+fn unmasked_relu_output_is_caught() {
+    let w = check(
+        &relu_cfg(),
+        &relu_case(1024, [5 << 13, -3 << 13]),
+        Plant::UnmaskedRelu,
+    );
+    assert!(
+        w.z >= Z_LIMIT && w.at.contains("opened"),
+        "the unmasked ReLU output was not detected by the opened values (worst z = {:.1} at {})",
+        w.z,
+        w.at
+    );
 }
 
 /// The planted raw-share bug must make the view test fail.
 #[test]
 fn raw_share_leak_is_caught() {
-    let w = check(&relu_cfg(), &relu_case(1024, [5 << 13, -3 << 13]), true);
+    let w = check(
+        &relu_cfg(),
+        &relu_case(1024, [5 << 13, -3 << 13]),
+        Plant::RawShare,
+    );
     assert!(
         w.z >= Z_LIMIT,
         "the planted raw share was not detected (worst z = {:.1} at {})",
@@ -386,7 +437,7 @@ fn shared_relu_views_do_not_depend_on_the_secret() {
     ] {
         let mut cfg = MimoConfig::defaults(13);
         cfg.bits.insert("act".into(), k);
-        let w = check(&cfg, &shared_case(decider, noise), false);
+        let w = check(&cfg, &shared_case(decider, noise), Plant::Nothing);
         assert_private(&format!("{decider:?} noise {noise}"), &w);
     }
 }
@@ -480,7 +531,7 @@ fn network_views_do_not_depend_on_the_secret() {
         (Arch::Fmnist, "fc-noise", Some(5)),
     ] {
         let (cfg, build) = network_case(arch, preset, layers);
-        let w = check(&cfg, &build, false);
+        let w = check(&cfg, &build, Plant::Nothing);
         assert_private(&format!("{arch} {preset}"), &w);
     }
 }
@@ -550,12 +601,12 @@ fn add_and_max_pool_views_do_not_depend_on_the_secret() {
         cfg.bits.insert(l.into(), k);
     }
     for secrets in [[5 << 13, -3 << 13], [0, -(1 << 13)]] {
-        let w = check(&cfg, &add_max_pool_case(secrets), false);
+        let w = check(&cfg, &add_max_pool_case(secrets), Plant::Nothing);
         assert_private(&format!("add + max pool {secrets:?}"), &w);
     }
     let m = Model::random(relushare_model::resnet::tiny_graph(), None, 3).unwrap();
     let (cfg, build) = model_case(m, None);
-    let w = check(&cfg, &build, false);
+    let w = check(&cfg, &build, Plant::Nothing);
     assert_private("tiny_graph", &w);
 }
 
@@ -566,7 +617,11 @@ fn raw_share_leak_is_caught_on_a_graph() {
     for (l, k) in [("act", 24), ("pool", 26), ("act2", 26)] {
         cfg.bits.insert(l.into(), k);
     }
-    let w = check(&cfg, &add_max_pool_case([5 << 13, -3 << 13]), true);
+    let w = check(
+        &cfg,
+        &add_max_pool_case([5 << 13, -3 << 13]),
+        Plant::RawShare,
+    );
     assert!(
         w.z >= Z_LIMIT,
         "the planted raw share was not detected (worst z = {:.1} at {})",
@@ -592,9 +647,9 @@ fn fused_gate_views_do_not_depend_on_the_secret() {
         matches!(&ins[0].plan.ops[1], PlanOp::SharedRelu { plan, .. } if plan.fused.is_some()),
         "the block is fused"
     );
-    let w = check(&cfg, &build, false);
+    let w = check(&cfg, &build, Plant::Nothing);
     assert_private("SVHN uniform32 fused block", &w);
-    let w = check(&cfg, &build, true);
+    let w = check(&cfg, &build, Plant::RawShare);
     assert!(
         w.z >= Z_LIMIT,
         "the planted raw share was not detected on the fused block (worst z = {:.1} at {})",
