@@ -73,12 +73,99 @@ pub struct FusedGate {
     pub beta: Vec<u64>,
     /// Convolution input elements per image.
     pub in_len: usize,
+    /// `None`: `U` is dense (one row of `in_len` per channel). Set for a patch-group gate
+    /// (fused for `mimo` only, see [`crate::mimo::fuse`]): row `g` of `U` has entries only on
+    /// its members' receptive field, `u` holds them row after row.
+    pub sparse: Option<SparseRows>,
+}
+
+/// The public shape of a sparse `U`: row `g` holds `u[start[g]..start[g + 1]]` at the
+/// convolution-input offsets `cols[start[g]..start[g + 1]]` (the union of the receptive fields
+/// of the group's members, fixed by the structure alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparseRows {
+    /// Row starts (`rows + 1` entries, from 0 to `cols.len()`).
+    pub start: Vec<u32>,
+    /// Input offset of every entry.
+    pub cols: Vec<u32>,
+}
+
+impl SparseRows {
+    /// Rows (decisions per image).
+    pub fn rows(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
+    /// The offsets of row `g`.
+    pub fn row(&self, g: usize) -> &[u32] {
+        &self.cols[self.start[g] as usize..self.start[g + 1] as usize]
+    }
+
+    /// Is this a well-formed shape for inputs of `in_len` elements?
+    pub fn check(&self, in_len: usize) -> Result<()> {
+        let ok = self.start.first() == Some(&0)
+            && self.start.last().map(|&e| e as usize) == Some(self.cols.len())
+            && self.start.windows(2).all(|w| w[0] <= w[1])
+            && self.cols.iter().all(|&q| (q as usize) < in_len);
+        if ok {
+            Ok(())
+        } else {
+            Err(MpcError::Shape("sparse fused gate: malformed rows".into()))
+        }
+    }
+
+    /// `z[img, g] = sum_j u[j] x[img, cols[j]]` (j in row g) for a batch of images of `in_len`
+    /// elements: `rows x window` multiply-adds per image.
+    pub fn apply(&self, x: &[u64], u: &[u64], in_len: usize) -> Result<Vec<u64>> {
+        crate::ring::check_len("sparse fused gate U", u, self.cols.len())?;
+        if in_len == 0 || x.len() % in_len != 0 {
+            return Err(MpcError::Shape("sparse fused gate: input length".into()));
+        }
+        self.check(in_len)?;
+        let rows = self.rows();
+        let mut z = Vec::with_capacity(x.len() / in_len * rows);
+        for img in x.chunks_exact(in_len) {
+            z.extend((0..rows).map(|g| {
+                let (a, b) = (self.start[g] as usize, self.start[g + 1] as usize);
+                self.cols[a..b]
+                    .iter()
+                    .zip(&u[a..b])
+                    .fold(0u64, |acc, (&q, &w)| {
+                        acc.wrapping_add(w.wrapping_mul(img[q as usize]))
+                    })
+            }));
+        }
+        Ok(z)
+    }
 }
 
 impl FusedGate {
-    /// Decision values `z_c = sum_q U[c, q] x_q + beta_c` of one image (2f bits).
+    /// Decisions per image.
+    pub fn groups(&self) -> usize {
+        self.sparse.as_ref().map_or(self.beta.len(), |sp| sp.rows())
+    }
+
+    /// Row `g` of `U`: its input offsets (`None`: all of `0..in_len`) and its coefficients.
+    pub fn row(&self, g: usize) -> (Option<&[u32]>, &[u64]) {
+        match &self.sparse {
+            Some(sp) => (
+                Some(sp.row(g)),
+                &self.u[sp.start[g] as usize..sp.start[g + 1] as usize],
+            ),
+            None => (None, &self.u[g * self.in_len..(g + 1) * self.in_len]),
+        }
+    }
+
+    /// Decision values `z_g = sum_q U[g, q] x_q + beta_g` of one image (2f bits).
     pub fn decisions(&self, x_in: &[u64]) -> Result<Vec<u64>> {
         crate::ring::check_len("fused gate input", x_in, self.in_len)?;
+        if let Some(sp) = &self.sparse {
+            crate::ring::check_len("fused gate beta", &self.beta, sp.rows())?;
+            let mut z = sp.apply(x_in, &self.u, self.in_len)?;
+            crate::ring::add_assign(&mut z, &self.beta);
+            return Ok(z);
+        }
+        crate::ring::check_len("fused gate U", &self.u, self.beta.len() * self.in_len)?;
         Ok(self
             .beta
             .iter()
@@ -446,6 +533,7 @@ impl FixedModel {
                                 u: Vec::new(),
                                 beta: Vec::new(),
                                 in_len: fg.in_len,
+                                sparse: fg.sparse.clone(),
                             })
                         }),
                     }),
@@ -706,10 +794,10 @@ fn eval_fused(
     let FixedLayer::Conv { geom, w, b, .. } = conv else {
         return Err(MpcError::Model("fused gate without a convolution".into()));
     };
-    let noise = match fm.layers.get(i + 1) {
-        Some(FixedLayer::Shared { s, .. }) => s.noise,
-        _ => 0.0,
+    let Some(FixedLayer::Shared { s, .. }) = fm.layers.get(i + 1) else {
+        return Err(MpcError::Model("fused convolution without its gate".into()));
     };
+    let noise = s.noise;
     crate::ring::check_len("conv input", x_in, geom.in_len())?;
     let keep: Vec<bool> = fg
         .decisions(x_in)?
@@ -720,13 +808,23 @@ fn eval_fused(
     kernels::add_channel_bias(&mut z, b, geom.oh() * geom.ow());
     match fg.mode {
         GateMode::Fold => {
+            // Whole channels: the group of output `j` is its channel; patches: the layer's map.
             let plane = geom.oh() * geom.ow();
+            if fg.sparse.is_some() {
+                if s.group_of.len() != z.len() || keep.len() != s.num_groups {
+                    return Err(MpcError::Shape("fused gate: decisions per image".into()));
+                }
+            }
+            let group = |j: usize| match fg.sparse {
+                Some(_) => s.group_of[j] as usize,
+                None => j / plane,
+            };
             let y: Vec<u64> = z
                 .iter()
                 .enumerate()
                 .map(|(j, &v)| {
                     let flipped = noise > 0.0 && flip(noise);
-                    if keep[j / plane] != flipped {
+                    if keep[group(j)] != flipped {
                         fixed::trunc_plain(v, f)
                     } else {
                         0
@@ -736,6 +834,11 @@ fn eval_fused(
             Ok(vec![y.clone(), y])
         }
         GateMode::Pool => {
+            if fg.sparse.is_some() {
+                return Err(MpcError::Model(
+                    "a patch-group fused gate is fused in Fold mode only".into(),
+                ));
+            }
             if noise > 0.0 {
                 return Err(MpcError::Model(
                     "a noisy gate is fused in Fold mode only".into(),

@@ -210,6 +210,7 @@ pub fn build_plan(fm: &FixedModel, n: usize, gp: &[Option<GroupShares>]) -> Plan
                     u,
                     beta,
                     in_len: fg.in_len,
+                    sparse: fg.sparse.clone(),
                 });
                 PlanOp::SharedRelu {
                     name: name.clone(),

@@ -207,6 +207,8 @@ pub struct FusedPlan {
     pub beta: Shared,
     /// Convolution input elements per image.
     pub in_len: usize,
+    /// Sparse rows of `U` (patch-group gates, `mimo` only; see [`crate::plain::SparseRows`]).
+    pub sparse: Option<crate::plain::SparseRows>,
 }
 
 /// One party's shares of a ReLU-sharing layer's secret parameters (empty for P2).

@@ -471,17 +471,27 @@ fn propagate(fm: &FixedModel, input_abs_max: f64, signs: bool) -> Result<Bounds>
                         fg.in_len
                     )));
                 }
+                if let Some(sp) = &fg.sparse {
+                    sp.check(fg.in_len)?;
+                }
+                if fg.beta.len() != fg.groups() {
+                    return Err(MpcError::Shape(format!("bounds: fused gate {name} beta")));
+                }
                 let m = fg
                     .beta
                     .iter()
                     .enumerate()
-                    .map(|(c, &bc)| {
-                        fg.u[c * fg.in_len..(c + 1) * fg.in_len]
-                            .iter()
-                            .zip(&prev_in)
-                            .map(|(&u, &bq)| sv(u) * bq)
-                            .sum::<f64>()
-                            + sv(bc)
+                    .map(|(g, &bg)| {
+                        let (cols, u) = fg.row(g);
+                        let dot: f64 = match cols {
+                            Some(cols) => cols
+                                .iter()
+                                .zip(u)
+                                .map(|(&q, &u)| sv(u) * prev_in[q as usize])
+                                .sum(),
+                            None => u.iter().zip(&prev_in).map(|(&u, &bq)| sv(u) * bq).sum(),
+                        };
+                        dot + sv(bg)
                     })
                     .fold(0.0, f64::max);
                 cmp(name, m)?;

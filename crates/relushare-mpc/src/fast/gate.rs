@@ -161,10 +161,147 @@ pub fn fuse_by(
             u,
             beta,
             in_len: geom.in_len1(),
+            sparse: None,
         }));
         names.push(name.clone());
     }
     Ok(names)
+}
+
+/// Fuse every learned/FC gate whose groups are *not* whole channels (patch groups) with the
+/// convolution before it, in [`GateMode::Fold`] with a sparse `U` (`mimo` only, see
+/// [`crate::mimo::fuse`]; the fast suites never fuse these): per group, the union of its
+/// members' receptive fields in the convolution's input and the folded coefficients there
+/// ([`fold_sparse`]). Only where the gate reads the convolution's output alone; noise and an FC
+/// decider's bias as for whole channels. The rows depend on the structure only, so parties
+/// without weights derive the same shapes. Already fused gates are kept. Returns the names of
+/// the gates fused here.
+pub fn fuse_patches(fm: &mut FixedModel) -> Result<Vec<String>> {
+    let f = fm.fp.frac_bits;
+    let mut names = Vec::new();
+    for i in 0..fm.layers.len().saturating_sub(1) {
+        if !fm.chained(i + 1) {
+            continue;
+        }
+        let (head, tail) = fm.layers.split_at_mut(i + 1);
+        let (FixedLayer::Conv { geom, w, b, .. }, FixedLayer::Shared { name, s }) =
+            (&head[i], &mut tail[0])
+        else {
+            continue;
+        };
+        if s.fused.is_some()
+            || channel_groups(geom, s)
+            || !matches!(s.decider, DeciderKind::Learned | DeciderKind::Fc)
+            || s.len != geom.o * geom.oh() * geom.ow()
+        {
+            continue;
+        }
+        let (u, beta, sparse) = fold_sparse(geom, w, b, s, f)?;
+        s.fused = Some(Box::new(FusedGate {
+            mode: GateMode::Fold,
+            u,
+            beta,
+            in_len: geom.in_len1(),
+            sparse: Some(sparse),
+        }));
+        names.push(name.clone());
+    }
+    Ok(names)
+}
+
+/// A learned/FC decider with any groups folded through the convolution before it, row by row:
+/// row `g` of `U` lives on the union of the receptive fields of the group's members (offsets in
+/// increasing order) and holds `round_f(sum_{i in g} v_i W_{row(i)})` there; `beta_g =
+/// round_f(sum_{i in g} v_i b_{ch(i)})` plus the FC bias. For whole channels this is the dense
+/// [`fold_decider`]'s arithmetic on the non-zero part of each row.
+pub fn fold_sparse(
+    geom: &ConvGeom,
+    w: &[u64],
+    b: &[u64],
+    s: &FixedShared,
+    f: u32,
+) -> Result<(Vec<u64>, Vec<u64>, crate::plain::SparseRows)> {
+    let (oh, ow) = (geom.oh(), geom.ow());
+    let plane = oh * ow;
+    let in_len = geom.in_len1();
+    let per = geom.c * geom.k * geom.k;
+    if w.len() != geom.w_len() || b.len() != geom.o {
+        return Err(MpcError::Shape("fused gate: convolution parameters".into()));
+    }
+    if !matches!(s.decider, DeciderKind::Learned | DeciderKind::Fc) {
+        return Err(MpcError::Model(
+            "sparse fused gate: learned or FC deciders only".into(),
+        ));
+    }
+    if s.len != geom.o * plane || s.v.len() != s.len || s.group_of.len() != s.len {
+        return Err(MpcError::Shape("sparse fused gate: decider length".into()));
+    }
+    let fc = s.decider == DeciderKind::Fc;
+    if fc && s.bias.len() != s.num_groups {
+        return Err(MpcError::Shape(
+            "sparse fused gate: FC decider bias length".into(),
+        ));
+    }
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); s.num_groups];
+    for (j, &g) in s.group_of.iter().enumerate() {
+        members
+            .get_mut(g as usize)
+            .ok_or_else(|| MpcError::Shape("sparse fused gate: group id".into()))?
+            .push(j);
+    }
+    let round = |acc: i128| -> u64 { ((acc + (1i128 << (f - 1))) >> f) as i64 as u64 };
+    if f == 0 {
+        return Err(MpcError::Param("fused gate: no fractional bits".into()));
+    }
+    let mut acc = vec![0i128; in_len];
+    let mut seen = vec![false; in_len];
+    let (mut u, mut cols, mut start) = (Vec::new(), Vec::new(), vec![0u32]);
+    let mut beta = Vec::with_capacity(s.num_groups);
+    for (g, mem) in members.iter().enumerate() {
+        let mut touched: Vec<u32> = Vec::new();
+        let mut bacc = 0i128;
+        for &j in mem {
+            let v = s.v[j] as i64 as i128;
+            let (c, p) = (j / plane, j % plane);
+            bacc += v * (b[c] as i64 as i128);
+            let (py, px) = (p / ow, p % ow);
+            for ci in 0..geom.c {
+                for ky in 0..geom.k {
+                    let iy = (py * geom.stride + ky) as isize - geom.pad as isize;
+                    if iy < 0 || iy >= geom.h as isize {
+                        continue;
+                    }
+                    for kx in 0..geom.k {
+                        let ix = (px * geom.stride + kx) as isize - geom.pad as isize;
+                        if ix < 0 || ix >= geom.w as isize {
+                            continue;
+                        }
+                        let q = ci * geom.h * geom.w + iy as usize * geom.w + ix as usize;
+                        if !seen[q] {
+                            seen[q] = true;
+                            touched.push(q as u32);
+                        }
+                        let wv = w[c * per + (ci * geom.k + ky) * geom.k + kx] as i64 as i128;
+                        acc[q] += v * wv;
+                    }
+                }
+            }
+        }
+        touched.sort_unstable();
+        for &q in &touched {
+            u.push(round(acc[q as usize]));
+            acc[q as usize] = 0;
+            seen[q as usize] = false;
+        }
+        cols.extend(touched);
+        start.push(
+            u32::try_from(cols.len())
+                .map_err(|_| MpcError::Shape("sparse fused gate: too many entries".into()))?,
+        );
+        let fc_bias = if fc { s.bias[g] } else { 0 };
+        beta.push(round(bacc).wrapping_add(fc_bias));
+    }
+    Ok((u, beta, crate::plain::SparseRows { start, cols }))
 }
 
 /// `U = round_f(v o W)` and `beta = round_f(b * sum v)` (Learned; FC adds its 2f-bit bias to

@@ -155,10 +155,10 @@ pub(crate) fn gate_geom(
         return Ok(None);
     };
     let fp = gp.fused.as_ref().expect("fused_head checks");
-    if gp.noise > 0.0 || gp.decider == DeciderKind::Fc {
+    if gp.noise > 0.0 || gp.decider == DeciderKind::Fc || fp.sparse.is_some() {
         return Err(MpcError::Model(format!(
-            "{act}: the fast suites run noise-free learned/one-hot fused gates only (prepare \
-             the model for fast)"
+            "{act}: the fast suites run noise-free learned/one-hot whole-channel fused gates \
+             only (prepare the model for fast)"
         )));
     }
     let pool: Option<PoolGeom> = match (fp.mode, ops.get(i + 2)) {
@@ -567,7 +567,10 @@ pub(crate) fn mask_layout<'a>(
             out.push(MaskedTensor {
                 key: gate::u_key(act),
                 w: &fp.u,
-                len: gp.num_groups * fp.in_len,
+                len: fp
+                    .sparse
+                    .as_ref()
+                    .map_or(gp.num_groups * fp.in_len, |sp| sp.cols.len()),
             });
             if fp.mode == GateMode::Fold {
                 let w = weight(widx)?;

@@ -50,8 +50,9 @@
 //!   t_i (+ b_g)` is computed like a linear layer from the masked members and opened first (one
 //!   more round: the decision depends on the truncated members, so it cannot ride with the
 //!   producer's opening).
-//! * **Fused gate** (a learned or FC whole-channel gate after a convolution, noisy or not, fused
-//!   by the model owner with [`fuse`] in [`GateMode::Fold`], see [`crate::fast::gate`]): the
+//! * **Fused gate** (a learned or FC gate after a convolution whose output it alone reads, noisy
+//!   or not, whole channels or patches, fused by the model owner with [`fuse`] in
+//!   [`GateMode::Fold`], see [`crate::fast::gate`]): the
 //!   decisions are a linear function of the convolution's input, `z = U x + beta` (`U =
 //!   round_f(v o W)`, `beta` with the FC bias, 2f bits, no truncation), so they ride with the
 //!   convolution's own opening: with `U = F_U + B_U` masked
@@ -63,8 +64,14 @@
 //!   decisions), the output `[z_c >= 0] * t` with `t` the convolution's truncated output, i.e.
 //!   the plaintext `Fold` semantics of [`crate::plain`] up to the one-unit truncation error.
 //!   Noise is the sharing gate's (`keep_i = [z_c >= 0] XOR nb_i`). `Pool`-mode gates (the exact
-//!   output pooled before truncation) are refused: [`fuse`] never picks them. Patch-group and
-//!   one-hot deciders stay unfused.
+//!   output pooled before truncation) are refused: [`fuse`] never picks them. One-hot deciders
+//!   stay unfused. **Patch groups** (e.g. CIFAR-10 `uniform3`'s 3x3 patches) use a *sparse*
+//!   `U` ([`crate::plain::SparseRows`], [`crate::fast::gate::fuse_patches`]): row `g`,
+//!   `U_g = round_f(sum_{i in g} v_i W_{row(i)})`, lives only on the union of its members'
+//!   receptive fields (a 3x3 patch after a 3x3 convolution: a 5x5 window per input channel),
+//!   fixed by the structure alone; `z^`, `[B_U r]` and the one-time masking of `U` then cost
+//!   `groups x window` multiply-adds and entries instead of `groups x in_len`. The online and
+//!   dealer bytes per decision are the whole-channel gate's.
 //! * **Residual add**: local, `(x^ + y^) mod 2^R` is the sum masked by `r_x + r_y` (the dealer
 //!   adds its masks, each party its shares): no round, no dealer bytes.
 //! * **Max pooling**: the balanced tree of [`crate::suite::default_max_pool`] (the plaintext
@@ -80,8 +87,8 @@
 //!   is average pooling over the whole plane; identity, dropout, flatten: nothing.
 //!
 //! So a model takes one online round per linear layer (but the last) and per ReLU/gReLU layer,
-//! plus the input opening, when its learned/FC deciders are fused (CIFAR-10 `uniform32` and
-//! `fc-noise`: 15).
+//! plus the input opening, when its learned/FC deciders are fused (CIFAR-10 `uniform32`,
+//! `uniform3` and `fc-noise`: 15).
 //!
 //! # Costs
 //! [`op_costs`] gives every layer's online bytes, rounds and dealer bytes; the suite checks
@@ -155,14 +162,18 @@ impl MimoConfig {
 /// convolution's own masked input and opened with the convolution's output, so the gate costs
 /// no round of its own. `Fold` is the mode whose semantics `mimo` meets exactly (the gate
 /// scales the truncated convolution output). One-hot gates stay unfused: they already decide on
-/// the leader's masked value in the gate's own round, on an `f`-bit ring. Gates whose groups
-/// are not whole channels stay unfused (a dense `U` of one row per group would be far larger
-/// than the convolution). Gates already fused (in `Fold` mode) are kept. Returns the fused
-/// gates' names.
+/// the leader's masked value in the gate's own round, on an `f`-bit ring. Learned/FC gates
+/// whose groups are not whole channels (patches) are fused with a sparse `U`
+/// ([`crate::fast::gate::fuse_patches`]: one row per group on its members' receptive fields; a
+/// dense `U` would be far larger than the convolution). Only a gate that reads its
+/// convolution's output alone is fused. Gates already fused (in `Fold` mode) are kept. Returns
+/// the fused gates' names (whole channels first).
 pub fn fuse(fm: &mut crate::plain::FixedModel) -> Result<Vec<String>> {
-    crate::fast::gate::fuse_by(fm, |_, _, s| {
+    let mut names = crate::fast::gate::fuse_by(fm, |_, _, s| {
         matches!(s.decider, DeciderKind::Learned | DeciderKind::Fc).then_some(GateMode::Fold)
-    })
+    })?;
+    names.extend(crate::fast::gate::fuse_patches(fm)?);
+    Ok(names)
 }
 
 /// The comparison rings of a model for `mimo`: from the same interval bounds as `fast`
@@ -316,6 +327,34 @@ fn fused_after(plan: &Plan, i: usize) -> Option<(&str, &GroupPlan)> {
             Some((name.as_str(), gp))
         }
         _ => None,
+    }
+}
+
+/// `U x` per image for a batch `x` of images of `in_len` elements: a dense `groups x in_len`
+/// product, or `groups x window` multiply-adds per image for sparse rows.
+fn apply_u(
+    sparse: Option<&crate::plain::SparseRows>,
+    x: &[u64],
+    u: &[u64],
+    in_len: usize,
+    groups: usize,
+) -> Result<Vec<u64>> {
+    if in_len == 0 || x.len() % in_len != 0 {
+        return Err(MpcError::Shape("fused gate: input length".into()));
+    }
+    match sparse {
+        Some(sp) => {
+            if sp.rows() != groups {
+                return Err(MpcError::Shape("fused gate: sparse rows".into()));
+            }
+            sp.apply(x, u, in_len)
+        }
+        None => LinOp::Fc {
+            n: x.len() / in_len,
+            in_f: in_len,
+            out_f: groups,
+        }
+        .apply(x, u),
     }
 }
 
@@ -737,8 +776,10 @@ struct ReluLevel {
 /// The decisions of the fused gate after a convolution, opened with its output:
 /// `z^ = U x^ + zpre mod 2^k` per image.
 struct LinGate {
-    /// The weight key of `U` (`groups x in_len` per image).
+    /// The weight key of `U` (`groups x in_len` per image, or sparse rows).
     ukey: String,
+    /// The rows of a sparse `U` (patch groups); `None`: dense.
+    sparse: Option<crate::plain::SparseRows>,
     /// Decisions per image.
     groups: usize,
     /// Convolution input elements per image.
@@ -1195,13 +1236,13 @@ impl MimoSuite {
         let yh = match gate {
             None => open_bits(&mut self.comm, &y, r + f)?,
             Some(g) => {
-                let n = inp.hat.len() / g.in_len.max(1);
-                let u = LinOp::Fc {
-                    n,
-                    in_f: g.in_len,
-                    out_f: g.groups,
-                };
-                let mut z = u.apply(&inp.hat, &self.weight(&g.ukey)?.online)?;
+                let mut z = apply_u(
+                    g.sparse.as_ref(),
+                    &inp.hat,
+                    &self.weight(&g.ukey)?.online,
+                    g.in_len,
+                    g.groups,
+                )?;
                 crate::ring::add_assign(&mut z, &g.zpre);
                 let (yh, zh) = open_two(&mut self.comm, &y, r + f, &z, g.k)?;
                 self.fused_zh = Some(zh);
@@ -1547,17 +1588,18 @@ impl MimoSuite {
                         let fp = gp.fused.as_ref().expect("fused_after checks");
                         let ukey = crate::fast::gate::u_key(g);
                         let mu = self.weight(&ukey)?;
-                        let uop = LinOp::Fc {
-                            n,
-                            in_f: fp.in_len,
-                            out_f: gp.num_groups,
-                        };
-                        let zprod = uop.apply(&mask, if dealer { &mu.b } else { &mu.f })?;
+                        let zprod = apply_u(
+                            fp.sparse.as_ref(),
+                            &mask,
+                            if dealer { &mu.b } else { &mu.f },
+                            fp.in_len,
+                            gp.num_groups,
+                        )?;
                         if !dealer {
                             crate::ring::check_len("fused gate beta", &fp.beta, gp.num_groups)?;
                         }
                         Some((
-                            ukey,
+                            (ukey, fp.sparse.clone()),
                             gp.num_groups,
                             fp.in_len,
                             group_bits(&self.cfg, g, gp),
@@ -1598,7 +1640,7 @@ impl MimoSuite {
                     let rt = d.corr_kbit(o, r, rt_secret.as_deref())?;
                     // The fused gate's decisions: `z^ = U x^ - U r + beta + r_z mod 2^k`.
                     let gate = match zdeal {
-                        Some((ukey, groups, in_len, k, zprod, beta)) => {
+                        Some(((ukey, sparse), groups, in_len, k, zprod, beta)) => {
                             let cnt = n * groups;
                             let c = d.corr_kbit(cnt, k, dealer.then_some(&zprod[..]))?;
                             let rzr = d.rand_u64(cnt);
@@ -1621,6 +1663,7 @@ impl MimoSuite {
                             }
                             Some(Box::new(LinGate {
                                 ukey,
+                                sparse,
                                 groups,
                                 in_len,
                                 k,

@@ -240,11 +240,20 @@ fn check_model_fused(model: &Model, batch: usize) -> (CostReport, Vec<String>, (
                 })
                 .unwrap();
                 let got = &tr[li + 1][img * per_out..(img + 1) * per_out];
+                // Whole channels: a channel's elements; patch groups: the layer's map.
                 let plane = per_out / keep.len();
+                let FixedLayer::Shared { s, .. } = l else {
+                    panic!("a fused gate is a sharing layer")
+                };
+                let group = |i: usize| match fg.sparse {
+                    Some(_) => s.group_of[i] as usize,
+                    None => i / plane,
+                };
+                let mut counted = vec![false; keep.len()];
                 for (i, (a, b)) in got.iter().zip(&want[1]).enumerate() {
                     let d = a.wrapping_sub(*b) & mo;
-                    let kept = keep[i / plane] != nb[i];
-                    if i % plane == 0 {
+                    let kept = keep[group(i)] != nb[i];
+                    if !std::mem::replace(&mut counted[group(i)], true) {
                         if kept {
                             gates.0 += 1;
                         } else {
@@ -399,11 +408,49 @@ fn sharing_layers_end_to_end() {
         "so does a fused noisy FC channel gate"
     );
     let r = check(Arch::Svhn, "original", Some("act1=patch2"), 1);
-    assert_eq!(
+    assert_eq!(r.online_rounds(), 5, "so does a fused learned patch gate");
+    let r = check(Arch::Svhn, "original", Some("act1=patch2:noise0.2"), 1);
+    assert_eq!(r.online_rounds(), 5, "and a fused noisy patch gate");
+}
+
+/// CIFAR-10 `uniform3` (learned 3x3 patch gates after conv1 and conv2): both are fused with
+/// their convolutions through sparse rows of `U` (a 5x5 window per channel of the input per
+/// group), so 15 online rounds as `original` (17 unfused); random weights gate off some
+/// patches and keep others. The one-time setup grows by the opening of `U`'s entries.
+#[test]
+fn uniform3_patch_gates_fused() {
+    let (r, fused, (kept, off)) = check_fused(Arch::Cifar10, "uniform3", None, 2);
+    assert_eq!(fused, vec!["act1".to_string(), "act2".to_string()]);
+    assert_eq!(r.online_rounds(), 15);
+    assert!(kept > 0 && off > 0, "kept {kept}, gated off {off}");
+    eprintln!(
+        "cifar10 uniform3 (batch 2): {} rounds, {:.3} online MB, {:.3} offline MB",
         r.online_rounds(),
-        6,
-        "an unfused learned decider costs one more"
+        r.online_bytes() as f64 / 1e6,
+        r.offline_bytes() as f64 / 1e6
     );
+    // The rows of U: each group's members' receptive fields, and the entries the dense
+    // reference would hold there (the rest of the dense row is zero).
+    let model =
+        Model::random(presets::build(Arch::Cifar10, "uniform3").unwrap(), None, 11).unwrap();
+    let mut fm = FixedModel::from_model(&model, 13).unwrap();
+    fuse(&mut fm).unwrap();
+    for li in 0..fm.layers.len() {
+        let Some((fg, FixedLayer::Conv { geom, .. })) = plain::fused_at(&fm, li) else {
+            continue;
+        };
+        let sp = fg.sparse.as_ref().expect("patch gates are sparse");
+        assert_eq!(sp.rows(), fg.beta.len());
+        let interior = (0..sp.rows()).map(|g| sp.row(g).len()).max().unwrap();
+        assert_eq!(interior, 25 * geom.c, "a 5x5 window per input channel");
+        eprintln!(
+            "{}: {} groups, {} entries of U (dense: {})",
+            fm.layers[li + 1].name(),
+            sp.rows(),
+            sp.cols.len(),
+            sp.rows() * fg.in_len
+        );
+    }
 }
 
 /// CIFAR-10 `uniform32` (learned whole-channel gates after conv1 and conv2): both gates are
@@ -510,15 +557,27 @@ fn expected_rounds(plan: &Plan) -> usize {
 #[test]
 fn tiny_graph_layer_by_layer() {
     let tiny = relushare_model::resnet::tiny_graph();
-    for (free, batch) in [(None, 2), (Some("relu2=patch2,relu4=channel:onehot"), 1)] {
+    for (free, batch) in [
+        (None, 2),
+        (Some("relu2=patch2,relu4=channel:onehot"), 1),
+        (Some("relu2=patch2:noise0.2,relu3=patch2"), 1),
+    ] {
         let mut spec = tiny.clone();
         if let Some(f) = free {
             presets::apply_freeform(&mut spec, f).unwrap();
         }
         let model = Model::random(spec, None, 11).unwrap();
-        let fm = FixedModel::from_model(&model, 13).unwrap();
+        let mut fm = FixedModel::from_model(&model, 13).unwrap();
+        fuse(&mut fm).unwrap();
         let plan = crate::runner::build_plan(&fm, batch, &vec![None; fm.layers.len()]);
-        let r = check_model(&model, batch);
+        let (r, fused, _) = check_model_fused(&model, batch);
+        if free.is_some_and(|f| f.contains("relu2=patch2")) {
+            assert!(fused.contains(&"relu2".to_string()), "{fused:?}");
+        }
+        assert!(
+            !fused.contains(&"relu3".to_string()),
+            "relu3 reads an add: {fused:?}"
+        );
         assert_eq!(
             r.online_rounds() as usize,
             expected_rounds(&plan),

@@ -19,8 +19,8 @@
 //!
 //! **Control.** [`raw_share_leak_is_caught`] plants the raw-share bug in the input gate
 //! ([`PLANT_RAW_SHARE`]: a party opens its share of `x` instead of `x + r_in`) and requires these
-//! tests to detect it, on a ReLU layer, on a graph and on a fused gate's block
-//! ([`fused_gate_views_do_not_depend_on_the_secret`]); [`unmasked_relu_output_is_caught`]
+//! tests to detect it, on a ReLU layer, on a graph and on fused gates' blocks (whole channels
+//! and patches, [`fused_gate_views_do_not_depend_on_the_secret`]); [`unmasked_relu_output_is_caught`]
 //! plants a ReLU gate that opens its output without the fresh mask ([`PLANT_UNMASKED_RELU`]),
 //! which no single message shows and the opened values do. (A bug whose opened value is still
 //! hidden by other randomness the receiver does not hold, e.g. decisions opened without `r_z`
@@ -631,29 +631,37 @@ fn raw_share_leak_is_caught_on_a_graph() {
 }
 
 /// A fused gate (SVHN `uniform32`'s first block: the convolution opens its output and the
-/// channels' decisions `z^ = U x^ + ...` in one round, the gate decides on them): the views do
-/// not depend on the secret, and the planted raw input share is caught on this block too.
+/// channels' decisions `z^ = U x^ + ...` in one round, the gate decides on them; SVHN
+/// `uniform3`'s: the same with 3x3 patch groups and sparse rows of `U`): the views do not
+/// depend on the secret, and the planted raw input share is caught on these blocks too.
 #[test]
 fn fused_gate_views_do_not_depend_on_the_secret() {
-    let (cfg, build) = network_case(Arch::Svhn, "uniform32", Some(2));
-    let ins = build(
-        0,
-        &mut Splitter {
-            r: 0,
-            mine: Prg::from_seed(FIXED_SHARES),
-        },
-    );
-    assert!(
-        matches!(&ins[0].plan.ops[1], PlanOp::SharedRelu { plan, .. } if plan.fused.is_some()),
-        "the block is fused"
-    );
-    let w = check(&cfg, &build, Plant::Nothing);
-    assert_private("SVHN uniform32 fused block", &w);
-    let w = check(&cfg, &build, Plant::RawShare);
-    assert!(
-        w.z >= Z_LIMIT,
-        "the planted raw share was not detected on the fused block (worst z = {:.1} at {})",
-        w.z,
-        w.at
-    );
+    for (preset, patches) in [("uniform32", false), ("uniform3", true)] {
+        let (cfg, build) = network_case(Arch::Svhn, preset, Some(2));
+        let ins = build(
+            0,
+            &mut Splitter {
+                r: 0,
+                mine: Prg::from_seed(FIXED_SHARES),
+            },
+        );
+        assert!(
+            matches!(
+                &ins[0].plan.ops[1],
+                PlanOp::SharedRelu { plan, .. }
+                    if plan.fused.as_ref().is_some_and(|f| f.sparse.is_some() == patches)
+            ),
+            "{preset}: the block is fused (sparse: {patches})"
+        );
+        let w = check(&cfg, &build, Plant::Nothing);
+        assert_private(&format!("SVHN {preset} fused block"), &w);
+        let w = check(&cfg, &build, Plant::RawShare);
+        assert!(
+            w.z >= Z_LIMIT,
+            "{preset}: the planted raw share was not detected on the fused block (worst z = \
+             {:.1} at {})",
+            w.z,
+            w.at
+        );
+    }
 }
