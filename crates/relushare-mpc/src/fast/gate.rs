@@ -307,7 +307,7 @@ pub fn fold_sparse(
 /// `U = round_f(v o W)` and `beta = round_f(b * sum v)` (Learned; FC adds its 2f-bit bias to
 /// `beta`), or the leader's convolution row and the bias (OneHot); all give 2f-bit decision
 /// values.
-fn fold_decider(
+pub(crate) fn fold_decider(
     geom: &ConvGeom,
     w: &[u64],
     b: &[u64],

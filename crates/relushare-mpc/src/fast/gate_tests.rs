@@ -286,3 +286,78 @@ fn fused_costs_match_formulas_and_halve_cifar10() {
     let (u, o) = (total(&rep), total(&ro.batches[0].report));
     assert!(2 * u < o, "uniform32 {u} bytes vs original {o}");
 }
+
+/// The sparse fold ([`gate::fold_sparse`], `mimo`'s patch gates) of a whole-channel gate holds
+/// exactly the dense fold's entries on each row's receptive field (zero elsewhere) and the same
+/// `beta`; `fast`'s own fusion still leaves patch gates alone.
+#[test]
+fn sparse_fold_matches_the_dense_fold() {
+    for (arch, preset) in [(Arch::Svhn, "uniform32"), (Arch::Cifar10, "fc-noise")] {
+        let fm = FixedModel::from_model(&model(arch, preset, None, 5), 13).unwrap();
+        let mut n = 0;
+        for i in 0..fm.layers.len() - 1 {
+            let (FixedLayer::Conv { geom, w, b, .. }, FixedLayer::Shared { s, .. }) =
+                (&fm.layers[i], &fm.layers[i + 1])
+            else {
+                continue;
+            };
+            let (du, dbeta) = gate::fold_decider(geom, w, b, s, 13).unwrap();
+            let (su, sbeta, sp) = gate::fold_sparse(geom, w, b, s, 13).unwrap();
+            assert_eq!(sbeta, dbeta, "{arch} {preset}");
+            let in_len = geom.in_len1();
+            let mut dense = vec![0u64; du.len()];
+            for g in 0..sp.rows() {
+                let (a, e) = (sp.start[g] as usize, sp.start[g + 1] as usize);
+                for (&q, &u) in sp.cols[a..e].iter().zip(&su[a..e]) {
+                    dense[g * in_len + q as usize] = u;
+                }
+            }
+            assert_eq!(dense, du, "{arch} {preset}");
+            n += 1;
+        }
+        assert!(n > 0);
+    }
+    let (fm, names) = fused(&model(Arch::Cifar10, "uniform3", None, 1));
+    assert!(names.is_empty(), "fast fused patch gates: {names:?}");
+    assert!(modes(&fm).is_empty());
+}
+
+/// A patch gate's sparse decisions equal the decider applied to the exact (untruncated)
+/// convolution output, up to the rounding of `U` and `beta` (half a unit per entry of the
+/// window times the input, plus one).
+#[test]
+fn sparse_decisions_follow_the_exact_convolution() {
+    let m = model(Arch::Svhn, "uniform3", None, 7);
+    let mut fm = FixedModel::from_model(&m, 13).unwrap();
+    assert_eq!(
+        crate::mimo::fuse(&mut fm).unwrap(),
+        vec!["act1".to_string()]
+    );
+    let (FixedLayer::Conv { geom, w, b, .. }, FixedLayer::Shared { s, .. }) =
+        (&fm.layers[0], &fm.layers[1])
+    else {
+        panic!("SVHN starts with conv1, act1")
+    };
+    let fg = s.fused.as_ref().unwrap();
+    let lim = crate::fast::input_abs_max(&m.spec.normalization);
+    let x = fm.encode_input(&image(fm.input_len, 3, lim)).unwrap();
+    let z = fg.decisions(&x).unwrap();
+    let mut y = crate::kernels::conv2d(&x, w, geom);
+    crate::kernels::add_channel_bias(&mut y, b, geom.oh() * geom.ow());
+    let mut exact = vec![0i128; s.num_groups];
+    for (i, &g) in s.group_of.iter().enumerate() {
+        exact[g as usize] += (s.v[i] as i64 as i128) * (y[i] as i64 as i128);
+    }
+    let xmax = x.iter().map(|&v| (v as i64).unsigned_abs()).max().unwrap() as i128;
+    let sp = fg.sparse.as_ref().unwrap();
+    for g in 0..s.num_groups {
+        let want = exact[g] >> 13;
+        let tol = (sp.row(g).len() as i128 * xmax) / 2 + 2;
+        let d = (z[g] as i64 as i128 - want).abs();
+        assert!(
+            d <= tol,
+            "group {g}: {} vs {want} (tolerance {tol})",
+            z[g] as i64
+        );
+    }
+}
