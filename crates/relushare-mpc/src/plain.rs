@@ -118,7 +118,7 @@ impl SparseRows {
     /// elements: `rows x window` multiply-adds per image.
     pub fn apply(&self, x: &[u64], u: &[u64], in_len: usize) -> Result<Vec<u64>> {
         crate::ring::check_len("sparse fused gate U", u, self.cols.len())?;
-        if in_len == 0 || x.len() % in_len != 0 {
+        if in_len == 0 || !x.len().is_multiple_of(in_len) {
             return Err(MpcError::Shape("sparse fused gate: input length".into()));
         }
         self.check(in_len)?;
@@ -810,10 +810,8 @@ fn eval_fused(
         GateMode::Fold => {
             // Whole channels: the group of output `j` is its channel; patches: the layer's map.
             let plane = geom.oh() * geom.ow();
-            if fg.sparse.is_some() {
-                if s.group_of.len() != z.len() || keep.len() != s.num_groups {
-                    return Err(MpcError::Shape("fused gate: decisions per image".into()));
-                }
+            if fg.sparse.is_some() && (s.group_of.len() != z.len() || keep.len() != s.num_groups) {
+                return Err(MpcError::Shape("fused gate: decisions per image".into()));
             }
             let group = |j: usize| match fg.sparse {
                 Some(_) => s.group_of[j] as usize,

@@ -339,7 +339,7 @@ fn apply_u(
     in_len: usize,
     groups: usize,
 ) -> Result<Vec<u64>> {
-    if in_len == 0 || x.len() % in_len != 0 {
+    if in_len == 0 || !x.len().is_multiple_of(in_len) {
         return Err(MpcError::Shape("fused gate: input length".into()));
     }
     match sparse {
