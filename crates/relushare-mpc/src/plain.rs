@@ -10,14 +10,15 @@
 //! * ReLU: `x * [x >= 0]`; partial: ReLU on the first channels;
 //! * sharing: `z_g = sum v_i x_i (+ b_c)` (2f bits, Learned/Fc) or `x_leader` (OneHot),
 //!   `keep_i = [z_g >= 0] XOR flip_i`, `y_i = x_i * keep_i` (no truncation anywhere);
-//! * a whole-channel gate *fused* with the convolution before it ([`FusedGate`], chosen by
-//!   [`crate::fast::gate::fuse`] for the fast suites, by [`crate::mimo::fuse`] (learned
-//!   deciders, always `Fold`) for `mimo`): the channel's decision value is
-//!   `z_c = sum_q U[c, q] x_q + beta_c` on the convolution's *input* `x` (2f bits; `U` and `beta`
-//!   are the decider folded through the convolution by the model owner), and
-//!   - [`GateMode::Fold`]: the convolution's output is `[z_c >= 0] * trunc_f(conv)`, the gate
-//!     layer passes it on (a noisy gate, fused for `mimo` only: member `i` keeps
-//!     `[z_c >= 0] XOR flip_i`, flips drawn in element order as for the unfused layer; an FC
+//! * a gate *fused* with the convolution before it ([`FusedGate`], chosen by
+//!   [`crate::fast::gate::fuse`] for the fast suites (whole channels), by [`crate::mimo::fuse`]
+//!   (learned/FC deciders, whole channels or patches, always `Fold`) for `mimo`): the group's
+//!   decision value is `z_g = sum_q U[g, q] x_q + beta_g` on the convolution's *input* `x` (2f
+//!   bits; `U` and `beta` are the decider folded through the convolution by the model owner; a
+//!   patch gate's `U` is sparse, [`SparseRows`]: row `g` on its members' receptive fields), and
+//!   - [`GateMode::Fold`]: output `i` of the convolution is `[z_g >= 0] * trunc_f(conv)_i` (`g`
+//!     its group), the gate layer passes it on (a noisy gate, fused for `mimo` only: member `i`
+//!     keeps `[z_g >= 0] XOR flip_i`, flips drawn in element order as for the unfused layer; an FC
 //!     decider's bias is part of `beta`);
 //!   - [`GateMode::Pool`]: the average pooling after the gate pools the *exact* convolution
 //!     output: `[z_c >= 0] * trunc_f(trunc_f(window sum(conv + b)) * round(2^f/k^2))`; the
@@ -48,7 +49,7 @@ pub struct FixedShared {
     pub bias: Vec<u64>,
     /// Flip probability.
     pub noise: f32,
-    /// Set when this (whole-channel) gate is fused with the convolution before it.
+    /// Set when this gate is fused with the convolution before it.
     pub fused: Option<Box<FusedGate>>,
 }
 
@@ -61,15 +62,17 @@ pub enum GateMode {
     Pool,
 }
 
-/// A whole-channel ReLU-sharing layer fused with the convolution before it: its decision
-/// values are a linear function of the convolution's input.
+/// A ReLU-sharing layer (whole channels, or patches with [`FusedGate::sparse`]) fused with the
+/// convolution before it: its decision values are a linear function of the convolution's input.
 #[derive(Clone, Debug)]
 pub struct FusedGate {
     /// Evaluation mode.
     pub mode: GateMode,
-    /// `U[c, q]` (`channels x in_len`, f bits): the decider folded through the convolution.
+    /// `U[g, q]` (`groups x in_len`, f bits, or the entries of [`FusedGate::sparse`]'s rows):
+    /// the decider folded through the convolution.
     pub u: Vec<u64>,
-    /// `beta[c]` (2f bits): the convolution bias folded through the decider.
+    /// `beta[g]` (2f bits): the convolution bias folded through the decider (plus an FC
+    /// decider's bias).
     pub beta: Vec<u64>,
     /// Convolution input elements per image.
     pub in_len: usize,

@@ -192,18 +192,19 @@ pub struct GroupPlan {
     pub bias: Shared,
     /// Flip probability of each member's decision (0 = no noise).
     pub noise: f32,
-    /// Set when the layer is a whole-channel gate fused with the convolution before it.
+    /// Set when the layer is a gate fused with the convolution before it.
     pub fused: Option<FusedPlan>,
 }
 
-/// A fused whole-channel gate as the suites see it (see [`crate::plain::FusedGate`]).
+/// A fused gate as the suites see it (see [`crate::plain::FusedGate`]).
 #[derive(Clone, Debug)]
 pub struct FusedPlan {
     /// Evaluation mode.
     pub mode: crate::plain::GateMode,
-    /// Shares of `U` (`channels x in_len`, f bits); empty for P2.
+    /// Shares of `U` (`groups x in_len`, or the entries of `sparse`'s rows, f bits); empty for
+    /// P2.
     pub u: Shared,
-    /// Shares of `beta` (`channels`, 2f bits); empty for P2.
+    /// Shares of `beta` (`groups`, 2f bits); empty for P2.
     pub beta: Shared,
     /// Convolution input elements per image.
     pub in_len: usize,

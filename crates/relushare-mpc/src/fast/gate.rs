@@ -26,6 +26,9 @@
 //!   the gate is a product with a masked opening of the pooled values `H = Q - R` (opened in the
 //!   same round as the decision values) and the dealt `t R`.
 //!
+//! Patch groups are fused for `mimo` only ([`fuse_patches`]: a sparse `U`, one row per group on
+//! its members' receptive fields); [`fuse`] and the fast suites keep to whole channels.
+//!
 //! The semantics (see [`crate::plain`]) differ from the unfused layer only in rounding: the
 //! decision is taken on the exact convolution output, and a pooled gate pools the exact output
 //! before truncating. [`fuse`] picks, per eligible block, the mode with the fewest bytes per
