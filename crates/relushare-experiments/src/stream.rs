@@ -139,15 +139,7 @@ pub fn run(
                         .report
                         .layers
                         .iter()
-                        .map(|l| {
-                            (
-                                l.label.clone(),
-                                l.online_bytes,
-                                l.offline_bytes,
-                                l.online_rounds,
-                                l.offline_rounds,
-                            )
-                        })
+                        .map(relushare_mpc::cost::LabelCost::shape)
                         .collect(),
                 })
                 .collect();
@@ -254,7 +246,7 @@ struct Costs {
     offline_bytes: u64,
     rounds: u64,
     offline_rounds: u64,
-    key: Vec<(String, u64, u64, u64, u64)>,
+    key: Vec<relushare_mpc::cost::LabelShape>,
 }
 
 /// Costs per image over a stream, rounds of one batch.

@@ -269,6 +269,23 @@ pub struct LabelCost {
     pub seconds: f64,
 }
 
+/// One label's costs without its timing: (label, online bytes, offline bytes, online rounds,
+/// offline rounds). Two runs that cost the same have equal shapes.
+pub type LabelShape = (String, u64, u64, u64, u64);
+
+impl LabelCost {
+    /// This label's [`LabelShape`].
+    pub fn shape(&self) -> LabelShape {
+        (
+            self.label.clone(),
+            self.online_bytes,
+            self.offline_bytes,
+            self.online_rounds,
+            self.offline_rounds,
+        )
+    }
+}
+
 /// Costs of a whole run, aggregated over the three parties, in layer order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CostReport {

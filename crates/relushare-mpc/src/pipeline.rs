@@ -562,15 +562,7 @@ mod tests {
                 let key = |r: &crate::cost::CostReport| {
                     r.layers
                         .iter()
-                        .map(|l| {
-                            (
-                                l.label.clone(),
-                                l.online_bytes,
-                                l.offline_bytes,
-                                l.online_rounds,
-                                l.offline_rounds,
-                            )
-                        })
+                        .map(crate::cost::LabelCost::shape)
                         .collect::<Vec<_>>()
                 };
                 assert_eq!(key(&a.report), key(&b.report), "{what}");

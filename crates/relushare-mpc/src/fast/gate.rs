@@ -267,28 +267,13 @@ pub fn fold_sparse(
             let v = s.v[j] as i64 as i128;
             let (c, p) = (j / plane, j % plane);
             bacc += v * (b[c] as i64 as i128);
-            let (py, px) = (p / ow, p % ow);
-            for ci in 0..geom.c {
-                for ky in 0..geom.k {
-                    let iy = (py * geom.stride + ky) as isize - geom.pad as isize;
-                    if iy < 0 || iy >= geom.h as isize {
-                        continue;
-                    }
-                    for kx in 0..geom.k {
-                        let ix = (px * geom.stride + kx) as isize - geom.pad as isize;
-                        if ix < 0 || ix >= geom.w as isize {
-                            continue;
-                        }
-                        let q = ci * geom.h * geom.w + iy as usize * geom.w + ix as usize;
-                        if !seen[q] {
-                            seen[q] = true;
-                            touched.push(q as u32);
-                        }
-                        let wv = w[c * per + (ci * geom.k + ky) * geom.k + kx] as i64 as i128;
-                        acc[q] += v * wv;
-                    }
+            for_each_tap(geom, p / ow, p % ow, |q, t| {
+                if !seen[q] {
+                    seen[q] = true;
+                    touched.push(q as u32);
                 }
-            }
+                acc[q] += v * (w[c * per + t] as i64 as i128);
+            });
         }
         touched.sort_unstable();
         for &q in &touched {
@@ -362,29 +347,39 @@ pub(crate) fn fold_decider(
         };
         for (p, v) in positions {
             vsum += v;
-            let (py, px) = (p / ow, p % ow);
-            for ci in 0..geom.c {
-                for ky in 0..geom.k {
-                    let iy = (py * geom.stride + ky) as isize - geom.pad as isize;
-                    if iy < 0 || iy >= geom.h as isize {
-                        continue;
-                    }
-                    for kx in 0..geom.k {
-                        let ix = (px * geom.stride + kx) as isize - geom.pad as isize;
-                        if ix < 0 || ix >= geom.w as isize {
-                            continue;
-                        }
-                        let wv = w[c * per + (ci * geom.k + ky) * geom.k + kx] as i64 as i128;
-                        acc[ci * geom.h * geom.w + iy as usize * geom.w + ix as usize] += v * wv;
-                    }
-                }
-            }
+            for_each_tap(geom, p / ow, p % ow, |q, t| {
+                acc[q] += v * (w[c * per + t] as i64 as i128);
+            });
         }
         u.extend(acc.iter().map(|&a| round(a)));
         let fc_bias = if fc { s.bias[c] } else { 0 };
         beta.push(round(b[c] as i64 as i128 * vsum).wrapping_add(fc_bias));
     }
     Ok((u, beta))
+}
+
+/// Every tap of the convolution window at output position `(py, px)` that falls inside the
+/// input: `f(q, t)` with `q` the input offset (`ci * h * w + iy * w + ix`) and `t` the weight
+/// offset within an output channel's row (`(ci * k + ky) * k + kx`).
+fn for_each_tap(geom: &ConvGeom, py: usize, px: usize, mut f: impl FnMut(usize, usize)) {
+    for ci in 0..geom.c {
+        for ky in 0..geom.k {
+            let iy = (py * geom.stride + ky) as isize - geom.pad as isize;
+            if iy < 0 || iy >= geom.h as isize {
+                continue;
+            }
+            for kx in 0..geom.k {
+                let ix = (px * geom.stride + kx) as isize - geom.pad as isize;
+                if ix < 0 || ix >= geom.w as isize {
+                    continue;
+                }
+                f(
+                    ci * geom.h * geom.w + iy as usize * geom.w + ix as usize,
+                    (ci * geom.k + ky) * geom.k + kx,
+                );
+            }
+        }
+    }
 }
 
 /// Public description of one fused block, fixed at offline time.

@@ -820,15 +820,7 @@ fn tiny_graph_streams_like_sequential_runs() {
     let key = |r: &CostReport| {
         r.layers
             .iter()
-            .map(|l| {
-                (
-                    l.label.clone(),
-                    l.online_bytes,
-                    l.offline_bytes,
-                    l.online_rounds,
-                    l.offline_rounds,
-                )
-            })
+            .map(crate::cost::LabelCost::shape)
             .collect::<Vec<_>>()
     };
     for (a, b) in st.batches.iter().zip(&seq.batches) {

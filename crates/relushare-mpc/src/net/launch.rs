@@ -547,10 +547,6 @@ fn summarise(
     })
 }
 
-/// One label's costs as a batch's shape: (label, online bytes, offline bytes, online rounds,
-/// offline rounds).
-type LabelShape = (String, u64, u64, u64, u64);
-
 /// The stream part of a summary: per batch, the parties' costs merged like a single run's and
 /// their times merged over the shared clock.
 fn summarise_stream(parties: &[PartyReport], st: StreamSettings) -> Result<NetworkedStream> {
@@ -571,7 +567,7 @@ fn summarise_stream(parties: &[PartyReport], st: StreamSettings) -> Result<Netwo
     }
     let mut batch_bytes = Vec::with_capacity(nb);
     let mut batch_rounds = Vec::with_capacity(nb);
-    let mut shapes: Vec<(usize, Vec<LabelShape>)> = Vec::new();
+    let mut shapes: Vec<(usize, Vec<crate::cost::LabelShape>)> = Vec::new();
     for j in 0..nb {
         let parts: Vec<(usize, &[LabelCost])> = parties
             .iter()
@@ -586,18 +582,7 @@ fn summarise_stream(parties: &[PartyReport], st: StreamSettings) -> Result<Netwo
                 .sum(),
         );
         batch_rounds.push(merged.iter().map(|l| l.online_rounds).sum());
-        let mut key: Vec<_> = merged
-            .iter()
-            .map(|l| {
-                (
-                    l.label.clone(),
-                    l.online_bytes,
-                    l.offline_bytes,
-                    l.online_rounds,
-                    l.offline_rounds,
-                )
-            })
-            .collect();
+        let mut key: Vec<_> = merged.iter().map(LabelCost::shape).collect();
         key.sort();
         shapes.push((reps[0].batches[j].images, key));
     }

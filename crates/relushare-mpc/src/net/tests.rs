@@ -765,15 +765,7 @@ fn networked_stream_costs_equal_one_batch_sessions() {
         let key = |v: &[crate::cost::LabelCost]| {
             v.iter()
                 .filter(|l| l.label != "model-setup")
-                .map(|l| {
-                    (
-                        l.label.clone(),
-                        l.online_bytes,
-                        l.offline_bytes,
-                        l.online_rounds,
-                        l.offline_rounds,
-                    )
-                })
+                .map(crate::cost::LabelCost::shape)
                 .collect::<Vec<_>>()
         };
         for b in &sr.batches[..2] {
