@@ -36,7 +36,7 @@ pub struct Args {
     /// With --random-image: how many images.
     #[arg(long, default_value_t = 1)]
     pub count: usize,
-    /// Protocol suite: fast, fss or securenn (as in `infer`).
+    /// Protocol suite: fast, fss, mimo or securenn (as in `infer`).
     #[arg(long, default_value = "fast")]
     pub protocol: String,
     /// Fixed-point fractional bits.

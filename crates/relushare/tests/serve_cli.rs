@@ -351,6 +351,33 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         v["weight_masks"].is_null(),
         "securenn masks no weights: {v}"
     );
+    // mimo is served on the same pair's masks (its own masked weights, computed once for
+    // two sessions; the client opens nothing).
+    for _ in 0..2 {
+        let out = wait(
+            d.classify("client-2", &d.images[..2], &["--protocol", "mimo"]),
+            120.0,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want = d.plaintext("mimo", &d.images[..2]);
+        for (r, &w) in v["images"].as_array().unwrap().iter().zip(&want) {
+            assert_eq!(r["index"].as_u64().unwrap() as usize, w, "{v}");
+        }
+        assert_eq!(v["model_setup_bytes"].as_u64(), Some(0), "{v}");
+        assert_eq!(v["weight_masks"], mask_ids[0], "{v}");
+    }
+    assert_eq!(
+        d.owner
+            .log()
+            .matches("masked weights for mimo with 13 fractional bits computed")
+            .count(),
+        1
+    );
     let o = Command::new(BIN)
         .args([
             "classify",

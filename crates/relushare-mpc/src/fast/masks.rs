@@ -7,8 +7,9 @@
 //! * the model owner draws [`MaskKeys`] `(k0, k1)` and hands them to the helper (once, over
 //!   their mutually authenticated TLS link);
 //! * for a *context* (protocol and fixed-point bits, [`context_label`]) the masks are
-//!   `B_i = PRG(derive(k_i, context))`, drawn tensor by tensor in the order of
-//!   `mask_layout` (in `fast`); the owner, who holds `W`, computes `F = W - B_0 - B_1` once
+//!   `B_i = PRG(derive(k_i, context))`, drawn tensor by tensor in the order of the suite's
+//!   layout (`mask_layout` in `fast` for `fast`/`fss`, `mimo::mask_layout` for
+//!   `mimo`, see `layout_for`); the owner, who holds `W`, computes `F = W - B_0 - B_1` once
 //!   ([`opening`]) and keeps it;
 //! * per session the client (P0) receives `F` and the derived seed of `B_0` one-way from the
 //!   owner, the owner (P1) installs `F` and `B_1`, the helper (P2) `B = B_0 + B_1`
@@ -21,7 +22,7 @@
 //! Why reuse is secure, and under which assumption, is argued in the crate README (*Serving*).
 
 use super::linear::MaskedWeight;
-use super::mask_layout;
+use super::{mask_layout, MaskedTensor};
 use crate::error::{MpcError, Result};
 use crate::prg::{self, Prg, Seed};
 use crate::suite::{Plan, WeightShare};
@@ -84,30 +85,67 @@ impl MaskKeys {
 }
 
 /// The context of a set of masks: the suite and the fixed-point encoding (each gets its own
-/// masks). Only the `fast` suites mask weights.
+/// masks, so `mimo`'s are never `fast`'s or `fss`'s). The suites that mask weights: `fast`,
+/// `fss` and `mimo`.
 pub fn context_label(protocol: &str, frac_bits: u32) -> Result<u64> {
     let p: u64 = match protocol {
         "fast" => 1,
         "fss" => 2,
+        "mimo" => 3,
         p => {
             return Err(MpcError::Param(format!(
-                "protocol {p:?} has no masked weights (only fast and fss)"
+                "protocol {p:?} has no masked weights (only fast, fss and mimo)"
             )))
         }
     };
     Ok((p << 32) | u64::from(frac_bits))
 }
 
-/// Number of ring elements the one-time setup masks for `plan` (the length of `F`).
-pub fn masked_len(plan: &Plan, weights: &[WeightShare]) -> Result<usize> {
-    Ok(mask_layout(plan, weights)?.iter().map(|m| m.len).sum())
+/// The tensors `protocol` masks for `plan`, in the order their masks are drawn (`fast`'s
+/// `mask_layout` for `fast` and `fss`, `mimo::mask_layout` for `mimo`).
+pub(crate) fn layout_for<'a>(
+    protocol: &str,
+    plan: &'a Plan,
+    weights: &'a [WeightShare],
+) -> Result<Vec<MaskedTensor<'a>>> {
+    context_label(protocol, 0)?;
+    if protocol == "mimo" {
+        crate::mimo::mask_layout(plan, weights)
+    } else {
+        mask_layout(plan, weights)
+    }
 }
 
-/// `F = W - B_0 - B_1` for every masked tensor of `plan`, concatenated in layout order, where
-/// `weights` and the plan's decider and gate vectors hold the **plaintext** (the model owner's
-/// computation) and `(seed0, seed1)` are one context's seeds ([`MaskKeys::seeds`]).
+/// Number of ring elements the `fast` suites' one-time setup masks for `plan` (the length of
+/// `F`).
+pub fn masked_len(plan: &Plan, weights: &[WeightShare]) -> Result<usize> {
+    masked_len_for("fast", plan, weights)
+}
+
+/// Number of ring elements `protocol`'s one-time setup masks for `plan` (the length of `F`).
+pub fn masked_len_for(protocol: &str, plan: &Plan, weights: &[WeightShare]) -> Result<usize> {
+    Ok(layout_for(protocol, plan, weights)?
+        .iter()
+        .map(|m| m.len)
+        .sum())
+}
+
+/// `F = W - B_0 - B_1` for every tensor the `fast` suites mask ([`opening_for`]).
 pub fn opening(plan: &Plan, weights: &[WeightShare], seeds: (Seed, Seed)) -> Result<Vec<u64>> {
-    let layout = mask_layout(plan, weights)?;
+    opening_for("fast", plan, weights, seeds)
+}
+
+/// `F = W - B_0 - B_1` for every tensor `protocol` masks for `plan`, concatenated in layout
+/// order, where `weights` and the plan's decider and gate vectors hold the **plaintext** (the
+/// model owner's computation) and `(seed0, seed1)` are one context's seeds
+/// ([`MaskKeys::seeds`]).
+pub fn opening_for(
+    protocol: &str,
+    plan: &Plan,
+    weights: &[WeightShare],
+    seeds: (Seed, Seed),
+) -> Result<Vec<u64>> {
+    let layout = layout_for(protocol, plan, weights)?;
     let total = layout.iter().map(|m| m.len).sum();
     let (mut p0, mut p1) = (Prg::from_seed(seeds.0), Prg::from_seed(seeds.1));
     let mut f = Vec::with_capacity(total);
@@ -338,15 +376,38 @@ mod tests {
         weights: [BTreeMap<String, MaskedWeight>; 3],
     }
 
+    /// The suite a session runs.
+    enum Kind {
+        Fast(super::super::FastConfig, CmpMode),
+        Mimo(crate::mimo::MimoConfig),
+    }
+
+    /// Runs the one-time setup (returning its costs and the installed masked weights), the
+    /// offline phase and the plan on this party's input shares `x`.
+    fn drive<S: Suite>(
+        sn: &mut S,
+        plan: &Plan,
+        w: &[WeightShare],
+        x: Shared,
+        installed: impl Fn(&S) -> BTreeMap<String, MaskedWeight>,
+    ) -> (Shared, PartyCosts, BTreeMap<String, MaskedWeight>) {
+        sn.comm().set_phase(Phase::Offline);
+        sn.comm().set_label("model-setup");
+        sn.prepare(plan, w).unwrap();
+        let setup = sn.comm().take_costs();
+        let ws = installed(sn);
+        sn.offline(plan, w).unwrap();
+        sn.comm().set_phase(Phase::Online);
+        let mut x = x;
+        for op in &plan.ops {
+            x = exec_op(sn, op, &x, 1, w).unwrap();
+        }
+        (x, setup, ws)
+    }
+
     /// One session of `fm` on the encoded image `x` with the fixed masks `fixed` (per party),
     /// fresh OS-seeded dealer seeds and fresh shares.
-    fn session(
-        fm: &FixedModel,
-        cfg: &super::super::FastConfig,
-        mode: CmpMode,
-        fixed: &[FixedMasks; 3],
-        x: &[u64],
-    ) -> Run {
+    fn session(fm: &FixedModel, kind: &Kind, fixed: &[FixedMasks; 3], x: &[u64]) -> Run {
         let mut prg = Prg::from_os().unwrap();
         let shares = session_shares(fm, &mut prg);
         let x0 = prg.gen_u64s(x.len());
@@ -361,23 +422,20 @@ mod tests {
                         let (log, sh, x, fx) =
                             (logs[p].clone(), &shares[p], xs[p].clone(), fixed[p].clone());
                         s.spawn(move || {
-                            let rec = Recording { inner: t, log };
-                            let mut sn =
-                                FastSuite::new(Comm::new(Box::new(rec)), 13, cfg.clone(), mode)
-                                    .with_fixed_masks(fx);
+                            let comm = Comm::new(Box::new(Recording { inner: t, log }));
                             let plan = build_plan(fm, 1, &sh.1);
-                            sn.comm().set_phase(Phase::Offline);
-                            sn.comm().set_label("model-setup");
-                            sn.prepare(&plan, &sh.0).unwrap();
-                            let setup = sn.comm().take_costs();
-                            let installed = (*sn.weights).clone();
-                            sn.offline(&plan, &sh.0).unwrap();
-                            sn.comm().set_phase(Phase::Online);
-                            let mut x = x;
-                            for op in &plan.ops {
-                                x = exec_op(&mut sn, op, &x, 1, &sh.0).unwrap();
+                            match kind {
+                                Kind::Fast(cfg, mode) => {
+                                    let mut sn = FastSuite::new(comm, 13, cfg.clone(), *mode)
+                                        .with_fixed_masks(fx);
+                                    drive(&mut sn, &plan, &sh.0, x, |s| (*s.weights).clone())
+                                }
+                                Kind::Mimo(cfg) => {
+                                    let mut sn = crate::mimo::MimoSuite::new(comm, 13, cfg.clone())
+                                        .with_fixed_masks(fx);
+                                    drive(&mut sn, &plan, &sh.0, x, |s| s.installed_weights())
+                                }
                             }
-                            (x, setup, installed)
                         })
                     })
                     .collect();
@@ -454,7 +512,7 @@ mod tests {
             let want = crate::plain::forward_fixed_trace(&fm, &x, &mut |_| false).unwrap();
             let want = fm.fp.decode_vec(want.last().unwrap());
             let runs: Vec<Run> = (0..2)
-                .map(|_| session(&fm, &cfg, mode, &fixed, &x))
+                .map(|_| session(&fm, &Kind::Fast(cfg.clone(), mode), &fixed, &x))
                 .collect();
             let layout = mask_layout(&pplan, &pw).unwrap();
             for r in &runs {
@@ -527,12 +585,157 @@ mod tests {
         }
     }
 
+    /// Whether `hay` contains `needle`.
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// `mimo` on a pair's fixed masks (its own context and layout): two sessions equal the
+    /// plaintext fixed point of the model prepared for `mimo`, nothing is opened in the setup,
+    /// `F + B = W` for every tensor of `mimo`'s layout (no fused convolution's bias: `mimo`
+    /// does not mask it), the dealer's material is fresh per session, and no message the
+    /// client receives contains a run of the plaintext weights. Fused whole-channel gates
+    /// (Fashion-MNIST `uniform32`, dense `U`), fused patch gates (CIFAR-10 `uniform3`'s first
+    /// block, sparse `U`) and an unfused FC decider `v` (SVHN `act1=channel:fc`, not fused).
+    #[test]
+    fn mimo_takes_fixed_masks() {
+        let cases = [
+            (Arch::Fmnist, "uniform32", None, None, true),
+            (Arch::Cifar10, "uniform3", None, Some(2), true),
+            (Arch::Svhn, "original", Some("act1=channel:fc"), None, false),
+        ];
+        for (arch, preset, free, layers, prepare) in cases {
+            let what = format!("{arch} {preset} {free:?} mimo");
+            let mut spec = presets::build(arch, preset).unwrap();
+            if let Some(f) = free {
+                presets::apply_freeform(&mut spec, f).unwrap();
+            }
+            let m = Model::random(spec, None, 11).unwrap();
+            let mut fm = FixedModel::from_model(&m, 13).unwrap();
+            if prepare {
+                let fused =
+                    crate::protocol::prepare_model(crate::protocol::Protocol::Mimo, &mut fm)
+                        .unwrap();
+                assert!(!fused.is_empty(), "{what}");
+            }
+            if let Some(l) = layers {
+                fm.truncate(l);
+            }
+            let cfg = crate::mimo::config_for_model(&fm, &m).unwrap();
+            let keys = MaskKeys::fresh().unwrap();
+            let seeds = keys.seeds("mimo", 13).unwrap();
+            assert_ne!(seeds, keys.seeds("fast", 13).unwrap());
+            let (pplan, pw) = plaintext(&fm);
+            let layout = layout_for("mimo", &pplan, &pw).unwrap();
+            let f = Arc::new(opening_for("mimo", &pplan, &pw, seeds).unwrap());
+            assert_eq!(f.len(), masked_len_for("mimo", &pplan, &pw).unwrap());
+            // mimo masks no fused convolution's bias; fast does (Fold mode).
+            assert!(layout.iter().all(|t| !t.key.ends_with(".bias")), "{what}");
+            if prepare {
+                assert!(
+                    layout.len() < mask_layout(&pplan, &pw).unwrap().len(),
+                    "{what}"
+                );
+            } else {
+                assert!(layout.iter().any(|t| t.key == "act1.v"), "{what}");
+            }
+            let fixed = [
+                FixedMasks::Client {
+                    f: f.clone(),
+                    seed0: seeds.0,
+                },
+                FixedMasks::Owner {
+                    f: f.clone(),
+                    seed1: seeds.1,
+                },
+                FixedMasks::Dealer {
+                    seed0: seeds.0,
+                    seed1: seeds.1,
+                },
+            ];
+            let img: Vec<f32> = (0..fm.input_len)
+                .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+                .collect();
+            let x = fm.encode_input(&img).unwrap();
+            let want = crate::plain::forward_fixed_trace(&fm, &x, &mut |_| false).unwrap();
+            let want = fm.fp.decode_vec(want.last().unwrap());
+            let kind = Kind::Mimo(cfg);
+            let runs: Vec<Run> = (0..2).map(|_| session(&fm, &kind, &fixed, &x)).collect();
+            for r in &runs {
+                let got = fm.fp.decode_vec(&r.out);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 0.01 + 0.01 * b.abs(),
+                        "{what}: {got:?} vs {want:?}"
+                    );
+                }
+                assert_eq!(sent(&r.setup[0]), 0, "{what}: P0 opened something");
+                assert_eq!(sent(&r.setup[1]), 0, "{what}: P1 opened something");
+                assert_eq!(sent(&r.setup[2]), 32, "{what}: the dealer sends two seeds");
+                assert_eq!(r.weights[0].len(), layout.len(), "{what}");
+                let mut off = 0;
+                for t in &layout {
+                    let (w0, w1, w2) = (
+                        &r.weights[0][&t.key],
+                        &r.weights[1][&t.key],
+                        &r.weights[2][&t.key],
+                    );
+                    assert_eq!(w0.f, f[off..off + t.len], "{what} {}", t.key);
+                    assert_eq!(w1.f, w0.f);
+                    assert_eq!(w2.b, crate::ring::add(&w0.b, &w1.b));
+                    assert_eq!(
+                        crate::ring::add(&w0.f, &w2.b),
+                        t.w,
+                        "{what}: F + B = W for {}",
+                        t.key
+                    );
+                    off += t.len;
+                }
+                // The client's view: no run of 4 plaintext weights of any masked tensor.
+                for t in &layout {
+                    for run in t.w.chunks_exact(4).take(64) {
+                        if run.iter().all(|&v| v == 0) {
+                            continue;
+                        }
+                        let needle = crate::ring::u64s_to_bytes(run);
+                        for (from, msg) in &r.views[0] {
+                            assert!(
+                                !contains(msg, &needle),
+                                "{what}: a message from P{from} holds weights of {}",
+                                t.key
+                            );
+                        }
+                    }
+                }
+            }
+            for p in 0..2 {
+                let from_dealer = |r: &Run| -> Vec<Vec<u8>> {
+                    r.views[p]
+                        .iter()
+                        .filter(|(s, _)| *s == 2)
+                        .map(|(_, m)| m.clone())
+                        .collect()
+                };
+                let (a, b) = (from_dealer(&runs[0]), from_dealer(&runs[1]));
+                assert_eq!(a.len(), b.len(), "{what}: same message pattern");
+                assert_eq!(a[0].len(), 16, "{what}: the first is the session seed");
+                for (i, (ma, mb)) in a.iter().zip(&b).enumerate() {
+                    if ma.len() >= 8 {
+                        assert_ne!(ma, mb, "{what}: P{p}'s dealer message {i} repeated");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn contexts_have_their_own_masks_and_parties_their_own_variant() {
         let k = MaskKeys::fresh().unwrap();
         let a = k.seeds("fast", 13).unwrap();
         assert_ne!(a, k.seeds("fast", 12).unwrap());
         assert_ne!(a, k.seeds("fss", 13).unwrap());
+        assert_ne!(a, k.seeds("mimo", 13).unwrap());
+        assert_ne!(k.seeds("fss", 13).unwrap(), k.seeds("mimo", 13).unwrap());
         assert_eq!(a, k.seeds("fast", 13).unwrap());
         assert_ne!(a.0, a.1);
         assert!(k.seeds("securenn", 13).is_err());

@@ -115,6 +115,8 @@ use crate::error::{MpcError, Result};
 use crate::fast::bits;
 use crate::fast::deal::Deal;
 use crate::fast::linear::{LinOp, MaskedWeight};
+use crate::fast::masks::FixedMasks;
+use crate::fast::MaskedTensor;
 use crate::fixed;
 use crate::fss::vdcf::{self, ring_mask, Shape};
 use crate::kernels;
@@ -871,6 +873,9 @@ pub struct MimoSuite {
     visible: Vec<usize>,
     names: Vec<String>,
     last: usize,
+    /// Serving: masks fixed for the owner-helper pair, installed by `prepare` instead of the
+    /// masked opening ([`crate::fast::masks`]).
+    fixed: Option<FixedMasks>,
     #[cfg(test)]
     test: TestHooks,
 }
@@ -963,9 +968,26 @@ impl MimoSuite {
             visible: Vec::new(),
             names: Vec::new(),
             last: 0,
+            fixed: None,
             #[cfg(test)]
             test: TestHooks::default(),
         }
+    }
+
+    /// This suite's [`Suite::prepare`] installs the weight masks `m` (fixed across the sessions
+    /// of an owner-helper pair, see [`crate::fast::masks`]; `mimo`'s own context and
+    /// `mask_layout`) instead of dealing fresh masks and opening `F = W - B`; the masked
+    /// tensors' shares passed to `prepare` are then not used (and may be empty). The session's
+    /// dealer streams (seeds from `prepare`) stay fresh.
+    pub fn with_fixed_masks(mut self, m: FixedMasks) -> MimoSuite {
+        self.fixed = Some(m);
+        self
+    }
+
+    /// Test only: the masked weights `prepare` installed.
+    #[cfg(test)]
+    pub(crate) fn installed_weights(&self) -> BTreeMap<String, MaskedWeight> {
+        self.weights.clone()
     }
 
     /// Test only: fix the dealer's seeds / noise source.
@@ -1501,6 +1523,31 @@ fn members_of(gp: &GroupPlan) -> Vec<Vec<usize>> {
         out[g as usize].push(i);
     }
     out
+}
+
+/// The tensors `mimo`'s one-time setup masks, in the order their masks are drawn: `fast`'s
+/// layout ([`crate::fast::mask_layout`]: every convolution and linear weight, every unfused
+/// learned/FC decider `v`, every fused gate's dense or sparse `U`) without the biases of the
+/// convolutions a gate is fused after (`mimo` adds a fused convolution's bias shares as any
+/// other's: no masked copy). The layout depends on the plan's structure only; `weights`
+/// supplies the values (the plaintext for the model owner's computation of `F`).
+pub(crate) fn mask_layout<'a>(
+    plan: &'a Plan,
+    weights: &'a [WeightShare],
+) -> Result<Vec<MaskedTensor<'a>>> {
+    let folded: Vec<String> = (0..plan.ops.len())
+        .filter(|&i| fused_after(plan, i).is_some())
+        .filter_map(|i| match &plan.ops[i] {
+            PlanOp::Conv { weight, .. } => weights
+                .get(*weight)
+                .map(|w| crate::fast::gate::bias_key(&w.name)),
+            _ => None,
+        })
+        .collect();
+    Ok(crate::fast::mask_layout(plan, weights)?
+        .into_iter()
+        .filter(|m| !folded.contains(&m.key))
+        .collect())
 }
 
 /// The weight key of a decider `v` of sharing layer `name` (as `fast`'s mask layout).
@@ -2233,21 +2280,18 @@ impl Suite for MimoSuite {
             }
         };
         self.deal = Some(deal);
-        // Mask every weight tensor, decider and fused gate's `U` once, as `fast` does (`mimo`
-        // adds a fused convolution's bias shares as any other's: no masked copy).
-        let folded: Vec<String> = (0..plan.ops.len())
-            .filter(|&i| fused_after(plan, i).is_some())
-            .filter_map(|i| match &plan.ops[i] {
-                PlanOp::Conv { weight, .. } => weights
-                    .get(*weight)
-                    .map(|w| crate::fast::gate::bias_key(&w.name)),
-                _ => None,
-            })
-            .collect();
-        let layout: Vec<_> = crate::fast::mask_layout(plan, weights)?
-            .into_iter()
-            .filter(|m| !folded.contains(&m.key))
-            .collect();
+        let layout = mask_layout(plan, weights)?;
+        if let Some(fixed) = self.fixed.take() {
+            // Serving: the masks are fixed for the owner-helper pair and `F` was computed once
+            // (`crate::fast::masks`); nothing is drawn from this session's dealer streams and
+            // nothing is opened.
+            let lens: Vec<usize> = layout.iter().map(|m| m.len).collect();
+            let installed = fixed.install(me, &lens)?;
+            self.weights = layout.into_iter().map(|m| m.key).zip(installed).collect();
+            return Ok(());
+        }
+        // A one-off run: mask every tensor of the layout with fresh dealt masks and open
+        // `F = W - B` once, as `fast` does.
         let deal = self.deal.as_mut().expect("set above");
         let mut masked_all = Vec::new();
         let mut bs = Vec::new();

@@ -202,7 +202,7 @@ impl HelperMasks {
 }
 
 /// A party's part in a session that reuses its owner–helper pair's weight masks
-/// ([`super::session::run_with`]); the `fast` and `fss` suites only.
+/// ([`super::session::run_with`]); the `fast`, `fss` and `mimo` suites.
 #[derive(Clone, Debug)]
 pub enum MaskReuse {
     /// The client (P0): receives `F` and the seed of its `B_0` from the owner.

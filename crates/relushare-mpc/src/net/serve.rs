@@ -26,7 +26,7 @@
 //!    and [`super::session::run_with`] runs the inference: announce, model structure, fresh
 //!    input and bias shares, the suite's setup, offline and online phases, output shares to the
 //!    client only. Every session draws fresh OS-seeded randomness for its shares and for all
-//!    dealer material. Only the masked weights are shared between sessions (`fast`/`fss`):
+//!    dealer material. Only the masked weights are shared between sessions (`fast`/`fss`/`mimo`):
 //! 5. **Weight masks, once per owner–helper pair** ([`super::masks`], [`crate::fast::masks`]).
 //!    The owner's request to the helper names the owner's mask state; the helper's verdict
 //!    names the helper's instance (random per process) and whether it holds that state. The
@@ -48,8 +48,11 @@
 //! (a watchdog then closes its sockets); a connection that does not finish its TLS handshake and
 //! request within `timeout` is dropped, and at most `max_pending` such connections are served at
 //! once (more are closed at once). Frames are limited per session to what the model can need
-//! ([`frame_limit`]), and the client's images to `max_images`, so the memory of one session is
-//! bounded by the model and `max_images`, and of the server by `max_sessions` times that.
+//! ([`frame_limit`]; `mimo`: [`frame_limit_for`], from the dealer's keys for the session's
+//! images, and a `mimo` session whose keys exceed `mimo::MAX_OFFLINE_BYTES` or a frame of
+//! [`frame::DEFAULT_MAX_FRAME`] is refused in the owner's verdict), and the client's images to
+//! `max_images`, so the memory of one session is bounded by the model and `max_images`, and of
+//! the server by `max_sessions` times that.
 //! A failure ends only its own session.
 
 use super::error::pname;
@@ -280,16 +283,95 @@ impl ServeConfig {
     }
 }
 
-/// The largest frame a session of `model` with at most `max_images` images can need: every
-/// message carries at most one layer's activations for the batch (with headroom for the
-/// suites' correlated material) or the model's secret vectors (weights, deciders, fused `U`).
+/// Headroom of every frame limit (control messages, rounding).
+const FRAME_HEADROOM: u64 = 16 << 20;
+
+/// The largest frame a `fast`/`fss`/`securenn` session of `model` with at most `max_images`
+/// images can need: every message carries at most one layer's activations for the batch (with
+/// headroom for the suites' correlated material) or the model's secret vectors (weights,
+/// deciders, fused `U`). `mimo`: [`frame_limit_for`].
 pub fn frame_limit(model: &Model, frac_bits: u32, max_images: usize) -> crate::Result<u64> {
+    frame_limit_for(model, "fast", frac_bits, max_images)
+}
+
+/// The largest frame a `protocol` session of `model` with `images` images can need. For `mimo`
+/// that is [`frame_limit`]'s bound (on the model prepared for `mimo`) plus the dealer's largest
+/// message (its DCF keys, [`crate::mimo::op_costs`]); a `mimo` session whose dealer material
+/// exceeds [`crate::mimo::MAX_OFFLINE_BYTES`] or whose largest message does not fit a frame of
+/// [`frame::DEFAULT_MAX_FRAME`] is an error (the owner refuses it, see [`serve`]).
+pub fn frame_limit_for(
+    model: &Model,
+    protocol: &str,
+    frac_bits: u32,
+    images: usize,
+) -> crate::Result<u64> {
+    let p: crate::protocol::Protocol = protocol.parse()?;
     let mut fm = crate::plain::FixedModel::from_model(model, frac_bits)?;
-    crate::protocol::prepare_model(crate::protocol::Protocol::Fast, &mut fm)?;
-    let weights: u64 = session::secret_lens(&fm).iter().map(|&l| l as u64).sum();
+    crate::protocol::prepare_model(p, &mut fm)?;
+    if p == crate::protocol::Protocol::Mimo {
+        let cfg = crate::mimo::config_for_model(&fm, model)?;
+        return mimo_frame(&fm, &cfg, images);
+    }
+    Ok((base_frame(&fm, images) + FRAME_HEADROOM).min(frame::DEFAULT_MAX_FRAME))
+}
+
+/// Activations of the batch and the model's secret vectors (see [`frame_limit`]).
+fn base_frame(fm: &crate::plain::FixedModel, images: usize) -> u64 {
+    let weights: u64 = session::secret_lens(fm).iter().map(|&l| l as u64).sum();
     let act: u64 = fm.out_lens.iter().map(|&l| l as u64).sum::<u64>() + fm.input_len as u64;
-    let per = 16 * (max_images as u64 + 1) * act + 16 * weights;
-    Ok((per + (16 << 20)).min(frame::DEFAULT_MAX_FRAME))
+    16 * (images as u64 + 1) * act + 16 * weights
+}
+
+/// The frame limit of a `mimo` session of `images` images of `fm` (prepared for `mimo`, rings
+/// `cfg`), or why it is not served (see [`frame_limit_for`]).
+fn mimo_frame(
+    fm: &crate::plain::FixedModel,
+    cfg: &crate::mimo::MimoConfig,
+    images: usize,
+) -> crate::Result<u64> {
+    let (largest, total) = session::mimo_dealer_bytes(fm, cfg, images)?;
+    let lim = base_frame(fm, images) + largest + FRAME_HEADROOM;
+    let mb = |b: u64| b as f64 / 1e6;
+    if total > crate::mimo::MAX_OFFLINE_BYTES as u64 || lim > frame::DEFAULT_MAX_FRAME {
+        return Err(crate::error::MpcError::Param(format!(
+            "a mimo session of {images} image(s) of this model needs {:.1} MB of dealer keys \
+             (largest message {:.1} MB); at most {:.1} MB in all and {:.1} MB per message are \
+             served: send fewer images",
+            mb(total),
+            mb(largest),
+            mb(crate::mimo::MAX_OFFLINE_BYTES as u64),
+            mb(frame::DEFAULT_MAX_FRAME - FRAME_HEADROOM)
+        )));
+    }
+    Ok(lim)
+}
+
+/// Owner: the model prepared for `mimo` with its rings, for sizing `mimo` sessions (or why
+/// the model cannot run `mimo`), by fractional bits.
+type MimoSizing = Result<Arc<(crate::plain::FixedModel, crate::mimo::MimoConfig)>, String>;
+
+/// The owner's frame limit for a session of `req` (refused with the reason if none fits).
+fn owner_frame(sh: &Shared, req: &Request) -> Result<u64, String> {
+    if req.protocol != "mimo" {
+        return Ok(sh.owner_frame);
+    }
+    let model = sh.model.as_ref().ok_or("the owner has no model")?;
+    let sizing = {
+        let mut m = sh.mimo_sizing.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(req.frac_bits)
+            .or_insert_with(|| {
+                let prep = || -> crate::Result<_> {
+                    let mut fm = crate::plain::FixedModel::from_model(model, req.frac_bits)?;
+                    crate::protocol::prepare_model(crate::protocol::Protocol::Mimo, &mut fm)?;
+                    let cfg = crate::mimo::config_for_model(&fm, model)?;
+                    Ok(Arc::new((fm, cfg)))
+                };
+                prep().map_err(|e| format!("this model cannot be served with mimo: {e}"))
+            })
+            .clone()
+    };
+    let s = sizing?;
+    mimo_frame(&s.0, &s.1, req.images).map_err(|e| e.to_string())
 }
 
 /// Counts running and queued sessions.
@@ -487,17 +569,11 @@ fn validate_request(r: &Request, max_images: usize) -> Result<(), String> {
     }
     pki::validate_session_id(&r.session).map_err(|e| e.to_string())?;
     pki::validate_client_name(&r.client).map_err(|e| e.to_string())?;
-    // `mimo` does not take an owner-helper pair's fixed weight masks (yet), so it is not served.
-    let served: Vec<&str> = session::PROTOCOLS
-        .iter()
-        .copied()
-        .filter(|p| *p != "mimo")
-        .collect();
-    if !served.contains(&r.protocol.as_str()) {
+    if !session::PROTOCOLS.contains(&r.protocol.as_str()) {
         return Err(format!(
             "protocol {:?} is not served (use {})",
             r.protocol,
-            served.join(", ")
+            session::PROTOCOLS.join(", ")
         ));
     }
     crate::fixed::FixedPoint::new(r.frac_bits).map_err(|e| e.to_string())?;
@@ -558,9 +634,12 @@ struct Shared {
     deny: DenyList,
     admission: Arc<Admission>,
     log: Logger,
-    /// Owner: the model and the frame limit of its sessions.
+    /// Owner: the model and the frame limit of its `fast`/`fss`/`securenn` sessions (`mimo`:
+    /// [`owner_frame`], per session from its number of images).
     model: Option<Arc<Model>>,
     owner_frame: u64,
+    /// Owner: `mimo` sizing by fractional bits (computed on first use).
+    mimo_sizing: Mutex<HashMap<u32, MimoSizing>>,
     /// Helper: halves waiting for their partner, by (session, kind).
     waiting: Mutex<HashMap<(String, String), Waiting>>,
     /// Owner: the weight-mask state of this owner and the helper instance it serves with.
@@ -697,6 +776,7 @@ pub fn serve(
         log,
         model,
         owner_frame,
+        mimo_sizing: Mutex::new(HashMap::new()),
         waiting: Mutex::new(HashMap::new()),
         owner_masks: Mutex::new(None),
         mask_states: AtomicUsize::new(0),
@@ -825,16 +905,25 @@ fn accept_one(
             Ok(())
         }
     })
-    .and_then(|_| sh.deny.check(&req.client));
-    if let Err(reason) = check {
-        half.refuse(&Verdict::no(&reason));
-        return Err(NetError::Refused {
-            peer: format!("{} ({from}, client {:?})", pname(peer), req.client),
-            reason,
-        });
-    }
+    .and_then(|_| sh.deny.check(&req.client))
+    .and_then(|_| match sh.cfg.role {
+        ServeRole::Owner => owner_frame(sh, &req).map(Some),
+        ServeRole::Helper => Ok(None),
+    });
+    let frame = match check {
+        Ok(f) => f,
+        Err(reason) => {
+            half.refuse(&Verdict::no(&reason));
+            return Err(NetError::Refused {
+                peer: format!("{} ({from}, client {:?})", pname(peer), req.client),
+                reason,
+            });
+        }
+    };
     match sh.cfg.role {
-        ServeRole::Owner => owner_session(sh, half, req, from),
+        ServeRole::Owner => {
+            owner_session(sh, half, req, from, frame.unwrap_or(sh.owner_frame));
+        }
         ServeRole::Helper => helper_pair(sh, half, req),
     }
     Ok(())
@@ -862,7 +951,14 @@ fn log_outcome(sh: &Shared, req: &Request, started: Instant, r: &crate::Result<P
     (sh.log)(&line);
 }
 
-fn owner_session(sh: &Arc<Shared>, mut client: Half, req: Request, from: SocketAddr) {
+/// The owner's side of a session whose frames are limited to `max_frame` ([`owner_frame`]).
+fn owner_session(
+    sh: &Arc<Shared>,
+    mut client: Half,
+    req: Request,
+    from: SocketAddr,
+    max_frame: u64,
+) {
     let started = Instant::now();
     let slot = match sh.admission.acquire(sh.cfg.queue_wait) {
         Ok(s) => s,
@@ -932,7 +1028,7 @@ fn owner_session(sh: &Arc<Shared>, mut client: Half, req: Request, from: SocketA
         None
     };
     let model = sh.model.clone().expect("the owner has a model");
-    let r = run_mesh(sh, 1, vec![client, helper], sh.owner_frame, |mesh| {
+    let r = run_mesh(sh, 1, vec![client, helper], max_frame, |mesh| {
         session::run_with(
             mesh,
             Some(&*model),
@@ -1307,7 +1403,9 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How long to wait for the servers to admit the session (they may queue it).
     pub admission_wait: Duration,
-    /// Largest frame accepted from the servers.
+    /// Largest frame accepted from the servers (`mimo`: at least
+    /// [`frame::DEFAULT_MAX_FRAME`], the bound the owner sizes its `mimo` sessions to, since the
+    /// dealer's keys for one layer of a batch can exceed the default 256 MiB).
     pub max_frame: u64,
     /// An emulated network ([`super::emu`]) on the client's links to both servers
     /// (benchmarks); `None` = the real network.
@@ -1479,7 +1577,14 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
         }
         return Err(errors.swap_remove(pick).1.into());
     }
-    let (mesh, _) = mesh(0, halves, cfg.timeout, cfg.max_frame)?;
+    // mimo's dealer keys come in larger messages; the owner admits no mimo session whose
+    // messages exceed the default frame limit ([`frame_limit_for`]).
+    let max_frame = if req.protocol == "mimo" {
+        cfg.max_frame.max(frame::DEFAULT_MAX_FRAME)
+    } else {
+        cfg.max_frame
+    };
+    let (mesh, _) = mesh(0, halves, cfg.timeout, max_frame)?;
     let masks = uses_masks(&req).then_some(MaskReuse::Client);
     session::run_with(
         mesh,
@@ -1674,6 +1779,8 @@ mod tests {
         r.images = 1;
         r.protocol = "plaintext".into();
         assert!(validate_request(&r, 4).unwrap_err().contains("protocol"));
+        r.protocol = "mimo".into();
+        validate_request(&r, 4).unwrap();
         r.protocol = "fss".into();
         r.client = "Client 1".into();
         assert!(validate_request(&r, 4).is_err());
@@ -1776,6 +1883,172 @@ mod tests {
         let mut c = ClientConn::open(&keys, 1, &oa, &req, Duration::from_secs(10)).unwrap();
         let e = c.verdict(Duration::from_secs(10)).unwrap_err().to_string();
         assert!(e.contains("not issued to"), "{e}");
+        owner.stop();
+        helper.stop();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// `mimo` served: two sessions of one client reuse the pair's weight masks (the owner
+    /// computes `F` once; the client opens nothing: 0 model-setup bytes, where a one-off run
+    /// opens 8 bytes per masked weight), the classes are the plaintext fixed point's of the
+    /// model prepared for `mimo` and the logits are within the truncation error; `fast` next to
+    /// it gets its own masked weights.
+    #[test]
+    fn serve_mimo_in_process() {
+        use relushare_model::{presets, Arch};
+        let d = std::env::temp_dir().join(format!("relushare-serve-mimo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        pki::generate_deployment(&d, 2, Some("ut"), false).unwrap();
+        let spec = presets::build(Arch::Fmnist, "uniform32").unwrap();
+        let model = Model::random(spec, None, 3).unwrap();
+        let log: Logger = Arc::new(|_: &str| {});
+        let mut hc = ServeConfig::new(d.clone(), ServeRole::Helper);
+        hc.timeout = Duration::from_secs(30);
+        let helper = serve(
+            hc.clone(),
+            super::super::bind("127.0.0.1:0").unwrap(),
+            None,
+            log.clone(),
+        )
+        .unwrap();
+        let mut oc = hc.clone();
+        oc.role = ServeRole::Owner;
+        oc.helper = Some(helper.addr().to_string());
+        let owner = serve(
+            oc,
+            super::super::bind("127.0.0.1:0").unwrap(),
+            Some(model.clone()),
+            log,
+        )
+        .unwrap();
+        let (oa, ha) = (owner.addr().to_string(), helper.addr().to_string());
+        let pixels: Vec<Vec<u8>> = (0..2u8)
+            .map(|k| {
+                (0..784)
+                    .map(|i| ((i * 37 + k as usize * 101) % 256) as u8)
+                    .collect()
+            })
+            .collect();
+        let want = plaintext_classes(&model, &pixels, "mimo", 13).unwrap();
+        // The plaintext fixed-point logits of the model prepared for mimo.
+        let mut fm = crate::plain::FixedModel::from_model(&model, 13).unwrap();
+        crate::protocol::prepare_model(crate::protocol::Protocol::Mimo, &mut fm).unwrap();
+        let logits: Vec<Vec<f32>> = pixels
+            .iter()
+            .map(|img| {
+                let mut buf = vec![0f32; fm.input_len];
+                model.spec.normalization.apply(img, &mut buf);
+                let x = fm.encode_input(&buf).unwrap();
+                let t = crate::plain::forward_fixed_trace(&fm, &x, &mut |_| false).unwrap();
+                fm.fp.decode_vec(t.last().unwrap())
+            })
+            .collect();
+        let mut cfg = ClientConfig::new(d.clone(), "client-1", &oa, &ha);
+        cfg.protocol = "mimo".into();
+        let mut reports = Vec::new();
+        for imgs in [&pixels[..], &pixels[1..]] {
+            let t = Instant::now();
+            let r = classify(&cfg, &ImageSource::Pixels(imgs.to_vec())).unwrap();
+            eprintln!(
+                "mimo session of {} image(s): {:.2} s; client sent {} B setup, {} B offline, {} B online ({} rounds)",
+                imgs.len(),
+                t.elapsed().as_secs_f64(),
+                r.setup_bytes,
+                r.offline_bytes,
+                r.online_bytes,
+                r.online_rounds
+            );
+            let k = pixels.len() - imgs.len();
+            assert_eq!(r.classes.as_deref(), Some(&want[k..]));
+            for (got, want) in r.logits.as_ref().unwrap().iter().zip(&logits[k..]) {
+                for (a, b) in got.iter().zip(want) {
+                    assert!((a - b).abs() < 0.01 + 0.01 * b.abs(), "{got:?} vs {want:?}");
+                }
+            }
+            assert_eq!(r.model_setup_bytes, 0, "the client opened weights");
+            reports.push(r);
+        }
+        let st = owner.mask_stats();
+        let (id, computed) = st.current.clone().unwrap();
+        assert_eq!((st.states, computed), (1, 1), "{st:?}");
+        assert_eq!(helper.mask_stats().helper_states, 1);
+        for r in &reports {
+            assert_eq!(r.weight_masks.as_deref(), Some(id.as_str()));
+        }
+        // A one-off mimo run opens F: 8 bytes per masked weight from each computing party.
+        let all: Vec<Vec<u64>> = session::secret_vectors(&fm).into_iter().cloned().collect();
+        let (pw, pg) = session::assign_shares(&fm, 1, all);
+        let plan = crate::runner::build_plan(&fm, 1, &pg);
+        let n = crate::fast::masks::masked_len_for("mimo", &plan, &pw).unwrap();
+        assert!(n > 0);
+        eprintln!(
+            "mimo masks {n} weights: a one-off run opens {} B per party; served sessions 0",
+            8 * n
+        );
+        // fast next to it: its own masked weights in the same state.
+        let mut cfg = ClientConfig::new(d.clone(), "client-2", &oa, &ha);
+        cfg.protocol = "fast".into();
+        let r = classify(&cfg, &ImageSource::Pixels(pixels[..1].to_vec())).unwrap();
+        assert_eq!(r.weight_masks.as_deref(), Some(id.as_str()));
+        assert_eq!(owner.mask_stats().current, Some((id, 2)));
+        owner.stop();
+        helper.stop();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// `mimo`'s frames fit its dealer keys: above `fast`'s limit, growing with the images, and a
+    /// session whose keys exceed the bounds is an error (the owner refuses it).
+    #[test]
+    fn mimo_frame_limits() {
+        use relushare_model::{presets, Arch};
+        let spec = presets::build(Arch::Fmnist, "uniform32").unwrap();
+        let model = Model::random(spec, None, 3).unwrap();
+        let fast = frame_limit(&model, 13, 4).unwrap();
+        let m1 = frame_limit_for(&model, "mimo", 13, 1).unwrap();
+        let m4 = frame_limit_for(&model, "mimo", 13, 4).unwrap();
+        assert!(m4 > m1 && m4 > fast, "{fast} {m1} {m4}");
+        assert!(m4 <= frame::DEFAULT_MAX_FRAME);
+        let spec = presets::build(Arch::Cifar10, "uniform32").unwrap();
+        let model = Model::random(spec, None, 3).unwrap();
+        let one = frame_limit_for(&model, "mimo", 13, 1).unwrap();
+        eprintln!("cifar10 uniform32 mimo frame limit for one image: {one} B");
+        let e = frame_limit_for(&model, "mimo", 13, DEFAULT_MAX_IMAGES)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("send fewer images"), "{e}");
+        // The owner refuses such a session in its verdict, before any share moves.
+        let d = std::env::temp_dir().join(format!("relushare-serve-big-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        pki::generate_deployment(&d, 1, Some("ut"), false).unwrap();
+        let log: Logger = Arc::new(|_: &str| {});
+        let hc = ServeConfig::new(d.clone(), ServeRole::Helper);
+        let helper = serve(
+            hc.clone(),
+            super::super::bind("127.0.0.1:0").unwrap(),
+            None,
+            log.clone(),
+        )
+        .unwrap();
+        let mut oc = hc;
+        oc.role = ServeRole::Owner;
+        oc.helper = Some(helper.addr().to_string());
+        let owner = serve(
+            oc,
+            super::super::bind("127.0.0.1:0").unwrap(),
+            Some(model),
+            log,
+        )
+        .unwrap();
+        let (oa, ha) = (owner.addr().to_string(), helper.addr().to_string());
+        let mut cfg = ClientConfig::new(d.clone(), "client-1", &oa, &ha);
+        cfg.protocol = "mimo".into();
+        let imgs = ImageSource::Random {
+            seed: 1,
+            count: DEFAULT_MAX_IMAGES,
+        };
+        let e = classify(&cfg, &imgs).unwrap_err().to_string();
+        assert!(e.contains("send fewer images"), "{e}");
+        assert_eq!(owner.mask_stats().states, 0, "no session started");
         owner.stop();
         helper.stop();
         let _ = std::fs::remove_dir_all(&d);

@@ -13,7 +13,7 @@
 //! 4. `INPUT` (client to P0 and P1): an additive share of the encoded images.
 //!
 //! When the session reuses its owner–helper pair's weight masks ([`run_with`] with a
-//! [`MaskReuse`]; serving, `fast`/`fss` only), `WEIGHTS` carries the biases only (the client
+//! [`MaskReuse`]; serving, `fast`/`fss`/`mimo`), `WEIGHTS` carries the biases only (the client
 //! needs no share of a masked tensor), and before the suite starts:
 //! * `MASKS` (owner to the helper): the pair's mask-state id, followed by its keys while the
 //!   helper does not hold them yet;
@@ -373,7 +373,7 @@ impl Setup {
 }
 
 /// The secret vectors of a fixed-point model, in the order they are shared.
-fn secret_vectors(fm: &FixedModel) -> Vec<&Vec<u64>> {
+pub(crate) fn secret_vectors(fm: &FixedModel) -> Vec<&Vec<u64>> {
     let mut v = Vec::new();
     for l in &fm.layers {
         match l {
@@ -419,6 +419,23 @@ fn shared_vectors(fm: &FixedModel, fixed_masks: bool) -> Vec<bool> {
 /// Lengths of the secret vectors of a (prepared) model, in the order they are shared.
 pub(crate) fn secret_lens(fm: &FixedModel) -> Vec<usize> {
     secret_vectors(fm).iter().map(|v| v.len()).collect()
+}
+
+/// The dealer's messages of a `mimo` session of `n` images of `fm` (prepared for `mimo`, with
+/// the model owner's plaintext): the largest single message to one party and the total to both
+/// (what each computing party holds until used), from [`crate::mimo::op_costs`].
+pub(crate) fn mimo_dealer_bytes(
+    fm: &FixedModel,
+    cfg: &crate::mimo::MimoConfig,
+    n: usize,
+) -> Result<(u64, u64)> {
+    let all: Vec<Vec<u64>> = secret_vectors(fm).into_iter().cloned().collect();
+    let (_, gp) = assign_shares(fm, 1, all);
+    let plan = crate::runner::build_plan(fm, n, &gp);
+    let costs = crate::mimo::op_costs(&plan, cfg, fm.fp.frac_bits)?;
+    let largest = costs.iter().map(|c| c.to_p0.max(c.to_p1)).max();
+    let total: usize = costs.iter().map(|c| c.to_p0 + c.to_p1).sum();
+    Ok((largest.unwrap_or(0) as u64, total as u64))
 }
 
 /// Normalizes raw CHW pixels with the model's public normalization.
@@ -471,7 +488,7 @@ fn skeleton(msg: ModelMsg) -> Result<Model> {
 
 /// Splits this party's share vectors (in [`secret_vectors`] order) into weights and
 /// sharing-layer parameters.
-fn assign_shares(
+pub(crate) fn assign_shares(
     fm: &FixedModel,
     me: usize,
     mut shares: Vec<Vec<u64>>,
@@ -522,12 +539,12 @@ fn make_suite(
     fixed: Option<FixedMasks>,
 ) -> Result<Box<dyn Suite>> {
     let f = fp.frac_bits;
-    if protocol == "mimo" && fixed.is_some() {
+    if protocol == "securenn" && fixed.is_some() {
         return Err(MpcError::Param(
-            "mimo does not reuse an owner-helper pair's weight masks (serving runs fast)".into(),
+            "securenn has no masked weights to reuse (serving runs fast, fss or mimo)".into(),
         ));
     }
-    let fast = |comm, mode| {
+    let fast = |comm, mode, fixed: Option<FixedMasks>| {
         let s = FastSuite::new(comm, f, cfg.clone(), mode);
         Box::new(match fixed {
             Some(m) => s.with_fixed_masks(m),
@@ -535,17 +552,23 @@ fn make_suite(
         }) as Box<dyn Suite>
     };
     match protocol {
-        "fast" => Ok(fast(comm, CmpMode::Tree)),
-        "fss" => Ok(fast(comm, CmpMode::Fss)),
-        "mimo" => Ok(Box::new(crate::mimo::MimoSuite::new(
-            comm,
-            f,
-            crate::mimo::MimoConfig {
-                bits: cfg.bits.clone(),
-                default_bits: cfg.default_bits,
-                default_bits_2f: cfg.default_bits_2f,
-            },
-        ))),
+        "fast" => Ok(fast(comm, CmpMode::Tree, fixed)),
+        "fss" => Ok(fast(comm, CmpMode::Fss, fixed)),
+        "mimo" => {
+            let s = crate::mimo::MimoSuite::new(
+                comm,
+                f,
+                crate::mimo::MimoConfig {
+                    bits: cfg.bits.clone(),
+                    default_bits: cfg.default_bits,
+                    default_bits_2f: cfg.default_bits_2f,
+                },
+            );
+            Ok(Box::new(match fixed {
+                Some(m) => s.with_fixed_masks(m),
+                None => s,
+            }))
+        }
         "securenn" => crate::securenn::factory(comm, fp),
         p => Err(MpcError::Param(format!(
             "protocol {p:?} is not available over the network (use {})",
@@ -1329,9 +1352,9 @@ fn fixed_masks(
                 let all: Vec<Vec<u64>> = secret_vectors(fm).into_iter().cloned().collect();
                 let (pw, pg) = assign_shares(fm, 1, all);
                 let pplan = crate::runner::build_plan(fm, 1, &pg);
-                crate::fast::masks::opening(&pplan, &pw, seeds)
+                crate::fast::masks::opening_for(proto, &pplan, &pw, seeds)
             })?;
-            let n = crate::fast::masks::masked_len(plan, weights)?;
+            let n = crate::fast::masks::masked_len_for(proto, plan, weights)?;
             if f.len() != n {
                 return Err(MpcError::Shape(format!(
                     "the masked weights have {} elements, the session's plan masks {n}",
@@ -1379,7 +1402,7 @@ fn fixed_masks(
             Ok((FixedMasks::Dealer { seed0, seed1 }, id))
         }
         MaskReuse::Client => {
-            let n = crate::fast::masks::masked_len(plan, weights)?;
+            let n = crate::fast::masks::masked_len_for(proto, plan, weights)?;
             let head = 2 * masks::MASK_ID_BYTES;
             let b = io.recv(1, TAG_FIXED, head.saturating_add(n.saturating_mul(8)))?;
             if b.len() != head + 8 * n {
