@@ -167,8 +167,7 @@ fn three_processes_over_tls_match_the_in_process_result() {
     let factory = relushare_mpc::fast::factory(cfg, relushare_mpc::fast::CmpMode::Tree);
     let enc: Vec<Vec<u64>> = images.iter().map(|i| fm.encode_input(i).unwrap()).collect();
     let res =
-        relushare_mpc::runner::run_session(&fm, &[enc.clone()], &factory, &Default::default())
-            .unwrap();
+        relushare_mpc::runner::run_session(&fm, &[enc], &factory, &Default::default()).unwrap();
     // Secure runs differ from each other and from plaintext fixed point by the (random)
     // truncation error only (a few units of 2^-13 per layer, amplified by the spread last
     // layer): logits must agree closely, and classes wherever the top two logits are further
