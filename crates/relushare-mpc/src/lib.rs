@@ -22,5 +22,7 @@ pub mod runner;
 pub mod securenn;
 pub mod suite;
 pub mod transport;
+#[cfg(test)]
+pub(crate) mod view_stats;
 
 pub use error::{MpcError, Result};

@@ -26,6 +26,7 @@ use crate::prg::Seed;
 use crate::runner::exec_op;
 use crate::suite::{GroupPlan, GroupShares, PlanOp, Shared, WeightShare};
 use crate::transport::{MemTransport, Transport};
+use crate::view_stats::chi_z;
 use relushare_model::{presets, Arch, Model};
 use std::sync::{Arc, Mutex};
 
@@ -154,24 +155,6 @@ fn gather(
             })
             .collect()
     })
-}
-
-/// z-score of the two-sample chi-square statistic of two byte histograms.
-fn chi_z(a: &[u64; 256], b: &[u64; 256]) -> f64 {
-    let (na, nb) = (a.iter().sum::<u64>() as f64, b.iter().sum::<u64>() as f64);
-    let (ka, kb) = ((nb / na).sqrt(), (na / nb).sqrt());
-    let mut chi = 0.0;
-    let mut bins = 0;
-    for i in 0..256 {
-        let s = (a[i] + b[i]) as f64;
-        if s > 0.0 {
-            let d = ka * a[i] as f64 - kb * b[i] as f64;
-            chi += d * d / s;
-            bins += 1;
-        }
-    }
-    let df = (bins - 1).max(1) as f64;
-    (chi - df) / (2.0 * df).sqrt()
 }
 
 /// The worst comparison of two secrets' views.

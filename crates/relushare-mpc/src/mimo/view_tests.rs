@@ -35,6 +35,7 @@ use crate::runner::exec_op;
 use crate::suite::Suite as _;
 use crate::suite::{GroupPlan, GroupShares, MaxPoolGeom, PlanOp, Shared, WeightShare};
 use crate::transport::{MemTransport, Transport};
+use crate::view_stats::chi_z;
 use relushare_model::{presets, Arch, Model};
 use std::sync::{Arc, Mutex};
 
@@ -185,44 +186,6 @@ fn gather(
             })
             .collect()
     })
-}
-
-/// z-score of the two-sample chi-square statistic of two byte histograms. With fewer than 5
-/// samples per bin on either side (a short message or opened vector: its 256-bin statistic has
-/// heavy tails and fails by chance), the byte's high and low nibbles are compared instead, 16
-/// bins each, and the larger z counts.
-fn chi_z(a: &[u64; 256], b: &[u64; 256]) -> f64 {
-    let n = a.iter().sum::<u64>().min(b.iter().sum::<u64>());
-    if n >= 5 * 256 {
-        return chi_z_bins(a, b);
-    }
-    let fold = |h: &[u64; 256], by: fn(usize) -> usize| {
-        let mut f = [0u64; 16];
-        for (i, &c) in h.iter().enumerate() {
-            f[by(i)] += c;
-        }
-        f
-    };
-    let (hi, lo): (fn(usize) -> usize, fn(usize) -> usize) = (|i| i >> 4, |i| i & 15);
-    chi_z_bins(&fold(a, hi), &fold(b, hi)).max(chi_z_bins(&fold(a, lo), &fold(b, lo)))
-}
-
-/// The two-sample chi-square z-score over any number of bins.
-fn chi_z_bins(a: &[u64], b: &[u64]) -> f64 {
-    let (na, nb) = (a.iter().sum::<u64>() as f64, b.iter().sum::<u64>() as f64);
-    let (ka, kb) = ((nb / na).sqrt(), (na / nb).sqrt());
-    let mut chi = 0.0;
-    let mut bins = 0;
-    for (&x, &y) in a.iter().zip(b) {
-        let s = (x + y) as f64;
-        if s > 0.0 {
-            let d = ka * x as f64 - kb * y as f64;
-            chi += d * d / s;
-            bins += 1;
-        }
-    }
-    let df = (bins - 1).max(1) as f64;
-    (chi - df) / (2.0 * df).sqrt()
 }
 
 /// The worst comparison of two secrets' views.
