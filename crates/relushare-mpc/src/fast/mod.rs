@@ -547,6 +547,85 @@ pub(crate) struct MaskedTensor<'a> {
     pub len: usize,
 }
 
+/// The session's dealer streams, one round: the dealer (P2) sends P0 and P1 one seed each
+/// (`dealer_seeds`, which only the dealer passes: fresh from the OS, or fixed by a test) and
+/// keeps both; each data party takes the one it receives. Shared by the `fast`/`fss` and
+/// `mimo` suites' `prepare`.
+pub(crate) fn session_deal(
+    comm: &mut Comm,
+    dealer_seeds: Option<(prg::Seed, prg::Seed)>,
+) -> Result<Deal> {
+    let me = comm.party();
+    if me == 2 {
+        let (s0, s1) =
+            dealer_seeds.ok_or_else(|| MpcError::Param("the dealer needs its two seeds".into()))?;
+        comm.round(vec![(0, s0.to_vec()), (1, s1.to_vec())], &[])?;
+        return Ok(Deal::dealer(Prg::from_seed(s0), Prg::from_seed(s1)));
+    }
+    let got = comm.round(vec![], &[2])?.pop().unwrap_or_default();
+    let s: prg::Seed = got.as_slice().try_into().map_err(|_| MpcError::Malformed {
+        from: 2,
+        reason: format!("seed of {} bytes", got.len()),
+    })?;
+    Ok(if me == 0 {
+        Deal::p0(Prg::from_seed(s))
+    } else {
+        Deal::p1(Prg::from_seed(s))
+    })
+}
+
+/// A one-off run's weight masking: every tensor of `layout` gets a fresh dealt mask `B` and
+/// P0/P1 open `F = W - B` for all of them in one round (the dealer keeps `B`). Returns each
+/// tensor's key with its [`MaskedWeight`], in layout order. Shared by the `fast`/`fss` and
+/// `mimo` suites' `prepare`.
+pub(crate) fn mask_and_open(
+    comm: &mut Comm,
+    deal: &mut Deal,
+    layout: Vec<MaskedTensor<'_>>,
+) -> Result<Vec<(String, MaskedWeight)>> {
+    let me = comm.party();
+    let mut masked_all = Vec::new();
+    let mut bs = Vec::new();
+    for m in &layout {
+        let b = deal.rand_u64(m.len);
+        if me == 2 {
+            bs.push(b.secret.expect("dealer"));
+        } else {
+            crate::ring::check_len("weight share", m.w, m.len)?;
+            masked_all.extend(m.w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
+            bs.push(b.mine);
+        }
+    }
+    let f_all = if me == 2 {
+        Vec::new()
+    } else {
+        cmp::open_u64(comm, &masked_all)?
+    };
+    let mut off = 0;
+    let mut out = Vec::with_capacity(layout.len());
+    for (m, b) in layout.into_iter().zip(bs) {
+        let len = m.len;
+        let mw = if me == 2 {
+            MaskedWeight {
+                f: Vec::new(),
+                online: Vec::new(),
+                b,
+            }
+        } else {
+            let f = f_all[off..off + len].to_vec();
+            let online = if me == 0 {
+                crate::ring::add(&f, &b)
+            } else {
+                b.clone()
+            };
+            MaskedWeight { f, online, b }
+        };
+        off += len;
+        out.push((m.key, mw));
+    }
+    Ok(out)
+}
+
 /// The tensors the one-time setup masks, in the order their masks are drawn: every
 /// convolution and linear weight, every unfused Learned/Fc decider `v`, and for each fused gate
 /// its `U` (and, in Fold mode, the convolution's bias). The layout depends on the plan's
@@ -641,29 +720,13 @@ impl Suite for FastSuite {
     fn prepare(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
         let me = self.me();
         // Seeds: the dealer draws one per partner.
-        let deal = match me {
-            2 => {
-                let s0 = self.dealer_seed(0)?;
-                let s1 = self.dealer_seed(1)?;
-                self.comm
-                    .round(vec![(0, s0.to_vec()), (1, s1.to_vec())], &[])?;
-                self.noise_rng = Some(self.noise_source()?);
-                Deal::dealer(Prg::from_seed(s0), Prg::from_seed(s1))
-            }
-            _ => {
-                let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
-                let s: prg::Seed = got.as_slice().try_into().map_err(|_| MpcError::Malformed {
-                    from: 2,
-                    reason: format!("seed of {} bytes", got.len()),
-                })?;
-                if me == 0 {
-                    Deal::p0(Prg::from_seed(s))
-                } else {
-                    Deal::p1(Prg::from_seed(s))
-                }
-            }
+        let seeds = if me == 2 {
+            self.noise_rng = Some(self.noise_source()?);
+            Some((self.dealer_seed(0)?, self.dealer_seed(1)?))
+        } else {
+            None
         };
-        self.deal = Some(deal);
+        self.deal = Some(session_deal(&mut self.comm, seeds)?);
         let layout = mask_layout(plan, weights)?;
         if let Some(fixed) = self.fixed.take() {
             // Serving: the masks are fixed for the owner-helper pair and `F` was computed once;
@@ -679,45 +742,9 @@ impl Suite for FastSuite {
         }
         // Mask every weight tensor and decider once.
         let deal = self.deal.as_mut().expect("set above");
-        let mut masked_all = Vec::new();
-        let mut bs = Vec::new();
-        for m in &layout {
-            let b = deal.rand_u64(m.len);
-            if me == 2 {
-                bs.push(b.secret.expect("dealer"));
-            } else {
-                crate::ring::check_len("weight share", m.w, m.len)?;
-                masked_all.extend(m.w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
-                bs.push(b.mine);
-            }
-        }
-        let f_all = if me == 2 {
-            Vec::new()
-        } else {
-            cmp::open_u64(&mut self.comm, &masked_all)?
-        };
-        let mut off = 0;
-        let mut ws = BTreeMap::new();
-        for (m, b) in layout.into_iter().zip(bs) {
-            let len = m.len;
-            let mw = if me == 2 {
-                MaskedWeight {
-                    f: Vec::new(),
-                    online: Vec::new(),
-                    b,
-                }
-            } else {
-                let f = f_all[off..off + len].to_vec();
-                let online = if me == 0 {
-                    crate::ring::add(&f, &b)
-                } else {
-                    b.clone()
-                };
-                MaskedWeight { f, online, b }
-            };
-            off += len;
-            ws.insert(m.key, mw);
-        }
+        let ws: BTreeMap<_, _> = mask_and_open(&mut self.comm, deal, layout)?
+            .into_iter()
+            .collect();
         self.weights = Arc::new(ws);
         Ok(())
     }

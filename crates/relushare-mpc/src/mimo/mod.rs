@@ -2257,29 +2257,13 @@ impl Suite for MimoSuite {
 
     fn prepare(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
         let me = self.me();
-        let deal = match me {
-            2 => {
-                let s0 = self.dealer_seed(0)?;
-                let s1 = self.dealer_seed(1)?;
-                self.comm
-                    .round(vec![(0, s0.to_vec()), (1, s1.to_vec())], &[])?;
-                self.noise_rng = Some(self.noise_source()?);
-                Deal::dealer(Prg::from_seed(s0), Prg::from_seed(s1))
-            }
-            _ => {
-                let got = self.comm.round(vec![], &[2])?.pop().unwrap_or_default();
-                let s: prg::Seed = got.as_slice().try_into().map_err(|_| MpcError::Malformed {
-                    from: 2,
-                    reason: format!("seed of {} bytes", got.len()),
-                })?;
-                if me == 0 {
-                    Deal::p0(Prg::from_seed(s))
-                } else {
-                    Deal::p1(Prg::from_seed(s))
-                }
-            }
+        let seeds = if me == 2 {
+            self.noise_rng = Some(self.noise_source()?);
+            Some((self.dealer_seed(0)?, self.dealer_seed(1)?))
+        } else {
+            None
         };
-        self.deal = Some(deal);
+        self.deal = Some(crate::fast::session_deal(&mut self.comm, seeds)?);
         let layout = mask_layout(plan, weights)?;
         if let Some(fixed) = self.fixed.take() {
             // Serving: the masks are fixed for the owner-helper pair and `F` was computed once
@@ -2293,44 +2277,8 @@ impl Suite for MimoSuite {
         // A one-off run: mask every tensor of the layout with fresh dealt masks and open
         // `F = W - B` once, as `fast` does.
         let deal = self.deal.as_mut().expect("set above");
-        let mut masked_all = Vec::new();
-        let mut bs = Vec::new();
-        for m in &layout {
-            let b = deal.rand_u64(m.len);
-            if me == 2 {
-                bs.push(b.secret.expect("dealer"));
-            } else {
-                crate::ring::check_len("weight share", m.w, m.len)?;
-                masked_all.extend(m.w.iter().zip(&b.mine).map(|(x, y)| x.wrapping_sub(*y)));
-                bs.push(b.mine);
-            }
-        }
-        let f_all = if me == 2 {
-            Vec::new()
-        } else {
-            crate::fast::cmp::open_u64(&mut self.comm, &masked_all)?
-        };
-        let mut off = 0;
-        for (m, b) in layout.into_iter().zip(bs) {
-            let len = m.len;
-            let mw = if me == 2 {
-                MaskedWeight {
-                    f: Vec::new(),
-                    online: Vec::new(),
-                    b,
-                }
-            } else {
-                let f = f_all[off..off + len].to_vec();
-                let online = if me == 0 {
-                    crate::ring::add(&f, &b)
-                } else {
-                    b.clone()
-                };
-                MaskedWeight { f, online, b }
-            };
-            off += len;
-            self.weights.insert(m.key, mw);
-        }
+        self.weights
+            .extend(crate::fast::mask_and_open(&mut self.comm, deal, layout)?);
         Ok(())
     }
 
