@@ -252,6 +252,36 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
+    /// The three parties' fixed masks of one context (the client's and the owner's `F`, the
+    /// dealer's two seeds).
+    fn trio(f: &Arc<Vec<u64>>, seeds: (Seed, Seed)) -> [FixedMasks; 3] {
+        [
+            FixedMasks::Client {
+                f: f.clone(),
+                seed0: seeds.0,
+            },
+            FixedMasks::Owner {
+                f: f.clone(),
+                seed1: seeds.1,
+            },
+            FixedMasks::Dealer {
+                seed0: seeds.0,
+                seed1: seeds.1,
+            },
+        ]
+    }
+
+    /// A fixed test image of `fm` (encoded) and its plaintext fixed-point logits.
+    fn image_and_logits(fm: &FixedModel) -> (Vec<u64>, Vec<f32>) {
+        let img: Vec<f32> = (0..fm.input_len)
+            .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+            .collect();
+        let x = fm.encode_input(&img).unwrap();
+        let want = crate::plain::forward_fixed_trace(fm, &x, &mut |_| false).unwrap();
+        let want = fm.fp.decode_vec(want.last().unwrap());
+        (x, want)
+    }
+
     type Log = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
 
     /// Records every message a party receives, with its sender.
@@ -491,26 +521,8 @@ mod tests {
             let (pplan, pw) = plaintext(&fm);
             let f = Arc::new(opening(&pplan, &pw, seeds).unwrap());
             assert_eq!(f.len(), masked_len(&pplan, &pw).unwrap());
-            let fixed = [
-                FixedMasks::Client {
-                    f: f.clone(),
-                    seed0: seeds.0,
-                },
-                FixedMasks::Owner {
-                    f: f.clone(),
-                    seed1: seeds.1,
-                },
-                FixedMasks::Dealer {
-                    seed0: seeds.0,
-                    seed1: seeds.1,
-                },
-            ];
-            let img: Vec<f32> = (0..fm.input_len)
-                .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
-                .collect();
-            let x = fm.encode_input(&img).unwrap();
-            let want = crate::plain::forward_fixed_trace(&fm, &x, &mut |_| false).unwrap();
-            let want = fm.fp.decode_vec(want.last().unwrap());
+            let fixed = trio(&f, seeds);
+            let (x, want) = image_and_logits(&fm);
             let runs: Vec<Run> = (0..2)
                 .map(|_| session(&fm, &Kind::Fast(cfg.clone(), mode), &fixed, &x))
                 .collect();
@@ -639,26 +651,8 @@ mod tests {
             } else {
                 assert!(layout.iter().any(|t| t.key == "act1.v"), "{what}");
             }
-            let fixed = [
-                FixedMasks::Client {
-                    f: f.clone(),
-                    seed0: seeds.0,
-                },
-                FixedMasks::Owner {
-                    f: f.clone(),
-                    seed1: seeds.1,
-                },
-                FixedMasks::Dealer {
-                    seed0: seeds.0,
-                    seed1: seeds.1,
-                },
-            ];
-            let img: Vec<f32> = (0..fm.input_len)
-                .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
-                .collect();
-            let x = fm.encode_input(&img).unwrap();
-            let want = crate::plain::forward_fixed_trace(&fm, &x, &mut |_| false).unwrap();
-            let want = fm.fp.decode_vec(want.last().unwrap());
+            let fixed = trio(&f, seeds);
+            let (x, want) = image_and_logits(&fm);
             let kind = Kind::Mimo(cfg);
             let runs: Vec<Run> = (0..2).map(|_| session(&fm, &kind, &fixed, &x)).collect();
             for r in &runs {
