@@ -1789,19 +1789,33 @@ mod tests {
         assert!(validate_request(&r, 4).is_err());
     }
 
-    /// Owner and helper in this process, two clients concurrently, a revoked client refused,
-    /// a client with the certificate of another name refused.
-    #[test]
-    fn serve_in_process() {
+    /// An owner and a helper serving in this process.
+    struct Pair {
+        /// The deployment's directory (certificates, deny list).
+        d: PathBuf,
+        /// Fashion-MNIST `uniform32` with random weights (seed 3).
+        model: Model,
+        owner: Server,
+        helper: Server,
+        /// The owner's and the helper's addresses.
+        oa: String,
+        ha: String,
+        /// Two 28x28 test images.
+        pixels: Vec<Vec<u8>>,
+    }
+
+    /// A fresh deployment in a temporary directory named after `tag` with `clients` client
+    /// certificates, and its owner and helper serving in this process with `timeout`.
+    fn start_pair(tag: &str, clients: usize, timeout: Duration) -> Pair {
         use relushare_model::{presets, Arch};
-        let d = std::env::temp_dir().join(format!("relushare-serve-ut-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        pki::generate_deployment(&d, 3, Some("ut"), false).unwrap();
+        pki::generate_deployment(&d, clients, Some("ut"), false).unwrap();
         let spec = presets::build(Arch::Fmnist, "uniform32").unwrap();
         let model = Model::random(spec, None, 3).unwrap();
         let log: Logger = Arc::new(|_: &str| {});
         let mut hc = ServeConfig::new(d.clone(), ServeRole::Helper);
-        hc.timeout = Duration::from_secs(20);
+        hc.timeout = timeout;
         let helper = serve(
             hc.clone(),
             super::super::bind("127.0.0.1:0").unwrap(),
@@ -1827,6 +1841,30 @@ mod tests {
                     .collect()
             })
             .collect();
+        Pair {
+            d,
+            model,
+            owner,
+            helper,
+            oa,
+            ha,
+            pixels,
+        }
+    }
+
+    /// Owner and helper in this process, two clients concurrently, a revoked client refused,
+    /// a client with the certificate of another name refused.
+    #[test]
+    fn serve_in_process() {
+        let Pair {
+            d,
+            model,
+            owner,
+            helper,
+            oa,
+            ha,
+            pixels,
+        } = start_pair("relushare-serve-ut", 3, Duration::from_secs(20));
         let want = plaintext_classes(&model, &pixels, "fast", 13).unwrap();
         let reports: Vec<PartyReport> = std::thread::scope(|s| {
             let hs: Vec<_> = ["client-1", "client-2"]
@@ -1895,40 +1933,15 @@ mod tests {
     /// it gets its own masked weights.
     #[test]
     fn serve_mimo_in_process() {
-        use relushare_model::{presets, Arch};
-        let d = std::env::temp_dir().join(format!("relushare-serve-mimo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        pki::generate_deployment(&d, 2, Some("ut"), false).unwrap();
-        let spec = presets::build(Arch::Fmnist, "uniform32").unwrap();
-        let model = Model::random(spec, None, 3).unwrap();
-        let log: Logger = Arc::new(|_: &str| {});
-        let mut hc = ServeConfig::new(d.clone(), ServeRole::Helper);
-        hc.timeout = Duration::from_secs(30);
-        let helper = serve(
-            hc.clone(),
-            super::super::bind("127.0.0.1:0").unwrap(),
-            None,
-            log.clone(),
-        )
-        .unwrap();
-        let mut oc = hc.clone();
-        oc.role = ServeRole::Owner;
-        oc.helper = Some(helper.addr().to_string());
-        let owner = serve(
-            oc,
-            super::super::bind("127.0.0.1:0").unwrap(),
-            Some(model.clone()),
-            log,
-        )
-        .unwrap();
-        let (oa, ha) = (owner.addr().to_string(), helper.addr().to_string());
-        let pixels: Vec<Vec<u8>> = (0..2u8)
-            .map(|k| {
-                (0..784)
-                    .map(|i| ((i * 37 + k as usize * 101) % 256) as u8)
-                    .collect()
-            })
-            .collect();
+        let Pair {
+            d,
+            model,
+            owner,
+            helper,
+            oa,
+            ha,
+            pixels,
+        } = start_pair("relushare-serve-mimo", 2, Duration::from_secs(30));
         let want = plaintext_classes(&model, &pixels, "mimo", 13).unwrap();
         // The plaintext fixed-point logits of the model prepared for mimo.
         let mut fm = crate::plain::FixedModel::from_model(&model, 13).unwrap();
