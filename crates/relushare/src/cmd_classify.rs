@@ -2,7 +2,7 @@
 //! learns the result; the owner and the helper see only shares.
 //!
 //! ```text
-//! relushare classify --keys K --client client-1 --owner 127.0.0.1:7100 --helper 127.0.0.1:7200 --image cat.png --image dog.jpg [--json]
+//! relushare classify --keys K --client client-1 --owner 127.0.0.1:7100 --helper 127.0.0.1:7200 --image cat.png --image dog.jpg [--cache-dir C] [--json]
 //! ```
 
 use std::path::PathBuf;
@@ -48,6 +48,12 @@ pub struct Args {
     /// Seconds to wait for the servers to admit the session (they may queue it).
     #[arg(long, default_value_t = 90.0)]
     pub wait: f64,
+    /// Keep the masked weights the owner sends in this directory (one file per deployment,
+    /// client, protocol and fractional bits), so that later sessions receive them only when the
+    /// owner's weight masks changed (fast, fss and mimo). A damaged file is ignored and
+    /// replaced.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Print JSON: per image the class index, name and logits, and the session's costs.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +90,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.timeout = secs("timeout", a.timeout)?;
     cfg.admission_wait = secs("wait", a.wait)?;
     cfg.network = a.net.profile()?;
+    cfg.cache_dir = a.cache_dir.clone();
     let report = serve::classify(&cfg, &images).context(
         "private classification with the model owner (party 1) and the helper (party 2) failed",
     )?;
@@ -116,6 +123,8 @@ pub fn run(a: Args) -> Result<()> {
                 "model_setup_bytes": report.model_setup_bytes,
                 "model_setup_rounds": report.model_setup_rounds,
                 "weight_masks": report.weight_masks,
+                "weight_cache": report.weight_cache,
+                "setup_received_bytes": report.setup_received_bytes,
                 "network": cfg.network.map(|p| serde_json::json!({"rtt_ms": p.rtt_ms, "mbit": p.mbit})),
             }))?
         );
@@ -126,5 +135,8 @@ pub fn run(a: Args) -> Result<()> {
         report.images, report.protocol, report.arch, report.seconds
     );
     image_args::print_classified(&rows);
+    if let Some(note) = &report.weight_cache {
+        println!("{note}");
+    }
     Ok(())
 }

@@ -352,10 +352,17 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         "securenn masks no weights: {v}"
     );
     // mimo is served on the same pair's masks (its own masked weights, computed once for
-    // two sessions; the client opens nothing).
-    for _ in 0..2 {
+    // two sessions; the client opens nothing). With --cache-dir the second session is not
+    // sent the masked weights again.
+    let cache = d.keys.join("client-2-cache");
+    let mut received = Vec::new();
+    for k in 0..2 {
         let out = wait(
-            d.classify("client-2", &d.images[..2], &["--protocol", "mimo"]),
+            d.classify(
+                "client-2",
+                &d.images[..2],
+                &["--protocol", "mimo", "--cache-dir", cache.to_str().unwrap()],
+            ),
             120.0,
         );
         assert!(
@@ -370,7 +377,12 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         }
         assert_eq!(v["model_setup_bytes"].as_u64(), Some(0), "{v}");
         assert_eq!(v["weight_masks"], mask_ids[0], "{v}");
+        let note = v["weight_cache"].as_str().unwrap_or_default();
+        let expect = ["received and stored", "taken from"][k];
+        assert!(note.contains(expect), "{v}");
+        received.push(v["setup_received_bytes"].as_u64().unwrap());
     }
+    assert!(received[1] < received[0], "{received:?}");
     assert_eq!(
         d.owner
             .log()

@@ -632,6 +632,8 @@ mod tests {
             model_setup_bytes: 0,
             model_setup_rounds: 0,
             weight_masks: None,
+            weight_cache: None,
+            setup_received_bytes: 0,
             seconds: 1.0,
             online_seconds: 0.5,
             offline_seconds: 0.2,

@@ -11,11 +11,19 @@
 //!   (the helper restarted) makes the owner draw a new state; an owner restart starts with a
 //!   new state too. The keys travel (once, inside the session, owner to helper only) while the
 //!   helper does not hold them.
+//! * A **client** may keep the masked weights it received in a [`WeightCache`] (a file per
+//!   deployment, client, suite and fractional bits). Its request names the state id and the
+//!   SHA-256 digest of the `F` it holds; when both are the owner's current ones the owner sends
+//!   only the state id, the seed of the client's masks and the digest, and the client takes `F`
+//!   from its file. A cache file that is unreadable, truncated, of another format or whose `F`
+//!   does not match its digest is ignored (and replaced after the session).
 
 use crate::error::{MpcError, Result};
 use crate::fast::masks::MaskKeys;
 use crate::prg::{self, Seed};
+use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -55,8 +63,27 @@ pub(crate) fn id_bytes(id: &str) -> Result<[u8; MASK_ID_BYTES]> {
 /// Called when the owner computes the masked weights of a context (for its log).
 pub type ComputeNote = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Masked weights `F` by context (suite, fractional bits).
-type Openings = HashMap<(String, u32), Arc<Vec<u64>>>;
+/// SHA-256 digest of masked weights ([`digest_of`]).
+pub type Digest = [u8; 32];
+
+/// The SHA-256 digest of `F` (its elements as little-endian bytes, as they are sent).
+pub fn digest_of(f: &[u64]) -> Digest {
+    let mut h = Sha256::new();
+    for chunk in f.chunks(8192) {
+        h.update(crate::ring::u64s_to_bytes(chunk));
+    }
+    h.finalize().into()
+}
+
+/// Masked weights `F` of a context, with their digest.
+#[derive(Clone, Debug)]
+pub struct Opening {
+    pub f: Arc<Vec<u64>>,
+    pub digest: Digest,
+}
+
+/// Masked weights by context (suite, fractional bits).
+type Openings = HashMap<(String, u32), Opening>;
 
 /// The model owner's weight-mask state for one helper instance.
 pub struct OwnerMasks {
@@ -106,21 +133,27 @@ impl OwnerMasks {
         self.computed.load(Ordering::SeqCst)
     }
 
-    /// `F` of (`protocol`, `frac_bits`): computed by `compute` from the context's seeds on
-    /// first use (concurrent sessions wait for it), then the same vector for every session.
+    /// `F` of (`protocol`, `frac_bits`) and its digest: computed by `compute` from the
+    /// context's seeds on first use (concurrent sessions wait for it), then the same vector for
+    /// every session.
     pub(crate) fn opening(
         &self,
         protocol: &str,
         frac_bits: u32,
         compute: impl FnOnce((Seed, Seed)) -> Result<Vec<u64>>,
-    ) -> Result<Arc<Vec<u64>>> {
+    ) -> Result<Opening> {
         let mut m = self.openings.lock().unwrap_or_else(|p| p.into_inner());
         let key = (protocol.to_string(), frac_bits);
-        if let Some(f) = m.get(&key) {
-            return Ok(f.clone());
+        if let Some(o) = m.get(&key) {
+            return Ok(o.clone());
         }
-        let f = Arc::new(compute(self.keys.seeds(protocol, frac_bits)?)?);
-        m.insert(key, f.clone());
+        let f = compute(self.keys.seeds(protocol, frac_bits)?)?;
+        let o = Opening {
+            digest: digest_of(&f),
+            f: Arc::new(f),
+        };
+        let f = o.f.clone();
+        m.insert(key, o.clone());
         self.computed.fetch_add(1, Ordering::SeqCst);
         if let Some(n) = &self.note {
             n(&format!(
@@ -129,7 +162,7 @@ impl OwnerMasks {
                 f.len()
             ));
         }
-        Ok(f)
+        Ok(o)
     }
 }
 
@@ -205,16 +238,234 @@ impl HelperMasks {
 /// ([`super::session::run_with`]); the `fast`, `fss` and `mimo` suites.
 #[derive(Clone, Debug)]
 pub enum MaskReuse {
-    /// The client (P0): receives `F` and the seed of its `B_0` from the owner.
-    Client,
+    /// The client (P0): receives `F` and the seed of its `B_0` from the owner; with a cache,
+    /// takes `F` from it when the owner says it is current, and stores a new `F` in it.
+    Client { cache: Option<Arc<WeightCache>> },
     /// The model owner (P1): its state; `register`: send the keys to the helper, which does not
-    /// hold them yet.
+    /// hold them yet; `client_holds`: the client's [`WeightCache::claim`] (empty: none).
     Owner {
         state: Arc<OwnerMasks>,
         register: bool,
+        client_holds: String,
     },
     /// The helper (P2): the keys registered with it.
     Helper(Arc<HelperMasks>),
+}
+
+/// Whether `s` is a well-formed [`WeightCache::claim`]: empty, or a state id, `:` and 64 hex
+/// digits of a digest.
+pub fn is_claim(s: &str) -> bool {
+    s.is_empty()
+        || s.split_once(':').is_some_and(|(id, d)| {
+            is_mask_id(id)
+                && d.len() == 64
+                && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// The claim naming state `id` and digest `d`.
+pub(crate) fn claim_of(id: &str, d: &Digest) -> String {
+    format!("{id}:{}", hex(d))
+}
+
+/// First bytes of a cache file (format version 1).
+const CACHE_MAGIC: &[u8; 8] = b"RSMWC\x00\x00\x01";
+/// Bytes of a cache file before `F`: magic, state id, digest, element count.
+const CACHE_HEAD: usize = 8 + MASK_ID_BYTES + 32 + 8;
+/// Largest cache file read (a model's masked weights are far smaller).
+const MAX_CACHE_FILE: u64 = 4 << 30;
+
+/// Masked weights held by a client: the owner's state id, their digest and `F`.
+#[derive(Clone)]
+pub struct Held {
+    pub id: String,
+    pub digest: Digest,
+    pub f: Arc<Vec<u64>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Held(state {}, {} elements, digest {})",
+            self.id,
+            self.f.len(),
+            hex(&self.digest)
+        )
+    }
+}
+
+/// A client's cache of one deployment's masked weights for one context (suite, fractional
+/// bits): a file written after a session that received `F`, read before the next. `F` is the
+/// client's own view of earlier sessions (the owner sends it to every client), so storing it
+/// reveals nothing more than the client already saw.
+pub struct WeightCache {
+    path: PathBuf,
+    held: Option<Held>,
+    /// Why an existing file was not used.
+    ignored: Option<String>,
+}
+
+impl std::fmt::Debug for WeightCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WeightCache({}, {})",
+            self.path.display(),
+            self.held
+                .as_ref()
+                .map_or("empty".to_string(), |h| format!("state {}", h.id))
+        )
+    }
+}
+
+/// A file-name-safe form of `s` (letters, digits, `-`, `_`, `.`; anything else `_`).
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl WeightCache {
+    /// The cache file in `dir` of deployment `deployment`, client `client`, suite `protocol`
+    /// and `frac_bits`.
+    pub fn path_in(
+        dir: &Path,
+        deployment: &str,
+        client: &str,
+        protocol: &str,
+        frac_bits: u32,
+    ) -> PathBuf {
+        dir.join(format!(
+            "masked-weights-{}-{}-{}-f{frac_bits}.bin",
+            file_safe(deployment),
+            file_safe(client),
+            file_safe(protocol)
+        ))
+    }
+
+    /// Opens the cache at `path`. Never fails: a missing file is an empty cache, and a file
+    /// that cannot be read or is not a valid cache is ignored ([`WeightCache::ignored`]) and
+    /// replaced when the next `F` arrives.
+    pub fn open(path: &Path) -> WeightCache {
+        let (held, ignored) = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+            Err(e) => (None, Some(format!("{}: {e}", path.display()))),
+            Ok(m) if m.len() > MAX_CACHE_FILE => (
+                None,
+                Some(format!(
+                    "{}: {} bytes, more than a cache file can hold",
+                    path.display(),
+                    m.len()
+                )),
+            ),
+            Ok(_) => match std::fs::read(path) {
+                Err(e) => (None, Some(format!("{}: {e}", path.display()))),
+                Ok(b) => match Self::parse(&b) {
+                    Ok(h) => (Some(h), None),
+                    Err(why) => (None, Some(format!("{}: {why}", path.display()))),
+                },
+            },
+        };
+        WeightCache {
+            path: path.to_path_buf(),
+            held,
+            ignored,
+        }
+    }
+
+    /// The masked weights of a cache file's bytes, or why they are not valid.
+    pub fn parse(b: &[u8]) -> std::result::Result<Held, String> {
+        if b.len() < CACHE_HEAD || &b[..8] != CACHE_MAGIC {
+            return Err("not a masked-weights cache file (format 1)".into());
+        }
+        let id = id_of(&b[8..8 + MASK_ID_BYTES]);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&b[8 + MASK_ID_BYTES..8 + MASK_ID_BYTES + 32]);
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&b[CACHE_HEAD - 8..CACHE_HEAD]);
+        let n = u64::from_le_bytes(n);
+        let body = &b[CACHE_HEAD..];
+        if n.checked_mul(8) != Some(body.len() as u64) {
+            return Err(format!(
+                "{} bytes of masked weights where the header says {n} elements",
+                body.len()
+            ));
+        }
+        let f: Vec<u64> = body
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        if digest_of(&f) != digest {
+            return Err("the masked weights do not match their digest (corrupt file)".into());
+        }
+        Ok(Held {
+            id,
+            digest,
+            f: Arc::new(f),
+        })
+    }
+
+    /// The cache file's bytes for `held`.
+    pub fn encode(held: &Held) -> Result<Vec<u8>> {
+        let mut b = Vec::with_capacity(CACHE_HEAD + 8 * held.f.len());
+        b.extend_from_slice(CACHE_MAGIC);
+        b.extend_from_slice(&id_bytes(&held.id)?);
+        b.extend_from_slice(&held.digest);
+        b.extend_from_slice(&(held.f.len() as u64).to_le_bytes());
+        b.extend_from_slice(&crate::ring::u64s_to_bytes(&held.f));
+        Ok(b)
+    }
+
+    /// The masked weights held, if any.
+    pub fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
+    }
+
+    /// Why an existing cache file was not used, if it was not.
+    pub fn ignored(&self) -> Option<&str> {
+        self.ignored.as_deref()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the client's request says it holds: `STATE:DIGEST`, or empty.
+    pub fn claim(&self) -> String {
+        self.held
+            .as_ref()
+            .map_or_else(String::new, |h| claim_of(&h.id, &h.digest))
+    }
+
+    /// Writes `held` to the file: to a temporary file beside it, then renamed over it, so a
+    /// crash leaves the old file or the new one, never a torn one.
+    pub fn store(&self, held: &Held) -> Result<()> {
+        let io = |e: std::io::Error, what: &str| {
+            MpcError::Param(format!(
+                "masked-weights cache {}: {what}: {e}",
+                self.path.display()
+            ))
+        };
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io(e, "creating its directory"))?;
+        }
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, Self::encode(held)?).map_err(|e| io(e, "writing"))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e, "renaming the new file into place")
+        })
+    }
 }
 
 #[cfg(test)]
@@ -249,9 +500,75 @@ mod tests {
                     Ok(vec![1, 2])
                 })
                 .unwrap();
-            assert_eq!(*f, vec![1, 2]);
+            assert_eq!(*f.f, vec![1, 2]);
+            assert_eq!(f.digest, digest_of(&[1, 2]));
         }
         o.opening("fss", 13, |_| Ok(vec![3])).unwrap();
         assert_eq!((calls, o.openings_computed()), (1, 2));
+    }
+
+    #[test]
+    fn weight_cache_round_trip_and_damaged_files() {
+        let dir = std::env::temp_dir().join(format!("relushare-wcache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = WeightCache::path_in(&dir, "dep/1", "client-1", "mimo", 13);
+        assert!(path.starts_with(&dir), "{}", path.display());
+        let empty = WeightCache::open(&path);
+        assert!(empty.held().is_none() && empty.ignored().is_none());
+        assert_eq!(empty.claim(), "");
+        assert!(is_claim(""));
+
+        let f: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let held = Held {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            digest: digest_of(&f),
+            f: Arc::new(f.clone()),
+        };
+        empty.store(&held).unwrap();
+        let c = WeightCache::open(&path);
+        let h = c.held().expect("stored");
+        assert_eq!(
+            (h.id.as_str(), h.digest, h.f.as_slice()),
+            (held.id.as_str(), held.digest, &f[..])
+        );
+        assert!(is_claim(&c.claim()), "{}", c.claim());
+        assert_eq!(c.claim(), claim_of(&held.id, &held.digest));
+        // no temporary file is left behind
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+        // Every damaged file is ignored with a reason, never used.
+        let good = std::fs::read(&path).unwrap();
+        let mut damaged: Vec<(Vec<u8>, &str)> = vec![
+            (good[..good.len() - 1].to_vec(), "elements"),
+            (good[..10].to_vec(), "not a masked-weights cache"),
+            (Vec::new(), "not a masked-weights cache"),
+        ];
+        let mut flip = good.clone();
+        flip[CACHE_HEAD + 100] ^= 4;
+        damaged.push((flip, "digest"));
+        let mut magic = good.clone();
+        magic[7] = 2;
+        damaged.push((magic, "format 1"));
+        let mut count = good.clone();
+        count[CACHE_HEAD - 8] ^= 1;
+        damaged.push((count, "elements"));
+        for (b, why) in damaged {
+            std::fs::write(&path, &b).unwrap();
+            let c = WeightCache::open(&path);
+            assert!(c.held().is_none(), "{why}");
+            let r = c.ignored().expect("a reason");
+            assert!(r.contains(why), "{r} lacks {why}");
+            assert_eq!(c.claim(), "");
+        }
+        for bad in [
+            "x",
+            "0123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef:00",
+        ] {
+            assert!(!is_claim(bad), "{bad}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -57,7 +57,7 @@
 
 use super::error::pname;
 use super::link::Link;
-use super::masks::{HelperMasks, MaskReuse, OwnerMasks};
+use super::masks::{HelperMasks, MaskReuse, OwnerMasks, WeightCache};
 use super::pki::{self, PartyKeys};
 use super::session::{self, ImageSource, PartyReport, SessionOptions};
 use super::{frame, tls, NetConfig, NetError, TlsTransport};
@@ -72,8 +72,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Version of the request/verdict exchange.
-const SERVE_VERSION: u32 = 1;
+/// Version of the request/verdict exchange (2: the masked-weights message carries `F`'s digest
+/// and may leave `F` out for a client that holds it).
+const SERVE_VERSION: u32 = 2;
 /// Largest request or verdict frame.
 const MAX_CONTROL: u64 = 4096;
 /// Default most images per session.
@@ -117,6 +118,11 @@ pub struct Request {
     /// The owner's request: its weight-mask state id (empty: none yet).
     #[serde(default)]
     pub masks: String,
+    /// The client's request: the masked weights it holds from an earlier session, as
+    /// `STATE:SHA256` ([`super::masks::WeightCache::claim`]; empty: none). The owner then sends
+    /// `F` only if they are not its current ones.
+    #[serde(default)]
+    pub cached: String,
 }
 
 /// A server's answer to a [`Request`].
@@ -580,6 +586,12 @@ fn validate_request(r: &Request, max_images: usize) -> Result<(), String> {
     if !r.masks.is_empty() && !super::masks::is_mask_id(&r.masks) {
         return Err(format!("bad weight-mask state id {:?}", r.masks));
     }
+    if !super::masks::is_claim(&r.cached) {
+        return Err(format!(
+            "bad cached masked-weights claim {:?} (STATE:SHA256 in lower-case hex, or empty)",
+            r.cached
+        ));
+    }
     if r.images == 0 || r.images > max_images {
         return Err(format!(
             "between 1 and {max_images} images per session (asked for {})",
@@ -1016,7 +1028,11 @@ fn owner_session(
             Ok(state) => {
                 // The keys go to the helper while it does not hold this state.
                 let register = !(hv.masks_known && sent_masks == state.id());
-                Some(MaskReuse::Owner { state, register })
+                Some(MaskReuse::Owner {
+                    state,
+                    register,
+                    client_holds: req.cached.clone(),
+                })
             }
             Err(e) => {
                 let r: crate::Result<PartyReport> = Err(e);
@@ -1204,6 +1220,7 @@ fn dial_helper(
     let mut r = req.clone();
     r.kind = "owner".into();
     r.masks = masks.to_string();
+    r.cached = String::new();
     h.send_json(&r)?;
     // The helper answers once the client's connection arrived too and it has a free slot.
     let v: Verdict = h.recv_json("verdict", sh.cfg.timeout + 2 * sh.cfg.queue_wait)?;
@@ -1410,6 +1427,10 @@ pub struct ClientConfig {
     /// An emulated network ([`super::emu`]) on the client's links to both servers
     /// (benchmarks); `None` = the real network.
     pub network: Option<super::emu::NetProfile>,
+    /// A directory for the masked weights of earlier sessions ([`super::masks::WeightCache`],
+    /// one file per deployment, client, suite and fractional bits): a returning client is sent
+    /// `F` only when the owner's state changed. `None`: no cache, `F` every session.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -1426,6 +1447,7 @@ impl ClientConfig {
             admission_wait: Duration::from_secs(90),
             max_frame: 256 << 20,
             network: None,
+            cache_dir: None,
         }
     }
 }
@@ -1513,6 +1535,7 @@ pub fn new_request(
         frac_bits,
         images,
         masks: String::new(),
+        cached: String::new(),
     })
 }
 
@@ -1522,7 +1545,21 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
     let keys = PartyKeys::load_stem(&cfg.keys_dir, 0, &cfg.name)?;
     pki::validate_client_name(&cfg.name)?;
     let n = images.count();
-    let req = new_request(&cfg.name, &cfg.protocol, cfg.frac_bits, n)?;
+    let mut req = new_request(&cfg.name, &cfg.protocol, cfg.frac_bits, n)?;
+    let cache = match (&cfg.cache_dir, uses_masks(&req)) {
+        (Some(dir), true) => {
+            let c = WeightCache::open(&WeightCache::path_in(
+                dir,
+                &keys.session_id,
+                &cfg.name,
+                &cfg.protocol,
+                cfg.frac_bits,
+            ));
+            req.cached = c.claim();
+            Some(Arc::new(c))
+        }
+        _ => None,
+    };
     // with an emulated network, both links go through shaping relays that live for the session
     let (owner_addr, helper_addr, _relays) = match &cfg.network {
         Some(p) => {
@@ -1585,7 +1622,7 @@ pub fn classify(cfg: &ClientConfig, images: &ImageSource) -> crate::Result<Party
         cfg.max_frame
     };
     let (mesh, _) = mesh(0, halves, cfg.timeout, max_frame)?;
-    let masks = uses_masks(&req).then_some(MaskReuse::Client);
+    let masks = uses_masks(&req).then_some(MaskReuse::Client { cache });
     session::run_with(
         mesh,
         None,
@@ -1787,6 +1824,11 @@ mod tests {
         r.client = "client-1".into();
         r.session = "../x".into();
         assert!(validate_request(&r, 4).is_err());
+        let mut r = new_request("client-1", "fast", 13, 2).unwrap();
+        r.cached = "0123456789abcdef0123456789abcdef:".to_string() + &"ab".repeat(32);
+        validate_request(&r, 4).unwrap();
+        r.cached = "../../etc".into();
+        assert!(validate_request(&r, 4).unwrap_err().contains("cached"));
     }
 
     /// An owner and a helper serving in this process.
@@ -2007,6 +2049,128 @@ mod tests {
         owner.stop();
         helper.stop();
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A client's masked-weights cache: the first session receives `F` and stores it, the next
+    /// takes it from the file (exactly 8 bytes per masked weight fewer received), a damaged file
+    /// is ignored and replaced, and a file of another owner state gets the current `F`; the
+    /// classes are the plaintext ones throughout.
+    #[test]
+    fn client_cache_of_masked_weights() {
+        use super::super::masks::Held;
+        let p = start_pair("relushare-serve-cache", 1, Duration::from_secs(20));
+        let (d, oa, ha, pixels) = (&p.d, &p.oa, &p.ha, &p.pixels);
+        let want = plaintext_classes(&p.model, &pixels[..1], "fast", 13).unwrap();
+        let run = |cfg: &ClientConfig| {
+            let r = classify(cfg, &ImageSource::Pixels(pixels[..1].to_vec())).unwrap();
+            assert_eq!(r.classes.as_deref(), Some(&want[..]));
+            r
+        };
+        let note = |r: &PartyReport| r.weight_cache.clone().unwrap_or_default();
+        let plain = run(&ClientConfig::new(d.clone(), "client-1", oa, ha));
+        assert!(plain.weight_cache.is_none());
+        let dir = d.join("cache");
+        let mut cfg = ClientConfig::new(d.clone(), "client-1", oa, ha);
+        cfg.cache_dir = Some(dir.clone());
+        let first = run(&cfg);
+        assert!(
+            note(&first).contains("received and stored"),
+            "{}",
+            note(&first)
+        );
+        assert_eq!(first.setup_received_bytes, plain.setup_received_bytes);
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let file = &files[0];
+        let held = WeightCache::open(file).held().cloned().expect("stored");
+        assert_eq!(Some(held.id.clone()), first.weight_masks);
+        let n = held.f.len() as u64;
+        assert!(n > 1000);
+
+        let second = run(&cfg);
+        assert!(note(&second).contains("taken from"), "{}", note(&second));
+        assert_eq!(
+            first.setup_received_bytes - second.setup_received_bytes,
+            8 * n,
+            "a cached F is not sent"
+        );
+
+        // A damaged file: ignored (with the reason), F received again and the file replaced.
+        let mut b = std::fs::read(file).unwrap();
+        let l = b.len();
+        b[l - 3] ^= 0x10;
+        std::fs::write(file, &b).unwrap();
+        let third = run(&cfg);
+        let t = note(&third);
+        assert!(
+            t.contains("received and stored") && t.contains("ignored") && t.contains("digest"),
+            "{t}"
+        );
+        assert_eq!(third.setup_received_bytes, first.setup_received_bytes);
+        assert_eq!(WeightCache::open(file).held().unwrap().digest, held.digest);
+
+        // A file of another state (the owner restarted since): F is sent.
+        let stale = Held {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            ..held.clone()
+        };
+        WeightCache::open(file).store(&stale).unwrap();
+        let fourth = run(&cfg);
+        assert!(
+            note(&fourth).contains("received and stored"),
+            "{}",
+            note(&fourth)
+        );
+        assert_eq!(fourth.setup_received_bytes, first.setup_received_bytes);
+        assert_eq!(WeightCache::open(file).held().unwrap().id, held.id);
+        p.owner.stop();
+        p.helper.stop();
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// The client's checks of the owner's masked-weights message: `F` must match the digest
+    /// sent with it, and a message without `F` must name what the client holds.
+    #[test]
+    fn masked_weights_message_is_checked() {
+        use super::super::masks::{digest_of, Held, MASK_ID_BYTES};
+        let f: Vec<u64> = (1..=50).collect();
+        let id = "00112233445566778899aabbccddeeff";
+        let held = Held {
+            id: id.into(),
+            digest: digest_of(&f),
+            f: Arc::new(f.clone()),
+        };
+        let mut head = super::super::masks::id_bytes(id).unwrap().to_vec();
+        head.extend_from_slice(&[7u8; MASK_ID_BYTES]);
+        head.extend_from_slice(&held.digest);
+        let mut full = head.clone();
+        full.extend_from_slice(&crate::ring::u64s_to_bytes(&f));
+        let (h, fresh) = session::client_fixed(&full, 50, None).unwrap();
+        assert!(fresh && *h.f == f && h.id == id);
+        let (h, fresh) = session::client_fixed(&head, 50, Some(&held)).unwrap();
+        assert!(!fresh && *h.f == f);
+        // F that does not match its digest.
+        let mut bad = full.clone();
+        let l = bad.len();
+        bad[l - 1] ^= 1;
+        let e = session::client_fixed(&bad, 50, None).unwrap_err();
+        assert!(e.contains("digest"), "{e}");
+        // "You hold it" to a client that holds nothing, or another state, or another size.
+        let e = session::client_fixed(&head, 50, None).unwrap_err();
+        assert!(e.contains("does not"), "{e}");
+        let other = Held {
+            id: "ffeeddccbbaa99887766554433221100".into(),
+            ..held.clone()
+        };
+        assert!(session::client_fixed(&head, 50, Some(&other)).is_err());
+        let e = session::client_fixed(&head, 49, Some(&held)).unwrap_err();
+        assert!(e.contains("49"), "{e}");
+        // Wrong lengths.
+        assert!(session::client_fixed(&full[..full.len() - 8], 50, None).is_err());
+        assert!(session::client_fixed(&head[..10], 50, Some(&held)).is_err());
     }
 
     /// `mimo`'s frames fit its dealer keys: above `fast`'s limit, growing with the images, and a

@@ -221,6 +221,14 @@ pub struct PartyReport {
     /// The owner–helper pair's weight-mask state the session reused (its public id), if any.
     #[serde(default)]
     pub weight_masks: Option<String>,
+    /// Client with a masked-weights cache: whether `F` came from the cache or was received
+    /// (and stored), and why a cache file was ignored.
+    #[serde(default)]
+    pub weight_cache: Option<String>,
+    /// Bytes of the pre-protocol messages this party received (the client: the structure, its
+    /// weight shares and, when reusing weight masks, `F` unless its cache holds it).
+    #[serde(default)]
+    pub setup_received_bytes: u64,
     /// Bytes of output shares this party sent to the client (0 for the client and the helper;
     /// not in `setup_bytes` nor in the protocol's bytes).
     pub client_bytes: u64,
@@ -305,6 +313,7 @@ impl Transport for SharedMesh {
 struct Setup {
     mesh: Arc<Mutex<TlsTransport>>,
     sent: u64,
+    received: u64,
 }
 
 impl Setup {
@@ -326,6 +335,7 @@ impl Setup {
             .lock()
             .map_err(|_| MpcError::Transport("mesh lock poisoned".into()))?;
         let mut m = t.recv_msg(from)?;
+        self.received += m.len() as u64;
         let bad = |reason: String| MpcError::from(NetError::Protocol { peer: from, reason });
         match m.first() {
             None => {
@@ -686,6 +696,7 @@ fn run_inner(
     let mut io = Setup {
         mesh: mesh.clone(),
         sent: 0,
+        received: 0,
     };
 
     // 1. Announce and agree.
@@ -953,12 +964,12 @@ fn run_inner(
     // 5. The protocol.
     let plan = crate::runner::build_plan(fm, n, &gp);
     let t_setup = Instant::now();
-    let (fixed, weight_masks) = match reuse {
+    let (fixed, weight_masks, weight_cache) = match reuse {
         Some(r) => {
-            let (m, id) = fixed_masks(r, &mut io, fm, &plan, &weights, opts)?;
-            (Some(m), Some(id))
+            let (m, id, note) = fixed_masks(r, &mut io, fm, &plan, &weights, opts)?;
+            (Some(m), Some(id), note)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let mut comm = Comm::new(Box::new(SharedMesh(mesh.clone(), me)));
     comm.set_label("setup");
@@ -1017,6 +1028,8 @@ fn run_inner(
             model_setup_bytes,
             model_setup_rounds,
             weight_masks: None,
+            weight_cache: None,
+            setup_received_bytes: io.received,
             client_bytes: out.client_bytes,
             seconds: start.elapsed().as_secs_f64(),
             online_seconds: out
@@ -1064,6 +1077,7 @@ fn run_inner(
     drop(suite);
 
     // 6. Output shares to the client.
+    let setup_received = io.received;
     let out_len = n * fm.output_len;
     let mut logits = None;
     let mut classes = None;
@@ -1115,6 +1129,8 @@ fn run_inner(
         model_setup_bytes,
         model_setup_rounds,
         weight_masks,
+        weight_cache,
+        setup_received_bytes: setup_received,
         client_bytes,
         seconds: start.elapsed().as_secs_f64(),
         online_seconds,
@@ -1318,7 +1334,7 @@ fn stream_protocol(
 fn masks_context(reuse: &MaskReuse, me: usize, protocol: &str, frac_bits: u32) -> Result<()> {
     crate::fast::masks::context_label(protocol, frac_bits)?;
     let want = match reuse {
-        MaskReuse::Client => 0,
+        MaskReuse::Client { .. } => 0,
         MaskReuse::Owner { .. } => 1,
         MaskReuse::Helper(_) => 2,
     };
@@ -1332,8 +1348,10 @@ fn masks_context(reuse: &MaskReuse, me: usize, protocol: &str, frac_bits: u32) -
 
 /// The `MASKS`/`FIXED` exchange of a session that reuses its pair's weight masks: the owner
 /// computes `F` once per context (then takes it from its state) and sends the helper the state
-/// (with the keys while the helper lacks them) and the client `F` and the seed of `B_0`. Returns
-/// this party's masks and the state id.
+/// (with the keys while the helper lacks them) and the client the state id, the seed of `B_0`,
+/// `F`'s digest and `F` itself unless the client's request named that very state and digest
+/// (its [`masks::WeightCache`]). Returns this party's masks, the state id and, for the client,
+/// what became of its cache.
 fn fixed_masks(
     reuse: &MaskReuse,
     io: &mut Setup,
@@ -1341,12 +1359,16 @@ fn fixed_masks(
     plan: &crate::suite::Plan,
     weights: &[WeightShare],
     opts: &SessionOptions,
-) -> Result<(FixedMasks, String)> {
+) -> Result<(FixedMasks, String, Option<String>)> {
     let (proto, bits) = (opts.protocol.as_str(), opts.frac_bits);
     let bad = |peer: usize, reason: String| MpcError::from(NetError::Protocol { peer, reason });
     match reuse {
-        MaskReuse::Owner { state, register } => {
-            let f = state.opening(proto, bits, |seeds| {
+        MaskReuse::Owner {
+            state,
+            register,
+            client_holds,
+        } => {
+            let o = state.opening(proto, bits, |seeds| {
                 // The plan over the plaintext parameters (the layout of the masked tensors
                 // does not depend on the batch size).
                 let all: Vec<Vec<u64>> = secret_vectors(fm).into_iter().cloned().collect();
@@ -1355,10 +1377,10 @@ fn fixed_masks(
                 crate::fast::masks::opening_for(proto, &pplan, &pw, seeds)
             })?;
             let n = crate::fast::masks::masked_len_for(proto, plan, weights)?;
-            if f.len() != n {
+            if o.f.len() != n {
                 return Err(MpcError::Shape(format!(
                     "the masked weights have {} elements, the session's plan masks {n}",
-                    f.len()
+                    o.f.len()
                 )));
             }
             let (s0, s1) = state.keys().seeds(proto, bits)?;
@@ -1368,12 +1390,20 @@ fn fixed_masks(
                 m.extend_from_slice(&state.keys().to_bytes());
             }
             io.send(2, TAG_MASKS, &m)?;
-            let mut c = Vec::with_capacity(2 * masks::MASK_ID_BYTES + 8 * f.len());
+            let current = *client_holds == masks::claim_of(state.id(), &o.digest);
+            let mut c = Vec::with_capacity(FIXED_HEAD + if current { 0 } else { 8 * n });
             c.extend_from_slice(&id);
             c.extend_from_slice(&s0);
-            c.extend_from_slice(&crate::ring::u64s_to_bytes(&f));
+            c.extend_from_slice(&o.digest);
+            if !current {
+                c.extend_from_slice(&crate::ring::u64s_to_bytes(&o.f));
+            }
             io.send(0, TAG_FIXED, &c)?;
-            Ok((FixedMasks::Owner { f, seed1: s1 }, state.id().to_string()))
+            Ok((
+                FixedMasks::Owner { f: o.f, seed1: s1 },
+                state.id().to_string(),
+                None,
+            ))
         }
         MaskReuse::Helper(store) => {
             let b = io.recv(1, TAG_MASKS, masks::MASK_ID_BYTES + MASK_KEYS_BYTES)?;
@@ -1399,35 +1429,91 @@ fn fixed_masks(
                 )
             })?;
             let (seed0, seed1) = keys.seeds(proto, bits)?;
-            Ok((FixedMasks::Dealer { seed0, seed1 }, id))
+            Ok((FixedMasks::Dealer { seed0, seed1 }, id, None))
         }
-        MaskReuse::Client => {
+        MaskReuse::Client { cache } => {
             let n = crate::fast::masks::masked_len_for(proto, plan, weights)?;
-            let head = 2 * masks::MASK_ID_BYTES;
-            let b = io.recv(1, TAG_FIXED, head.saturating_add(n.saturating_mul(8)))?;
-            if b.len() != head + 8 * n {
-                return Err(bad(
-                    1,
+            let b = io.recv(1, TAG_FIXED, FIXED_HEAD.saturating_add(n.saturating_mul(8)))?;
+            let (held, fresh) = client_fixed(&b, n, cache.as_deref().and_then(|c| c.held()))
+                .map_err(|r| bad(1, r))?;
+            let note = cache.as_deref().map(|c| {
+                let was = c
+                    .ignored()
+                    .map(|w| format!(" (the cache file was ignored: {w})"))
+                    .unwrap_or_default();
+                if !fresh {
                     format!(
-                        "masked weights of {} bytes, expected {} for {n} weights",
-                        b.len(),
-                        head + 8 * n
-                    ),
-                ));
-            }
-            let id = masks::id_of(&b[..masks::MASK_ID_BYTES]);
+                        "masked weights taken from {} ({} bytes not sent)",
+                        c.path().display(),
+                        8 * n
+                    )
+                } else {
+                    match c.store(&held) {
+                        Ok(()) => format!(
+                            "masked weights received and stored in {}{was}",
+                            c.path().display()
+                        ),
+                        Err(e) => format!("masked weights received, not stored: {e}{was}"),
+                    }
+                }
+            });
             let mut seed0 = [0u8; 16];
-            seed0.copy_from_slice(&b[masks::MASK_ID_BYTES..head]);
-            let f = crate::ring::bytes_to_u64s_n(&b[head..], n, 1)?;
-            Ok((
-                FixedMasks::Client {
-                    f: Arc::new(f),
-                    seed0,
-                },
-                id,
-            ))
+            seed0.copy_from_slice(&b[masks::MASK_ID_BYTES..2 * masks::MASK_ID_BYTES]);
+            Ok((FixedMasks::Client { f: held.f, seed0 }, held.id, note))
         }
     }
+}
+
+/// Bytes of the owner's `FIXED` message before `F`: state id, seed of `B_0`, digest of `F`.
+const FIXED_HEAD: usize = 2 * masks::MASK_ID_BYTES + 32;
+
+/// The client's masked weights from the owner's `FIXED` message `b` (for `n` weights): `F`
+/// itself, which must match the digest sent with it, or only the header, which must name the
+/// state and digest of the `held` ones. Returns them and whether they are new.
+pub(crate) fn client_fixed(
+    b: &[u8],
+    n: usize,
+    held: Option<&masks::Held>,
+) -> std::result::Result<(masks::Held, bool), String> {
+    if b.len() < FIXED_HEAD {
+        return Err(format!("masked-weights message of {} bytes", b.len()));
+    }
+    let id = masks::id_of(&b[..masks::MASK_ID_BYTES]);
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&b[2 * masks::MASK_ID_BYTES..FIXED_HEAD]);
+    if b.len() == FIXED_HEAD {
+        return match held {
+            Some(h) if h.id == id && h.digest == digest && h.f.len() == n => Ok((h.clone(), false)),
+            Some(h) if h.id == id && h.digest == digest => Err(format!(
+                "the owner says the cached masked weights are current, but they hold {} elements \
+                 and the model needs {n}",
+                h.f.len()
+            )),
+            _ => Err(format!(
+                "the owner sent no masked weights, as if this client held those of state {id}, \
+                 which it does not"
+            )),
+        };
+    }
+    if b.len() != FIXED_HEAD + 8 * n {
+        return Err(format!(
+            "masked weights of {} bytes, expected {} for {n} weights",
+            b.len(),
+            FIXED_HEAD + 8 * n
+        ));
+    }
+    let f = crate::ring::bytes_to_u64s_n(&b[FIXED_HEAD..], n, 1).map_err(|e| e.to_string())?;
+    if masks::digest_of(&f) != digest {
+        return Err("the masked weights do not match the digest sent with them".into());
+    }
+    Ok((
+        masks::Held {
+            id,
+            digest,
+            f: Arc::new(f),
+        },
+        true,
+    ))
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -589,10 +589,11 @@ fn networked_sessions_reuse_the_pairs_weight_masks() {
                 &images,
                 protocol,
                 [
-                    Some(MaskReuse::Client),
+                    Some(MaskReuse::Client { cache: None }),
                     Some(MaskReuse::Owner {
                         state: state.clone(),
                         register,
+                        client_holds: String::new(),
                     }),
                     Some(MaskReuse::Helper(helper.clone())),
                 ],
@@ -673,16 +674,20 @@ fn unknown_mask_state_and_mismatched_reuse_fail_clearly() {
     for (masks, want) in [
         (
             [
-                Some(MaskReuse::Client),
+                Some(MaskReuse::Client { cache: None }),
                 Some(MaskReuse::Owner {
                     state: state.clone(),
                     register: false,
+                    client_holds: String::new(),
                 }),
                 Some(MaskReuse::Helper(helper.clone())),
             ],
             "not held by this helper",
         ),
-        ([Some(MaskReuse::Client), None, None], "weight masks"),
+        (
+            [Some(MaskReuse::Client { cache: None }), None, None],
+            "weight masks",
+        ),
     ] {
         let dir = session("reuse-bad", "b");
         let handles = mesh(&dir, 20_000);
