@@ -194,18 +194,40 @@ pub struct FastSuite {
     /// Serving: masks fixed for the owner-helper pair, installed by `prepare` instead of the
     /// masked opening ([`masks`]).
     fixed: Option<masks::FixedMasks>,
-    #[cfg(test)]
     test: TestHooks,
 }
 
-/// Test-only control of the dealer's randomness (compiled only into the crate's tests).
-#[cfg(test)]
+/// Test-only control of the dealer's randomness in the `fast`, `fss` and `mimo` suites (its
+/// fields exist only in the crate's tests; elsewhere the dealer's randomness is always fresh
+/// from the OS).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TestHooks {
     /// The seed the dealer shares with P0 / P1 (instead of a fresh one from the OS).
+    #[cfg(test)]
     pub seeds: [Option<prg::Seed>; 2],
     /// The dealer's private noise source (instead of a fresh one from the OS).
+    #[cfg(test)]
     pub noise_seed: Option<prg::Seed>,
+}
+
+/// The seed the dealer shares with `party` (fresh from the OS, unless `hooks` fix it).
+pub(crate) fn dealer_seed(hooks: &TestHooks, party: usize) -> Result<prg::Seed> {
+    #[cfg(test)]
+    if let Some(s) = hooks.seeds[party] {
+        return Ok(s);
+    }
+    let _ = (hooks, party);
+    prg::os_seed()
+}
+
+/// The dealer's private noise source (fresh from the OS, unless `hooks` fix it).
+pub(crate) fn noise_source(hooks: &TestHooks) -> Result<Prg> {
+    #[cfg(test)]
+    if let Some(s) = hooks.noise_seed {
+        return Ok(Prg::from_seed(s));
+    }
+    let _ = hooks;
+    Prg::from_os()
 }
 
 impl FastSuite {
@@ -222,7 +244,6 @@ impl FastSuite {
             noise_rng: None,
             pending: None,
             fixed: None,
-            #[cfg(test)]
             test: TestHooks::default(),
         }
     }
@@ -240,25 +261,6 @@ impl FastSuite {
     #[cfg(test)]
     pub(crate) fn set_test_hooks(&mut self, hooks: TestHooks) {
         self.test = hooks;
-    }
-
-    /// The seed the dealer shares with `party` (fresh from the OS).
-    fn dealer_seed(&self, party: usize) -> Result<prg::Seed> {
-        #[cfg(test)]
-        if let Some(s) = self.test.seeds[party] {
-            return Ok(s);
-        }
-        let _ = party;
-        prg::os_seed()
-    }
-
-    /// The dealer's private noise source (fresh from the OS).
-    fn noise_source(&self) -> Result<Prg> {
-        #[cfg(test)]
-        if let Some(s) = self.test.noise_seed {
-            return Ok(Prg::from_seed(s));
-        }
-        Prg::from_os()
     }
 
     /// Take back the metered connection.
@@ -721,8 +723,8 @@ impl Suite for FastSuite {
         let me = self.me();
         // Seeds: the dealer draws one per partner.
         let seeds = if me == 2 {
-            self.noise_rng = Some(self.noise_source()?);
-            Some((self.dealer_seed(0)?, self.dealer_seed(1)?))
+            self.noise_rng = Some(noise_source(&self.test)?);
+            Some((dealer_seed(&self.test, 0)?, dealer_seed(&self.test, 1)?))
         } else {
             None
         };
@@ -897,7 +899,6 @@ impl Suite for FastSuite {
             noise_rng: self.noise_rng.take(),
             pending: None,
             fixed: None,
-            #[cfg(test)]
             test: self.test.clone(),
         };
         Ok(Some(Box::new(twin)))

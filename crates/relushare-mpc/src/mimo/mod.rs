@@ -116,12 +116,12 @@ use crate::fast::bits;
 use crate::fast::deal::Deal;
 use crate::fast::linear::{LinOp, MaskedWeight};
 use crate::fast::masks::FixedMasks;
-use crate::fast::MaskedTensor;
+use crate::fast::{dealer_seed, noise_source, MaskedTensor, TestHooks};
 use crate::fixed;
 use crate::fss::vdcf::{self, ring_mask, Shape};
 use crate::kernels;
 use crate::plain::GateMode;
-use crate::prg::{self, Prg};
+use crate::prg::Prg;
 use crate::suite::{
     DeciderKind, GroupPlan, LinearGeom, MaxPoolGeom, Plan, PlanOp, PoolGeom, Shared, Suite,
     WeightShare,
@@ -835,16 +835,6 @@ fn record_opened(v: &[u64]) {
     });
 }
 
-/// Test-only control of the dealer's randomness.
-#[cfg(test)]
-#[derive(Clone, Debug, Default)]
-pub(crate) struct TestHooks {
-    /// The seeds the dealer shares with P0 / P1.
-    pub seeds: [Option<prg::Seed>; 2],
-    /// The dealer's private noise source.
-    pub noise_seed: Option<prg::Seed>,
-}
-
 /// The `mimo` suite as run by one party.
 pub struct MimoSuite {
     comm: Comm,
@@ -876,7 +866,6 @@ pub struct MimoSuite {
     /// Serving: masks fixed for the owner-helper pair, installed by `prepare` instead of the
     /// masked opening ([`crate::fast::masks`]).
     fixed: Option<FixedMasks>,
-    #[cfg(test)]
     test: TestHooks,
 }
 
@@ -969,7 +958,6 @@ impl MimoSuite {
             names: Vec::new(),
             last: 0,
             fixed: None,
-            #[cfg(test)]
             test: TestHooks::default(),
         }
     }
@@ -994,23 +982,6 @@ impl MimoSuite {
     #[cfg(test)]
     pub(crate) fn set_test_hooks(&mut self, hooks: TestHooks) {
         self.test = hooks;
-    }
-
-    fn dealer_seed(&self, party: usize) -> Result<prg::Seed> {
-        #[cfg(test)]
-        if let Some(s) = self.test.seeds[party] {
-            return Ok(s);
-        }
-        let _ = party;
-        prg::os_seed()
-    }
-
-    fn noise_source(&self) -> Result<Prg> {
-        #[cfg(test)]
-        if let Some(s) = self.test.noise_seed {
-            return Ok(Prg::from_seed(s));
-        }
-        Prg::from_os()
     }
 
     /// Take back the metered connection.
@@ -2258,8 +2229,8 @@ impl Suite for MimoSuite {
     fn prepare(&mut self, plan: &Plan, weights: &[WeightShare]) -> Result<()> {
         let me = self.me();
         let seeds = if me == 2 {
-            self.noise_rng = Some(self.noise_source()?);
-            Some((self.dealer_seed(0)?, self.dealer_seed(1)?))
+            self.noise_rng = Some(noise_source(&self.test)?);
+            Some((dealer_seed(&self.test, 0)?, dealer_seed(&self.test, 1)?))
         } else {
             None
         };
@@ -2428,10 +2399,7 @@ impl Suite for MimoSuite {
         twin.deal = self.deal.take();
         twin.noise_rng = self.noise_rng.take();
         twin.weights = self.weights.clone();
-        #[cfg(test)]
-        {
-            twin.test = self.test.clone();
-        }
+        twin.test = self.test.clone();
         Ok(Some(Box::new(twin)))
     }
 
