@@ -23,6 +23,8 @@ pub mod securenn;
 pub mod suite;
 pub mod transport;
 #[cfg(test)]
+pub(crate) mod view_harness;
+#[cfg(test)]
 pub(crate) mod view_stats;
 
 pub use error::{MpcError, Result};

@@ -328,6 +328,23 @@ impl Plan {
     }
 }
 
+#[cfg(test)]
+impl Plan {
+    /// Test only: one ReLU layer `act` of `n` elements, one image.
+    pub(crate) fn relu_act(n: usize) -> Plan {
+        Plan {
+            n: 1,
+            input_len: n,
+            output_len: n,
+            srcs: Vec::new(),
+            ops: vec![PlanOp::Relu {
+                name: "act".into(),
+                len: n,
+            }],
+        }
+    }
+}
+
 /// A protocol suite as run by one party: one method per layer kind (the provided ones compose
 /// the required ones; override them to fuse steps or save rounds). A suite built from generic
 /// secure operations implements [`Primitives`] too and gets its ReLU layers from

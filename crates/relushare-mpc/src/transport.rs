@@ -205,6 +205,33 @@ impl Transport for MemTransport {
     }
 }
 
+/// Test only: what a [`Recording`] transport received, in order, with the sender.
+#[cfg(test)]
+pub(crate) type RecvLog = Arc<std::sync::Mutex<Vec<(usize, Vec<u8>)>>>;
+
+/// Test only: a [`MemTransport`] that records every message it receives, with its sender (for
+/// the tests of what a party sees: the view tests, the fixed masks' tests).
+#[cfg(test)]
+pub(crate) struct Recording {
+    pub inner: MemTransport,
+    pub log: RecvLog,
+}
+
+#[cfg(test)]
+impl Transport for Recording {
+    fn party(&self) -> usize {
+        self.inner.party()
+    }
+    fn send(&mut self, to: usize, msg: &[u8]) -> Result<()> {
+        self.inner.send(to, msg)
+    }
+    fn recv(&mut self, from: usize) -> Result<Vec<u8>> {
+        let m = self.inner.recv(from)?;
+        self.log.lock().expect("log").push((from, m.clone()));
+        Ok(m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,7 +247,7 @@ mod tests {
     use crate::plain::{FixedLayer, FixedModel};
     use crate::runner::{build_plan, exec_op};
     use crate::suite::{GroupShares, Shared, Suite};
-    use crate::transport::{MemTransport, Transport};
+    use crate::transport::{MemTransport, Recording, RecvLog};
     use relushare_model::{presets, Arch, Model};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -280,28 +280,6 @@ mod tests {
         let want = crate::plain::forward_fixed_trace(fm, &x, &mut |_| false).unwrap();
         let want = fm.fp.decode_vec(want.last().unwrap());
         (x, want)
-    }
-
-    type Log = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
-
-    /// Records every message a party receives, with its sender.
-    struct Recording {
-        inner: MemTransport,
-        log: Log,
-    }
-
-    impl Transport for Recording {
-        fn party(&self) -> usize {
-            self.inner.party()
-        }
-        fn send(&mut self, to: usize, msg: &[u8]) -> Result<()> {
-            self.inner.send(to, msg)
-        }
-        fn recv(&mut self, from: usize) -> Result<Vec<u8>> {
-            let m = self.inner.recv(from)?;
-            self.log.lock().expect("log").push((from, m.clone()));
-            Ok(m)
-        }
     }
 
     /// `arch`/`preset` (optionally its first `layers` layers), fused as the fast suites run it.
@@ -442,7 +420,7 @@ mod tests {
         let shares = session_shares(fm, &mut prg);
         let x0 = prg.gen_u64s(x.len());
         let xs = [x0.clone(), crate::ring::sub(x, &x0), Vec::new()];
-        let logs: Vec<Log> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+        let logs: Vec<RecvLog> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
         let results: Vec<(Shared, PartyCosts, BTreeMap<String, MaskedWeight>)> =
             std::thread::scope(|s| {
                 let hs: Vec<_> = MemTransport::trio()

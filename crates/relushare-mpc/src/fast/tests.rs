@@ -59,16 +59,7 @@ fn relu_case_mode(vals: Vec<i64>, k: u32, mode: CmpMode) -> (Vec<u64>, CostRepor
     let mut cfg = FastConfig::defaults(13);
     cfg.bits.insert("act".into(), k);
     let (outs, rep) = run3(mode, cfg, move |s| {
-        let plan = Plan {
-            n: 1,
-            input_len: n,
-            output_len: n,
-            srcs: Vec::new(),
-            ops: vec![PlanOp::Relu {
-                name: "act".into(),
-                len: n,
-            }],
-        };
+        let plan = Plan::relu_act(n);
         s.prepare(&plan, &[])?;
         s.comm().set_phase(Phase::Offline);
         s.offline(&plan, &[])?;

@@ -63,16 +63,7 @@ fn relu_gate_exact_and_costs_match_formulas() {
         let n = vals.len();
         let mut cfg = MimoConfig::defaults(13);
         cfg.bits.insert("act".into(), k);
-        let plan = Plan {
-            n: 1,
-            input_len: n,
-            output_len: n,
-            srcs: Vec::new(),
-            ops: vec![PlanOp::Relu {
-                name: "act".into(),
-                len: n,
-            }],
-        };
+        let plan = Plan::relu_act(n);
         let x: Vec<u64> = vals.iter().map(|&v| v as u64).collect();
         let (y, rep) = run_plan(plan.clone(), cfg.clone(), x);
         for (i, &v) in vals.iter().enumerate() {
