@@ -557,9 +557,10 @@ fn networked_sessions_reuse_the_pairs_weight_masks() {
     use crate::net::session;
     use relushare_model::{presets, Arch, Model};
     use std::sync::Arc;
-    let cases: [(Arch, &str, Option<&str>, &str); 4] = [
+    let cases: [(Arch, &str, Option<&str>, &str); 5] = [
         (Arch::Fmnist, "original", None, "fast"),
         (Arch::Fmnist, "uniform32", None, "fss"),
+        (Arch::Fmnist, "uniform32", None, "mimo"),
         (
             Arch::Fmnist,
             "original",
@@ -656,6 +657,47 @@ fn networked_sessions_reuse_the_pairs_weight_masks() {
             runs[1][1].setup_bytes + 32,
             "{what}"
         );
+        // A client with a cache: the first session stores F, the next is not sent it (the
+        // owner sends 8 bytes per masked weight fewer) and still matches the plaintext.
+        let path = std::env::temp_dir().join(format!(
+            "relushare-reuse-cache-{}-{ci}.bin",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let mut owner_sent = Vec::new();
+        for _ in 0..2 {
+            let cache = crate::net::masks::WeightCache::open(&path);
+            let claim = cache.claim();
+            let r = reuse_session(
+                &model,
+                &images,
+                protocol,
+                [
+                    Some(MaskReuse::Client {
+                        cache: Some(Arc::new(cache)),
+                    }),
+                    Some(MaskReuse::Owner {
+                        state: state.clone(),
+                        register: false,
+                        client_holds: claim,
+                    }),
+                    Some(MaskReuse::Helper(helper.clone())),
+                ],
+            );
+            let logits = r[0].logits.as_ref().unwrap();
+            for (a, b) in plain[0].iter().zip(&logits[0]) {
+                assert!(
+                    (a - b).abs() < 0.05,
+                    "{what} cached: {:?} vs {:?}",
+                    plain[0],
+                    logits[0]
+                );
+            }
+            owner_sent.push(r[1].setup_bytes);
+        }
+        assert_eq!(owner_sent[0], runs[1][1].setup_bytes, "{what}");
+        assert_eq!(owner_sent[0] - owner_sent[1], 8 * masked, "{what}");
+        let _ = std::fs::remove_file(&path);
     }
 }
 
