@@ -180,7 +180,7 @@ pub fn random_images(seed: u64, count: usize, len: usize) -> Vec<Vec<f32>> {
 }
 
 /// What one party learned and spent.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PartyReport {
     /// This party's role.
     pub role: usize,
@@ -989,26 +989,10 @@ fn run_inner(
     for &j in &others {
         io.recv(j, TAG_READY, 0)?;
     }
-    if let Some(st) = stream {
-        let out = stream_protocol(mesh, suite, fm, &weights, &gp, x, n, st, client, costs)?;
-        let (report, layers) = party_costs(fm, &out.costs);
-        let first = out
-            .report
-            .batches
-            .first()
-            .map(|b| b.times)
-            .unwrap_or_default();
-        let last = out
-            .report
-            .batches
-            .last()
-            .map(|b| b.times)
-            .unwrap_or_default();
-        let (logits, classes) = match out.logits {
-            Some(l) => decoded(fm, &l),
-            None => (None, None),
-        };
-        return Ok(PartyReport {
+    // What both paths report alike: roles, model, costs, setup.
+    let base = |costs: &PartyCosts, setup_bytes: u64, setup_received_bytes: u64| {
+        let (report, layers) = party_costs(fm, costs);
+        PartyReport {
             role: me,
             protocol: opts.protocol.clone(),
             model_owner: me == owner,
@@ -1016,41 +1000,53 @@ fn run_inner(
             owner_role: owner,
             client_role: client,
             images: n,
-            arch,
-            class_names,
-            logits,
-            classes,
+            arch: arch.clone(),
+            class_names: class_names.clone(),
             offline_bytes: report.offline_bytes(),
             online_bytes: report.online_bytes(),
             online_rounds: report.online_rounds(),
             offline_rounds: report.offline_rounds(),
-            setup_bytes: io.sent,
+            setup_bytes,
             model_setup_bytes,
             model_setup_rounds,
-            weight_masks: None,
-            weight_cache: None,
-            setup_received_bytes: io.received,
-            client_bytes: out.client_bytes,
+            weight_masks: weight_masks.clone(),
+            weight_cache: weight_cache.clone(),
+            setup_received_bytes,
             seconds: start.elapsed().as_secs_f64(),
-            online_seconds: out
-                .report
-                .batches
-                .iter()
-                .map(|b| b.times.online_end - b.times.online_start)
-                .sum(),
-            offline_seconds: out
-                .report
-                .batches
-                .iter()
-                .map(|b| b.times.offline_end - b.times.offline_start)
-                .sum(),
             setup_seconds,
+            layers,
+            ..PartyReport::default()
+        }
+    };
+    if let Some(st) = stream {
+        let out = stream_protocol(mesh, suite, fm, &weights, &gp, x, n, st, client, costs)?;
+        let batches = &out.report.batches;
+        let first = batches.first().map(|b| b.times).unwrap_or_default();
+        let last = batches.last().map(|b| b.times).unwrap_or_default();
+        let online_seconds = batches
+            .iter()
+            .map(|b| b.times.online_end - b.times.online_start)
+            .sum();
+        let offline_seconds = batches
+            .iter()
+            .map(|b| b.times.offline_end - b.times.offline_start)
+            .sum();
+        let (logits, classes) = match &out.logits {
+            Some(l) => decoded(fm, l),
+            None => (None, None),
+        };
+        return Ok(PartyReport {
+            logits,
+            classes,
+            client_bytes: out.client_bytes,
+            online_seconds,
+            offline_seconds,
             offline_start_unix: first.offline_start,
             online_start_unix: first.online_start,
             online_end_unix: last.online_end,
-            layers,
-            stream: Some(out.report),
-        });
+            ..base(&out.costs, io.sent, io.received)
+        }
+        .with_stream(out.report));
     }
     suite.comm().set_phase(Phase::Offline);
     suite.comm().set_label("offline");
@@ -1108,40 +1104,24 @@ fn run_inner(
         (logits, classes) = decoded(fm, &per);
     }
 
-    let (report, layers) = party_costs(fm, &costs);
     Ok(PartyReport {
-        role: me,
-        protocol: opts.protocol.clone(),
-        model_owner: me == owner,
-        client: me == client,
-        owner_role: owner,
-        client_role: client,
-        images: n,
-        arch,
-        class_names,
         logits,
         classes,
-        offline_bytes: report.offline_bytes(),
-        online_bytes: report.online_bytes(),
-        online_rounds: report.online_rounds(),
-        offline_rounds: report.offline_rounds(),
-        setup_bytes: io.sent - output_frame,
-        model_setup_bytes,
-        model_setup_rounds,
-        weight_masks,
-        weight_cache,
-        setup_received_bytes: setup_received,
         client_bytes,
-        seconds: start.elapsed().as_secs_f64(),
         online_seconds,
         offline_seconds,
-        setup_seconds,
         offline_start_unix,
         online_start_unix,
         online_end_unix,
-        layers,
-        stream: None,
+        ..base(&costs, io.sent - output_frame, setup_received)
     })
+}
+
+impl PartyReport {
+    fn with_stream(mut self, stream: StreamReport) -> PartyReport {
+        self.stream = Some(stream);
+        self
+    }
 }
 
 /// One party's costs per label (model setup, offline, every layer, output), and the labels
