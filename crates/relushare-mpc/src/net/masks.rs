@@ -571,4 +571,37 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Arbitrary bytes, and valid files with arbitrary damage, never make the cache parser or
+    /// the client's check of the owner's message panic, and nothing that does not match its
+    /// digest is accepted.
+    #[test]
+    fn cache_and_message_parsers_take_any_bytes() {
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(256), |(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            n in 0usize..40,
+            at in any::<usize>(),
+            bit in 0u8..8,
+        )| {
+            if let Ok(h) = WeightCache::parse(&bytes) {
+                prop_assert_eq!(digest_of(&h.f), h.digest);
+            }
+            let f: Vec<u64> = (0..n as u64).map(|i| i * 31 + 7).collect();
+            let held = Held {
+                id: "00112233445566778899aabbccddeeff".into(),
+                digest: digest_of(&f),
+                f: Arc::new(f),
+            };
+            let mut good = WeightCache::encode(&held).unwrap();
+            prop_assert!(WeightCache::parse(&good).is_ok());
+            let i = at % good.len();
+            good[i] ^= 1 << bit;
+            // one flipped bit: refused, except in the state id (which names, not checks)
+            let r = WeightCache::parse(&good);
+            prop_assert_eq!(r.is_ok(), (8..8 + MASK_ID_BYTES).contains(&i));
+            let _ = crate::net::session::client_fixed(&bytes, n, Some(&held));
+            let _ = crate::net::session::client_fixed(&bytes, n, None);
+        });
+    }
 }
