@@ -364,7 +364,7 @@ fn svhn_and_fmnist_end_to_end() {
     assert_eq!(r.online_rounds(), 7);
 }
 
-/// CIFAR-10 `original`: 15 online rounds (53 for `fast`, 22 for `fss`).
+/// CIFAR-10 `original`: 15 online rounds (50 for `fast`, 22 for `fss`).
 #[test]
 fn cifar10_original_end_to_end() {
     let r = check(Arch::Cifar10, "original", None, 1);
