@@ -119,6 +119,7 @@ use crate::fast::masks::FixedMasks;
 use crate::fast::{dealer_seed, noise_source, MaskedTensor, TestHooks};
 use crate::fixed;
 use crate::fss::vdcf::{self, ring_mask, Shape};
+use crate::fss::{deal_keys, Keys};
 use crate::kernels;
 use crate::plain::GateMode;
 use crate::prg::Prg;
@@ -739,13 +740,6 @@ struct Masked {
     bits: u32,
 }
 
-/// A batch of DCF keys: shape, this party's roots, the shared corrections.
-struct Keys {
-    shape: Shape,
-    root: Vec<u128>,
-    cw: vdcf::Cws,
-}
-
 /// Dealer material of one op (P0/P1 side).
 enum Mat {
     Lin {
@@ -802,12 +796,6 @@ struct GroupMat {
     nb: Vec<u64>,
     nbr: Vec<u64>,
     rout: Vec<u64>,
-}
-
-fn to_u128(v: &[u64]) -> Vec<u128> {
-    v.chunks_exact(2)
-        .map(|c| (c[0] as u128) << 64 | c[1] as u128)
-        .collect()
 }
 
 #[cfg(test)]
@@ -1524,42 +1512,6 @@ pub(crate) fn mask_layout<'a>(
 /// The weight key of a decider `v` of sharing layer `name` (as `fast`'s mask layout).
 fn v_key(name: &str) -> String {
     format!("{name}.v")
-}
-
-/// Deal the DCF keys of one batch: points `alpha`, payloads `beta` (dealer only).
-fn deal_keys(
-    d: &mut Deal,
-    shape: Shape,
-    count: usize,
-    alpha: Option<&[u64]>,
-    beta: Option<&[u64]>,
-) -> Result<Keys> {
-    let (mine, both) = d.rand_u64_both(2 * count);
-    let len = shape.bytes(count);
-    let cw_bytes = match (&both, alpha, beta) {
-        (Some((r0, r1)), Some(a), Some(b)) => {
-            let cw = vdcf::gen(&vdcf::Prg::new(), &shape, a, b, &to_u128(r0), &to_u128(r1))?;
-            Some(cw.to_bytes(&shape, count))
-        }
-        _ => None,
-    };
-    let got = d.public_bytes(len, cw_bytes.as_deref())?;
-    if d.is_dealer() {
-        return Ok(Keys {
-            shape,
-            root: Vec::new(),
-            cw: vdcf::Cws::default(),
-        });
-    }
-    let cw = vdcf::Cws::from_bytes(&got, &shape, count).ok_or_else(|| MpcError::Malformed {
-        from: 2,
-        reason: "DCF correction words".into(),
-    })?;
-    Ok(Keys {
-        shape,
-        root: to_u128(&mine),
-        cw,
-    })
 }
 
 impl MimoSuite {
