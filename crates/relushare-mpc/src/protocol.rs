@@ -87,12 +87,12 @@ pub fn factory_for(
     Ok(match protocol {
         Protocol::Securenn => Box::new(crate::securenn::factory),
         Protocol::Fast | Protocol::Fss => {
-            let cfg = crate::fast::config_for_model(fm, model)?;
             let mode = if protocol == Protocol::Fast {
                 crate::fast::CmpMode::Tree
             } else {
                 crate::fast::CmpMode::Fss
             };
+            let cfg = crate::fast::config_for_mode(fm, model, mode)?;
             Box::new(crate::fast::factory(cfg, mode))
         }
         Protocol::Mimo => {

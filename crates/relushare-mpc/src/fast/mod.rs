@@ -541,6 +541,33 @@ pub fn rings_for_model(
     })
 }
 
+/// The comparison rings of `mode`: [`config_for_model`]'s for the tree circuit, which needs a
+/// spare bit and an odd `k`; the smallest the same bounds (proven or, for graph models whose
+/// proof fails, calibrated) allow for [`CmpMode::Fss`], whose comparison
+/// (`[y >= 0] = c_u[k-1] ^ r[k-1] ^ [c_u mod 2^(k-1) < r mod 2^(k-1)]`) needs only
+/// `|y| < 2^(k-1)`: `k = bitlen(B) + 1`, one or two bits less, each a DCF level of both keys
+/// per comparison.
+pub fn config_for_mode(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+    mode: CmpMode,
+) -> Result<FastConfig> {
+    let (mut cfg, kind) = rings_for_model(fm, model)?;
+    if mode == CmpMode::Tree {
+        return Ok(cfg);
+    }
+    let lim = input_abs_max(&model.spec.normalization);
+    let b = match kind {
+        bounds::BoundsKind::Proven => bounds::analyse(fm, lim)?,
+        bounds::BoundsKind::Calibrated => bounds::calibrate(fm, lim)?,
+    };
+    for c in b.comparisons {
+        cfg.bits
+            .insert(c.name, (bounds::bitlen_bound(c.bound) + 1).clamp(2, 63));
+    }
+    Ok(cfg)
+}
+
 /// One tensor masked in the one-time setup: its weight key, this party's share of it (the
 /// plaintext for the model owner's own computation of `F`, empty for the dealer) and its length.
 pub(crate) struct MaskedTensor<'a> {

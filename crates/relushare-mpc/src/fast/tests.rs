@@ -521,7 +521,7 @@ pub(super) mod e2e {
     pub(in crate::fast) fn check_model(model: &Model, mode: CmpMode, batch: usize) {
         let (arch, preset) = (model.spec.arch, model.spec.preset.clone());
         let fm = FixedModel::from_model(model, 13).unwrap();
-        let cfg = config_for_model(&fm, model).unwrap();
+        let cfg = super::config_for_mode(&fm, model, mode).unwrap();
         let lim = input_abs_max(&model.spec.normalization);
         let imgs: Vec<Vec<u64>> = (0..batch)
             .map(|b| {

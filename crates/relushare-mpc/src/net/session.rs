@@ -801,6 +801,7 @@ fn run_inner(
                     default_bits_2f: c.default_bits_2f,
                 }
             }
+            "fss" => crate::fast::config_for_mode(&fm_secret, model, crate::fast::CmpMode::Fss)?,
             _ => crate::fast::config_for_model(&fm_secret, model)?,
         };
         let msg = ModelMsg {
