@@ -216,7 +216,7 @@ pub fn fuse_patches(fm: &mut FixedModel) -> Result<Vec<String>> {
 /// row `g` of `U` lives on the union of the receptive fields of the group's members (offsets in
 /// increasing order) and holds `round_f(sum_{i in g} v_i W_{row(i)})` there; `beta_g =
 /// round_f(sum_{i in g} v_i b_{ch(i)})` plus the FC bias. For whole channels this is the dense
-/// [`fold_decider`]'s arithmetic on the non-zero part of each row.
+/// `fold_decider`'s arithmetic on the non-zero part of each row.
 pub fn fold_sparse(
     geom: &ConvGeom,
     w: &[u64],

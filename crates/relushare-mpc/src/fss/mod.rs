@@ -9,7 +9,7 @@
 //! (plus one bit for `r[k-1]`), which is the honest price of the single round: [`dcf`] on
 //! `k - 1` bits with early termination, `16 (k - 8) + ceil((3 (k - 8) + 128) / 8)` bytes per key
 //! (a third less than without it on CIFAR-10's rings). The root seeds are derived from the
-//! dealer's PRG seeds. [`deal_keys`] deals batches of the payload DCF [`vdcf`] for the `mimo`
+//! dealer's PRG seeds. `deal_keys` deals batches of the payload DCF [`vdcf`] for the `mimo`
 //! gates.
 
 pub mod dcf;

@@ -269,7 +269,7 @@ fn failure_parts(
     Ok((trunc + wrap_failure(&plan, &lay, f, b)?, trunc))
 }
 
-/// The failure bound per inference of `fm` under `mimo` (see [`failure_parts`]) and where its
+/// The failure bound per inference of `fm` under `mimo` (see `failure_parts`) and where its
 /// bounds come from (as [`rings_for_model`]).
 pub fn failure_bound(
     fm: &crate::plain::FixedModel,

@@ -1,7 +1,7 @@
 //! Length-prefixed frames: an 8-byte little-endian length followed by that many payload bytes.
 //!
 //! The announced length is checked against a maximum *before* anything is allocated, and the
-//! payload buffer grows with the bytes that actually arrive (at most [`GROW_STEP`] ahead), so a
+//! payload buffer grows with the bytes that actually arrive (at most `GROW_STEP` ahead), so a
 //! peer that announces a large frame and then sends nothing cannot make us allocate it.
 
 use std::collections::VecDeque;
