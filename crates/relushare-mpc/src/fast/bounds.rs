@@ -723,6 +723,121 @@ mod tests {
         (m, fm)
     }
 
+    /// The sign-aware comparison bounds are sound and tighter than magnitudes alone. Sound: on
+    /// inputs at the corners of the proven input range (every value `+-lim`: random sign
+    /// patterns, and patterns that drive a first-layer channel to its extreme at the centre)
+    /// no comparison input of any layer exceeds its bound (conv1's pattern meets act1's bound
+    /// within the `+ 1` of truncation, so a halved bound fails here). Tighter: act2's bound is
+    /// below the magnitude-only bound `max_o sum |w| max_c B_c + |b|` of conv2 over act1's
+    /// per-channel bounds (with magnitudes only, as before session 7, this fails).
+    #[test]
+    fn sign_aware_comparison_bounds_hold_and_are_tighter() {
+        let (m, fm) = fixed(Arch::Cifar10, "original", 13);
+        let lim = crate::fast::input_abs_max(&m.spec.normalization);
+        let b = analyse(&fm, lim).unwrap();
+        let bound = |name: &str| b.comparisons.iter().find(|c| c.name == name).unwrap().bound;
+        let FixedLayer::Conv { geom, w, .. } = &fm.layers[0] else {
+            panic!("conv first")
+        };
+        let (c, h, wd, k) = (geom.c, geom.h, geom.w, geom.k);
+        let corner = |neg: bool| if neg { -lim as f32 } else { lim as f32 };
+        let mut rng = crate::prg::Prg::from_seed([21; 16]);
+        let mut inputs: Vec<Vec<f32>> = (0..6)
+            .map(|_| {
+                (0..fm.input_len)
+                    .map(|_| corner(rng.next_u64() & 1 == 1))
+                    .collect()
+            })
+            .collect();
+        for o in [0usize, 7, 33] {
+            // x = lim * sign(w) over the 3x3 window at the centre (padding 1).
+            let mut x = inputs[0].clone();
+            let (cy, cx) = (h / 2, wd / 2);
+            for ci in 0..c {
+                for dy in 0..k {
+                    for dx in 0..k {
+                        let wv = w[((o * c + ci) * k + dy) * k + dx] as i64;
+                        let (y, xx) = (cy + dy - k / 2, cx + dx - k / 2);
+                        x[(ci * h + y) * wd + xx] = corner(wv < 0);
+                    }
+                }
+            }
+            inputs.push(x);
+        }
+        let mut seen = std::collections::BTreeMap::<String, f64>::new();
+        for x in &inputs {
+            let enc = fm.encode_input(x).unwrap();
+            let t = crate::plain::forward_fixed_trace(&fm, &enc, &mut |_| false).unwrap();
+            for (i, l) in fm.layers.iter().enumerate() {
+                if let FixedLayer::Relu { name, .. } = l {
+                    let mx = t[i].iter().map(|&v| sv(v)).fold(0.0, f64::max);
+                    let e = seen.entry(name.clone()).or_default();
+                    *e = e.max(mx);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 7);
+        for (name, &mx) in &seen {
+            assert!(
+                mx <= bound(name),
+                "{name}: {mx} above the bound {}",
+                bound(name)
+            );
+        }
+        assert!(
+            seen["act1"] > 0.9 * bound("act1"),
+            "act1: {} vs {}",
+            seen["act1"],
+            bound("act1")
+        );
+        // act1's per-channel bounds, then conv2's magnitude-only bound over them.
+        let scale = (1u64 << 13) as f64;
+        let b_act1: Vec<f64> = {
+            let FixedLayer::Conv { w, b, geom, .. } = &fm.layers[0] else {
+                panic!("conv first")
+            };
+            let per = geom.c * geom.k * geom.k;
+            (0..geom.o)
+                .map(|o| {
+                    let s: f64 = w[o * per..(o + 1) * per].iter().map(|&v| sv(v)).sum();
+                    (s * input_bound(lim, 13) + sv(b[o])) / scale + 1.0
+                })
+                .collect()
+        };
+        assert_eq!(b_act1.iter().cloned().fold(0.0, f64::max), bound("act1"));
+        let (i2, w2, b2, g2) = fm
+            .layers
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find_map(|(i, l)| match l {
+                FixedLayer::Conv { w, b, geom, .. } => Some((i, w, b, geom)),
+                _ => None,
+            })
+            .unwrap();
+        let per2 = g2.c * g2.k * g2.k;
+        let magnitude_only = (0..g2.o)
+            .map(|o| {
+                let s: f64 = w2[o * per2..(o + 1) * per2]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| sv(v) * b_act1[j / (g2.k * g2.k)])
+                    .sum();
+                (s + sv(b2[o])) / scale + 1.0
+            })
+            .fold(0.0, f64::max);
+        let name2 = fm.layers[i2 + 1].name().to_string();
+        assert!(
+            matches!(fm.layers[i2 + 1], FixedLayer::Relu { .. }),
+            "{name2}"
+        );
+        assert!(
+            bound(&name2) < 0.75 * magnitude_only,
+            "{name2}: {} vs magnitude-only {magnitude_only}",
+            bound(&name2)
+        );
+    }
+
     /// Every truncating layer is listed with its elements, and the failure bound is the sum of
     /// `n * 2^(e + 1 - 64)`; CIFAR-10 truncates 193,546 values per image.
     #[test]
