@@ -114,6 +114,32 @@ fn relu_exact_and_costs_match_formulas() {
     }
 }
 
+/// `fss` compares on the smallest ring, `|y| < 2^(k-1)` with `k` of any parity
+/// (`fast::config_for_mode`): exact at the ring's edges and at zero for even and odd `k`, with
+/// early-terminated DCF keys (domains of 1 to 31 bits), and the offline bytes equal the formula.
+#[test]
+fn fss_relu_exact_on_rings_of_any_size() {
+    for k in [2u32, 3, 8, 9, 10, 20, 21, 32] {
+        let lim = (1i64 << (k - 1)) - 1;
+        let mut vals = vec![0, 1, -1, lim, -lim, -lim - 1, lim - 1, -(lim / 2)];
+        let mut rng = Prg::from_seed([k as u8; 16]);
+        for _ in 0..200 {
+            vals.push((rng.next_u64() % (2 * lim as u64 + 2)) as i64 - lim - 1);
+        }
+        let n = vals.len();
+        let (y, rep) = relu_case_mode(vals.clone(), k, CmpMode::Fss);
+        for (i, &x) in vals.iter().enumerate() {
+            assert_eq!(y[i] as i64, x.max(0), "k {k} element {i}: x = {x}");
+        }
+        let (b1, b0) = cmp::relu_offline_bytes(n, k, CmpMode::Fss).unwrap();
+        assert_eq!(
+            rep.get("act").unwrap().offline_bytes as usize,
+            b1 + b0,
+            "k {k}"
+        );
+    }
+}
+
 #[test]
 fn schedule_shapes() {
     let s = Schedule::new(3).unwrap();
