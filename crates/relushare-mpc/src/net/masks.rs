@@ -562,6 +562,14 @@ mod tests {
             assert!(r.contains(why), "{r} lacks {why}");
             assert_eq!(c.claim(), "");
         }
+        // A cache that cannot be written (its directory is a file) says why and changes nothing.
+        let file = dir.join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let blocked = WeightCache::open(&file.join("f.bin"));
+        assert!(blocked.held().is_none());
+        let e = blocked.store(&held).unwrap_err().to_string();
+        assert!(e.contains("creating its directory"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
         for bad in [
             "x",
             "0123456789abcdef0123456789abcdef",
