@@ -247,17 +247,21 @@ pub fn run(a: Args) -> Result<()> {
     }
     .with_context(|| format!("party {} failed", a.role))?;
     let mut value = serde_json::to_value(&report)?;
-    if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
-        if !a.files.image.is_empty() {
-            let rows = image_args::classified(
+    // The client's classes named per image file (image files given, not a JSON image list).
+    let rows = match (&report.classes, &report.logits, &json_file) {
+        (Some(classes), Some(logits), None) if !a.files.image.is_empty() => {
+            Some(image_args::classified(
                 &report.arch,
                 &report.class_names,
                 &a.files.image,
                 classes,
                 logits,
-            );
-            value["classified"] = serde_json::to_value(&rows)?;
+            ))
         }
+        _ => None,
+    };
+    if let Some(rows) = &rows {
+        value["classified"] = serde_json::to_value(rows)?;
     }
     let json = serde_json::to_string_pretty(&value)?;
     if let Some(p) = &a.out {
@@ -289,18 +293,9 @@ pub fn run(a: Args) -> Result<()> {
         report.online_seconds,
         report.seconds
     );
-    if let (Some(classes), Some(logits), None) = (&report.classes, &report.logits, &json_file) {
-        if !a.files.image.is_empty() {
-            let rows = image_args::classified(
-                &report.arch,
-                &report.class_names,
-                &a.files.image,
-                classes,
-                logits,
-            );
-            image_args::print_classified(&rows);
-            return Ok(());
-        }
+    if let Some(rows) = &rows {
+        image_args::print_classified(rows);
+        return Ok(());
     }
     if let (Some(classes), Some(logits)) = (&report.classes, &report.logits) {
         for (i, (c, l)) in classes.iter().zip(logits).enumerate() {
