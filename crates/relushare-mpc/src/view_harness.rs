@@ -239,6 +239,16 @@ pub(crate) fn assert_private(what: &str, w: &Worst) {
     );
 }
 
+/// A planted leak `what` must make the views differ.
+pub(crate) fn assert_caught(what: &str, w: &Worst) {
+    assert!(
+        w.z >= Z_LIMIT,
+        "{what} was not detected (worst z = {:.1} at {})",
+        w.z,
+        w.at
+    );
+}
+
 /// A ReLU layer of `n` elements on the constant secret `secrets[s]`.
 pub(crate) fn relu_case(
     n: usize,

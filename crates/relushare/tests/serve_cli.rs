@@ -209,12 +209,7 @@ impl Deployment {
     fn check_serving(&self, client: &str) -> serde_json::Value {
         let imgs = &self.images[..2];
         let out = wait(self.classify(client, imgs, &[]), 120.0);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of("classify", &out);
         let got: Vec<usize> = v["images"]
             .as_array()
             .unwrap()
@@ -241,6 +236,16 @@ impl Deployment {
         assert!(self.owner.alive(), "owner died:\n{}", self.owner.log());
         assert!(self.helper.alive(), "helper died:\n{}", self.helper.log());
     }
+}
+
+/// The JSON a successful command printed (the test fails with its stderr otherwise).
+fn json_of(what: &str, out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn wait(mut c: Child, secs: f64) -> Output {
@@ -278,12 +283,7 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
     let mut mask_ids = Vec::new();
     for (i, k) in kids.into_iter().enumerate() {
         let out = wait(k, 180.0);
-        assert!(
-            out.status.success(),
-            "client {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of(&format!("client {i}"), &out);
         // The pair's weight masks are reused: no client takes part in an opening (it sends
         // nothing in the model setup), and every client gets the same state.
         assert_eq!(v["model_setup_bytes"].as_u64(), Some(0), "{v}");
@@ -337,12 +337,7 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
         d.classify("client-1", &d.images[..1], &["--protocol", "securenn"]),
         120.0,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of("classify", &out);
     assert_eq!(
         v["images"][0]["index"].as_u64().unwrap() as usize,
         d.plaintext("securenn", &d.images[..1])[0]
@@ -365,12 +360,7 @@ fn three_clients_concurrently_get_the_plaintext_classes_with_names() {
             ),
             120.0,
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = json_of("classify", &out);
         let want = d.plaintext("mimo", &d.images[..2]);
         for (r, &w) in v["images"].as_array().unwrap().iter().zip(&want) {
             assert_eq!(r["index"].as_u64().unwrap() as usize, w, "{v}");
@@ -735,12 +725,7 @@ fn classify_over_an_emulated_network_is_delayed_and_correct() {
         d.classify("client-1", imgs, &["--rtt-ms", &rtt, "--mbit", "400"]),
         180.0,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of("classify", &out);
     assert_eq!(
         v["images"][0]["index"].as_u64().unwrap() as usize,
         d.plaintext("fast", imgs)[0]

@@ -463,6 +463,52 @@ mod tests {
         c.values().map(|k| k.bytes).sum()
     }
 
+    /// One session on fixed masks: its output is the plaintext fixed point's within the
+    /// truncation error, no party opened anything (P0 and P1 send nothing in the setup, the
+    /// dealer only its two seeds), and every tensor of `layout` is installed with the owner's
+    /// `F` (the same at P0 and P1), `B = B_0 + B_1` at the dealer and `F + B = W`.
+    fn check_fixed_session(
+        what: &str,
+        fm: &FixedModel,
+        r: &Run,
+        want: &[f32],
+        layout: &[MaskedTensor],
+        f: &[u64],
+    ) {
+        let got = fm.fp.decode_vec(&r.out);
+        for (a, b) in got.iter().zip(want) {
+            assert!(
+                (a - b).abs() < 0.01 + 0.01 * b.abs(),
+                "{what}: {got:?} vs {want:?}"
+            );
+        }
+        assert_eq!(sent(&r.setup[0]), 0, "{what}: P0 opened something");
+        assert_eq!(sent(&r.setup[1]), 0, "{what}: P1 opened something");
+        assert_eq!(
+            sent(&r.setup[2]),
+            32,
+            "{what}: the dealer sends its two seeds"
+        );
+        let mut off = 0;
+        for t in layout {
+            let (w0, w1, w2) = (
+                &r.weights[0][&t.key],
+                &r.weights[1][&t.key],
+                &r.weights[2][&t.key],
+            );
+            assert_eq!(w0.f, f[off..off + t.len], "{what} {}", t.key);
+            assert_eq!(w1.f, w0.f);
+            assert_eq!(w2.b, crate::ring::add(&w0.b, &w1.b));
+            assert_eq!(
+                crate::ring::add(&w0.f, &w2.b),
+                t.w,
+                "{what}: F + B = W for {}",
+                t.key
+            );
+            off += t.len;
+        }
+    }
+
     /// Two sessions on one fixed mask state: both equal the plaintext fixed point, nothing is
     /// opened (P0 and P1 send nothing in the setup, the dealer only its two fresh seeds), the
     /// installed `F` is the owner's and `F + B = W`, and the dealer's per-session material
@@ -506,38 +552,15 @@ mod tests {
                 .collect();
             let layout = mask_layout(&pplan, &pw).unwrap();
             for r in &runs {
-                let got = fm.fp.decode_vec(&r.out);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 0.01 + 0.01 * b.abs(),
-                        "{what}: {got:?} vs {want:?}"
-                    );
-                }
-                assert_eq!(sent(&r.setup[0]), 0, "{what}: P0 opened something");
-                assert_eq!(sent(&r.setup[1]), 0, "{what}: P1 opened something");
-                assert_eq!(
-                    sent(&r.setup[2]),
-                    32,
-                    "{what}: the dealer sends its two seeds"
-                );
-                let mut off = 0;
+                check_fixed_session(&what, &fm, r, &want, &layout, &f);
                 for t in &layout {
-                    let (w0, w1, w2) = (
-                        &r.weights[0][&t.key],
-                        &r.weights[1][&t.key],
-                        &r.weights[2][&t.key],
-                    );
-                    assert_eq!(w0.f, f[off..off + t.len], "{what} {}", t.key);
-                    assert_eq!(w1.f, w0.f);
-                    assert_eq!(w2.b, crate::ring::add(&w0.b, &w1.b));
-                    assert_eq!(w0.online, crate::ring::add(&w0.f, &w0.b));
+                    let w0 = &r.weights[0][&t.key];
                     assert_eq!(
-                        crate::ring::add(&w0.f, &w2.b),
-                        t.w,
-                        "{what}: F + B = W for {}",
+                        w0.online,
+                        crate::ring::add(&w0.f, &w0.b),
+                        "{what} {}",
                         t.key
                     );
-                    off += t.len;
                 }
             }
             // The masks are the pair's; the dealer's material is the session's.
@@ -634,35 +657,8 @@ mod tests {
             let kind = Kind::Mimo(cfg);
             let runs: Vec<Run> = (0..2).map(|_| session(&fm, &kind, &fixed, &x)).collect();
             for r in &runs {
-                let got = fm.fp.decode_vec(&r.out);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() < 0.01 + 0.01 * b.abs(),
-                        "{what}: {got:?} vs {want:?}"
-                    );
-                }
-                assert_eq!(sent(&r.setup[0]), 0, "{what}: P0 opened something");
-                assert_eq!(sent(&r.setup[1]), 0, "{what}: P1 opened something");
-                assert_eq!(sent(&r.setup[2]), 32, "{what}: the dealer sends two seeds");
+                check_fixed_session(&what, &fm, r, &want, &layout, &f);
                 assert_eq!(r.weights[0].len(), layout.len(), "{what}");
-                let mut off = 0;
-                for t in &layout {
-                    let (w0, w1, w2) = (
-                        &r.weights[0][&t.key],
-                        &r.weights[1][&t.key],
-                        &r.weights[2][&t.key],
-                    );
-                    assert_eq!(w0.f, f[off..off + t.len], "{what} {}", t.key);
-                    assert_eq!(w1.f, w0.f);
-                    assert_eq!(w2.b, crate::ring::add(&w0.b, &w1.b));
-                    assert_eq!(
-                        crate::ring::add(&w0.f, &w2.b),
-                        t.w,
-                        "{what}: F + B = W for {}",
-                        t.key
-                    );
-                    off += t.len;
-                }
                 // The client's view: no run of 4 plaintext weights of any masked tensor.
                 for t in &layout {
                     for run in t.w.chunks_exact(4).take(64) {

@@ -46,7 +46,7 @@ pub mod linear;
 pub mod masks;
 pub mod share;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod view_tests;
 

@@ -489,14 +489,14 @@ fn shared_relu_noise_flips_members() {
     }
 }
 
-pub(super) mod e2e {
+pub(crate) mod e2e {
     use super::*;
     use crate::plain::{self, FixedLayer, FixedModel};
     use crate::runner::{run_session, RunOptions};
     use relushare_model::{presets, Arch, Model};
 
-    /// A deterministic test image with values in `[-lim, lim]`.
-    pub(in crate::fast) fn image(len: usize, seed: u64, lim: f64) -> Vec<f32> {
+    /// A deterministic test image with values in `[-lim, lim]` (the mimo tests use it too).
+    pub(crate) fn image(len: usize, seed: u64, lim: f64) -> Vec<f32> {
         let mut r = Prg::from_seed([seed as u8; 16]);
         (0..len)
             .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)

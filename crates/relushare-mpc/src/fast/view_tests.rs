@@ -10,8 +10,8 @@ use super::*;
 use crate::plain::FixedModel;
 use crate::suite::Suite;
 use crate::view_harness::{
-    self as harness, assert_private, compare, model_inputs, relu_case, shared_case, Build, PartyIn,
-    Splitter, ViewSuite, Worst, Z_LIMIT,
+    self as harness, assert_caught, assert_private, compare, model_inputs, relu_case, shared_case,
+    Build, PartyIn, Splitter, ViewSuite, Worst, Z_LIMIT,
 };
 use relushare_model::{presets, Arch, Model};
 
@@ -64,12 +64,7 @@ fn raw_share_leak_is_caught() {
     let build = relu_case(1024, [5 << 13, -3 << 13]);
     for mode in [CmpMode::Tree, CmpMode::Fss] {
         let w = check(mode, &relu_cfg(), &build, true);
-        assert!(
-            w.z >= Z_LIMIT,
-            "{mode:?}: the planted raw share was not detected (worst z = {:.1} at {})",
-            w.z,
-            w.at
-        );
+        assert_caught(&format!("{mode:?}: the planted raw share"), &w);
         let fresh = Fast {
             mode,
             cfg: relu_cfg(),

@@ -143,11 +143,12 @@ fn check_model_fused(model: &Model, batch: usize) -> (CostReport, Vec<String>, (
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
     let imgs: Vec<Vec<u64>> = (0..batch)
         .map(|b| {
-            let mut r = Prg::from_seed([7 + b as u8; 16]);
-            let img: Vec<f32> = (0..fm.input_len)
-                .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
-                .collect();
-            fm.encode_input(&img).unwrap()
+            fm.encode_input(&crate::fast::tests::e2e::image(
+                fm.input_len,
+                7 + b as u64,
+                lim,
+            ))
+            .unwrap()
         })
         .collect();
     let seed = [0x6e; 16];
@@ -666,11 +667,12 @@ fn graph_layer_costs_match_formulas() {
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
     let imgs: Vec<Vec<u64>> = (0..n)
         .map(|b| {
-            let mut r = Prg::from_seed([21 + b as u8; 16]);
-            let img: Vec<f32> = (0..fm.input_len)
-                .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
-                .collect();
-            fm.encode_input(&img).unwrap()
+            fm.encode_input(&crate::fast::tests::e2e::image(
+                fm.input_len,
+                21 + b as u64,
+                lim,
+            ))
+            .unwrap()
         })
         .collect();
     let f = test_factory(cfg.clone(), TestHooks::default());
@@ -796,11 +798,12 @@ fn tiny_graph_streams_like_sequential_runs() {
     let lim = crate::fast::input_abs_max(&model.spec.normalization);
     let imgs: Vec<Vec<u64>> = (0..5)
         .map(|b| {
-            let mut r = Prg::from_seed([40 + b as u8; 16]);
-            let img: Vec<f32> = (0..fm.input_len)
-                .map(|_| ((r.next_u64() % 20001) as f64 / 10000.0 - 1.0) as f32 * lim as f32)
-                .collect();
-            fm.encode_input(&img).unwrap()
+            fm.encode_input(&crate::fast::tests::e2e::image(
+                fm.input_len,
+                40 + b as u64,
+                lim,
+            ))
+            .unwrap()
         })
         .collect();
     let batches = vec![imgs[0..2].to_vec(), imgs[2..4].to_vec(), imgs[4..].to_vec()];

@@ -16,8 +16,8 @@ use super::*;
 use crate::plain::FixedModel;
 use crate::suite::{MaxPoolGeom, Suite};
 use crate::view_harness::{
-    self as harness, assert_private, model_inputs, relu_case, shared_case, Build, PartyIn,
-    Splitter, ViewSuite, Worst, FIXED_SHARES, Z_LIMIT,
+    self as harness, assert_caught, assert_private, model_inputs, relu_case, shared_case, Build,
+    PartyIn, Splitter, ViewSuite, Worst, FIXED_SHARES, Z_LIMIT,
 };
 use relushare_model::{presets, Arch, Model};
 
@@ -103,12 +103,7 @@ fn raw_share_leak_is_caught() {
         &relu_case(1024, [5 << 13, -3 << 13]),
         Plant::RawShare,
     );
-    assert!(
-        w.z >= Z_LIMIT,
-        "the planted raw share was not detected (worst z = {:.1} at {})",
-        w.z,
-        w.at
-    );
+    assert_caught("the planted raw share", &w);
 }
 
 #[test]
@@ -259,12 +254,7 @@ fn raw_share_leak_is_caught_on_a_graph() {
         &add_max_pool_case([5 << 13, -3 << 13]),
         Plant::RawShare,
     );
-    assert!(
-        w.z >= Z_LIMIT,
-        "the planted raw share was not detected (worst z = {:.1} at {})",
-        w.z,
-        w.at
-    );
+    assert_caught("the planted raw share", &w);
 }
 
 /// A fused gate (SVHN `uniform32`'s first block: the convolution opens its output and the
@@ -293,12 +283,9 @@ fn fused_gate_views_do_not_depend_on_the_secret() {
         let w = check(&cfg, &build, Plant::Nothing);
         assert_private(&format!("SVHN {preset} fused block"), &w);
         let w = check(&cfg, &build, Plant::RawShare);
-        assert!(
-            w.z >= Z_LIMIT,
-            "{preset}: the planted raw share was not detected on the fused block (worst z = \
-             {:.1} at {})",
-            w.z,
-            w.at
+        assert_caught(
+            &format!("{preset}: the planted raw share on the fused block"),
+            &w,
         );
     }
 }
