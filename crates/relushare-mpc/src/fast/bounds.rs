@@ -44,7 +44,7 @@
 //! These are worst cases over all inputs in range; the actual values are far smaller.
 
 use crate::error::{MpcError, Result};
-use crate::fast::FastConfig;
+use crate::fast::{CmpMode, FastConfig};
 use crate::fixed;
 use crate::plain::{FixedLayer, FixedModel};
 use crate::suite::DeciderKind;
@@ -654,8 +654,9 @@ impl BoundsKind {
 pub fn comparison_bits_or_calibrated(
     fm: &FixedModel,
     input_abs_max: f64,
+    mode: CmpMode,
 ) -> Result<(FastConfig, BoundsKind)> {
-    match comparison_bits(fm, input_abs_max) {
+    match comparison_bits(fm, input_abs_max, mode) {
         Ok(c) => Ok((c, BoundsKind::Proven)),
         Err(e) => {
             let bounds = match calibrate(fm, input_abs_max) {
@@ -671,27 +672,44 @@ pub fn comparison_bits_or_calibrated(
                     "{e}; calibrated bounds fail too: {c}"
                 )));
             }
-            let mut cfg = FastConfig::defaults(fm.fp.frac_bits);
-            for c in bounds.comparisons {
-                cfg.bits.insert(c.name, c.k);
-            }
-            Ok((cfg, BoundsKind::Calibrated))
+            Ok((
+                config_from(fm, bounds.comparisons, mode),
+                BoundsKind::Calibrated,
+            ))
         }
     }
 }
 
-/// A [`FastConfig`] with the provable `k` of every comparison layer (`input_abs_max`: largest
-/// magnitude of a normalized input value, e.g. `max_c max(|0 - mean_c|, |1 - mean_c|) / std_c`).
-/// Refuses a model whose proven per-inference truncation failure bound exceeds
-/// [`MAX_TRUNC_FAILURE`].
-pub fn comparison_bits(fm: &FixedModel, input_abs_max: f64) -> Result<FastConfig> {
+/// A [`FastConfig`] with the provable `k` of every comparison layer for `mode`
+/// (`input_abs_max`: largest magnitude of a normalized input value, e.g. `max_c max(|0 -
+/// mean_c|, |1 - mean_c|) / std_c`). Refuses a model whose proven per-inference truncation
+/// failure bound exceeds [`MAX_TRUNC_FAILURE`].
+pub fn comparison_bits(fm: &FixedModel, input_abs_max: f64, mode: CmpMode) -> Result<FastConfig> {
     let bounds = analyse(fm, input_abs_max)?;
     bounds.check_truncation()?;
+    Ok(config_from(fm, bounds.comparisons, mode))
+}
+
+/// The smallest ring for comparison inputs with `|y| <= b`: `b < 2^(k-1)`, `k = bitlen(b) + 1`
+/// (at least 2), for comparisons that need no spare bit and no odd size (the DCF comparisons of
+/// `fss`, the `mimo` gates).
+pub fn smallest_bits(b: f64) -> u32 {
+    (bitlen_bound(b) + 1).max(2)
+}
+
+/// The rings of `comparisons` for `mode`: each bound's `k` ([`bits_for_bound`]: a spare bit and
+/// an odd size) for the tree circuit, [`smallest_bits`] for the DCF comparisons of
+/// [`CmpMode::Fss`] (at most `k - 1`, so within 63 bits wherever `k` is).
+fn config_from(fm: &FixedModel, comparisons: Vec<CmpBound>, mode: CmpMode) -> FastConfig {
     let mut cfg = FastConfig::defaults(fm.fp.frac_bits);
-    for c in bounds.comparisons {
-        cfg.bits.insert(c.name, c.k);
+    for c in comparisons {
+        let k = match mode {
+            CmpMode::Tree => c.k,
+            CmpMode::Fss => smallest_bits(c.bound),
+        };
+        cfg.bits.insert(c.name, k);
     }
-    Ok(cfg)
+    cfg
 }
 
 #[cfg(test)]
@@ -938,8 +956,8 @@ mod tests {
     fn deep_networks_fall_back_to_calibrated_bounds() {
         let (m, fm) = fixed(Arch::Resnet20, "original", 13);
         let lim = crate::fast::input_abs_max(&m.spec.normalization);
-        assert!(comparison_bits(&fm, lim).is_err());
-        let (cfg, kind) = comparison_bits_or_calibrated(&fm, lim).unwrap();
+        assert!(comparison_bits(&fm, lim, CmpMode::Tree).is_err());
+        let (cfg, kind) = comparison_bits_or_calibrated(&fm, lim, CmpMode::Tree).unwrap();
         assert_eq!(kind, BoundsKind::Calibrated);
         assert_eq!(cfg.bits.len(), 19);
         assert!(cfg.bits.values().all(|&k| (3..=63).contains(&k)));
@@ -951,7 +969,9 @@ mod tests {
         let (m, fm) = fixed(Arch::Cifar10, "original", 13);
         let lim = crate::fast::input_abs_max(&m.spec.normalization);
         assert_eq!(
-            comparison_bits_or_calibrated(&fm, lim).unwrap().1,
+            comparison_bits_or_calibrated(&fm, lim, CmpMode::Tree)
+                .unwrap()
+                .1,
             BoundsKind::Proven
         );
     }

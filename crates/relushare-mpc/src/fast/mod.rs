@@ -513,11 +513,20 @@ pub fn rings_for_model(
     fm: &crate::plain::FixedModel,
     model: &relushare_model::Model,
 ) -> Result<(FastConfig, bounds::BoundsKind)> {
+    rings_for_mode(fm, model, CmpMode::Tree)
+}
+
+/// [`rings_for_model`] for the comparisons of `mode` ([`config_for_mode`]).
+fn rings_for_mode(
+    fm: &crate::plain::FixedModel,
+    model: &relushare_model::Model,
+    mode: CmpMode,
+) -> Result<(FastConfig, bounds::BoundsKind)> {
     let lim = input_abs_max(&model.spec.normalization);
     let found = if model.spec.is_sequential() {
-        bounds::comparison_bits(fm, lim).map(|c| (c, bounds::BoundsKind::Proven))
+        bounds::comparison_bits(fm, lim, mode).map(|c| (c, bounds::BoundsKind::Proven))
     } else {
-        bounds::comparison_bits_or_calibrated(fm, lim)
+        bounds::comparison_bits_or_calibrated(fm, lim, mode)
     };
     found.map_err(|e| {
         let f = fm.fp.frac_bits;
@@ -545,27 +554,14 @@ pub fn rings_for_model(
 /// spare bit and an odd `k`; the smallest the same bounds (proven or, for graph models whose
 /// proof fails, calibrated) allow for [`CmpMode::Fss`], whose comparison
 /// (`[y >= 0] = c_u[k-1] ^ r[k-1] ^ [c_u mod 2^(k-1) < r mod 2^(k-1)]`) needs only
-/// `|y| < 2^(k-1)`: `k = bitlen(B) + 1`, one or two bits less, each a DCF level of both keys
-/// per comparison.
+/// `|y| < 2^(k-1)`: `k = bitlen(B) + 1` ([`bounds::smallest_bits`]), one or two bits less,
+/// each a DCF level of both keys per comparison. The bounds are computed once either way.
 pub fn config_for_mode(
     fm: &crate::plain::FixedModel,
     model: &relushare_model::Model,
     mode: CmpMode,
 ) -> Result<FastConfig> {
-    let (mut cfg, kind) = rings_for_model(fm, model)?;
-    if mode == CmpMode::Tree {
-        return Ok(cfg);
-    }
-    let lim = input_abs_max(&model.spec.normalization);
-    let b = match kind {
-        bounds::BoundsKind::Proven => bounds::analyse(fm, lim)?,
-        bounds::BoundsKind::Calibrated => bounds::calibrate(fm, lim)?,
-    };
-    for c in b.comparisons {
-        cfg.bits
-            .insert(c.name, (bounds::bitlen_bound(c.bound) + 1).clamp(2, 63));
-    }
-    Ok(cfg)
+    rings_for_mode(fm, model, mode).map(|(c, _)| c)
 }
 
 /// One tensor masked in the one-time setup: its weight key, this party's share of it (the

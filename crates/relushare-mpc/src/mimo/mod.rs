@@ -224,7 +224,7 @@ fn config_from_bounds(
 ) -> Result<MimoConfig> {
     let mut cfg = MimoConfig::defaults(fm.fp.frac_bits);
     for c in b.comparisons.iter().cloned() {
-        let k = (crate::fast::bounds::bitlen_bound(c.bound) + 1).max(2);
+        let k = crate::fast::bounds::smallest_bits(c.bound);
         if k > 63 {
             return Err(MpcError::Model(format!(
                 "{}: comparison inputs need a {k}-bit ring (at most 63)",
