@@ -75,6 +75,11 @@ pub fn digest_of(f: &[u64]) -> Digest {
     h.finalize().into()
 }
 
+/// [`digest_of`] of `F` given as those bytes (as received or read from a file).
+pub fn digest_of_bytes(b: &[u8]) -> Digest {
+    Sha256::digest(b).into()
+}
+
 /// Masked weights `F` of a context, with their digest.
 #[derive(Clone, Debug)]
 pub struct Opening {
@@ -398,13 +403,13 @@ impl WeightCache {
                 body.len()
             ));
         }
+        if digest_of_bytes(body) != digest {
+            return Err("the masked weights do not match their digest (corrupt file)".into());
+        }
         let f: Vec<u64> = body
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        if digest_of(&f) != digest {
-            return Err("the masked weights do not match their digest (corrupt file)".into());
-        }
         Ok(Held {
             id,
             digest,
@@ -521,6 +526,10 @@ mod tests {
         let f: Vec<u64> = (0..1000u64)
             .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             .collect();
+        assert_eq!(
+            digest_of_bytes(&crate::ring::u64s_to_bytes(&f)),
+            digest_of(&f)
+        );
         let held = Held {
             id: "0123456789abcdef0123456789abcdef".into(),
             digest: digest_of(&f),

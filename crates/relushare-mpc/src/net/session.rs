@@ -1483,10 +1483,10 @@ pub(crate) fn client_fixed(
             FIXED_HEAD + 8 * n
         ));
     }
-    let f = crate::ring::bytes_to_u64s_n(&b[FIXED_HEAD..], n, 1).map_err(|e| e.to_string())?;
-    if masks::digest_of(&f) != digest {
+    if masks::digest_of_bytes(&b[FIXED_HEAD..]) != digest {
         return Err("the masked weights do not match the digest sent with them".into());
     }
+    let f = crate::ring::bytes_to_u64s_n(&b[FIXED_HEAD..], n, 1).map_err(|e| e.to_string())?;
     Ok((
         masks::Held {
             id,
