@@ -515,6 +515,29 @@ mod tests {
     /// (seeds, corrections) differs between the sessions. Fused Pool gates (Fashion-MNIST
     /// `uniform32`), a fused Fold block (CIFAR-10 `uniform32`'s first block) and an unfused FC
     /// decider (`act1=channel:fc`), in both comparison modes.
+    /// Two sessions of the same pair: P`p` gets the same pattern of dealer messages, the first
+    /// the 16-byte session seed, and no message of 8 bytes or more repeats across them.
+    fn assert_fresh_dealer_messages(runs: &[Run], p: usize, what: &str) {
+        let from_dealer = |r: &Run| -> Vec<Vec<u8>> {
+            r.views[p]
+                .iter()
+                .filter(|(s, _)| *s == 2)
+                .map(|(_, m)| m.clone())
+                .collect()
+        };
+        let (a, b) = (from_dealer(&runs[0]), from_dealer(&runs[1]));
+        assert_eq!(a.len(), b.len(), "{what}: same message pattern");
+        assert_eq!(a[0].len(), 16, "{what}: the first is the session seed");
+        for (i, (ma, mb)) in a.iter().zip(&b).enumerate() {
+            if ma.len() >= 8 {
+                assert_ne!(
+                    ma, mb,
+                    "{what}: P{p}'s dealer message {i} repeated across sessions"
+                );
+            }
+        }
+    }
+
     #[test]
     fn fixed_masks_serve_two_sessions_with_fresh_dealer_material() {
         let cases = [
@@ -566,24 +589,7 @@ mod tests {
             // The masks are the pair's; the dealer's material is the session's.
             assert_eq!(runs[0].weights[2].len(), layout.len());
             for p in 0..2 {
-                let from_dealer = |r: &Run| -> Vec<Vec<u8>> {
-                    r.views[p]
-                        .iter()
-                        .filter(|(s, _)| *s == 2)
-                        .map(|(_, m)| m.clone())
-                        .collect()
-                };
-                let (a, b) = (from_dealer(&runs[0]), from_dealer(&runs[1]));
-                assert_eq!(a.len(), b.len(), "{what}: same message pattern");
-                assert_eq!(a[0].len(), 16, "{what}: the first is the session seed");
-                for (i, (ma, mb)) in a.iter().zip(&b).enumerate() {
-                    if ma.len() >= 8 {
-                        assert_ne!(
-                            ma, mb,
-                            "{what}: P{p}'s dealer message {i} repeated across sessions"
-                        );
-                    }
-                }
+                assert_fresh_dealer_messages(&runs, p, &what);
                 // nothing from the dealer in the setup is derived from the pair's keys
                 for (_, m) in runs[0].views[p].iter().filter(|(s, _)| *s == 2) {
                     assert_ne!(m.as_slice(), &seeds.0[..]);
@@ -677,21 +683,7 @@ mod tests {
                 }
             }
             for p in 0..2 {
-                let from_dealer = |r: &Run| -> Vec<Vec<u8>> {
-                    r.views[p]
-                        .iter()
-                        .filter(|(s, _)| *s == 2)
-                        .map(|(_, m)| m.clone())
-                        .collect()
-                };
-                let (a, b) = (from_dealer(&runs[0]), from_dealer(&runs[1]));
-                assert_eq!(a.len(), b.len(), "{what}: same message pattern");
-                assert_eq!(a[0].len(), 16, "{what}: the first is the session seed");
-                for (i, (ma, mb)) in a.iter().zip(&b).enumerate() {
-                    if ma.len() >= 8 {
-                        assert_ne!(ma, mb, "{what}: P{p}'s dealer message {i} repeated");
-                    }
-                }
+                assert_fresh_dealer_messages(&runs, p, &what);
             }
         }
     }
