@@ -807,6 +807,10 @@ thread_local! {
     /// tests' second control: each message alone still looks uniform, the opened value does
     /// not).
     pub(crate) static PLANT_UNMASKED_RELU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Test only: the ReLU gate masks its output with the input mask it was given (its share
+    /// of `r_in`) instead of the fresh output mask (the view tests' third control: each opened
+    /// value alone is still masked, the pair of input and output openings is not).
+    pub(crate) static PLANT_REUSED_MASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Test only: when set, every value this party opens is appended (as little-endian `u64`s),
     /// so that the view tests can test the opened values, which a party computes from its own
     /// and the received share, jointly rather than message by message.
@@ -1289,6 +1293,12 @@ impl MimoSuite {
         let plant = PLANT_UNMASKED_RELU.with(|c| c.get());
         #[cfg(not(test))]
         let plant = false;
+        #[cfg(test)]
+        let rout = if PLANT_REUSED_MASK.with(|c| c.get()) {
+            sel.iter().map(|&i| inp.r[i]).collect()
+        } else {
+            rout
+        };
         if !plant {
             crate::ring::add_assign(&mut y, &rout);
         }

@@ -7,7 +7,9 @@
 //! tests to detect it, on a ReLU layer, on a graph and on fused gates' blocks (whole channels
 //! and patches, [`fused_gate_views_do_not_depend_on_the_secret`]); [`unmasked_relu_output_is_caught`]
 //! plants a ReLU gate that opens its output without the fresh mask ([`PLANT_UNMASKED_RELU`]),
-//! which no single message shows and the opened values do. (A bug whose opened value is still
+//! which no single message shows and the opened values do; [`reused_mask_is_caught_by_pairs_only`]
+//! plants a ReLU gate that masks its output with its input mask ([`PLANT_REUSED_MASK`]), which
+//! no single message or opened value shows and the pair of the two openings does. (A bug whose opened value is still
 //! hidden by other randomness the receiver does not hold, e.g. decisions opened without `r_z`
 //! but with the other party's `U_b x^` term, would need a statistic joint with the public
 //! masked inputs; these tests do not see it.)
@@ -32,6 +34,9 @@ enum Plant {
     /// output), only the opened value, i.e. a message together with the receiver's own
     /// share, carries the secret.
     UnmaskedRelu,
+    /// The ReLU gate masks its output with its input mask: the opened input `x + r_in` and
+    /// output `ReLU(x) + r_in` are each uniform, their difference is `min(x, 0)`.
+    ReusedMask,
 }
 
 /// The `mimo` parties: the rings and the bug both data parties plant.
@@ -44,6 +49,7 @@ impl ViewSuite for Mimo {
     fn party(&self, p: usize, comm: Comm, hooks: Option<TestHooks>) -> Box<dyn Suite> {
         PLANT_RAW_SHARE.with(|c| c.set(self.plant == Plant::RawShare && p < 2));
         PLANT_UNMASKED_RELU.with(|c| c.set(self.plant == Plant::UnmaskedRelu && p < 2));
+        PLANT_REUSED_MASK.with(|c| c.set(self.plant == Plant::ReusedMask && p < 2));
         OPENED.with(|o| *o.borrow_mut() = Some(Vec::new()));
         let mut sn = MimoSuite::new(comm, 13, self.cfg.clone());
         if let Some(hooks) = hooks {
@@ -93,6 +99,33 @@ fn unmasked_relu_output_is_caught() {
         w.z,
         w.at
     );
+}
+
+/// A ReLU gate that reuses its input mask for its output is caught by the pair statistic,
+/// though no message or opened value alone shows it.
+#[test]
+fn reused_mask_is_caught_by_pairs_only() {
+    let cfg = relu_cfg();
+    let w = check(
+        &cfg,
+        &relu_case(1024, [5 << 13, -3 << 13]),
+        Plant::ReusedMask,
+    );
+    assert!(
+        w.z >= Z_LIMIT && w.at.contains("xor"),
+        "the reused mask was not detected by a pair (worst z = {:.1} at {})",
+        w.z,
+        w.at
+    );
+    let alone = harness::check_by(
+        &Mimo {
+            cfg,
+            plant: Plant::ReusedMask,
+        },
+        &relu_case(1024, [5 << 13, -3 << 13]),
+        harness::compare_marginals,
+    );
+    assert_private("the reused mask, value by value", &alone);
 }
 
 /// The planted raw-share bug must make the view test fail.
