@@ -13,8 +13,8 @@
 //!
 //! **Statistic.** Every message `r` (and the dealer) receives is tested, whatever its size:
 //! seeds, the weight opening, dealer material, every opening (an empty one by its length);
-//! and, where the suite records them (`mimo`: [`ViewSuite::opened`]), every value `r` opens
-//! (its own share plus the received one), which catches a message that is uniform alone but
+//! and every value `r` opens (its own share plus the received one, recorded by the suites'
+//! openings: [`record_opened`]), which catches a message that is uniform alone but
 //! completes `r`'s own share to the secret. Message `i` of a party is gathered over [`RUNS`]
 //! runs per secret, and the byte histograms of each offset mod 8 of the two secrets are
 //! compared with a two-sample chi-square test ([`chi_z`]; z-score below [`Z_LIMIT`]). The
@@ -47,8 +47,8 @@ pub(crate) const FIXED_SEED: Seed = [0x5a; 16];
 pub(crate) const FIXED_SHARES: Seed = [0xa5; 16];
 
 /// Every message each party received, in order (`[p]`), and every value data party `p` opened
-/// (`[3 + p]`, as little-endian `u64`s: computed from its own and the received share; empty
-/// where the suite does not record them).
+/// (`[3 + p]`, as little-endian `u64`s, bit planes as their words: computed from its own and
+/// the received share).
 pub(crate) type Views = [Vec<Vec<u8>>; 6];
 
 /// The parties of the suite under test.
@@ -58,10 +58,38 @@ pub(crate) trait ViewSuite: Sync {
     /// (a planted bug, the recording of opened values).
     fn party(&self, p: usize, comm: Comm, hooks: Option<TestHooks>) -> Box<dyn Suite>;
 
-    /// The values the party of this thread opened, after its run (see [`Views`]).
+    /// The values the party of this thread opened, after its run (see [`Views`]; those the
+    /// suite recorded with [`record_opened`] since [`start_recording`]).
     fn opened(&self) -> Vec<Vec<u8>> {
-        Vec::new()
+        take_opened()
     }
+}
+
+thread_local! {
+    /// When set ([`start_recording`]), every value this thread's party opens is appended (as
+    /// little-endian `u64`s) by the suites' openings ([`record_opened`]), so that the view
+    /// tests can test the opened values, which a party computes from its own and the received
+    /// share, rather than the messages alone.
+    static OPENED: std::cell::RefCell<Option<Vec<Vec<u8>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records an opened vector, where this thread records (see [`OPENED`]).
+pub(crate) fn record_opened(v: &[u64]) {
+    OPENED.with(|o| {
+        if let Some(log) = o.borrow_mut().as_mut() {
+            log.push(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+    });
+}
+
+/// Starts recording this thread's opened values (for [`ViewSuite::party`]).
+pub(crate) fn start_recording() {
+    OPENED.with(|o| *o.borrow_mut() = Some(Vec::new()));
+}
+
+/// This thread's recorded opened values (for [`ViewSuite::opened`]).
+pub(crate) fn take_opened() -> Vec<Vec<u8>> {
+    OPENED.with(|o| o.borrow_mut().take()).unwrap_or_default()
 }
 
 /// One party's inputs to a run.

@@ -197,7 +197,7 @@ pub fn open_planes(comm: &mut Comm, planes: &[&[u64]], n: usize) -> Result<Vec<P
     let msg = bits::pack_planes(planes, n);
     let got = comm.round(vec![(peer, msg)], &[peer])?;
     let theirs = bits::unpack_planes(&got[0], planes.len(), n, peer)?;
-    Ok(planes
+    let opened: Vec<Plane> = planes
         .iter()
         .zip(theirs)
         .map(|(a, mut b)| {
@@ -205,18 +205,26 @@ pub fn open_planes(comm: &mut Comm, planes: &[&[u64]], n: usize) -> Result<Vec<P
             bits::mask_tail(&mut b, n);
             b
         })
-        .collect())
+        .collect();
+    #[cfg(test)]
+    opened
+        .iter()
+        .for_each(|p| crate::view_harness::record_opened(p));
+    Ok(opened)
 }
 
 /// Open an additively shared ring vector between P0 and P1 (one round, 8 bytes per element).
 pub fn open_u64(comm: &mut Comm, mine: &[u64]) -> Result<Vec<u64>> {
     let peer = 1 - comm.party();
     let theirs = comm.exchange_u64(peer, mine)?;
-    Ok(mine
+    let opened: Vec<u64> = mine
         .iter()
         .zip(&theirs)
         .map(|(a, b)| a.wrapping_add(*b))
-        .collect())
+        .collect();
+    #[cfg(test)]
+    crate::view_harness::record_opened(&opened);
+    Ok(opened)
 }
 
 /// Open a vector shared mod 2^k (one round, `ceil(n*k/8)` bytes each way); result mod 2^k.
@@ -226,11 +234,14 @@ pub fn open_kbit(comm: &mut Comm, mine: &[u64], k: u32) -> Result<Vec<u64>> {
     let got = comm.round(vec![(peer, bits::pack_kbit(mine, k))], &[peer])?;
     let theirs = bits::unpack_kbit(&got[0], mine.len(), k, peer)?;
     let mask = (1u64 << k) - 1;
-    Ok(mine
+    let opened: Vec<u64> = mine
         .iter()
         .zip(&theirs)
         .map(|(a, b)| a.wrapping_add(*b) & mask)
-        .collect())
+        .collect();
+    #[cfg(test)]
+    crate::view_harness::record_opened(&opened);
+    Ok(opened)
 }
 
 /// XOR shares of `[y >= 0]` given the public `c = y + r` (only its low `k` bits are used) and
@@ -450,6 +461,10 @@ thread_local! {
     /// Test only: plant the raw-share bug in [`relu_online`] on this thread's party (it opens
     /// its share of `y` instead of `y + r`), for the view tests' control.
     pub(crate) static PLANT_RAW_SHARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Test only: [`relu_online`] opens the decision bits `b` instead of `b ^ t` on this
+    /// thread's party (each message alone is still masked by the receiver's share of `b`; the
+    /// opened value is the sign of `y`).
+    pub(crate) static PLANT_UNMASKED_BIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Online ReLU on shares `y` (`|y| < 2^(k-1)` required): opens `y + r` (8 bytes per element),
@@ -477,7 +492,14 @@ pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>
     };
     let c = open_u64(comm, &masked)?;
     let b = drelu_any(comm, &mat.cmp, &c)?;
-    let d = open_planes(comm, &[&bits::xor(&b, &mat.t)], n)?
+    let masked_b = bits::xor(&b, &mat.t);
+    #[cfg(test)]
+    let masked_b = if PLANT_UNMASKED_BIT.with(|p| p.get()) {
+        b
+    } else {
+        masked_b
+    };
+    let d = open_planes(comm, &[&masked_b], n)?
         .pop()
         .unwrap_or_default();
     Ok(select_from_open(me, &d, &c, &mat.r, &mat.ta, &mat.tr))

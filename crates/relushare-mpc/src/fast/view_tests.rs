@@ -4,7 +4,9 @@
 //! **Control.** [`raw_share_leak_is_caught`] plants exactly the raw-share bug in the ReLU
 //! (`fast::cmp::PLANT_RAW_SHARE`: a party opens its share of `y` instead of `y + r`) and
 //! requires these tests to detect it; it also shows that the previous design (fresh shares for
-//! both parties in every run) passes the planted bug.
+//! both parties in every run) passes the planted bug. [`unmasked_decision_is_caught_by_the_opened_values_only`]
+//! plants a ReLU that opens its decision bits without the dealer's mask
+//! (`fast::cmp::PLANT_UNMASKED_BIT`), which the values a party opens show and no message does.
 
 use super::*;
 use crate::plain::FixedModel;
@@ -15,17 +17,30 @@ use crate::view_harness::{
 };
 use relushare_model::{presets, Arch, Model};
 
-/// The `fast` or `fss` parties: the comparison mode, the rings, and whether both data parties
-/// plant the raw-share bug.
+/// A bug planted in both data parties, which the view tests must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plant {
+    Nothing,
+    /// The ReLU opens the raw share of `y` instead of `y + r`.
+    RawShare,
+    /// The ReLU opens its decision bits `b` instead of `b ^ t`: each message is still masked
+    /// by the receiver's own share of `b`, the opened value is the sign of `y`.
+    UnmaskedBit,
+}
+
+/// The `fast` or `fss` parties: the comparison mode, the rings, and the bug both data parties
+/// plant.
 struct Fast {
     mode: CmpMode,
     cfg: FastConfig,
-    plant: bool,
+    plant: Plant,
 }
 
 impl ViewSuite for Fast {
     fn party(&self, p: usize, comm: Comm, hooks: Option<TestHooks>) -> Box<dyn Suite> {
-        cmp::PLANT_RAW_SHARE.with(|c| c.set(self.plant && p < 2));
+        cmp::PLANT_RAW_SHARE.with(|c| c.set(self.plant == Plant::RawShare && p < 2));
+        cmp::PLANT_UNMASKED_BIT.with(|c| c.set(self.plant == Plant::UnmaskedBit && p < 2));
+        harness::start_recording();
         let mut sn = FastSuite::new(comm, 13, self.cfg.clone(), self.mode);
         if let Some(hooks) = hooks {
             sn.set_test_hooks(hooks);
@@ -35,7 +50,7 @@ impl ViewSuite for Fast {
 }
 
 /// The new-design check ([`harness::check`]) of the `fast`/`fss` parties.
-fn check(mode: CmpMode, cfg: &FastConfig, build: &Build<'_>, plant: bool) -> Worst {
+fn check(mode: CmpMode, cfg: &FastConfig, build: &Build<'_>, plant: Plant) -> Worst {
     let cfg = cfg.clone();
     harness::check(&Fast { mode, cfg, plant }, build)
 }
@@ -51,7 +66,7 @@ fn relu_views_do_not_depend_on_the_secret() {
     for mode in [CmpMode::Tree, CmpMode::Fss] {
         // 0 vs -1 ulp (opposite decisions at the edge), then +5.0 vs -3.0.
         for secrets in [[0i64, -1], [5 << 13, -3 << 13]] {
-            let w = check(mode, &relu_cfg(), &relu_case(1024, secrets), false);
+            let w = check(mode, &relu_cfg(), &relu_case(1024, secrets), Plant::Nothing);
             assert_private(&format!("{mode:?} ReLU {secrets:?}"), &w);
         }
     }
@@ -63,12 +78,12 @@ fn relu_views_do_not_depend_on_the_secret() {
 fn raw_share_leak_is_caught() {
     let build = relu_case(1024, [5 << 13, -3 << 13]);
     for mode in [CmpMode::Tree, CmpMode::Fss] {
-        let w = check(mode, &relu_cfg(), &build, true);
+        let w = check(mode, &relu_cfg(), &build, Plant::RawShare);
         assert_caught(&format!("{mode:?}: the planted raw share"), &w);
         let fresh = Fast {
             mode,
             cfg: relu_cfg(),
-            plant: true,
+            plant: Plant::RawShare,
         };
         let [va, vb] = harness::gather(&fresh, &build, 0, false);
         let old = compare(&va, &vb, &[0, 1, 2]);
@@ -76,6 +91,36 @@ fn raw_share_leak_is_caught() {
             old.z < Z_LIMIT,
             "{mode:?}: fresh shares in every run hide the raw share, z = {:.1}",
             old.z
+        );
+    }
+}
+
+/// A ReLU that opens its decision bits without the dealer's mask is caught by the opened
+/// values, and by no message alone.
+#[test]
+fn unmasked_decision_is_caught_by_the_opened_values_only() {
+    let build = relu_case(1024, [5 << 13, -3 << 13]);
+    for mode in [CmpMode::Tree, CmpMode::Fss] {
+        let w = check(mode, &relu_cfg(), &build, Plant::UnmaskedBit);
+        assert!(
+            w.z >= Z_LIMIT && w.at.contains("opened"),
+            "{mode:?}: the unmasked decision was not detected by the opened values (worst z = \
+             {:.1} at {})",
+            w.z,
+            w.at
+        );
+        let suite = Fast {
+            mode,
+            cfg: relu_cfg(),
+            plant: Plant::UnmaskedBit,
+        };
+        // What the receiver and the dealer received (view indices r and 2), each and in pairs.
+        let alone = harness::check_by(&suite, &build, |va, vb, parties| {
+            compare(va, vb, &parties[..2])
+        });
+        assert_private(
+            &format!("{mode:?}: the unmasked decision, messages only"),
+            &alone,
         );
     }
 }
@@ -89,7 +134,12 @@ fn shared_relu_views_do_not_depend_on_the_secret() {
     ] {
         let mut cfg = FastConfig::defaults(13);
         cfg.bits.insert("act".into(), k);
-        let w = check(CmpMode::Tree, &cfg, &shared_case(decider, noise), false);
+        let w = check(
+            CmpMode::Tree,
+            &cfg,
+            &shared_case(decider, noise),
+            Plant::Nothing,
+        );
         assert_private(&format!("{decider:?} noise {noise}"), &w);
     }
 }
@@ -125,7 +175,7 @@ fn network_views_do_not_depend_on_the_secret() {
         (Arch::Fmnist, "fc-noise", None, CmpMode::Fss),
     ] {
         let (cfg, build) = network_case(arch, preset, layers);
-        let w = check(mode, &cfg, &build, false);
+        let w = check(mode, &cfg, &build, Plant::Nothing);
         assert_private(&format!("{arch} {preset} {mode:?}"), &w);
     }
 }

@@ -811,21 +811,10 @@ thread_local! {
     /// of `r_in`) instead of the fresh output mask (the view tests' third control: each opened
     /// value alone is still masked, the pair of input and output openings is not).
     pub(crate) static PLANT_REUSED_MASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Test only: when set, every value this party opens is appended (as little-endian `u64`s),
-    /// so that the view tests can test the opened values, which a party computes from its own
-    /// and the received share, jointly rather than message by message.
-    pub(crate) static OPENED: std::cell::RefCell<Option<Vec<Vec<u8>>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Test only: record an opened vector (see [`OPENED`]).
 #[cfg(test)]
-fn record_opened(v: &[u64]) {
-    OPENED.with(|o| {
-        if let Some(log) = o.borrow_mut().as_mut() {
-            log.push(v.iter().flat_map(|x| x.to_le_bytes()).collect());
-        }
-    });
-}
+use crate::view_harness::record_opened;
 
 /// The `mimo` suite as run by one party.
 pub struct MimoSuite {

@@ -50,16 +50,12 @@ impl ViewSuite for Mimo {
         PLANT_RAW_SHARE.with(|c| c.set(self.plant == Plant::RawShare && p < 2));
         PLANT_UNMASKED_RELU.with(|c| c.set(self.plant == Plant::UnmaskedRelu && p < 2));
         PLANT_REUSED_MASK.with(|c| c.set(self.plant == Plant::ReusedMask && p < 2));
-        OPENED.with(|o| *o.borrow_mut() = Some(Vec::new()));
+        harness::start_recording();
         let mut sn = MimoSuite::new(comm, 13, self.cfg.clone());
         if let Some(hooks) = hooks {
             sn.set_test_hooks(hooks);
         }
         Box::new(sn)
-    }
-
-    fn opened(&self) -> Vec<Vec<u8>> {
-        OPENED.with(|o| o.borrow_mut().take()).unwrap_or_default()
     }
 }
 
