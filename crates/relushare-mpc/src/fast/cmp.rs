@@ -11,15 +11,26 @@
 //! is the seed-derived `r`), and for every pair of adjacent bits the monomial `r_(2p+1) r_(2p)`.
 //! With `c` public, the generate/propagate pair of every 2-bit leaf, `G = [c_leaf < r_leaf]`,
 //! `P = [c_leaf == r_leaf]`, is then *linear* in the dealt bits (no communication). Leaves are
-//! combined in a balanced tree, `(G, P) = (G_H ^ P_H G_L, P_H P_L)`; every tree level is one
-//! round of Beaver bit multiplications with dealer triples `(a, b1, a b1, b2, a b2)` that share
-//! the opened `P_H ^ a`. The lowest segment never needs `P`. For `k` bits:
-//! `L = (k-1)/2` leaves, `ceil(log2 L)` rounds.
+//! combined in a tree whose nodes take up to [`MAX_WIDTH`] adjacent segments at once (high to
+//! low, `S_0 .. S_(w-1)`):
+//! `G = G_0 ^ P_0 G_1 ^ P_0 P_1 G_2 ^ ... ^ P_0 .. P_(w-2) G_(w-1)`, `P = P_0 .. P_(w-1)`
+//! (the terms are mutually exclusive, so XOR is OR). Every tree level is one round: each
+//! variable that is multiplied (`P_0 .. P_(w-2)`, `G_1 .. G_(w-1)`, and `P_(w-1)` where `P` is
+//! needed) is opened once under a fresh dealt mask `x^ = x ^ a`, and every monomial is then
+//! local, `prod (x^_v ^ a_v) = XOR over subsets S of (prod_(v not in S) x^_v) (prod_(v in S) a_v)`,
+//! with the dealer's XOR shares of the mask products `prod_(v in S) a_v` for every subset of two
+//! or more variables of a monomial ([`Node::products`]). Width 2 is the classic Beaver AND.
+//! The lowest segment never needs `P`. For `k` bits: `L = (k-1)/2` leaves and
+//! `ceil(log4 L)` rounds; among the trees with that many levels, [`Schedule::new`] picks the
+//! node widths with the fewest bits in all (dealt products plus opened variables of both
+//! parties): wide nodes near the root, where there are few, narrow ones at the leaves.
 //!
 //! # Costs (bytes sent per party, `n` elements; `pb = ceil(n/8)`)
-//! * tree: per level, `pb * (2 * pairs_with_lowest + 3 * other_pairs)`, see [`Schedule`];
-//! * dealer material (P1's corrections): `k * pb` (bits of r) + `L * pb` (monomials) +
-//!   `pb * sum over levels (1 or 2 per pair)` (triple products).
+//! * tree: `pb` per opened variable ([`Node::vars`]: `2 (w - 1)`, plus 1 where `P` is needed),
+//!   see [`Schedule::online_bytes`];
+//! * dealer material (P1's corrections): `k * pb` (bits of r) + `L * pb` (leaf monomials) +
+//!   `pb` per mask product of every node ([`Node::products`]: 1 or 2 at width 2, 5 or 8 at
+//!   width 3, 15 or 22 at width 4).
 
 use crate::cost::Comm;
 use crate::error::{MpcError, Result};
@@ -27,16 +38,82 @@ use crate::fast::bits::{self, Plane};
 use crate::fast::deal::Deal;
 use crate::fast::CmpMode;
 
-/// One combine of the tree: segment indices (into the current level's list, high to low) and
-/// whether the propagate bit of the result is needed.
+/// Most segments one node of the tree combines (its monomials have up to this degree).
+pub const MAX_WIDTH: usize = 4;
+
+/// One combine of the tree: the segments `first .. first + width` of the current level's list
+/// (high to low) become one. A node of width 1 passes its segment on unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pair {
-    /// Index of the high segment.
-    pub h: usize,
-    /// Index of the low segment (`h + 1`).
-    pub l: usize,
-    /// Is the combined propagate bit needed (false for the lowest segment)?
+pub struct Node {
+    /// Index of the node's highest segment.
+    pub first: usize,
+    /// Number of segments, 1 to [`MAX_WIDTH`].
+    pub width: usize,
+    /// Is the combined propagate bit needed (false for the node holding the lowest segment)?
     pub need_p: bool,
+}
+
+impl Node {
+    /// Variables the node opens (per element): `P_0 .. P_(w-2)` (indices `0 .. w-1`),
+    /// `G_1 .. G_(w-1)` (indices `w-1 .. 2w-2`) and, where `P` is needed, `P_(w-1)` (index
+    /// `2w-2`).
+    pub fn vars(&self) -> usize {
+        if self.width < 2 {
+            0
+        } else {
+            2 * (self.width - 1) + usize::from(self.need_p)
+        }
+    }
+
+    /// Variable index of `P_i`.
+    fn p_var(&self, i: usize) -> usize {
+        if i + 1 < self.width {
+            i
+        } else {
+            2 * (self.width - 1)
+        }
+    }
+
+    /// Variable index of `G_j`, `j >= 1`.
+    fn g_var(&self, j: usize) -> usize {
+        self.width - 2 + j
+    }
+
+    /// The monomials, as bit sets of variables: `P_0 .. P_(j-1) G_j` for `j = 1 .. w-1`, then
+    /// `P_0 .. P_(w-1)` where `P` is needed.
+    pub fn monomials(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut prefix = 0u32;
+        for j in 1..self.width {
+            prefix |= 1 << self.p_var(j - 1);
+            out.push(prefix | 1 << self.g_var(j));
+        }
+        if self.need_p && self.width >= 2 {
+            out.push(prefix | 1 << self.p_var(self.width - 1));
+        }
+        out
+    }
+
+    /// The mask products the dealer supplies: every subset of two or more variables of a
+    /// monomial, ascending.
+    pub fn products(&self) -> Vec<u32> {
+        let mut set = std::collections::BTreeSet::new();
+        for m in self.monomials() {
+            let mut sub = m;
+            while sub != 0 {
+                if sub.count_ones() >= 2 {
+                    set.insert(sub);
+                }
+                sub = (sub - 1) & m;
+            }
+        }
+        set.into_iter().collect()
+    }
+
+    /// Bits per element in all: dealt products, and opened variables sent by both parties.
+    fn bits(&self) -> usize {
+        self.products().len() + 2 * self.vars()
+    }
 }
 
 /// The tree schedule for a `k`-bit comparison.
@@ -47,7 +124,51 @@ pub struct Schedule {
     /// Number of 2-bit leaves, `(k-1)/2`.
     pub leaves: usize,
     /// Levels of combines (one round each).
-    pub levels: Vec<Vec<Pair>>,
+    pub levels: Vec<Vec<Node>>,
+}
+
+/// The cheapest widths (per level, ascending within a level so that the widest node holds the
+/// lowest segment and needs no `P`) that reduce `s` segments to one in at most `d` levels, and
+/// their bits per element; `None` where `d` levels cannot. `cost[w][need_p]`: a node's bits.
+fn cheapest(
+    s: usize,
+    d: usize,
+    cost: &[[usize; 2]; MAX_WIDTH + 1],
+) -> Option<(usize, Vec<Vec<usize>>)> {
+    if s == 1 {
+        return Some((0, Vec::new()));
+    }
+    if d == 0 {
+        return None;
+    }
+    let mut best: Option<(usize, Vec<Vec<usize>>)> = None;
+    // Nodes of width 4, 3 and 2; the rest of the segments pass (width 1).
+    for n4 in 0..=s / 4 {
+        for n3 in 0..=(s - 4 * n4) / 3 {
+            for n2 in 0..=(s - 4 * n4 - 3 * n3) / 2 {
+                let n1 = s - 4 * n4 - 3 * n3 - 2 * n2;
+                if n4 + n3 + n2 == 0 {
+                    continue;
+                }
+                let widths: Vec<usize> = [(1, n1), (2, n2), (3, n3), (4, n4)]
+                    .iter()
+                    .flat_map(|&(w, c)| std::iter::repeat_n(w, c))
+                    .collect();
+                let here: usize = widths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &w)| cost[w][usize::from(i + 1 < widths.len())])
+                    .sum();
+                if let Some((rest, mut lv)) = cheapest(widths.len(), d - 1, cost) {
+                    if best.as_ref().is_none_or(|b| here + rest < b.0) {
+                        lv.insert(0, widths);
+                        best = Some((here + rest, lv));
+                    }
+                }
+            }
+        }
+    }
+    best
 }
 
 impl Schedule {
@@ -59,22 +180,43 @@ impl Schedule {
             )));
         }
         let leaves = ((k - 1) / 2) as usize;
-        let mut levels = Vec::new();
-        let mut s = leaves;
-        while s > 1 {
-            let mut lv = Vec::new();
-            let mut j = 0;
-            while j + 1 < s {
-                lv.push(Pair {
-                    h: j,
-                    l: j + 1,
-                    need_p: j + 1 != s - 1,
-                });
-                j += 2;
-            }
-            levels.push(lv);
-            s = s.div_ceil(2);
+        let mut depth = 0;
+        while MAX_WIDTH.pow(depth) < leaves {
+            depth += 1;
         }
+        let mut cost = [[0usize; 2]; MAX_WIDTH + 1];
+        for (width, c) in cost.iter_mut().enumerate().skip(2) {
+            for need_p in [false, true] {
+                c[usize::from(need_p)] = Node {
+                    first: 0,
+                    width,
+                    need_p,
+                }
+                .bits();
+            }
+        }
+        let (_, widths) = cheapest(leaves, depth as usize, &cost).ok_or_else(|| {
+            MpcError::Param(format!("internal: no comparison tree of depth {depth}"))
+        })?;
+        let levels = widths
+            .into_iter()
+            .map(|ws| {
+                let mut first = 0;
+                let last = ws.len() - 1;
+                ws.iter()
+                    .enumerate()
+                    .map(|(i, &width)| {
+                        let node = Node {
+                            first,
+                            width,
+                            need_p: i != last,
+                        };
+                        first += width;
+                        node
+                    })
+                    .collect()
+            })
+            .collect();
         Ok(Schedule { k, leaves, levels })
     }
 
@@ -85,19 +227,15 @@ impl Schedule {
 
     /// Planes opened per party per element over the whole tree.
     pub fn open_planes(&self) -> usize {
-        self.levels
-            .iter()
-            .flatten()
-            .map(|p| if p.need_p { 3 } else { 2 })
-            .sum()
+        self.levels.iter().flatten().map(Node::vars).sum()
     }
 
-    /// Triple products (corrections) per element.
+    /// Dealt mask products (corrections) per element.
     pub fn and_gates(&self) -> usize {
         self.levels
             .iter()
             .flatten()
-            .map(|p| if p.need_p { 2 } else { 1 })
+            .map(|n| n.products().len())
             .sum()
     }
 
@@ -112,13 +250,11 @@ impl Schedule {
     }
 }
 
-/// Triple material of one combine.
-pub struct PairMat {
-    a: Plane,
-    b1: Plane,
-    c1: Plane,
-    b2: Plane,
-    c2: Plane,
+/// Mask material of one node: this party's shares of the variables' masks and of the mask
+/// products (in [`Node::products`] order).
+pub struct NodeMat {
+    a: Vec<Plane>,
+    prods: Vec<Plane>,
 }
 
 /// Dealer material of `n` comparisons on `k` bits (this party's shares).
@@ -131,7 +267,7 @@ pub struct CmpMat {
     pub r: Vec<Plane>,
     /// Shares of `r_(2p+1) r_(2p)`.
     pub m: Vec<Plane>,
-    levels: Vec<Vec<PairMat>>,
+    levels: Vec<Vec<NodeMat>>,
 }
 
 /// Deal comparison material for `n` values whose mask (mod 2^k) the dealer passes in `r_secret`.
@@ -152,31 +288,29 @@ pub fn deal_cmp(d: &mut Deal, n: usize, k: u32, r_secret: Option<&[u64]>) -> Res
     let mut levels = Vec::with_capacity(sched.levels.len());
     for lv in &sched.levels {
         let mut mats = Vec::with_capacity(lv.len());
-        for pair in lv {
-            let a = d.rand_bits(n);
-            let b1 = d.rand_bits(n);
-            let s1 = a
-                .secret
-                .as_ref()
-                .map(|x| bits::and(x, b1.secret.as_ref().expect("dealer")));
-            let c1 = d.corr_bits(n, s1.as_deref())?;
-            let (b2, c2) = if pair.need_p {
-                let b2 = d.rand_bits(n);
-                let s2 = a
-                    .secret
-                    .as_ref()
-                    .map(|x| bits::and(x, b2.secret.as_ref().expect("dealer")));
-                let c2 = d.corr_bits(n, s2.as_deref())?;
-                (b2.mine, c2)
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            mats.push(PairMat {
-                a: a.mine,
-                b1: b1.mine,
-                c1,
-                b2,
-                c2,
+        for node in lv {
+            let masks: Vec<_> = (0..node.vars()).map(|_| d.rand_bits(n)).collect();
+            let mut prods = Vec::new();
+            for set in node.products() {
+                // The dealer's product of the masks of `set`.
+                let secret = masks[0].secret.as_ref().map(|_| {
+                    let mut acc: Option<Plane> = None;
+                    for (v, m) in masks.iter().enumerate() {
+                        if set & (1 << v) != 0 {
+                            let x = m.secret.as_ref().expect("dealer");
+                            acc = Some(match acc {
+                                None => x.clone(),
+                                Some(a) => bits::and(&a, x),
+                            });
+                        }
+                    }
+                    acc.expect("two or more variables")
+                });
+                prods.push(d.corr_bits(n, secret.as_deref())?);
+            }
+            mats.push(NodeMat {
+                a: masks.into_iter().map(|m| m.mine).collect(),
+                prods,
             });
         }
         levels.push(mats);
@@ -245,7 +379,7 @@ pub fn open_kbit(comm: &mut Comm, mine: &[u64], k: u32) -> Result<Vec<u64>> {
 }
 
 /// XOR shares of `[y >= 0]` given the public `c = y + r` (only its low `k` bits are used) and
-/// the material dealt for `r`. Requires `|y| < 2^(k-1)`. `ceil(log2((k-1)/2))` rounds.
+/// the material dealt for `r`. Requires `|y| < 2^(k-1)`. `ceil(log4((k-1)/2))` rounds.
 pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
     let me = comm.party();
     let n = mat.n;
@@ -286,51 +420,41 @@ pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
         p.push(pp);
     }
     for (lv, mats) in mat.sched.levels.iter().zip(&mat.levels) {
-        // Masked operands of this level.
+        // The masked variables of this level's nodes, opened in one round.
         let mut out: Vec<Plane> = Vec::new();
-        for (pair, pm) in lv.iter().zip(mats) {
-            out.push(bits::xor(&p[pair.h], &pm.a));
-            out.push(bits::xor(&g[pair.l], &pm.b1));
-            if pair.need_p {
-                out.push(bits::xor(&p[pair.l], &pm.b2));
+        for (node, nm) in lv.iter().zip(mats) {
+            for (v, a) in nm.a.iter().enumerate() {
+                out.push(bits::xor(node_var(node, v, &g, &p), a));
             }
         }
         let refs: Vec<&[u64]> = out.iter().map(|v| v.as_slice()).collect();
         let opened = open_planes(comm, &refs, n)?;
-        let mut ng = Vec::new();
-        let mut np = Vec::new();
+        let mut ng = Vec::with_capacity(lv.len());
+        let mut np = Vec::with_capacity(lv.len());
         let mut idx = 0;
-        for (pair, pm) in lv.iter().zip(mats) {
-            let ee = &opened[idx];
-            let f1 = &opened[idx + 1];
-            let mut gn = vec![0u64; wn];
-            for w in 0..wn {
-                let z = pm.c1[w]
-                    ^ (ee[w] & pm.b1[w])
-                    ^ (f1[w] & pm.a[w])
-                    ^ if me == 0 { ee[w] & f1[w] } else { 0 };
-                gn[w] = g[pair.h][w] ^ z;
+        for (node, nm) in lv.iter().zip(mats) {
+            let (f, w) = (node.first, node.width);
+            if w == 1 {
+                ng.push(std::mem::take(&mut g[f]));
+                np.push(std::mem::take(&mut p[f]));
+                continue;
+            }
+            let xs = &opened[idx..idx + node.vars()];
+            idx += node.vars();
+            let products = node.products();
+            let monomials = node.monomials();
+            let mut gn = std::mem::take(&mut g[f]);
+            let mut pn = Vec::new();
+            for (i, &m) in monomials.iter().enumerate() {
+                let v = monomial(me, m, xs, nm, &products, wn);
+                if node.need_p && i + 1 == monomials.len() {
+                    pn = v;
+                } else {
+                    bits::xor_assign(&mut gn, &v);
+                }
             }
             ng.push(gn);
-            if pair.need_p {
-                let f2 = &opened[idx + 2];
-                let mut pn = vec![0u64; wn];
-                for w in 0..wn {
-                    pn[w] = pm.c2[w]
-                        ^ (ee[w] & pm.b2[w])
-                        ^ (f2[w] & pm.a[w])
-                        ^ if me == 0 { ee[w] & f2[w] } else { 0 };
-                }
-                np.push(pn);
-                idx += 3;
-            } else {
-                np.push(Vec::new());
-                idx += 2;
-            }
-        }
-        if g.len() % 2 == 1 {
-            ng.push(g.pop().expect("odd"));
-            np.push(p.pop().expect("odd"));
+            np.push(pn);
         }
         g = ng;
         p = np;
@@ -347,6 +471,56 @@ pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
     }
     bits::mask_tail(&mut b, n);
     Ok(b)
+}
+
+/// Variable `v` of `node` (see [`Node::vars`]) from the level's segments.
+fn node_var<'a>(node: &Node, v: usize, g: &'a [Plane], p: &'a [Plane]) -> &'a [u64] {
+    let (f, w) = (node.first, node.width);
+    if v + 1 < w {
+        &p[f + v]
+    } else if v < 2 * (w - 1) {
+        &g[f + v - (w - 1) + 1]
+    } else {
+        &p[f + w - 1]
+    }
+}
+
+/// This party's XOR share of the monomial `m` (a set of the node's variables) from the opened
+/// `xs = x ^ a`: the XOR over subsets `S` of `m` of `(prod_(v in m \ S) xs_v) (prod_(v in S) a_v)`,
+/// where the empty product of masks is P0's 1, a single mask is this party's share `a_v`, and
+/// larger ones are the dealt products.
+fn monomial(me: usize, m: u32, xs: &[Plane], nm: &NodeMat, products: &[u32], wn: usize) -> Plane {
+    let mut out = vec![0u64; wn];
+    let mut sub = m;
+    loop {
+        let share: Option<&[u64]> = match sub.count_ones() {
+            0 => None,
+            1 => Some(&nm.a[sub.trailing_zeros() as usize]),
+            _ => {
+                let i = products
+                    .binary_search(&sub)
+                    .expect("every subset of a monomial is dealt");
+                Some(&nm.prods[i])
+            }
+        };
+        let public: Vec<usize> = (0..xs.len())
+            .filter(|&v| (m & !sub) & (1 << v) != 0)
+            .collect();
+        if sub != 0 || me == 0 {
+            for (w, o) in out.iter_mut().enumerate() {
+                let mut t = share.map_or(u64::MAX, |s| s[w]);
+                for &v in &public {
+                    t &= xs[v][w];
+                }
+                *o ^= t;
+            }
+        }
+        if sub == 0 {
+            break;
+        }
+        sub = (sub - 1) & m;
+    }
+    out
 }
 
 /// Comparison material of either mode.
@@ -469,7 +643,7 @@ thread_local! {
 
 /// Online ReLU on shares `y` (`|y| < 2^(k-1)` required): opens `y + r` (8 bytes per element),
 /// the comparison tree, then `b ^ t` (one bit); the output `b * y = b * (c - r)` is local.
-/// Rounds: `2 + ceil(log2((k-1)/2))`.
+/// Rounds: `2 + ceil(log4((k-1)/2))`.
 pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>> {
     let me = comm.party();
     let n = mat.n;

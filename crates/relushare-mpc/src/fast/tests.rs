@@ -147,9 +147,90 @@ fn schedule_shapes() {
     assert_eq!(s.rounds(), 0);
     let s = Schedule::new(25).unwrap();
     assert_eq!(s.leaves, 12);
-    assert_eq!(s.rounds(), 4);
+    assert_eq!(s.rounds(), 2);
     assert!(Schedule::new(24).is_err());
     assert!(Schedule::new(65).is_err());
+    // Every odd k: ceil(log4 L) levels, each covering its segments in order with one node of
+    // two or more per level, the lowest segment's node without P.
+    for k in (3..=63).step_by(2) {
+        let s = Schedule::new(k).unwrap();
+        let depth = (0..).find(|&d| 4usize.pow(d) >= s.leaves).unwrap() as usize;
+        assert_eq!(s.rounds(), depth, "k {k}");
+        let mut segs = s.leaves;
+        for lv in &s.levels {
+            let mut first = 0;
+            for (i, node) in lv.iter().enumerate() {
+                assert_eq!(node.first, first, "k {k}");
+                assert!((1..=cmp::MAX_WIDTH).contains(&node.width), "k {k}");
+                assert_eq!(node.need_p, i + 1 != lv.len(), "k {k}");
+                first += node.width;
+            }
+            assert_eq!(first, segs, "k {k}");
+            assert!(lv.last().unwrap().width >= 2, "k {k}");
+            segs = lv.len();
+        }
+        assert_eq!(segs, 1, "k {k}");
+        let opened: usize = s.levels.iter().flatten().map(|n| n.vars()).sum();
+        assert_eq!(s.online_bytes(8), opened, "k {k}");
+    }
+    // Dealt products and opened variables per node width, without and with P.
+    for (w, prods, vars) in [
+        (2, [1, 2], [2, 3]),
+        (3, [5, 8], [4, 5]),
+        (4, [15, 22], [6, 7]),
+    ] {
+        for need_p in [false, true] {
+            let node = cmp::Node {
+                first: 0,
+                width: w,
+                need_p,
+            };
+            assert_eq!(
+                node.products().len(),
+                prods[usize::from(need_p)],
+                "width {w}"
+            );
+            assert_eq!(node.vars(), vars[usize::from(need_p)], "width {w}");
+        }
+    }
+    // L = 8 (k = 17), two levels: the cheapest widths in bits (dealt products plus opened
+    // variables of both parties) beat the other two-level trees.
+    let bits = |widths: &[Vec<usize>]| -> usize {
+        widths
+            .iter()
+            .flat_map(|lv| {
+                lv.iter().enumerate().map(|(i, &width)| {
+                    let node = cmp::Node {
+                        first: 0,
+                        width,
+                        need_p: i + 1 != lv.len(),
+                    };
+                    if width < 2 {
+                        0
+                    } else {
+                        node.products().len() + 2 * node.vars()
+                    }
+                })
+            })
+            .sum()
+    };
+    let s = Schedule::new(17).unwrap();
+    let widths: Vec<Vec<usize>> = s
+        .levels
+        .iter()
+        .map(|lv| lv.iter().map(|n| n.width).collect())
+        .collect();
+    assert_eq!(widths, vec![vec![2, 3, 3], vec![3]]);
+    assert_eq!(bits(&widths), 52);
+    assert_eq!(s.and_gates() + 2 * s.open_planes(), 52);
+    for other in [
+        vec![vec![2, 2, 2, 2], vec![4]],
+        vec![vec![4, 4], vec![2]],
+        vec![vec![1, 3, 4], vec![3]],
+        vec![vec![2, 2, 4], vec![3]],
+    ] {
+        assert!(bits(&other) > 52, "{other:?}: {}", bits(&other));
+    }
 }
 
 use cmp::Schedule;
