@@ -127,63 +127,57 @@ pub struct Schedule {
     pub levels: Vec<Vec<Node>>,
 }
 
-/// The cheapest widths (per level, ascending within a level so that the widest node holds the
-/// lowest segment and needs no `P`) that reduce `s` segments to one in at most `d` levels, and
-/// their bits per element; `None` where `d` levels cannot. `cost[w][need_p]`: a node's bits.
-fn cheapest(
-    s: usize,
-    d: usize,
-    cost: &[[usize; 2]; MAX_WIDTH + 1],
-) -> Option<(usize, Vec<Vec<usize>>)> {
-    if s == 1 {
-        return Some((0, Vec::new()));
+/// The cheapest widths of every tree: `table[d][s]` holds, for `s` segments reduced to one in
+/// at most `d` levels, the bits per element and the widths of the first level (ascending, so
+/// that the widest node holds the lowest segment and needs no `P`); `None` where `d` levels
+/// cannot. `cost[w][need_p]`: a node's bits.
+type Plans = Vec<Vec<Option<(usize, Vec<usize>)>>>;
+
+fn cheapest_trees(max_s: usize, max_d: usize, cost: &[[usize; 2]; MAX_WIDTH + 1]) -> Plans {
+    let mut table: Plans = vec![vec![None; max_s + 1]; max_d + 1];
+    for row in table.iter_mut() {
+        row[1] = Some((0, Vec::new()));
     }
-    if d == 0 {
-        return None;
-    }
-    let mut best: Option<(usize, Vec<Vec<usize>>)> = None;
-    // Nodes of width 4, 3 and 2; the rest of the segments pass (width 1).
-    for n4 in 0..=s / 4 {
-        for n3 in 0..=(s - 4 * n4) / 3 {
-            for n2 in 0..=(s - 4 * n4 - 3 * n3) / 2 {
-                let n1 = s - 4 * n4 - 3 * n3 - 2 * n2;
-                if n4 + n3 + n2 == 0 {
-                    continue;
-                }
-                let widths: Vec<usize> = [(1, n1), (2, n2), (3, n3), (4, n4)]
-                    .iter()
-                    .flat_map(|&(w, c)| std::iter::repeat_n(w, c))
-                    .collect();
-                let here: usize = widths
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &w)| cost[w][usize::from(i + 1 < widths.len())])
-                    .sum();
-                if let Some((rest, mut lv)) = cheapest(widths.len(), d - 1, cost) {
-                    if best.as_ref().is_none_or(|b| here + rest < b.0) {
-                        lv.insert(0, widths);
-                        best = Some((here + rest, lv));
+    for d in 1..=max_d {
+        for s in 2..=max_s {
+            let mut best: Option<(usize, Vec<usize>)> = None;
+            // Nodes of width 4, 3 and 2; the other segments pass (width 1).
+            for n4 in 0..=s / 4 {
+                for n3 in 0..=(s - 4 * n4) / 3 {
+                    for n2 in 0..=(s - 4 * n4 - 3 * n3) / 2 {
+                        let n1 = s - 4 * n4 - 3 * n3 - 2 * n2;
+                        let next = n1 + n2 + n3 + n4;
+                        if next == s {
+                            continue;
+                        }
+                        let Some((rest, _)) = &table[d - 1][next] else {
+                            continue;
+                        };
+                        let widths: Vec<usize> = [(1, n1), (2, n2), (3, n3), (4, n4)]
+                            .iter()
+                            .flat_map(|&(w, c)| std::iter::repeat_n(w, c))
+                            .collect();
+                        let here: usize = widths
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &w)| cost[w][usize::from(i + 1 < widths.len())])
+                            .sum();
+                        if best.as_ref().is_none_or(|b| here + rest < b.0) {
+                            best = Some((here + rest, widths));
+                        }
                     }
                 }
             }
+            table[d][s] = best;
         }
     }
-    best
+    table
 }
 
-impl Schedule {
-    /// Schedule for `k` bits; `k` must be odd and in 3..=63.
-    pub fn new(k: u32) -> Result<Schedule> {
-        if !(3..=63).contains(&k) || k.is_multiple_of(2) {
-            return Err(MpcError::Param(format!(
-                "comparison ring bits must be odd in 3..=63, got {k}"
-            )));
-        }
-        let leaves = ((k - 1) / 2) as usize;
-        let mut depth = 0;
-        while MAX_WIDTH.pow(depth) < leaves {
-            depth += 1;
-        }
+/// The schedules of every odd `k` in 3..=63, computed once.
+fn schedules() -> &'static [Schedule] {
+    static ALL: std::sync::OnceLock<Vec<Schedule>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
         let mut cost = [[0usize; 2]; MAX_WIDTH + 1];
         for (width, c) in cost.iter_mut().enumerate().skip(2) {
             for need_p in [false, true] {
@@ -195,29 +189,56 @@ impl Schedule {
                 .bits();
             }
         }
-        let (_, widths) = cheapest(leaves, depth as usize, &cost).ok_or_else(|| {
-            MpcError::Param(format!("internal: no comparison tree of depth {depth}"))
-        })?;
-        let levels = widths
-            .into_iter()
-            .map(|ws| {
-                let mut first = 0;
-                let last = ws.len() - 1;
-                ws.iter()
-                    .enumerate()
-                    .map(|(i, &width)| {
-                        let node = Node {
-                            first,
-                            width,
-                            need_p: i != last,
-                        };
-                        first += width;
-                        node
-                    })
-                    .collect()
+        let (max_s, max_d) = (31, 3);
+        let table = cheapest_trees(max_s, max_d, &cost);
+        (3..=63u32)
+            .step_by(2)
+            .map(|k| {
+                let leaves = ((k - 1) / 2) as usize;
+                let mut depth = 0;
+                while MAX_WIDTH.pow(depth as u32) < leaves {
+                    depth += 1;
+                }
+                let mut levels = Vec::new();
+                let mut segs = leaves;
+                for d in (1..=depth).rev() {
+                    if segs == 1 {
+                        break;
+                    }
+                    let (_, ws) = table[d][segs].clone().expect("4^depth >= leaves");
+                    let last = ws.len() - 1;
+                    let mut first = 0;
+                    levels.push(
+                        ws.iter()
+                            .enumerate()
+                            .map(|(i, &width)| {
+                                let node = Node {
+                                    first,
+                                    width,
+                                    need_p: i != last,
+                                };
+                                first += width;
+                                node
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    segs = ws.len();
+                }
+                Schedule { k, leaves, levels }
             })
-            .collect();
-        Ok(Schedule { k, leaves, levels })
+            .collect()
+    })
+}
+
+impl Schedule {
+    /// Schedule for `k` bits; `k` must be odd and in 3..=63.
+    pub fn new(k: u32) -> Result<Schedule> {
+        if !(3..=63).contains(&k) || k.is_multiple_of(2) {
+            return Err(MpcError::Param(format!(
+                "comparison ring bits must be odd in 3..=63, got {k}"
+            )));
+        }
+        Ok(schedules()[(k as usize - 3) / 2].clone())
     }
 
     /// Rounds of the tree.
