@@ -21,16 +21,19 @@
 //! with the dealer's XOR shares of the mask products `prod_(v in S) a_v` for every subset of two
 //! or more variables of a monomial ([`Node::products`]). Width 2 is the classic Beaver AND.
 //! The lowest segment never needs `P`. For `k` bits: `L = (k-1)/2` leaves and
-//! `ceil(log4 L)` rounds; among the trees with that many levels, [`Schedule::new`] picks the
-//! node widths with the fewest bits in all (dealt products plus opened variables of both
-//! parties): wide nodes near the root, where there are few, narrow ones at the leaves.
+//! `ceil(log5 L)` rounds (1 on rings of up to 11 bits, 2 up to 51 bits); among the trees with that many
+//! levels, [`Schedule::new`] picks the node widths with the fewest bits in all (dealt products
+//! plus opened variables of both parties): wide nodes near the root, where there are few,
+//! narrow ones at the leaves. Width 5 costs 52 dealt bits per element against 22 at width 4,
+//! but it is only taken where it saves a level or bits: decision values on twice the
+//! fractional bits (41-bit rings, 20 leaves) compare in 2 rounds instead of 3.
 //!
 //! # Costs (bytes sent per party, `n` elements; `pb = ceil(n/8)`)
 //! * tree: `pb` per opened variable ([`Node::vars`]: `2 (w - 1)`, plus 1 where `P` is needed),
 //!   see [`Schedule::online_bytes`];
 //! * dealer material (P1's corrections): `k * pb` (bits of r) + `L * pb` (leaf monomials) +
 //!   `pb` per mask product of every node ([`Node::products`]: 1 or 2 at width 2, 5 or 8 at
-//!   width 3, 15 or 22 at width 4).
+//!   width 3, 15 or 22 at width 4, 37 or 52 at width 5).
 
 use crate::cost::Comm;
 use crate::error::{MpcError, Result};
@@ -39,7 +42,7 @@ use crate::fast::deal::Deal;
 use crate::fast::CmpMode;
 
 /// Most segments one node of the tree combines (its monomials have up to this degree).
-pub const MAX_WIDTH: usize = 4;
+pub const MAX_WIDTH: usize = 5;
 
 /// One combine of the tree: the segments `first .. first + width` of the current level's list
 /// (high to low) become one. A node of width 1 passes its segment on unchanged.
@@ -141,37 +144,49 @@ fn cheapest_trees(max_s: usize, max_d: usize, cost: &[[usize; 2]; MAX_WIDTH + 1]
     for d in 1..=max_d {
         for s in 2..=max_s {
             let mut best: Option<(usize, Vec<usize>)> = None;
-            // Nodes of width 4, 3 and 2; the other segments pass (width 1).
-            for n4 in 0..=s / 4 {
-                for n3 in 0..=(s - 4 * n4) / 3 {
-                    for n2 in 0..=(s - 4 * n4 - 3 * n3) / 2 {
-                        let n1 = s - 4 * n4 - 3 * n3 - 2 * n2;
-                        let next = n1 + n2 + n3 + n4;
-                        if next == s {
-                            continue;
-                        }
-                        let Some((rest, _)) = &table[d - 1][next] else {
-                            continue;
-                        };
-                        let widths: Vec<usize> = [(1, n1), (2, n2), (3, n3), (4, n4)]
-                            .iter()
-                            .flat_map(|&(w, c)| std::iter::repeat_n(w, c))
-                            .collect();
-                        let here: usize = widths
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &w)| cost[w][usize::from(i + 1 < widths.len())])
-                            .sum();
-                        if best.as_ref().is_none_or(|b| here + rest < b.0) {
-                            best = Some((here + rest, widths));
-                        }
-                    }
+            for widths in level_widths(s) {
+                let next = widths.len();
+                if next == s {
+                    continue;
+                }
+                let Some((rest, _)) = &table[d - 1][next] else {
+                    continue;
+                };
+                let here: usize = widths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &w)| cost[w][usize::from(i + 1 < widths.len())])
+                    .sum();
+                if best.as_ref().is_none_or(|b| here + rest < b.0) {
+                    best = Some((here + rest, widths));
                 }
             }
             table[d][s] = best;
         }
     }
     table
+}
+
+/// Every way to cover `s` segments with nodes of width 1 to [`MAX_WIDTH`], each as its widths in
+/// ascending order (one list per multiset of widths).
+fn level_widths(s: usize) -> Vec<Vec<usize>> {
+    // Counts of widths MAX_WIDTH down to 2 (the rest pass), by depth-first enumeration.
+    fn go(rest: usize, w: usize, acc: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if w < 2 {
+            let mut widths = vec![1; rest];
+            widths.extend(acc.iter().rev());
+            out.push(widths);
+            return;
+        }
+        for c in 0..=rest / w {
+            acc.extend(std::iter::repeat_n(w, c));
+            go(rest - c * w, w - 1, acc, out);
+            acc.truncate(acc.len() - c);
+        }
+    }
+    let mut out = Vec::new();
+    go(s, MAX_WIDTH, &mut Vec::new(), &mut out);
+    out
 }
 
 /// The schedules of every odd `k` in 3..=63, computed once.
@@ -400,7 +415,7 @@ pub fn open_kbit(comm: &mut Comm, mine: &[u64], k: u32) -> Result<Vec<u64>> {
 }
 
 /// XOR shares of `[y >= 0]` given the public `c = y + r` (only its low `k` bits are used) and
-/// the material dealt for `r`. Requires `|y| < 2^(k-1)`. `ceil(log4((k-1)/2))` rounds.
+/// the material dealt for `r`. Requires `|y| < 2^(k-1)`. `ceil(log5((k-1)/2))` rounds.
 pub fn drelu_bits(comm: &mut Comm, mat: &CmpMat, c: &[u64]) -> Result<Plane> {
     let me = comm.party();
     let n = mat.n;
@@ -664,7 +679,7 @@ thread_local! {
 
 /// Online ReLU on shares `y` (`|y| < 2^(k-1)` required): opens `y + r` (8 bytes per element),
 /// the comparison tree, then `b ^ t` (one bit); the output `b * y = b * (c - r)` is local.
-/// Rounds: `2 + ceil(log4((k-1)/2))`.
+/// Rounds: `2 + ceil(log5((k-1)/2))`.
 pub fn relu_online(comm: &mut Comm, mat: &ReluMat, y: &[u64]) -> Result<Vec<u64>> {
     let me = comm.party();
     let n = mat.n;

@@ -150,11 +150,11 @@ fn schedule_shapes() {
     assert_eq!(s.rounds(), 2);
     assert!(Schedule::new(24).is_err());
     assert!(Schedule::new(65).is_err());
-    // Every odd k: ceil(log4 L) levels, each covering its segments in order with one node of
+    // Every odd k: ceil(log5 L) levels, each covering its segments in order with one node of
     // two or more per level, the lowest segment's node without P.
     for k in (3..=63).step_by(2) {
         let s = Schedule::new(k).unwrap();
-        let depth = (0..).find(|&d| 4usize.pow(d) >= s.leaves).unwrap() as usize;
+        let depth = (0..).find(|&d| cmp::MAX_WIDTH.pow(d) >= s.leaves).unwrap() as usize;
         assert_eq!(s.rounds(), depth, "k {k}");
         let mut segs = s.leaves;
         for lv in &s.levels {
@@ -178,6 +178,7 @@ fn schedule_shapes() {
         (2, [1, 2], [2, 3]),
         (3, [5, 8], [4, 5]),
         (4, [15, 22], [6, 7]),
+        (5, [37, 52], [8, 9]),
     ] {
         for need_p in [false, true] {
             let node = cmp::Node {
