@@ -20,8 +20,8 @@
 //! local, `prod (x^_v ^ a_v) = XOR over subsets S of (prod_(v not in S) x^_v) (prod_(v in S) a_v)`,
 //! with the dealer's XOR shares of the mask products `prod_(v in S) a_v` for every subset of two
 //! or more variables of a monomial ([`Node::products`]). Width 2 is the classic Beaver AND.
-//! The lowest segment never needs `P`. For `k` bits: `L = (k-1)/2` leaves and
-//! `ceil(log5 L)` rounds (1 on rings of up to 11 bits, 2 up to 51 bits); among the trees with that many
+//! The lowest segment never needs `P`. For `k` bits: `L = (k-1)/2` leaves and `ceil(log5 L)`
+//! rounds (1 on rings of up to 11 bits, 2 up to 51 bits); among the trees with that many
 //! levels, [`Schedule::new`] picks the node widths with the fewest bits in all (dealt products
 //! plus opened variables of both parties): wide nodes near the root, where there are few,
 //! narrow ones at the leaves. Width 5 costs 52 dealt bits per element against 22 at width 4,
