@@ -356,6 +356,17 @@ pub(crate) fn assert_private(what: &str, w: &Worst) {
     );
 }
 
+/// A planted leak `what` must make the views differ where the worst comparison's description
+/// contains `at` (e.g. "opened" for an opened value, "xor" for a pair).
+pub(crate) fn assert_caught_at(what: &str, w: &Worst, at: &str) {
+    assert!(
+        w.z >= Z_LIMIT && w.at.contains(at),
+        "{what} was not detected at a comparison naming {at:?} (worst z = {:.1} at {})",
+        w.z,
+        w.at
+    );
+}
+
 /// A planted leak `what` must make the views differ.
 pub(crate) fn assert_caught(what: &str, w: &Worst) {
     assert!(

@@ -12,8 +12,8 @@ use super::*;
 use crate::plain::FixedModel;
 use crate::suite::Suite;
 use crate::view_harness::{
-    self as harness, assert_caught, assert_private, compare, model_inputs, relu_case, shared_case,
-    Build, PartyIn, Splitter, ViewSuite, Worst, Z_LIMIT,
+    self as harness, assert_caught, assert_caught_at, assert_private, compare, model_inputs,
+    relu_case, shared_case, Build, PartyIn, Splitter, ViewSuite, Worst, Z_LIMIT,
 };
 use relushare_model::{presets, Arch, Model};
 
@@ -102,13 +102,7 @@ fn unmasked_decision_is_caught_by_the_opened_values_only() {
     let build = relu_case(1024, [5 << 13, -3 << 13]);
     for mode in [CmpMode::Tree, CmpMode::Fss] {
         let w = check(mode, &relu_cfg(), &build, Plant::UnmaskedBit);
-        assert!(
-            w.z >= Z_LIMIT && w.at.contains("opened"),
-            "{mode:?}: the unmasked decision was not detected by the opened values (worst z = \
-             {:.1} at {})",
-            w.z,
-            w.at
-        );
+        assert_caught_at(&format!("{mode:?}: the unmasked decision"), &w, "opened");
         let suite = Fast {
             mode,
             cfg: relu_cfg(),
