@@ -130,12 +130,13 @@ pub struct Schedule {
     pub levels: Vec<Vec<Node>>,
 }
 
-/// The cheapest widths of every tree: `table[d][s]` holds, for `s` segments reduced to one in
-/// at most `d` levels, the bits per element and the widths of the first level (ascending, so
-/// that the widest node holds the lowest segment and needs no `P`); `None` where `d` levels
-/// cannot. `cost[w][need_p]`: a node's bits.
+/// `table[d][s]`: for `s` segments reduced to one in at most `d` levels, the fewest bits per
+/// element and the widths of the first level of that tree (ascending, so that the widest node
+/// holds the lowest segment and needs no `P`); `None` where `d` levels cannot.
 type Plans = Vec<Vec<Option<(usize, Vec<usize>)>>>;
 
+/// The cheapest trees for up to `max_s` segments and `max_d` levels, by dynamic programming
+/// over the levels (`cost[w][need_p]`: a node's bits).
 fn cheapest_trees(max_s: usize, max_d: usize, cost: &[[usize; 2]; MAX_WIDTH + 1]) -> Plans {
     let mut table: Plans = vec![vec![None; max_s + 1]; max_d + 1];
     for row in table.iter_mut() {
