@@ -288,10 +288,11 @@ fn with_fake_p2(sid: &str, timeout: &str, fake: impl FnOnce(RawPeer, RawPeer)) -
     (p0.wait(30.0), p1.wait(30.0))
 }
 
+/// The announce message of a party (session.rs's first message, at its `SESSION_VERSION`).
 fn announce() -> Vec<u8> {
     let mut m = vec![1u8];
     m.extend_from_slice(
-        br#"{"version":3,"protocol":"fast","frac_bits":13,"model":false,"input":false,"images":0}"#,
+        br#"{"version":4,"protocol":"fast","frac_bits":13,"model":false,"input":false,"images":0}"#,
     );
     m
 }
@@ -348,6 +349,26 @@ fn stalled_peer_times_out() {
         r0.stderr,
         r1.stderr
     );
+}
+
+/// A peer of another session version (e.g. one whose `fast` comparisons deal the earlier
+/// tree) is refused by name before any protocol message.
+#[test]
+fn a_peer_of_another_session_version_is_refused() {
+    let (r0, r1) = with_fake_p2("oldversion", "3", |mut p0, mut p1| {
+        let old = String::from_utf8(announce()[1..].to_vec())
+            .unwrap()
+            .replace(r#""version":4"#, r#""version":3"#);
+        let mut m = vec![1u8];
+        m.extend_from_slice(old.as_bytes());
+        for p in [&mut p0, &mut p1] {
+            p.send_frame(&m).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    for r in [&r0, &r1] {
+        assert_failed(r, &["party 2 speaks session version 3, this is 4"], 15.0);
+    }
 }
 
 #[test]

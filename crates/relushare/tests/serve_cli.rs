@@ -264,11 +264,12 @@ fn wait(mut c: Child, secs: f64) -> Output {
     c.wait_with_output().unwrap()
 }
 
-/// The announce message of a client with one image (session.rs's first message).
+/// The announce message of a client with one image (session.rs's first message, at its
+/// `SESSION_VERSION`).
 fn announce() -> Vec<u8> {
     let mut m = vec![1u8];
     m.extend_from_slice(
-        br#"{"version":3,"protocol":"fast","frac_bits":13,"model":false,"input":true,"images":1,"fixed_masks":true}"#,
+        br#"{"version":4,"protocol":"fast","frac_bits":13,"model":false,"input":true,"images":1,"fixed_masks":true}"#,
     );
     m
 }
