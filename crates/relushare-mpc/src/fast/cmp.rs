@@ -221,7 +221,7 @@ fn schedules() -> &'static [Schedule] {
                     if segs == 1 {
                         break;
                     }
-                    let (_, ws) = table[d][segs].clone().expect("4^depth >= leaves");
+                    let (_, ws) = table[d][segs].clone().expect("MAX_WIDTH^depth >= leaves");
                     let last = ws.len() - 1;
                     let mut first = 0;
                     levels.push(
