@@ -190,6 +190,15 @@ fn level_widths(s: usize) -> Vec<Vec<usize>> {
     out
 }
 
+/// The fewest levels that reduce `leaves` segments to one: `ceil(log_MAX_WIDTH(leaves))`.
+fn tree_depth(leaves: usize) -> usize {
+    let mut depth = 0;
+    while MAX_WIDTH.pow(depth as u32) < leaves {
+        depth += 1;
+    }
+    depth
+}
+
 /// The schedules of every odd `k` in 3..=63, computed once.
 fn schedules() -> &'static [Schedule] {
     static ALL: std::sync::OnceLock<Vec<Schedule>> = std::sync::OnceLock::new();
@@ -205,16 +214,14 @@ fn schedules() -> &'static [Schedule] {
                 .bits();
             }
         }
-        let (max_s, max_d) = (31, 3);
-        let table = cheapest_trees(max_s, max_d, &cost);
+        // Leaves of k = 63, the largest ring.
+        let max_s = 31;
+        let table = cheapest_trees(max_s, tree_depth(max_s), &cost);
         (3..=63u32)
             .step_by(2)
             .map(|k| {
                 let leaves = ((k - 1) / 2) as usize;
-                let mut depth = 0;
-                while MAX_WIDTH.pow(depth as u32) < leaves {
-                    depth += 1;
-                }
+                let depth = tree_depth(leaves);
                 let mut levels = Vec::new();
                 let mut segs = leaves;
                 for d in (1..=depth).rev() {
@@ -330,18 +337,11 @@ pub fn deal_cmp(d: &mut Deal, n: usize, k: u32, r_secret: Option<&[u64]>) -> Res
             let mut prods = Vec::new();
             for set in node.products() {
                 // The dealer's product of the masks of `set`.
-                let secret = masks[0].secret.as_ref().map(|_| {
-                    let mut acc: Option<Plane> = None;
-                    for (v, m) in masks.iter().enumerate() {
-                        if set & (1 << v) != 0 {
-                            let x = m.secret.as_ref().expect("dealer");
-                            acc = Some(match acc {
-                                None => x.clone(),
-                                Some(a) => bits::and(&a, x),
-                            });
-                        }
-                    }
-                    acc.expect("two or more variables")
+                let secret = d.is_dealer().then(|| {
+                    let mut vars = (0..masks.len()).filter(|v| set & (1 << v) != 0);
+                    let mask = |v: usize| masks[v].secret.as_deref().expect("dealer");
+                    let first = mask(vars.next().expect("two or more variables")).to_vec();
+                    vars.fold(first, |acc, v| bits::and(&acc, mask(v)))
                 });
                 prods.push(d.corr_bits(n, secret.as_deref())?);
             }
